@@ -1,0 +1,173 @@
+//! `torch2coreml inspect PACKAGE`: what a package contains — inputs, outputs, states (name,
+//! shape, dtype), specification version, opset, op histogram, weights, metadata. Works on any
+//! ML Program package, not only ours.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::output::{self, Format};
+use super::ExitStatus;
+use torch2coreml::mil::{Dim, Model, TensorType, ValueType};
+use torch2coreml::package::{self, blob};
+
+/// Arguments of `inspect`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The .mlpackage directory to inspect.
+    pub package: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Also print the MIL program (text format only).
+    #[arg(long)]
+    pub mil: bool,
+}
+
+/// What `inspect` reports; one struct feeds both the text and the JSON renderer.
+struct Report {
+    inputs: Vec<(String, TensorType)>,
+    states: Vec<(String, TensorType)>,
+    outputs: Vec<(String, TensorType)>,
+    spec_version: i32,
+    opset: String,
+    target: String,
+    ops: BTreeMap<String, usize>,
+    weights: usize,
+    weight_bytes: usize,
+}
+
+fn report(model: &Model) -> anyhow::Result<Report> {
+    let main = model.program.main().context("the program has no `main` function")?;
+    let mut inputs = Vec::new();
+    let mut states = Vec::new();
+    for i in &main.inputs {
+        match &i.ty {
+            ValueType::Tensor(t) => inputs.push((i.name.clone(), t.clone())),
+            ValueType::State(t) => states.push((i.name.clone(), t.clone())),
+        }
+    }
+    let all_ops = main.block.walk_ops();
+    let mut types = BTreeMap::new();
+    let mut ops = BTreeMap::new();
+    let (mut weights, mut weight_bytes) = (0, 0);
+    for op in &all_ops {
+        *ops.entry(op.op_type.clone()).or_insert(0) += 1;
+        for o in &op.outputs {
+            types.insert(o.name.as_str(), o.ty.tensor().clone());
+        }
+        for t in op.attributes.values() {
+            if blob::stored_in_blob(t.dtype(), t.len(), main.opset) {
+                weights += 1;
+                weight_bytes += t.bytes().len();
+            }
+        }
+    }
+    let outputs = main
+        .block
+        .outputs
+        .iter()
+        .map(|o| (o.clone(), types.get(o.as_str()).cloned().unwrap_or_else(|| TensorType::scalar(torch2coreml::mil::DType::F32))))
+        .collect();
+    Ok(Report {
+        inputs,
+        states,
+        outputs,
+        spec_version: main.opset.spec_version(),
+        opset: main.opset.opset_name().to_string(),
+        target: main.opset.target_name().to_string(),
+        ops,
+        weights,
+        weight_bytes,
+    })
+}
+
+fn shape_json(t: &TensorType) -> serde_json::Value {
+    t.shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => json!(n),
+            Dim::Unknown => serde_json::Value::Null,
+        })
+        .collect()
+}
+
+fn features_json(list: &[(String, TensorType)]) -> serde_json::Value {
+    list.iter().map(|(n, t)| json!({"name": n, "shape": shape_json(t), "dtype": t.dtype.name()})).collect()
+}
+
+fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
+    let mut s = format!("{}\n", path.display());
+    s += &format!("  specification version {} ({}), opset {}\n", r.spec_version, r.target, r.opset);
+    let shape = |t: &TensorType| t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+    for (title, list) in [("inputs", &r.inputs), ("states", &r.states), ("outputs", &r.outputs)] {
+        if list.is_empty() && title == "states" {
+            continue;
+        }
+        s += &format!("  {title}:\n");
+        for (n, t) in list.iter() {
+            s += &format!("    {n}: {} [{}]\n", t.dtype, shape(t));
+        }
+    }
+    s += &format!("  weights: {} tensors, {:.2} MB\n", r.weights, r.weight_bytes as f64 / 1e6);
+    let total: usize = r.ops.values().sum();
+    s += &format!("  ops ({total}):\n");
+    let mut hist: Vec<_> = r.ops.iter().collect();
+    hist.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (op, n) in hist {
+        s += &format!("    {n:>6}  {op}\n");
+    }
+    let md = &model.metadata;
+    for (k, v) in [("description", &md.short_description), ("author", &md.author), ("license", &md.license), ("version", &md.version)] {
+        if !v.is_empty() {
+            s += &format!("  {k}: {v}\n");
+        }
+    }
+    for (k, v) in &md.user_defined {
+        s += &format!("  {k}: {v}\n");
+    }
+    s
+}
+
+/// Runs `inspect`. Errors (missing, truncated, not a package) come back with the path in them.
+pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
+    let model = package::read(&args.package).with_context(|| format!("inspecting {}", args.package.display()))?;
+    let r = report(&model)?;
+    let text = match args.format {
+        Format::Json => {
+            let md = &model.metadata;
+            output::json(&json!({
+                "path": args.package,
+                "inputs": features_json(&r.inputs),
+                "outputs": features_json(&r.outputs),
+                "states": features_json(&r.states),
+                "spec_version": r.spec_version,
+                "opset": r.opset,
+                "target": r.target,
+                "ops": r.ops,
+                "weights": r.weights,
+                "weight_bytes": r.weight_bytes,
+                "metadata": {
+                    "short_description": md.short_description,
+                    "author": md.author,
+                    "license": md.license,
+                    "version": md.version,
+                    "user_defined": md.user_defined,
+                },
+            }))
+        }
+        Format::Text => {
+            let mut t = render_text(&args.package, &r, &model);
+            if args.mil {
+                if let Some(f) = model.program.main() {
+                    t += &format!("\n{f}");
+                }
+            }
+            t
+        }
+    };
+    output::print(&text)?;
+    Ok(ExitStatus::Success)
+}

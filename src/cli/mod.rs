@@ -1,0 +1,37 @@
+//! Command-line front end: the clap definitions and one file per subcommand. The only module that
+//! prints, reads terminal state, or uses `anyhow`; library errors get their file context here.
+
+mod inspect;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes, as in ruff: 0 all good, 2 error. (1, a check over threshold, arrives with `validate`.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Success = 0,
+    Error = 2,
+}
+
+/// torch2coreml: convert PyTorch models to Core ML packages, rewrite them for the Apple Neural
+/// Engine, and prove the result is right, on any OS.
+#[derive(Parser, Debug)]
+#[command(name = "torch2coreml", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show a package's signature, spec version, opset, op histogram and weights.
+    Inspect(inspect::Args),
+}
+
+/// Runs one parsed command line. Called by `main`.
+pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
+    match cli.command {
+        Command::Inspect(args) => inspect::run(&args),
+    }
+}

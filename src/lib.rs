@@ -1,0 +1,9 @@
+//! torch2coreml: PyTorch models in, Core ML `.mlpackage` (ML Program) out, on any OS.
+//!
+//! Data flow (shared/DESIGN.md): loaders build a [`mil::Program`] (our one IR, Core ML's MIL);
+//! [`package::write`] serializes it as an `.mlpackage`; [`package::read`] reads any `.mlpackage`
+//! (ours or coremltools') back into the same IR for `inspect` and, later, the interpreter and linter.
+//! The `cli` module (binary only) is the only place that prints.
+
+pub mod mil;
+pub mod package;

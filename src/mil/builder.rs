@@ -1,0 +1,346 @@
+//! Builds MIL functions op by op, typing each op through its `OpDef` as it is added, and
+//! re-checks whole functions read from packages. Loaders (`torchscript::lower`, `hf`) and
+//! tests build with [`Builder`]; `package::read` calls [`check_function`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::ops::{self, Arg, OpArgs, OpDef, TypeError};
+use super::{Argument, Block, Function, NamedType, Opset, Operation, Tensor, TensorType, ValueType};
+
+/// Names MIL reserves; values may not use them (coreml-format.md §7). coremltools appends
+/// `_workaround`; we append a counter like for any other clash.
+pub const RESERVED_NAMES: &[&str] = &[
+    "any", "bool", "program", "func", "tensor", "list", "dict", "tuple", "true", "false", "string", "bf16", "fp16",
+    "fp32", "fp64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "state",
+];
+
+/// A value in a function being built: its SSA name. Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Var(pub String);
+
+/// Why a function does not type-check: the op (by name) and what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CheckError {
+    #[error("op `{op}`: {source}")]
+    Type { op: String, source: TypeError },
+    #[error("op `{op}` uses `{value}`, which is not defined before it")]
+    Undefined { op: String, value: String },
+    #[error("value `{0}` is defined twice")]
+    Redefined(String),
+    #[error("value name `{0}` is not a valid MIL identifier")]
+    BadName(String),
+    #[error("op `{op}` declares {declared} but its inputs give {inferred}")]
+    Mismatch { op: String, declared: String, inferred: String },
+    #[error("block output `{0}` is not defined")]
+    UndefinedOutput(String),
+}
+
+/// Types and const values of the names defined so far in a function.
+#[derive(Default)]
+struct Env {
+    types: HashMap<String, TensorType>,
+    consts: HashMap<String, Tensor>,
+}
+
+impl Env {
+    fn define(&mut self, name: &str, ty: TensorType) -> Result<(), CheckError> {
+        if !is_identifier(name) {
+            return Err(CheckError::BadName(name.to_string()));
+        }
+        match self.types.insert(name.to_string(), ty) {
+            Some(_) => Err(CheckError::Redefined(name.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// The typed arguments of `op`, as its `infer` sees them.
+    fn args<'a>(&'a self, op: &'a Operation, opset: Opset) -> Result<OpArgs<'a>, CheckError> {
+        let mut args = Vec::with_capacity(op.inputs.len());
+        for (param, bound) in &op.inputs {
+            let mut list = Vec::with_capacity(bound.len());
+            for b in bound {
+                list.push(match b {
+                    Argument::Name(n) => {
+                        let ty = self.types.get(n).ok_or_else(|| CheckError::Undefined { op: op.name.clone(), value: n.clone() })?;
+                        Arg { ty: ty.clone(), value: self.consts.get(n) }
+                    }
+                    Argument::Value(t) => Arg { ty: t.tensor_type(), value: Some(t) },
+                });
+            }
+            args.push((param.as_str(), list));
+        }
+        Ok(OpArgs { op: &op.op_type, opset, args, attributes: &op.attributes })
+    }
+}
+
+/// True for names MIL accepts: `[A-Za-z_][A-Za-z0-9_@]*`, not reserved.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@')
+        && !RESERVED_NAMES.contains(&name)
+}
+
+/// True when two types agree wherever both know a dimension (coremltools may leave dims unknown).
+fn compatible(declared: &TensorType, inferred: &TensorType) -> bool {
+    declared.dtype == inferred.dtype
+        && declared.rank() == inferred.rank()
+        && declared.shape.iter().zip(&inferred.shape).all(|(a, b)| {
+            !matches!((a, b), (super::Dim::Fixed(x), super::Dim::Fixed(y)) if x != y)
+        })
+}
+
+/// Re-checks a function read from a package: SSA names, definitions before use, and for every op
+/// in our table, its signature and that the declared output types match what `infer` gives.
+/// Ops we do not know are accepted with their declared types. Called by `package::read`.
+pub fn check_function(f: &Function) -> Result<(), CheckError> {
+    let mut env = Env::default();
+    for i in &f.inputs {
+        env.define(&i.name, i.ty.tensor().clone())?;
+    }
+    check_block(&mut env, &f.block, f.opset)
+}
+
+fn check_block(env: &mut Env, block: &Block, opset: Opset) -> Result<(), CheckError> {
+    for i in &block.inputs {
+        env.define(&i.name, i.ty.tensor().clone())?;
+    }
+    for op in &block.operations {
+        if let Some(def) = ops::lookup(&op.op_type, opset) {
+            let inferred = {
+                let args = env.args(op, opset)?;
+                ops::check(def, &args).map_err(|source| CheckError::Type { op: op.name.clone(), source })?
+            };
+            let declared: Vec<&TensorType> = op.outputs.iter().map(|o| o.ty.tensor()).collect();
+            if declared.len() != inferred.len() || declared.iter().zip(&inferred).any(|(d, i)| !compatible(d, i)) {
+                let show = |v: Vec<String>| v.join(", ");
+                return Err(CheckError::Mismatch {
+                    op: op.name.clone(),
+                    declared: show(declared.iter().map(|t| t.to_string()).collect()),
+                    inferred: show(inferred.iter().map(|t| t.to_string()).collect()),
+                });
+            }
+        } else {
+            for (_, bound) in &op.inputs {
+                for b in bound {
+                    if let Argument::Name(n) = b {
+                        if !env.types.contains_key(n) {
+                            return Err(CheckError::Undefined { op: op.name.clone(), value: n.clone() });
+                        }
+                    }
+                }
+            }
+        }
+        for b in &op.blocks {
+            check_block(env, b, opset)?;
+        }
+        for o in &op.outputs {
+            env.define(&o.name, o.ty.tensor().clone())?;
+        }
+        if let (Some(val), [out]) = (op.const_val(), op.outputs.as_slice()) {
+            env.consts.insert(out.name.clone(), val.clone());
+        }
+    }
+    match block.outputs.iter().find(|o| !env.types.contains_key(*o)) {
+        Some(o) => Err(CheckError::UndefinedOutput(o.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Builds one MIL function. Every op is typed by its `OpDef` when added, so a Builder never holds
+/// an ill-typed program. Names are made unique and valid (`name`, `name_1`, …).
+pub struct Builder {
+    opset: Opset,
+    inputs: Vec<NamedType>,
+    ops: Vec<Operation>,
+    env: Env,
+    used: HashSet<String>,
+}
+
+impl Builder {
+    /// An empty function for `opset`.
+    pub fn new(opset: Opset) -> Builder {
+        Builder { opset, inputs: Vec::new(), ops: Vec::new(), env: Env::default(), used: HashSet::new() }
+    }
+
+    /// The op set ops are typed against.
+    pub fn opset(&self) -> Opset {
+        self.opset
+    }
+
+    fn unique(&mut self, hint: &str) -> String {
+        let mut base: String = hint.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+        if !base.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            base.insert_str(0, "var_");
+        }
+        let mut name = base.clone();
+        let mut n = 0;
+        while self.used.contains(&name) || RESERVED_NAMES.contains(&name.as_str()) {
+            n += 1;
+            name = format!("{base}_{n}");
+        }
+        self.used.insert(name.clone());
+        name
+    }
+
+    /// Adds a function input (a model input). The name is kept if valid and free.
+    pub fn input(&mut self, name: &str, ty: TensorType) -> Var {
+        let name = self.unique(name);
+        self.env.types.insert(name.clone(), ty.clone());
+        self.inputs.push(NamedType { name: name.clone(), ty: ValueType::Tensor(ty) });
+        Var(name)
+    }
+
+    /// Adds a `const` op holding `value`; its output is named after `hint`.
+    pub fn konst(&mut self, hint: &str, value: Tensor) -> Var {
+        let name = self.unique(hint);
+        let ty = value.tensor_type();
+        self.env.types.insert(name.clone(), ty.clone());
+        self.env.consts.insert(name.clone(), value.clone());
+        self.ops.push(Operation {
+            op_type: "const".to_string(),
+            name: name.clone(),
+            inputs: Vec::new(),
+            outputs: vec![NamedType { name: name.clone(), ty: ValueType::Tensor(ty) }],
+            attributes: BTreeMap::from([("val".to_string(), value)]),
+            blocks: Vec::new(),
+        });
+        Var(name)
+    }
+
+    /// Starts an op of kind `def` named after `hint`; bind arguments, then `build`.
+    pub fn op<'b>(&'b mut self, def: &'static OpDef, hint: &str) -> OpBuilder<'b> {
+        let name = self.unique(hint);
+        OpBuilder { b: self, def, name, inputs: Vec::new() }
+    }
+
+    /// The type of a value built so far.
+    pub fn ty(&self, v: &Var) -> Option<&TensorType> {
+        self.env.types.get(&v.0)
+    }
+
+    /// The const value behind `v`, if it is a const.
+    pub fn value(&self, v: &Var) -> Option<&Tensor> {
+        self.env.consts.get(&v.0)
+    }
+
+    /// Finishes the function; `outputs` become the block outputs (model outputs), in order.
+    pub fn finish(self, outputs: &[Var]) -> Function {
+        Function {
+            inputs: self.inputs,
+            opset: self.opset,
+            block: Block { inputs: Vec::new(), operations: self.ops, outputs: outputs.iter().map(|v| v.0.clone()).collect() },
+        }
+    }
+}
+
+/// One op under construction; created by [`Builder::op`].
+pub struct OpBuilder<'b> {
+    b: &'b mut Builder,
+    def: &'static OpDef,
+    name: String,
+    inputs: Vec<(String, Vec<Argument>)>,
+}
+
+impl OpBuilder<'_> {
+    /// Binds parameter `param` to value `v`.
+    pub fn arg(mut self, param: &str, v: &Var) -> Self {
+        self.inputs.push((param.to_string(), vec![Argument::Name(v.0.clone())]));
+        self
+    }
+
+    /// Binds a variadic parameter (`concat.values`) to several values.
+    pub fn args(mut self, param: &str, vs: &[Var]) -> Self {
+        self.inputs.push((param.to_string(), vs.iter().map(|v| Argument::Name(v.0.clone())).collect()));
+        self
+    }
+
+    /// Binds `param` to a literal, emitted as its own `const` op named `<op>_<param>`
+    /// (what coremltools writes for every literal parameter).
+    pub fn konst(self, param: &str, value: Tensor) -> Self {
+        let hint = format!("{}_{param}", self.name);
+        let v = self.b.konst(&hint, value);
+        self.arg(param, &v)
+    }
+
+    /// Types the op through its `OpDef`, appends it, and returns its outputs. Single-output ops
+    /// name their output like the op; multi-output ops use `<op>_0`, `<op>_1`, ….
+    pub fn build(self) -> Result<Vec<Var>, TypeError> {
+        let OpBuilder { b, def, name, mut inputs } = self;
+        ops::sort_params(def.name, b.opset, &mut inputs);
+        let mut op = Operation {
+            op_type: def.name.to_string(),
+            name: name.clone(),
+            inputs,
+            outputs: Vec::new(),
+            attributes: BTreeMap::new(),
+            blocks: Vec::new(),
+        };
+        let inferred = {
+            let args = b.env.args(&op, b.opset).map_err(|e| TypeError::Invalid { op: def.name.to_string(), message: e.to_string() })?;
+            ops::check(def, &args)?
+        };
+        let single = inferred.len() == 1;
+        let mut outs = Vec::with_capacity(inferred.len());
+        for (i, ty) in inferred.into_iter().enumerate() {
+            let out = if single { name.clone() } else { b.unique(&format!("{name}_{i}")) };
+            b.env.types.insert(out.clone(), ty.clone());
+            op.outputs.push(NamedType { name: out.clone(), ty: ValueType::Tensor(ty) });
+            outs.push(Var(out));
+        }
+        b.ops.push(op);
+        Ok(outs)
+    }
+
+    /// `build` for single-output ops.
+    pub fn build1(self) -> Result<Var, TypeError> {
+        let op = self.def.name;
+        let mut outs = self.build()?;
+        match outs.len() {
+            1 => Ok(outs.remove(0)),
+            n => Err(TypeError::Invalid { op: op.to_string(), message: format!("has {n} outputs, expected 1") }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mil::ops::{elementwise, linear, shape};
+    use crate::mil::DType;
+
+    #[test]
+    fn builder_types_ops_and_rejects_bad_shapes() {
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType::new(DType::F32, &[2, 4]));
+        let w = Tensor::from_f32(&[3, 4], &[0.5; 12]);
+        let y = b.op(&linear::LINEAR, "fc").arg("x", &x).konst("weight", w).build1().unwrap();
+        assert_eq!(b.ty(&y), Some(&TensorType::new(DType::F32, &[2, 3])));
+        let bad = b.op(&linear::LINEAR, "fc2").arg("x", &y).konst("weight", Tensor::from_f32(&[3, 4], &[0.0; 12])).build1();
+        assert!(matches!(bad, Err(TypeError::Invalid { .. })), "{bad:?}");
+        let s = b.op(&shape::SPLIT, "s").arg("x", &x).konst("num_splits", Tensor::i32_scalar(2)).konst("axis", Tensor::i32_scalar(1));
+        let parts = s.build().unwrap();
+        assert_eq!(parts.len(), 2);
+        let f = b.finish(&[y]);
+        check_function(&f).unwrap();
+    }
+
+    #[test]
+    fn names_are_made_unique_and_valid() {
+        let mut b = Builder::new(Opset::Ios15);
+        let a = b.input("fp16", TensorType::new(DType::F32, &[1]));
+        let c = b.input("1.x", TensorType::new(DType::F32, &[1]));
+        let d = b.op(&elementwise::ADD, "fp16").arg("x", &a).arg("y", &c).build1().unwrap();
+        assert_eq!((a.0.as_str(), c.0.as_str(), d.0.as_str()), ("fp16_1", "var_1_x", "fp16_2"));
+    }
+
+    #[test]
+    fn check_function_catches_declared_type_mismatch() {
+        let mut b = Builder::new(Opset::Ios15);
+        let x = b.input("x", TensorType::new(DType::F32, &[2]));
+        let y = b.op(&elementwise::RELU, "r").arg("x", &x).build1().unwrap();
+        let mut f = b.finish(&[y]);
+        f.block.operations[0].outputs[0].ty = ValueType::Tensor(TensorType::new(DType::F32, &[3]));
+        assert!(matches!(check_function(&f), Err(CheckError::Mismatch { .. })));
+    }
+}

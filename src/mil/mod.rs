@@ -1,0 +1,221 @@
+//! The one IR: Core ML's MIL (Model Intermediate Language). A [`Model`] holds a [`Program`] of
+//! [`Function`]s, each a [`Block`] of [`Operation`]s over named, typed values. Operations are
+//! generic data (type, named inputs, outputs, attributes), the same shape as MIL.proto's
+//! `Operation`, so packages with ops we do not know still round-trip. What we know about an op
+//! lives once in [`ops`]. This module does no I/O and never sees protobuf types.
+//!
+//! Made by loaders through [`builder::Builder`] and by `package::read`; consumed by
+//! `package::write`, `inspect`, and (later) passes, interpreter and linter.
+
+pub mod builder;
+pub mod ops;
+pub mod tensor;
+pub mod text;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use tensor::Tensor;
+pub use types::{DType, Dim, TensorType, ValueType};
+
+/// A MIL op-set version. Each one pairs with one Core ML `specificationVersion` and one opset
+/// string (coremltools `_OPSET`; coreml-format.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Opset {
+    Ios15,
+    Ios16,
+    Ios17,
+    Ios18,
+    Ios26,
+}
+
+impl Opset {
+    /// All op sets, oldest first.
+    pub const ALL: [Opset; 5] = [Opset::Ios15, Opset::Ios16, Opset::Ios17, Opset::Ios18, Opset::Ios26];
+
+    /// `Model.specificationVersion` for this op set (6 = first ML Program version).
+    pub fn spec_version(self) -> i32 {
+        match self {
+            Opset::Ios15 => 6,
+            Opset::Ios16 => 7,
+            Opset::Ios17 => 8,
+            Opset::Ios18 => 9,
+            Opset::Ios26 => 10,
+        }
+    }
+
+    /// `Function.opset` string, also the only `block_specializations` key.
+    pub fn opset_name(self) -> &'static str {
+        match self {
+            Opset::Ios15 => "CoreML5",
+            Opset::Ios16 => "CoreML6",
+            Opset::Ios17 => "CoreML7",
+            Opset::Ios18 => "CoreML8",
+            Opset::Ios26 => "CoreML9",
+        }
+    }
+
+    /// The op set whose opset string is `name`.
+    pub fn from_opset_name(name: &str) -> Option<Opset> {
+        Opset::ALL.into_iter().find(|o| o.opset_name() == name)
+    }
+
+    /// The op set of a specificationVersion.
+    pub fn from_spec_version(v: i32) -> Option<Opset> {
+        Opset::ALL.into_iter().find(|o| o.spec_version() == v)
+    }
+
+    /// Parses a deployment target as users write it: `iOS15`–`iOS18`, `macOS12`–`macOS15`
+    /// (also `iOS26`/`macOS26`), case-insensitive. Used by `convert --target`.
+    pub fn from_target(target: &str) -> Option<Opset> {
+        Some(match target.to_ascii_lowercase().as_str() {
+            "ios15" | "macos12" | "tvos15" | "watchos8" => Opset::Ios15,
+            "ios16" | "macos13" | "tvos16" | "watchos9" => Opset::Ios16,
+            "ios17" | "macos14" | "tvos17" | "watchos10" => Opset::Ios17,
+            "ios18" | "macos15" | "tvos18" | "watchos11" => Opset::Ios18,
+            "ios26" | "macos26" | "tvos26" | "watchos26" | "visionos26" => Opset::Ios26,
+            _ => return None,
+        })
+    }
+
+    /// The iOS target this op set was introduced with, as users write it.
+    pub fn target_name(self) -> &'static str {
+        match self {
+            Opset::Ios15 => "iOS15",
+            Opset::Ios16 => "iOS16",
+            Opset::Ios17 => "iOS17",
+            Opset::Ios18 => "iOS18",
+            Opset::Ios26 => "iOS26",
+        }
+    }
+}
+
+impl fmt::Display for Opset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.opset_name())
+    }
+}
+
+/// A named, typed value: a function input, an op output, or a block input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedType {
+    pub name: String,
+    pub ty: ValueType,
+}
+
+/// One binding of an op parameter: a reference to an earlier value, or an inline literal
+/// (iOS18 constexpr inputs and a few others; coreml-format.md §2.3 `Argument.Binding`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Argument {
+    Name(String),
+    Value(Tensor),
+}
+
+/// One MIL operation. `inputs` keeps parameter order as built (the wire form is a map);
+/// a parameter has several arguments only when variadic (`concat.values`).
+/// `attributes` holds literal attributes other than `name` (`const.val`, iOS16 constexpr params).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Operation {
+    pub op_type: String,
+    pub name: String,
+    pub inputs: Vec<(String, Vec<Argument>)>,
+    pub outputs: Vec<NamedType>,
+    pub attributes: BTreeMap<String, Tensor>,
+    pub blocks: Vec<Block>,
+}
+
+impl Operation {
+    /// The arguments bound to parameter `param`, if any.
+    pub fn input(&self, param: &str) -> Option<&[Argument]> {
+        self.inputs.iter().find(|(p, _)| p == param).map(|(_, a)| a.as_slice())
+    }
+
+    /// The literal of a `const` op.
+    pub fn const_val(&self) -> Option<&Tensor> {
+        if self.op_type == "const" {
+            self.attributes.get("val")
+        } else {
+            None
+        }
+    }
+}
+
+/// A straight-line list of operations in topological order, with the names it returns.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Block {
+    pub inputs: Vec<NamedType>,
+    pub operations: Vec<Operation>,
+    pub outputs: Vec<String>,
+}
+
+impl Block {
+    /// Every operation, nested blocks included, in order (for histograms and walks).
+    pub fn walk_ops(&self) -> Vec<&Operation> {
+        let mut out = Vec::new();
+        for op in &self.operations {
+            out.push(op);
+            for b in &op.blocks {
+                out.extend(b.walk_ops());
+            }
+        }
+        out
+    }
+}
+
+/// A MIL function: inputs (tensors, then states), its op set, and its body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Function {
+    pub inputs: Vec<NamedType>,
+    pub opset: Opset,
+    pub block: Block,
+}
+
+/// Name of the function every single-function Core ML model runs (coreml-format.md §3).
+pub const MAIN_FUNCTION: &str = "main";
+
+/// A MIL program: functions by name (single-function models have just `main`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    pub functions: BTreeMap<String, Function>,
+}
+
+impl Program {
+    /// A program with only a `main` function.
+    pub fn with_main(main: Function) -> Program {
+        Program { functions: BTreeMap::from([(MAIN_FUNCTION.to_string(), main)]) }
+    }
+
+    /// The `main` function, if present.
+    pub fn main(&self) -> Option<&Function> {
+        self.functions.get(MAIN_FUNCTION)
+    }
+}
+
+/// Model metadata shown by Xcode (Model.proto `Metadata`).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Metadata {
+    pub short_description: String,
+    pub version: String,
+    pub author: String,
+    pub license: String,
+    pub user_defined: BTreeMap<String, String>,
+}
+
+/// A whole Core ML model: the program plus what ModelDescription adds to it. Its
+/// `specificationVersion` is derived from `main`'s op set; input/output features are derived
+/// from `main`'s signature. `package::write` serializes it, `package::read` returns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub program: Program,
+    pub metadata: Metadata,
+    /// Per-feature descriptions (Model.proto `FeatureDescription.shortDescription`), by name.
+    pub feature_descriptions: BTreeMap<String, String>,
+}
+
+impl Model {
+    /// A model around `program` with empty metadata.
+    pub fn new(program: Program) -> Model {
+        Model { program, metadata: Metadata::default(), feature_descriptions: BTreeMap::new() }
+    }
+}

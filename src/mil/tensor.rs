@@ -1,0 +1,284 @@
+//! Constant tensor data in the IR: the `val` of `const` ops, inline argument values, and
+//! constexpr attributes. Elements are kept as raw little-endian bytes exactly as Core ML stores
+//! them (fp16 as IEEE binary16 bits, sub-byte types packed LSB-first), so writing a package is a
+//! copy and reading one back is bit-exact. Bytes are owned or a slice of a memory-mapped file
+//! (`package::read` maps weight.bin; loaders map `.pt`/`.safetensors`), never a second copy.
+
+use std::fmt;
+use std::sync::Arc;
+
+use half::f16;
+
+use super::types::{DType, TensorType};
+
+/// Where a tensor's bytes live.
+#[derive(Clone)]
+enum Bytes {
+    Owned(Arc<Vec<u8>>),
+    Mapped { map: Arc<memmap2::Mmap>, start: usize, len: usize },
+}
+
+/// Element storage: raw bytes for every numeric/bool dtype, or a list of strings.
+#[derive(Clone)]
+enum Data {
+    Raw(Bytes),
+    Strings(Vec<String>),
+}
+
+/// A constant tensor: dtype, concrete shape and element data.
+/// Cheap to clone (data is shared). Equality compares dtype, shape and bytes, whatever the storage.
+#[derive(Clone)]
+pub struct Tensor {
+    dtype: DType,
+    shape: Vec<usize>,
+    data: Data,
+}
+
+/// Why raw bytes cannot form a tensor of the asked type (wrong length, string dtype).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TensorError {
+    #[error("{dtype} tensor of shape {shape:?} needs {expected} bytes, got {got}")]
+    WrongLength { dtype: DType, shape: Vec<usize>, expected: usize, got: usize },
+    #[error("{dtype} tensor of shape {shape:?} is too large to address")]
+    TooLarge { dtype: DType, shape: Vec<usize> },
+    #[error("string tensors cannot be built from raw bytes")]
+    StringFromBytes,
+}
+
+fn expected_len(dtype: DType, shape: &[usize]) -> Result<usize, TensorError> {
+    let too_large = || TensorError::TooLarge { dtype, shape: shape.to_vec() };
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(too_large)?;
+    match dtype {
+        DType::String => Err(TensorError::StringFromBytes),
+        _ => dtype.storage_bytes(n).ok_or_else(too_large),
+    }
+}
+
+impl Tensor {
+    /// A tensor over owned little-endian bytes; checks the length against dtype and shape.
+    pub fn from_bytes(dtype: DType, shape: &[usize], bytes: Vec<u8>) -> Result<Tensor, TensorError> {
+        let expected = expected_len(dtype, shape)?;
+        if bytes.len() != expected {
+            return Err(TensorError::WrongLength { dtype, shape: shape.to_vec(), expected, got: bytes.len() });
+        }
+        Ok(Tensor { dtype, shape: shape.to_vec(), data: Data::Raw(Bytes::Owned(Arc::new(bytes))) })
+    }
+
+    /// A tensor viewing `map[start..start+len]` without copying; checks bounds and length.
+    /// Called by `package::read` for weight.bin payloads.
+    pub fn from_mapped(
+        dtype: DType,
+        shape: &[usize],
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+    ) -> Result<Tensor, TensorError> {
+        let len = expected_len(dtype, shape)?;
+        let available = map.len().saturating_sub(start);
+        if available < len {
+            return Err(TensorError::WrongLength { dtype, shape: shape.to_vec(), expected: len, got: available });
+        }
+        Ok(Tensor { dtype, shape: shape.to_vec(), data: Data::Raw(Bytes::Mapped { map, start, len }) })
+    }
+
+    /// An fp32 tensor; panics only if `values.len()` disagrees with `shape` (a programming error).
+    pub fn from_f32(shape: &[usize], values: &[f32]) -> Tensor {
+        Self::from_le(DType::F32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+
+    /// An fp16 tensor from f32 values, rounded to nearest even.
+    pub fn from_f32_as_f16(shape: &[usize], values: &[f32]) -> Tensor {
+        Self::from_le(DType::F16, shape, values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect())
+    }
+
+    /// An int32 tensor.
+    pub fn from_i32(shape: &[usize], values: &[i32]) -> Tensor {
+        Self::from_le(DType::I32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+
+    /// A bool tensor (one byte per element, 0 or 1).
+    pub fn from_bools(shape: &[usize], values: &[bool]) -> Tensor {
+        Self::from_le(DType::Bool, shape, values.iter().map(|&b| u8::from(b)).collect())
+    }
+
+    /// A rank-1 int32 tensor: the usual form of `axes`, `perm`, `shape`, `strides`.
+    pub fn i32_vec(values: &[i32]) -> Tensor {
+        Self::from_i32(&[values.len()], values)
+    }
+
+    /// A rank-0 int32 tensor.
+    pub fn i32_scalar(v: i32) -> Tensor {
+        Self::from_i32(&[], &[v])
+    }
+
+    /// A rank-0 bool tensor.
+    pub fn bool_scalar(v: bool) -> Tensor {
+        Self::from_bools(&[], &[v])
+    }
+
+    /// A rank-0 float tensor of dtype fp16 or fp32 (epsilons, clip bounds).
+    pub fn float_scalar(dtype: DType, v: f32) -> Tensor {
+        match dtype {
+            DType::F16 => Self::from_f32_as_f16(&[], &[v]),
+            _ => Self::from_f32(&[], &[v]),
+        }
+    }
+
+    /// A rank-0 string tensor (op names, `pad_type`, `mode`, `dtype`).
+    pub fn string(s: &str) -> Tensor {
+        Tensor { dtype: DType::String, shape: Vec::new(), data: Data::Strings(vec![s.to_string()]) }
+    }
+
+    /// A string tensor of any shape; `None` if the count disagrees with the shape.
+    pub fn from_strings(shape: &[usize], values: Vec<String>) -> Option<Tensor> {
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+        (n == values.len()).then(|| Tensor { dtype: DType::String, shape: shape.to_vec(), data: Data::Strings(values) })
+    }
+
+    fn from_le(dtype: DType, shape: &[usize], bytes: Vec<u8>) -> Tensor {
+        match Self::from_bytes(dtype, shape, bytes) {
+            Ok(t) => t,
+            Err(e) => panic!("Tensor constructor misused: {e}"),
+        }
+    }
+
+    /// Element dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Concrete shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True when the tensor has no elements (a 0 in its shape).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The MIL type of this value.
+    pub fn tensor_type(&self) -> TensorType {
+        TensorType::new(self.dtype, &self.shape)
+    }
+
+    /// Raw little-endian element bytes; empty for string tensors.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.data {
+            Data::Raw(Bytes::Owned(v)) => v,
+            Data::Raw(Bytes::Mapped { map, start, len }) => &map[*start..*start + *len],
+            Data::Strings(_) => &[],
+        }
+    }
+
+    /// The strings of a string tensor; empty for other dtypes.
+    pub fn strings(&self) -> &[String] {
+        match &self.data {
+            Data::Strings(s) => s,
+            Data::Raw(_) => &[],
+        }
+    }
+
+    /// The string of a rank-0 string tensor.
+    pub fn as_str(&self) -> Option<&str> {
+        match self.strings() {
+            [s] => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Values as f32 for fp16/fp32/fp64 tensors; `None` for other dtypes.
+    pub fn to_f32_vec(&self) -> Option<Vec<f32>> {
+        let b = self.bytes();
+        Some(match self.dtype {
+            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            DType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::F64 => b
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                .collect(),
+            _ => return None,
+        })
+    }
+
+    /// Values as i64 for integer and bool tensors of whole bytes; `None` otherwise.
+    /// Used by type inference to read `axes`, `perm`, `shape` and friends.
+    pub fn to_i64_vec(&self) -> Option<Vec<i64>> {
+        let b = self.bytes();
+        Some(match self.dtype {
+            DType::Bool | DType::U8 => b.iter().map(|&v| i64::from(v)).collect(),
+            DType::I8 => b.iter().map(|&v| i64::from(v as i8)).collect(),
+            DType::I16 => b.chunks_exact(2).map(|c| i64::from(i16::from_le_bytes([c[0], c[1]]))).collect(),
+            DType::U16 => b.chunks_exact(2).map(|c| i64::from(u16::from_le_bytes([c[0], c[1]]))).collect(),
+            DType::I32 => b.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
+            DType::U32 => b.chunks_exact(4).map(|c| i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
+            DType::I64 | DType::U64 => b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+            _ => return None,
+        })
+    }
+
+    /// The single value of a rank-0 (or one-element) integer/bool tensor.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self.to_i64_vec()?.as_slice() {
+            [v] => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Tensor) -> bool {
+        self.dtype == other.dtype
+            && self.shape == other.shape
+            && self.bytes() == other.bytes()
+            && self.strings() == other.strings()
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({} {:?}", self.dtype, self.shape)?;
+        if self.len() <= 8 {
+            match (self.to_f32_vec(), self.to_i64_vec()) {
+                (Some(v), _) => write!(f, " {v:?}")?,
+                (None, Some(v)) => write!(f, " {v:?}")?,
+                _ => write!(f, " {:?}", self.strings())?,
+            }
+        }
+        f.write_str(")")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fp16_rounds_and_reads_back() {
+        let t = Tensor::from_f32_as_f16(&[3], &[1.0, 0.1, 65504.0]);
+        assert_eq!(t.bytes().len(), 6);
+        assert_eq!(t.to_f32_vec().unwrap(), vec![1.0, f16::from_f32(0.1).to_f32(), 65504.0]);
+    }
+
+    #[test]
+    fn wrong_length_is_an_error_not_a_panic() {
+        let e = Tensor::from_bytes(DType::F32, &[2, 2], vec![0; 12]).unwrap_err();
+        assert_eq!(e, TensorError::WrongLength { dtype: DType::F32, shape: vec![2, 2], expected: 16, got: 12 });
+        assert!(matches!(Tensor::from_bytes(DType::F32, &[usize::MAX, 4], vec![]), Err(TensorError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn equality_ignores_storage() {
+        let a = Tensor::from_i32(&[2], &[1, -1]);
+        let b = Tensor::from_bytes(DType::I32, &[2], vec![1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b.to_i64_vec().unwrap(), vec![1, -1]);
+    }
+}

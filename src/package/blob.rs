@@ -1,0 +1,226 @@
+//! `weight.bin`: MIL blob storage, format version 2 (coremltools `mlmodel/src/MILBlob/Blob/
+//! StorageFormat.hpp`, coreml-format.md §4), and the rule that decides which consts go there (§5).
+//! [`BlobWriter`] streams payloads straight to the file (no copy of the model in memory);
+//! [`read_blob`] checks one record and returns a zero-copy view of the mapped file.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::mil::{DType, Opset, Tensor};
+
+use super::Error;
+
+/// Core ML aligns the header, every metadata record and every payload to 64 bytes (StorageFormat.hpp).
+pub const BLOB_ALIGNMENT: u64 = 64;
+/// Size of the file header and of each `blob_metadata` record.
+pub const RECORD_BYTES: u64 = 64;
+/// The only storage format version Core ML's reader accepts.
+pub const STORAGE_VERSION: u32 = 2;
+/// First field of every `blob_metadata` record; readers check it.
+pub const BLOB_SENTINEL: u32 = 0xDEAD_BEEF;
+/// Consts with fewer elements stay inline in the protobuf (`should_use_weight_file`: `val.size >= 10`).
+pub const BLOB_MIN_ELEMENTS: usize = 10;
+
+/// `BlobDataType` code of a dtype in weight.bin (these differ from MIL.proto's `DataType` numbers).
+pub fn blob_code(dtype: DType) -> Option<u32> {
+    Some(match dtype {
+        DType::F16 => 1,
+        DType::F32 => 2,
+        DType::U8 => 3,
+        DType::I8 => 4,
+        DType::BF16 => 5,
+        DType::I16 => 6,
+        DType::U16 => 7,
+        DType::I4 => 8,
+        DType::U1 => 9,
+        DType::U2 => 10,
+        DType::U4 => 11,
+        DType::U3 => 12,
+        DType::U6 => 13,
+        DType::I32 => 14,
+        DType::U32 => 15,
+        DType::F8E4M3FN => 16,
+        DType::F8E5M2 => 17,
+        _ => return None,
+    })
+}
+
+/// True when coremltools would store a const of this dtype and size in weight.bin for `opset`:
+/// at least [`BLOB_MIN_ELEMENTS`] elements and a dtype the blob format takes at that version
+/// (16/32-bit integers only from iOS18). `inspect` counts weights with the same rule.
+pub fn stored_in_blob(dtype: DType, elements: usize, opset: Opset) -> bool {
+    let allowed = match dtype {
+        DType::F16 | DType::F32 | DType::U8 | DType::I8 => true,
+        DType::I4 | DType::U1 | DType::U2 | DType::U3 | DType::U4 | DType::U6 => true,
+        DType::I16 | DType::U16 | DType::I32 | DType::U32 => opset >= Opset::Ios18,
+        _ => false,
+    };
+    allowed && elements >= BLOB_MIN_ELEMENTS
+}
+
+fn align(n: u64) -> u64 {
+    n.div_ceil(BLOB_ALIGNMENT) * BLOB_ALIGNMENT
+}
+
+/// Bits left unused in the last byte of a sub-byte payload (metadata `padding_size_in_bits`).
+fn padding_bits(dtype: DType, elements: usize) -> u64 {
+    match dtype.bits() {
+        Some(b) if b < 8 => ((8 - (elements * b) % 8) % 8) as u64,
+        _ => 0,
+    }
+}
+
+/// Appends blobs to a weight.bin being written. Created lazily by `package::write` on the
+/// first blob, so packages without blobs get no weight.bin (as coremltools does).
+pub struct BlobWriter {
+    file: BufWriter<File>,
+    path: PathBuf,
+    pos: u64,
+    count: u32,
+}
+
+impl BlobWriter {
+    /// Creates `path` and writes a header with count 0.
+    pub fn create(path: &Path) -> Result<BlobWriter, Error> {
+        let file = File::create(path).map_err(Error::io(path))?;
+        let mut w = BlobWriter { file: BufWriter::new(file), path: path.to_path_buf(), pos: 0, count: 0 };
+        w.put(&[0u8; RECORD_BYTES as usize])?;
+        Ok(w)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.file.write_all(bytes).map_err(Error::io(&self.path))?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes one tensor (64-aligned metadata record, then payload); returns the metadata offset,
+    /// which is what `BlobFileValue.offset` must hold.
+    pub fn append(&mut self, t: &Tensor) -> Result<u64, Error> {
+        let code = blob_code(t.dtype()).ok_or_else(|| Error::Invalid {
+            path: self.path.clone(),
+            reason: format!("{} tensors cannot be stored in weight.bin", t.dtype()),
+        })?;
+        let pad = align(self.pos) - self.pos;
+        self.put(&vec![0u8; pad as usize])?;
+        let md = self.pos;
+        let payload = t.bytes();
+        let mut rec = [0u8; RECORD_BYTES as usize];
+        rec[0..4].copy_from_slice(&BLOB_SENTINEL.to_le_bytes());
+        rec[4..8].copy_from_slice(&code.to_le_bytes());
+        rec[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+        rec[16..24].copy_from_slice(&(md + RECORD_BYTES).to_le_bytes());
+        rec[24..32].copy_from_slice(&padding_bits(t.dtype(), t.len()).to_le_bytes());
+        self.put(&rec)?;
+        self.put(payload)?;
+        self.count += 1;
+        Ok(md)
+    }
+
+    /// Rewrites the header with the final count and flushes. The file ends at the last payload byte.
+    pub fn finish(mut self) -> Result<u64, Error> {
+        let mut header = [0u8; RECORD_BYTES as usize];
+        header[0..4].copy_from_slice(&self.count.to_le_bytes());
+        header[4..8].copy_from_slice(&STORAGE_VERSION.to_le_bytes());
+        let path = self.path.clone();
+        self.file.flush().map_err(Error::io(&path))?;
+        let file = self.file.get_mut();
+        file.seek(std::io::SeekFrom::Start(0)).map_err(Error::io(&path))?;
+        file.write_all(&header).map_err(Error::io(&path))?;
+        file.sync_all().map_err(Error::io(&path))?;
+        Ok(self.pos)
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+/// Reads the tensor whose metadata record is at `offset` in the mapped weight file `map`,
+/// checking header version, sentinel, dtype code and size against the declared type.
+pub fn read_blob(path: &Path, map: &Arc<memmap2::Mmap>, offset: u64, dtype: DType, shape: &[usize]) -> Result<Tensor, Error> {
+    let bad = |reason: String| Error::BadBlob { path: path.to_path_buf(), offset, reason };
+    if map.len() < RECORD_BYTES as usize {
+        return Err(bad(format!("file is {} bytes, shorter than its header", map.len())));
+    }
+    let version = u32_at(map, 4);
+    if version != STORAGE_VERSION {
+        return Err(bad(format!("storage version {version}, expected {STORAGE_VERSION}")));
+    }
+    let md = usize::try_from(offset).map_err(|_| bad("offset too large".into()))?;
+    if offset % BLOB_ALIGNMENT != 0 || md < RECORD_BYTES as usize || md.saturating_add(RECORD_BYTES as usize) > map.len() {
+        return Err(bad(format!("no metadata record fits at this offset (file is {} bytes)", map.len())));
+    }
+    let rec = &map[md..md + RECORD_BYTES as usize];
+    if u32_at(rec, 0) != BLOB_SENTINEL {
+        return Err(bad("invalid sentinel (offset must point at a blob_metadata record)".into()));
+    }
+    let code = u32_at(rec, 4);
+    if Some(code) != blob_code(dtype) {
+        return Err(bad(format!("blob dtype code {code} does not match declared {dtype}")));
+    }
+    let (size, data) = (u64_at(rec, 8), u64_at(rec, 16));
+    let n: usize = shape.iter().product();
+    let expected = dtype.storage_bytes(n).ok_or_else(|| bad("declared shape too large".into()))?;
+    if size != expected as u64 {
+        return Err(bad(format!("payload is {size} bytes, declared {dtype} {shape:?} needs {expected}")));
+    }
+    let start = usize::try_from(data).map_err(|_| bad("data offset too large".into()))?;
+    if start.checked_add(expected).is_none_or(|end| end > map.len()) {
+        return Err(bad(format!("payload {start}+{expected} runs past the end of the file ({} bytes): truncated?", map.len())));
+    }
+    Tensor::from_mapped(dtype, shape, Arc::clone(map), start).map_err(|e| bad(e.to_string()))
+}
+
+/// Maps a weight file read-only. The mapping is shared by every tensor read from it.
+pub fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>, Error> {
+    let file = File::open(path).map_err(Error::io(path))?;
+    // SAFETY: the map is read-only; like every mmap reader we assume nobody truncates the
+    // weight file while a model read from it is alive (documented on `package::read`).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Error::io(path))?;
+    Ok(Arc::new(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_coremltools_hexdump() {
+        // coreml-format.md §4.1: fp16[108] then fp16[12] → metadata at 64 and 384, data at 128 and 448, EOF 472.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("weight.bin");
+        let mut w = BlobWriter::create(&p).unwrap();
+        let a = Tensor::from_f32_as_f16(&[4, 3, 3, 3], &[0.5; 108]);
+        let b = Tensor::from_f32_as_f16(&[3, 4], &[0.25; 12]);
+        assert_eq!(w.append(&a).unwrap(), 64);
+        assert_eq!(w.append(&b).unwrap(), 384);
+        assert_eq!(w.finish().unwrap(), 472);
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(&bytes[0..8], &[2, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(&bytes[64..72], &[0xef, 0xbe, 0xad, 0xde, 1, 0, 0, 0]);
+        assert_eq!(u64_at(&bytes, 64 + 8), 216);
+        assert_eq!(u64_at(&bytes, 64 + 16), 128);
+        let map = map_file(&p).unwrap();
+        assert_eq!(read_blob(&p, &map, 384, DType::F16, &[3, 4]).unwrap(), b);
+        assert!(matches!(read_blob(&p, &map, 128, DType::F16, &[3, 4]), Err(Error::BadBlob { .. })));
+        assert!(matches!(read_blob(&p, &map, 64, DType::F32, &[4, 3, 3, 3]), Err(Error::BadBlob { .. })));
+    }
+
+    #[test]
+    fn blob_rule_follows_coremltools() {
+        assert!(stored_in_blob(DType::F16, 10, Opset::Ios15));
+        assert!(!stored_in_blob(DType::F16, 9, Opset::Ios15));
+        assert!(!stored_in_blob(DType::I32, 20, Opset::Ios17));
+        assert!(stored_in_blob(DType::I32, 20, Opset::Ios18));
+        assert!(!stored_in_blob(DType::Bool, 100, Opset::Ios18));
+    }
+}

@@ -1,0 +1,58 @@
+//! `.mlpackage` on disk: [`write`] serializes a [`Model`](crate::mil::Model) (Manifest.json,
+//! `Data/com.apple.CoreML/model.mlmodel`, `weights/weight.bin`), [`read`] reads any ML Program
+//! package (ours or coremltools') back into the IR. The only module that sees protobuf types.
+//! Layout and rules: shared/docs/coreml-format.md §1–§5, §7.
+
+pub mod blob;
+pub mod manifest;
+mod proto;
+mod read;
+mod write;
+
+use std::path::PathBuf;
+
+pub use read::read;
+pub use write::{write, WriteSummary};
+
+/// Directory inside `Data/` that holds the model and its weights (the Manifest item author).
+pub const COREML_DIR: &str = "com.apple.CoreML";
+/// File name of the serialized `Model` protobuf.
+pub const MODEL_FILE: &str = "model.mlmodel";
+/// Directory of weight files, next to the model file.
+pub const WEIGHTS_DIR: &str = "weights";
+/// The one weight file coremltools writes and we write.
+pub const WEIGHT_FILE: &str = "weight.bin";
+/// How a program refers to a weight file: `@model_path` is the directory holding model.mlmodel.
+pub const BLOB_PATH_PREFIX: &str = "@model_path/";
+/// Extension Core ML requires of a package directory.
+pub const PACKAGE_EXTENSION: &str = "mlpackage";
+
+/// What can go wrong reading or writing a package. Each message names the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {reason}")]
+    NotAPackage { path: PathBuf, reason: String },
+    #[error("{path}: bad Manifest.json: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error("{path}: not a valid Core ML model protobuf (truncated or corrupt?): {source}")]
+    Decode { path: PathBuf, source: prost::DecodeError },
+    #[error("{path}: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
+    #[error("{path}: malformed model: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error("{path}: bad weight blob at offset {offset}: {reason}")]
+    BadBlob { path: PathBuf, offset: u64, reason: String },
+    #[error("{path}: program does not type-check: {source}")]
+    Check { path: PathBuf, source: crate::mil::builder::CheckError },
+    #[error("{path}: cannot write this model: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
