@@ -133,7 +133,7 @@ fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
 
 /// Runs `inspect`. Errors (missing, truncated, not a package) come back with the path in them.
 pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
-    let model = package::read(&args.package).with_context(|| format!("inspecting {}", args.package.display()))?;
+    let model = package::read(&args.package)?;
     let r = report(&model)?;
     let text = match args.format {
         Format::Json => {

@@ -1,0 +1,39 @@
+# torch2coreml — the two commands: `make run` and `make test`.
+# The Python environment (torch, coremltools: ~4 GB) lives in a cache outside the clone, keyed
+# by a hash of requirements.txt, so a fresh clone reuses it; `.venv` is a link to it.
+
+SHELL := /bin/bash
+CACHE ?= $(HOME)/.cache/torch2coreml
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+VENV_DIR := $(CACHE)/venv-$(REQ_HASH)
+PY := .venv/bin/python
+CT_FIXTURES := fixtures/coremltools/out
+RUN_PACKAGE := $(CT_FIXTURES)/attention_ios16_fp16.mlpackage
+
+.PHONY: setup test run fixtures
+
+setup:
+	@if [ ! -f "$(VENV_DIR)/.installed" ]; then \
+	  echo "setup: installing the Python environment into $(VENV_DIR) (first run only)"; \
+	  python3 -m venv "$(VENV_DIR)" && \
+	  "$(VENV_DIR)/bin/pip" install --quiet --disable-pip-version-check -r requirements.txt && \
+	  touch "$(VENV_DIR)/.installed"; \
+	fi
+	@ln -sfn "$(VENV_DIR)" .venv
+	@$(MAKE) --no-print-directory fixtures
+
+# Packages coremltools writes for small torch models; made only when missing.
+fixtures:
+	@if [ ! -f "$(CT_FIXTURES)/histograms.json" ]; then \
+	  echo "setup: converting coremltools fixtures"; \
+	  $(PY) fixtures/coremltools/make.py $(CT_FIXTURES); \
+	fi
+
+# Unit + CLI tests, then the oracle checks (ignored in a plain `cargo test`: they need .venv).
+test: setup
+	cargo test --all-targets -- --include-ignored
+
+# The main job on the bundled default. Until `convert` lands, that is inspecting a package.
+run: setup
+	cargo run --quiet --release -- inspect $(RUN_PACKAGE)
+	cargo run --quiet --release -- inspect --format json $(RUN_PACKAGE)
