@@ -136,3 +136,44 @@ fn histogram_matches_coremltools_on_our_packages() {
         assert_eq!(ops_of(&json_report(p)), ct_ops, "{}", p.display());
     }
 }
+
+fn coremltools_fixtures() -> (PathBuf, serde_json::Map<String, serde_json::Value>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/coremltools/out");
+    let text = std::fs::read_to_string(dir.join("histograms.json")).expect("fixtures missing: run `make setup`");
+    let hist: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (dir, hist.as_object().unwrap().clone())
+}
+
+#[test]
+fn histogram_matches_coremltools_on_its_own_packages() {
+    let (dir, hist) = coremltools_fixtures();
+    assert!(hist.len() >= 9, "expected 3 models × 3 targets, got {}", hist.len());
+    for (pkg, ct_ops) in &hist {
+        let ct_ops: BTreeMap<String, u64> = serde_json::from_value(ct_ops.clone()).unwrap();
+        assert_eq!(ops_of(&json_report(&dir.join(pkg))), ct_ops, "{pkg}");
+    }
+}
+
+#[test]
+#[ignore = "needs coremltools 9.0 from `make setup`; `make test` runs it"]
+fn coremltools_packages_rewritten_by_us_still_load_in_coremltools() {
+    let (dir, hist) = coremltools_fixtures();
+    let out = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = hist
+        .keys()
+        .map(|pkg| {
+            let model = package::read(&dir.join(pkg)).unwrap_or_else(|e| panic!("{pkg}: {e}"));
+            let p = out.path().join(pkg);
+            package::write(&model, &p).unwrap_or_else(|e| panic!("{pkg}: {e}"));
+            assert_eq!(package::read(&p).unwrap(), model, "{pkg}: our re-write does not read back identically");
+            p
+        })
+        .collect();
+    let theirs = coremltools_histograms(&paths);
+    for p in &paths {
+        let ct = &theirs[p.to_str().unwrap()];
+        assert_eq!(ct["ok"], true, "{p:?}: {}", ct["error"]);
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(ct["ops"], hist[name], "{name}");
+    }
+}
