@@ -219,3 +219,29 @@ impl Model {
         Model { program, metadata: Metadata::default(), feature_descriptions: BTreeMap::new() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_map_to_spec_version_and_opset_like_coremltools() {
+        // coremltools `_SPECIFICATION_VERSION_IOS_*` and `_OPSET` (coreml-format.md §3).
+        for (target, spec, opset) in [
+            ("iOS15", 6, "CoreML5"),
+            ("macOS12", 6, "CoreML5"),
+            ("iOS16", 7, "CoreML6"),
+            ("macOS13", 7, "CoreML6"),
+            ("iOS17", 8, "CoreML7"),
+            ("macOS14", 8, "CoreML7"),
+            ("iOS18", 9, "CoreML8"),
+            ("macOS15", 9, "CoreML8"),
+        ] {
+            let o = Opset::from_target(target).unwrap();
+            assert_eq!((o.spec_version(), o.opset_name()), (spec, opset), "{target}");
+            assert_eq!(Opset::from_spec_version(spec), Some(o));
+            assert_eq!(Opset::from_opset_name(opset), Some(o));
+        }
+        assert_eq!(Opset::from_target("iOS14"), None);
+    }
+}
