@@ -7,3 +7,4 @@
 
 pub mod mil;
 pub mod package;
+pub mod torchscript;
