@@ -8,7 +8,8 @@ REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 VENV_DIR := $(CACHE)/venv-$(REQ_HASH)
 PY := .venv/bin/python
 CT_FIXTURES := fixtures/coremltools/out
-RUN_PACKAGE := $(CT_FIXTURES)/attention_ios16_fp16.mlpackage
+RUN_MODEL := fixtures/torchscript/convnet.pt
+RUN_OUT := target/run/ConvNet.mlpackage
 
 .PHONY: setup test run fixtures
 
@@ -33,7 +34,8 @@ fixtures:
 test: setup
 	cargo test --all-targets -- --include-ignored
 
-# The main job on the bundled default. Until `convert` lands, that is inspecting a package.
+# The main job on the bundled default: convert a traced model, then inspect the package.
 run: setup
-	cargo run --quiet --release -- inspect $(RUN_PACKAGE)
-	cargo run --quiet --release -- inspect --format json $(RUN_PACKAGE)
+	@mkdir -p target/run
+	cargo run --quiet --release -- convert $(RUN_MODEL) -o $(RUN_OUT) --input x:1x3x6x6:fp32
+	cargo run --quiet --release -- inspect $(RUN_OUT)

@@ -98,15 +98,6 @@ fn features_json(list: &[(String, TensorType)]) -> serde_json::Value {
     list.iter().map(|(n, t)| json!({"name": n, "shape": shape_json(t), "dtype": t.dtype.name()})).collect()
 }
 
-/// `1.5 MB`, `12.0 KB`, `512 B`.
-fn human_bytes(n: usize) -> String {
-    match n {
-        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1} KB", n as f64 / 1e3),
-        n => format!("{n} B"),
-    }
-}
-
 fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
     let mut s = format!("{}\n", path.display());
     s += &format!("  specification version {} ({}), opset {}\n", r.spec_version, r.target, r.opset);
@@ -120,7 +111,7 @@ fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
             s += &format!("    {n}: {} [{}]\n", t.dtype, shape(t));
         }
     }
-    s += &format!("  weights: {} tensors, {}\n", r.weights, human_bytes(r.weight_bytes));
+    s += &format!("  weights: {} tensors, {}\n", r.weights, output::human_bytes(r.weight_bytes as u64));
     let total: usize = r.ops.values().sum();
     s += &format!("  ops ({total}):\n");
     let mut hist: Vec<_> = r.ops.iter().collect();

@@ -1,8 +1,10 @@
 //! Command-line front end: the clap definitions and one file per subcommand. The only module that
 //! prints, reads terminal state, or uses `anyhow`; library errors get their file context here.
 
+mod convert;
 mod inspect;
 mod output;
+mod progress;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Convert a traced TorchScript model (.pt) to a Core ML package, without Python.
+    Convert(convert::Args),
     /// Show a package's signature, spec version, opset, op histogram and weights.
     Inspect(inspect::Args),
 }
@@ -32,6 +36,7 @@ pub enum Command {
 /// Runs one parsed command line. Called by `main`.
 pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
+        Command::Convert(args) => convert::run(&args),
         Command::Inspect(args) => inspect::run(&args),
     }
 }

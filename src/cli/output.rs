@@ -28,3 +28,12 @@ pub fn json(value: &serde_json::Value) -> String {
     s.push('\n');
     s
 }
+
+/// `1.5 MB`, `12.0 KB`, `512 B`: sizes in summaries.
+pub fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} KB", n as f64 / 1e3),
+        n => format!("{n} B"),
+    }
+}

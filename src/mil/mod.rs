@@ -150,6 +150,35 @@ pub struct Block {
 }
 
 impl Block {
+    /// Renames value `old` to `new` everywhere in this block (its definition, every use, the
+    /// block outputs). The caller makes sure `new` is not already defined. Used by loaders to
+    /// give model outputs stable names.
+    pub fn rename(&mut self, old: &str, new: &str) {
+        for op in &mut self.operations {
+            for o in op.outputs.iter_mut().filter(|o| o.name == old) {
+                o.name = new.to_string();
+            }
+            for (_, args) in &mut op.inputs {
+                for a in args.iter_mut() {
+                    if matches!(a, Argument::Name(n) if n == old) {
+                        *a = Argument::Name(new.to_string());
+                    }
+                }
+            }
+            for b in &mut op.blocks {
+                b.rename(old, new);
+            }
+        }
+        for o in self.outputs.iter_mut().filter(|o| *o == old) {
+            *o = new.to_string();
+        }
+    }
+
+    /// True when some op in this block (or a nested one) defines `name`.
+    pub fn defines(&self, name: &str) -> bool {
+        self.walk_ops().iter().any(|op| op.outputs.iter().any(|o| o.name == name))
+    }
+
     /// Every operation, nested blocks included, in order (for histograms and walks).
     pub fn walk_ops(&self) -> Vec<&Operation> {
         let mut out = Vec::new();

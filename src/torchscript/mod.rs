@@ -7,6 +7,9 @@
 //! Called by the TorchScript front end (`code.rs` parses [`Archive::code`], `lower/` reads
 //! [`Archive::root`] and [`Archive::tensors`]). Format facts: shared/docs/torchscript-format.md.
 
+pub mod code;
+pub mod graph;
+pub mod lower;
 pub mod pickle;
 pub mod zip;
 
@@ -113,6 +116,31 @@ pub enum Error {
         entry: String,
         reason: String,
     },
+    #[error("{path}: {file}:{source}")]
+    Parse {
+        path: PathBuf,
+        file: String,
+        source: code::ParseError,
+    },
+    #[error("{path}: {} unsupported torch op kind(s): {}", ops.len(), graph::describe_unsupported(ops))]
+    Unsupported { path: PathBuf, ops: Vec<graph::UnsupportedOp> },
+    #[error(
+        "{path}: data-dependent control flow (`{keyword}`) at {location}; convert a model made \
+         with torch.jit.trace, which records one straight-line path, not torch.jit.script"
+    )]
+    ControlFlow {
+        path: PathBuf,
+        keyword: &'static str,
+        location: String,
+    },
+    #[error("{path}: {location}: {message}")]
+    Lower {
+        path: PathBuf,
+        location: String,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Inputs { path: PathBuf, message: String },
 }
 
 /// The likely cause behind a refused pickle global, for [`Error::GlobalNotAllowed`].

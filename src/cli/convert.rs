@@ -1,0 +1,143 @@
+//! `torch2coreml convert MODEL.pt -o OUT.mlpackage`: reads a traced TorchScript archive (pure
+//! Rust: no Python, no libtorch), lowers it to MIL with the given input shapes, and writes the
+//! package (temp dir + rename: a failure leaves nothing). Used in build scripts.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use super::output::{self, Format};
+use super::progress::Progress;
+use super::ExitStatus;
+use torch2coreml::mil::{DType, Model, Opset, Program, TensorType};
+use torch2coreml::package;
+use torch2coreml::torchscript::{self, graph};
+
+/// Arguments of `convert`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A traced TorchScript file (torch.jit.trace + torch.jit.save).
+    pub model: PathBuf,
+    /// Where to write the package (must end in .mlpackage; replaced if it exists).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// A model input as NAME:DIMS:DTYPE, e.g. `x:1x3x224x224:fp32` or `input_ids:1x128:int64`;
+    /// one per forward() argument, matched by name, else by position. DTYPE defaults to fp32.
+    #[arg(long = "input", value_name = "NAME:DIMS:DTYPE", required = true)]
+    pub inputs: Vec<String>,
+    /// Compute precision of the package.
+    #[arg(long, value_enum, default_value_t = Precision::Fp16)]
+    pub precision: Precision,
+    /// Minimum deployment target: iOS15–iOS18 or macOS12–macOS15.
+    #[arg(long, default_value = "iOS16")]
+    pub target: String,
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+/// `--precision`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Fp16,
+    Fp32,
+}
+
+/// Parses one `--input` value.
+fn parse_input(s: &str) -> anyhow::Result<graph::InputSpec> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (name, dims, dtype) = match parts.as_slice() {
+        [name, dims] => (*name, *dims, "fp32"),
+        [name, dims, dtype] => (*name, *dims, *dtype),
+        _ => bail!("--input `{s}`: expected NAME:DIMS:DTYPE, e.g. x:1x3x224x224:fp32"),
+    };
+    let shape = dims
+        .split(['x', ','])
+        .map(|d| d.trim().parse::<usize>().with_context(|| format!("--input `{s}`: `{d}` is not a dimension")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if shape.iter().any(|&d| d == 0) || shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_INPUT_ELEMENTS) {
+        bail!("--input `{s}`: dimensions must be positive and at most {MAX_INPUT_ELEMENTS} elements in all");
+    }
+    let dtype = match dtype.to_ascii_lowercase().as_str() {
+        "fp32" | "float32" | "float" => DType::F32,
+        "fp16" | "float16" | "half" => DType::F16,
+        "int64" | "long" => DType::I64,
+        "int32" | "int" => DType::I32,
+        "bool" => DType::Bool,
+        other => bail!("--input `{s}`: unknown dtype `{other}` (fp32, fp16, int64, int32, bool)"),
+    };
+    let name = (!name.is_empty()).then(|| name.to_string());
+    Ok(graph::InputSpec { name, ty: TensorType::new(dtype, &shape) })
+}
+
+/// Largest input accepted (2^31 elements): beyond it int32 shape arithmetic in MIL overflows.
+const MAX_INPUT_ELEMENTS: usize = i32::MAX as usize;
+
+/// Runs `convert`.
+pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
+    let start = Instant::now();
+    let opset = Opset::from_target(&args.target)
+        .with_context(|| format!("--target `{}`: expected iOS15–iOS18 or macOS12–macOS15", args.target))?;
+    let precision = match args.precision {
+        Precision::Fp16 => DType::F16,
+        Precision::Fp32 => DType::F32,
+    };
+    let inputs = args.inputs.iter().map(|s| parse_input(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    if args.model.is_dir() {
+        bail!("{}: is a directory; only traced TorchScript (.pt) files are supported so far", args.model.display());
+    }
+    let progress = Progress::new();
+    progress.stage("reading TorchScript");
+    let archive = torchscript::read(&args.model)?;
+    progress.stage("lowering to MIL");
+    let main = graph::to_mil(&archive, &inputs, &graph::Options { opset, precision })?;
+    let mut model = Model::new(Program::with_main(main));
+    model.metadata.user_defined.insert("torch2coreml.version".into(), env!("CARGO_PKG_VERSION").into());
+    model.metadata.user_defined.insert("torch2coreml.source".into(), args.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    progress.stage("writing package");
+    let summary = package::write(&model, &args.output)?;
+    progress.finish();
+
+    let main = model.program.main().context("no main function")?;
+    let ops = main.block.walk_ops();
+    let compute_ops = ops.iter().filter(|o| o.op_type != "const").count();
+    let seconds = start.elapsed().as_secs_f64();
+    let text = match args.format {
+        Format::Json => output::json(&json!({
+            "output": args.output,
+            "spec_version": opset.spec_version(),
+            "opset": opset.opset_name(),
+            "precision": precision.name(),
+            "ops": compute_ops,
+            "consts": ops.len() - compute_ops,
+            "weight_bytes": summary.weight_bytes,
+            "seconds": seconds,
+        })),
+        Format::Text => format!(
+            "wrote {} ({} ops, {} of weights, {}, {precision}) in {seconds:.2} s\n",
+            args.output.display(),
+            compute_ops,
+            output::human_bytes(summary.weight_bytes),
+            opset.target_name(),
+        ),
+    };
+    output::print(&text)?;
+    Ok(ExitStatus::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_specs_parse() {
+        let s = parse_input("input_ids:1x128:int64").unwrap();
+        assert_eq!((s.name.as_deref(), s.ty), (Some("input_ids"), TensorType::new(DType::I64, &[1, 128])));
+        assert_eq!(parse_input("x:2,16").unwrap().ty, TensorType::new(DType::F32, &[2, 16]));
+        for bad in ["x", "x:1x0:fp32", "x:1xA", "x:2:complex", "x:99999x99999x99999"] {
+            assert!(parse_input(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! Turns a traced TorchScript archive into one MIL function: evaluates the root `forward`
+//! symbolically with `self` bound to the module tree and the user's input shapes, inlines every
+//! submodule `(m).forward(...)`, resolves `self.x` / `getattr` / `CONSTANTS.cN` to modules,
+//! weights (consts, cast to the compute precision) and values, and sends each `torch.*` /
+//! `ops.*` call through `lower::LOWERINGS`. Before any of that it scans every reachable
+//! `forward` and fails once, listing every unsupported op with counts and locations, or
+//! pointing at scripted control flow. Called by `convert`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::code::{self, ClassDef, Expr, FnDef, Stmt, StmtKind};
+use super::lower::{self, Lower, Value};
+use super::{Archive, Attribute, Error, Module, PyObject};
+use crate::mil::builder::{Builder, Var};
+use crate::mil::ops::elementwise as ew;
+use crate::mil::{DType, Function, Opset, Tensor, TensorType};
+
+/// Most locations listed per unsupported op kind in the error line.
+const MAX_LOCATIONS_SHOWN: usize = 3;
+/// Deepest submodule nesting followed; deeper (or recursive) module graphs are rejected.
+const MAX_MODULE_DEPTH: usize = 64;
+
+/// One model input as the user gives it: a name (matched to `forward`'s parameters, else by
+/// position) and a type. int64 inputs become int32 package inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputSpec {
+    pub name: Option<String>,
+    pub ty: TensorType,
+}
+
+/// How to convert.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub opset: Opset,
+    /// Compute precision: fp16 or fp32.
+    pub precision: DType,
+}
+
+/// A torch op kind we do not lower, with where it appears.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnsupportedOp {
+    pub kind: String,
+    pub count: usize,
+    pub locations: Vec<String>,
+}
+
+/// `aten::foo ×3 (code/a.py:12, code/b.py:7), aten::bar ×1 (code/a.py:30)`.
+pub fn describe_unsupported(ops: &[UnsupportedOp]) -> String {
+    ops.iter()
+        .map(|o| {
+            let mut locs = o.locations.iter().take(MAX_LOCATIONS_SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if o.locations.len() > MAX_LOCATIONS_SHOWN {
+                locs += ", …";
+            }
+            format!("{} ×{} ({locs})", o.kind, o.count)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The op kind a called name stands for (`torch.linear` → `aten::linear`), or `None` for names
+/// the inliner handles itself (builtins, `torch.device`).
+fn call_kind(name: &str) -> Option<String> {
+    if let Some(op) = name.strip_prefix("torch.") {
+        return (op != "device").then(|| format!("aten::{op}"));
+    }
+    if let Some(rest) = name.strip_prefix("ops.") {
+        return Some(rest.replacen('.', "::", 1));
+    }
+    match name {
+        "int" | "float" | "bool" | "getattr" | "annotate" | "unchecked_cast" => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// Parsed classes by qualified name (`__torch__.torch.nn.modules.linear.Linear`), with their file.
+struct Classes(HashMap<String, (String, ClassDef)>);
+
+impl Classes {
+    fn parse(archive: &Archive) -> Result<Classes, Error> {
+        let mut map = HashMap::new();
+        for (file, text) in &archive.code {
+            let Some(module) = file.strip_prefix("code/").and_then(|f| f.strip_suffix(".py")) else { continue };
+            let module = module.replace('/', ".");
+            let stmts = code::parse(text).map_err(|source| Error::Parse { path: archive.path.clone(), file: file.clone(), source })?;
+            for c in code::classes(&stmts) {
+                map.insert(format!("{module}.{}", c.name), (file.clone(), c.clone()));
+            }
+        }
+        Ok(Classes(map))
+    }
+
+    fn forward(&self, module: &Module) -> Option<(&str, &FnDef)> {
+        let (file, class) = self.0.get(&module.class.to_string())?;
+        Some((file.as_str(), class.method("forward")?))
+    }
+}
+
+/// Walks a statement list for calls and control flow.
+fn scan(stmts: &[Stmt], file: &str, calls: &mut BTreeMap<String, Vec<String>>, flow: &mut Option<(&'static str, String)>) {
+    fn expr(e: &Expr, loc: &str, calls: &mut BTreeMap<String, Vec<String>>) {
+        match e {
+            Expr::Call { func, args, kwargs } => {
+                if let Expr::Attr(target, m) = func.as_ref() {
+                    if m == "forward" {
+                        expr(target, loc, calls);
+                    } else if let Some(kind) = func.dotted().and_then(|n| call_kind(&n)) {
+                        calls.entry(kind).or_default().push(loc.to_string());
+                    } else {
+                        expr(func, loc, calls);
+                    }
+                } else if let Some(kind) = func.dotted().and_then(|n| call_kind(&n)) {
+                    calls.entry(kind).or_default().push(loc.to_string());
+                }
+                args.iter().chain(kwargs.iter().map(|(_, v)| v)).for_each(|a| expr(a, loc, calls));
+            }
+            Expr::Attr(v, _) | Expr::Neg(v) => expr(v, loc, calls),
+            Expr::List(items) | Expr::Tuple(items) => items.iter().for_each(|a| expr(a, loc, calls)),
+            Expr::Subscript(v, i) => {
+                expr(v, loc, calls);
+                expr(i, loc, calls);
+            }
+            _ => {}
+        }
+    }
+    for s in stmts {
+        let loc = format!("{file}:{}", s.line);
+        match &s.kind {
+            StmtKind::Assign { value: Some(v), .. } | StmtKind::Return(v) | StmtKind::Expr(v) => expr(v, &loc, calls),
+            StmtKind::If { .. } | StmtKind::While { .. } | StmtKind::For { .. } if flow.is_none() => {
+                let kw = match s.kind {
+                    StmtKind::If { .. } => "if",
+                    StmtKind::While { .. } => "while",
+                    _ => "for",
+                };
+                *flow = Some((kw, loc));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Fails with every unsupported op (or the first control flow) in the forwards reachable from
+/// the root module; every instance's class counts once.
+fn check_supported(archive: &Archive, classes: &Classes) -> Result<(), Error> {
+    let mut calls = BTreeMap::new();
+    let mut flow = None;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(Arc::clone(&archive.root), 0usize)];
+    while let Some((m, depth)) = stack.pop() {
+        if depth > MAX_MODULE_DEPTH {
+            return Err(Error::Lower { path: archive.path.clone(), location: m.class.to_string(), message: "module tree too deep".into() });
+        }
+        if seen.insert(m.class.to_string()) {
+            if let Some((file, f)) = classes.forward(&m) {
+                scan(&f.body, file, &mut calls, &mut flow);
+            }
+        }
+        for (_, a) in &m.attributes {
+            if let Attribute::Module(child) = a {
+                stack.push((Arc::clone(child), depth + 1));
+            }
+        }
+    }
+    if let Some((keyword, location)) = flow {
+        return Err(Error::ControlFlow { path: archive.path.clone(), keyword, location });
+    }
+    let ops: Vec<UnsupportedOp> = calls
+        .into_iter()
+        .filter(|(kind, _)| lower::lookup(kind).is_none())
+        .map(|(kind, locations)| UnsupportedOp { kind, count: locations.len(), locations })
+        .collect();
+    if ops.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Unsupported { path: archive.path.clone(), ops })
+    }
+}
+
+/// A value while inlining: a lowering value, a module (with its dotted path), or `CONSTANTS`.
+#[derive(Clone)]
+enum Val {
+    V(Value),
+    Module(Arc<Module>, String),
+    Constants,
+}
+
+struct Inliner<'a> {
+    archive: &'a Archive,
+    classes: &'a Classes,
+    lower: Lower,
+    weights: HashMap<*const super::TorchTensor, Var>,
+    location: String,
+}
+
+impl Inliner<'_> {
+    fn err(&self, message: impl Into<String>) -> Error {
+        Error::Lower { path: self.archive.path.clone(), location: self.location.clone(), message: message.into() }
+    }
+
+    fn weight(&mut self, name: &str, t: &Arc<super::TorchTensor>) -> Result<Value, Error> {
+        if let Some(v) = self.weights.get(&Arc::as_ptr(t)) {
+            return Ok(Value::Tensor(v.clone()));
+        }
+        let tensor = t.to_tensor()?;
+        let tensor = if tensor.dtype() == DType::I64 { to_i32(&tensor).map_err(|m| self.err(m))? } else { tensor };
+        let var = self.lower.weight(name, &tensor).map_err(|m| self.err(m))?;
+        self.weights.insert(Arc::as_ptr(t), var.clone());
+        Ok(Value::Tensor(var))
+    }
+
+    fn py(&mut self, name: &str, o: &PyObject) -> Result<Value, Error> {
+        Ok(match o {
+            PyObject::None => Value::None,
+            PyObject::Bool(b) => Value::Bool(*b),
+            PyObject::Int(i) => Value::Int(*i),
+            PyObject::Float(x) => Value::Float(*x),
+            PyObject::Str(s) => Value::Str(s.to_string()),
+            PyObject::Tuple(items) => Value::Tuple(items.iter().map(|i| self.py(name, i)).collect::<Result<_, _>>()?),
+            PyObject::List(items) => Value::List(items.iter().map(|i| self.py(name, i)).collect::<Result<_, _>>()?),
+            PyObject::Tensor(t) => self.weight(name, t)?,
+            PyObject::Device(_) => Value::Device,
+            other => return Err(self.err(format!("attribute `{name}` holds {other:?}, which cannot be converted"))),
+        })
+    }
+
+    fn attr(&mut self, base: Val, name: &str) -> Result<Val, Error> {
+        match base {
+            Val::Module(m, path) => {
+                let full = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+                match m.get(name) {
+                    Some(Attribute::Module(c)) => Ok(Val::Module(Arc::clone(c), full)),
+                    Some(Attribute::Tensor(t)) => Ok(Val::V(self.weight(&full, &Arc::clone(t))?)),
+                    Some(Attribute::Value(o)) => Ok(Val::V(self.py(&full, &o.clone())?)),
+                    None => Err(self.err(format!("module `{}` has no attribute `{name}`", m.class))),
+                }
+            }
+            Val::Constants => {
+                let i: usize = name.strip_prefix('c').and_then(|n| n.parse().ok()).ok_or_else(|| self.err(format!("bad constant `{name}`")))?;
+                let o = self.archive.constants.get(i).cloned().ok_or_else(|| self.err(format!("CONSTANTS.{name} does not exist")))?;
+                Ok(Val::V(self.py(&format!("constant_{i}"), &o)?))
+            }
+            Val::V(v) => Err(self.err(format!("attribute `{name}` of a value ({v:?})"))),
+        }
+    }
+
+    fn value(&self, v: Val) -> Result<Value, Error> {
+        match v {
+            Val::V(v) => Ok(v),
+            Val::Module(m, _) => Err(self.err(format!("module `{}` used as a value", m.class))),
+            Val::Constants => Err(self.err("CONSTANTS used as a value")),
+        }
+    }
+
+    fn eval(&mut self, e: &Expr, env: &HashMap<String, Val>, depth: usize) -> Result<Val, Error> {
+        Ok(match e {
+            Expr::Name(n) if n == "CONSTANTS" => Val::Constants,
+            Expr::Name(n) => env.get(n).cloned().ok_or_else(|| self.err(format!("`{n}` is not defined")))?,
+            Expr::Int(i) => Val::V(Value::Int(*i)),
+            Expr::Float(x) => Val::V(Value::Float(*x)),
+            Expr::Str(s) => Val::V(Value::Str(s.clone())),
+            Expr::Bool(b) => Val::V(Value::Bool(*b)),
+            Expr::None => Val::V(Value::None),
+            Expr::Neg(v) => match self.eval(v, env, depth)? {
+                Val::V(Value::Int(i)) => Val::V(Value::Int(-i)),
+                Val::V(Value::Float(x)) => Val::V(Value::Float(-x)),
+                _ => return Err(self.err("negation of a non-number")),
+            },
+            Expr::Attr(base, name) => {
+                let b = self.eval(base, env, depth)?;
+                self.attr(b, name)?
+            }
+            Expr::List(items) | Expr::Tuple(items) => {
+                let vs = items.iter().map(|i| self.eval(i, env, depth).and_then(|v| self.value(v))).collect::<Result<Vec<_>, _>>()?;
+                Val::V(if matches!(e, Expr::List(_)) { Value::List(vs) } else { Value::Tuple(vs) })
+            }
+            Expr::Subscript(base, idx) => {
+                let b = self.eval(base, env, depth).and_then(|v| self.value(v))?;
+                let i = self.eval(idx, env, depth).and_then(|v| self.value(v))?;
+                match (b, i) {
+                    (Value::List(items) | Value::Tuple(items), Value::Int(i)) => {
+                        let n = items.len() as i64;
+                        let j = if i < 0 { i + n } else { i };
+                        items.get(j as usize).cloned().map(Val::V).ok_or_else(|| self.err(format!("index {i} out of range")))?
+                    }
+                    _ => return Err(self.err("unsupported subscript")),
+                }
+            }
+            Expr::Call { func, args, kwargs } => return self.call(func, args, kwargs, env, depth),
+        })
+    }
+
+    fn call(&mut self, func: &Expr, args: &[Expr], kwargs: &[(String, Expr)], env: &HashMap<String, Val>, depth: usize) -> Result<Val, Error> {
+        if let Expr::Attr(target, method) = func {
+            if method == "forward" {
+                let Val::Module(m, path) = self.eval(target, env, depth)? else { return Err(self.err("`.forward` of a non-module")) };
+                let vals = args.iter().map(|a| self.eval(a, env, depth)).collect::<Result<Vec<_>, _>>()?;
+                return self.forward(&m, &path, vals, depth + 1);
+            }
+        }
+        let name = func.dotted().ok_or_else(|| self.err("call of a computed function"))?;
+        let mut vals = Vec::with_capacity(args.len());
+        for a in args {
+            vals.push(self.eval(a, env, depth)?);
+        }
+        match name.as_str() {
+            "getattr" => {
+                let [base, Val::V(Value::Str(attr))] = <[Val; 2]>::try_from(vals).map_err(|_| self.err("getattr needs 2 arguments"))? else {
+                    return Err(self.err("getattr with a computed name"));
+                };
+                return self.attr(base, &attr);
+            }
+            "annotate" | "unchecked_cast" => return vals.pop().ok_or_else(|| self.err(format!("{name} needs 2 arguments"))),
+            "int" | "float" | "bool" => {
+                let v = vals.pop().map(|v| self.value(v)).transpose()?.ok_or_else(|| self.err(format!("{name}() needs an argument")))?;
+                return Ok(Val::V(match (name.as_str(), v) {
+                    ("int", Value::Int(i)) => Value::Int(i),
+                    ("int", Value::Float(x)) => Value::Int(x as i64),
+                    ("float", Value::Int(i)) => Value::Float(i as f64),
+                    ("float", Value::Float(x)) => Value::Float(x),
+                    ("bool", Value::Bool(b)) => Value::Bool(b),
+                    ("bool", Value::Int(i)) => Value::Bool(i != 0),
+                    (_, v) => return Err(self.err(format!("{name}() of a computed value {v:?}: the model depends on data at conversion time"))),
+                }));
+            }
+            "torch.device" => return Ok(Val::V(Value::Device)),
+            _ => {}
+        }
+        let kind = call_kind(&name).ok_or_else(|| self.err(format!("cannot call `{name}`")))?;
+        let lowering = lower::lookup(&kind).ok_or_else(|| self.err(format!("{kind} is not supported")))?;
+        let values = vals.into_iter().map(|v| self.value(v)).collect::<Result<Vec<_>, _>>()?;
+        let mut kw = Vec::with_capacity(kwargs.len());
+        for (k, e) in kwargs {
+            let v = self.eval(e, env, depth).and_then(|v| self.value(v))?;
+            kw.push((k.clone(), v));
+        }
+        let normalized = Lower::normalize(lowering, values, kw).map_err(|m| self.err(m))?;
+        (lowering.lower)(&mut self.lower, &normalized).map(Val::V).map_err(|m| self.err(format!("{kind}: {m}")))
+    }
+
+    fn forward(&mut self, m: &Arc<Module>, path: &str, args: Vec<Val>, depth: usize) -> Result<Val, Error> {
+        if depth > MAX_MODULE_DEPTH {
+            return Err(self.err("submodule calls nest too deeply"));
+        }
+        let (file, f) = self.classes.forward(m).ok_or_else(|| self.err(format!("class `{}` has no forward in code/", m.class)))?;
+        if f.params.len() != args.len() + 1 {
+            return Err(self.err(format!("{}.forward takes {} arguments, got {}", m.class, f.params.len().saturating_sub(1), args.len())));
+        }
+        let mut env = HashMap::new();
+        env.insert(f.params[0].name.clone(), Val::Module(Arc::clone(m), path.to_string()));
+        for (p, a) in f.params[1..].iter().zip(args) {
+            env.insert(p.name.clone(), a);
+        }
+        let prefix = path.replace('.', "_");
+        for s in &f.body {
+            self.location = format!("{file}:{}", s.line);
+            match &s.kind {
+                StmtKind::Assign { targets, value: Some(v), .. } => {
+                    let hint = match targets.first() {
+                        Some(Expr::Name(n)) if prefix.is_empty() => n.clone(),
+                        Some(Expr::Name(n)) => format!("{prefix}_{n}"),
+                        _ => prefix.clone(),
+                    };
+                    self.lower.hint = hint;
+                    let val = self.eval(v, &env, depth)?;
+                    if let [Expr::Name(t)] = targets.as_slice() {
+                        env.insert(t.clone(), val);
+                    } else {
+                        let Val::V(Value::Tuple(items) | Value::List(items)) = val else {
+                            return Err(self.err("cannot unpack a non-tuple"));
+                        };
+                        if items.len() != targets.len() {
+                            return Err(self.err(format!("unpacking {} values into {} names", items.len(), targets.len())));
+                        }
+                        for (t, v) in targets.iter().zip(items) {
+                            let Expr::Name(t) = t else { return Err(self.err("assignment to a non-name")) };
+                            env.insert(t.clone(), Val::V(v));
+                        }
+                    }
+                }
+                StmtKind::Return(v) => {
+                    self.lower.hint = if prefix.is_empty() { "output".into() } else { format!("{prefix}_out") };
+                    return self.eval(v, &env, depth);
+                }
+                StmtKind::Expr(v) => {
+                    self.eval(v, &env, depth)?;
+                }
+                StmtKind::Pass | StmtKind::Assign { value: None, .. } => {}
+                StmtKind::If { .. } | StmtKind::While { .. } | StmtKind::For { .. } | StmtKind::Def(_) | StmtKind::Class(_) => {
+                    return Err(self.err("control flow or nested definitions in forward"));
+                }
+            }
+        }
+        Err(self.err(format!("{}.forward does not return", m.class)))
+    }
+}
+
+/// int64 weights (index buffers, position ids) as int32, MIL's index type.
+fn to_i32(t: &Tensor) -> Result<Tensor, String> {
+    let v = t.to_i64_vec().ok_or("not an integer tensor")?;
+    let v: Vec<i32> = v.into_iter().map(|x| i32::try_from(x).map_err(|_| format!("int64 value {x} does not fit int32"))).collect::<Result<_, _>>()?;
+    Ok(Tensor::from_i32(t.shape(), &v))
+}
+
+/// The package dtype of a user input: int64 → int32; floats → fp16 when computing in fp16 and
+/// the target allows fp16 I/O (iOS16+, as coremltools does), fp32 otherwise.
+fn input_dtype(d: DType, opts: &Options) -> Result<DType, String> {
+    Ok(match d {
+        DType::I64 | DType::I32 => DType::I32,
+        DType::Bool => DType::Bool,
+        d if d.is_float() => {
+            if opts.precision == DType::F16 && opts.opset >= Opset::Ios16 {
+                DType::F16
+            } else {
+                DType::F32
+            }
+        }
+        other => return Err(format!("inputs of dtype {other} are not supported")),
+    })
+}
+
+/// Converts the archive's root `forward` into a MIL `main` function.
+pub fn to_mil(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result<Function, Error> {
+    let classes = Classes::parse(archive)?;
+    check_supported(archive, &classes)?;
+    let bad_inputs = |message: String| Error::Inputs { path: archive.path.clone(), message };
+    let (_, root_forward) = classes.forward(&archive.root).ok_or_else(|| bad_inputs(format!("root class `{}` has no forward", archive.root.class)))?;
+    let params: Vec<&str> = root_forward.params.iter().skip(1).map(|p| p.name.as_str()).collect();
+    if inputs.len() != params.len() {
+        return Err(bad_inputs(format!("forward({}) takes {} inputs, {} given", params.join(", "), params.len(), inputs.len())));
+    }
+    let mut ordered: Vec<Option<&InputSpec>> = vec![None; params.len()];
+    for (i, spec) in inputs.iter().enumerate() {
+        let slot = match &spec.name {
+            Some(n) => params.iter().position(|p| p == n).or_else(|| (params.len() == inputs.len() && ordered[i].is_none()).then_some(i)),
+            None => Some(i),
+        };
+        let slot = slot.ok_or_else(|| bad_inputs(format!("no forward() parameter matches input `{}`", spec.name.as_deref().unwrap_or("?"))))?;
+        if ordered[slot].replace(spec).is_some() {
+            return Err(bad_inputs(format!("two inputs given for forward() parameter `{}`", params[slot])));
+        }
+    }
+    let mut lower = Lower { b: Builder::new(opts.opset), dtype: opts.precision, hint: String::new() };
+    let mut args = Vec::with_capacity(params.len());
+    for (p, spec) in params.iter().zip(ordered) {
+        let spec = spec.ok_or_else(|| bad_inputs(format!("no input given for `{p}`")))?;
+        let dtype = input_dtype(spec.ty.dtype, opts).map_err(&bad_inputs)?;
+        let name = spec.name.clone().unwrap_or_else(|| p.to_string());
+        let mut v = lower.b.input(&name, spec.ty.with_dtype(dtype));
+        if dtype.is_float() && dtype != opts.precision {
+            let hint = format!("{name}_cast");
+            let op = lower.b.op(&ew::CAST, &hint).arg("x", &v).konst("dtype", Tensor::string(opts.precision.name()));
+            v = op.build1().map_err(|e| bad_inputs(e.to_string()))?;
+        }
+        args.push(Val::V(Value::Tensor(v)));
+    }
+    let mut inliner = Inliner { archive, classes: &classes, lower, weights: HashMap::new(), location: String::new() };
+    let result = inliner.forward(&archive.root, "", args, 0)?;
+    let mut outputs = Vec::new();
+    flatten(inliner.value(result)?, &mut outputs).map_err(|m| inliner.err(m))?;
+    let mut named = Vec::with_capacity(outputs.len());
+    for v in outputs {
+        let ty = inliner.lower.ty(&v).map_err(|m| inliner.err(m))?;
+        let v = if ty.dtype.is_float() && ty.dtype != DType::F16 && ty.dtype != DType::F32 || (ty.dtype == DType::F16 && opts.opset < Opset::Ios16) {
+            let op = inliner.lower.b.op(&ew::CAST, "output_fp32").arg("x", &v).konst("dtype", Tensor::string("fp32"));
+            op.build1().map_err(|e| inliner.err(e.to_string()))?
+        } else {
+            v
+        };
+        if inliner.lower.b.value(&v).is_some() {
+            return Err(inliner.err("the model returns a constant; nothing depends on its inputs"));
+        }
+        named.push(v);
+    }
+    let mut f = inliner.lower.b.finish(&named);
+    let outputs = f.block.outputs.clone();
+    for (i, old) in outputs.iter().enumerate() {
+        let new = if outputs.len() == 1 { OUTPUT_NAME.to_string() } else { format!("{OUTPUT_NAME}_{i}") };
+        if !f.block.defines(&new) && !f.inputs.iter().any(|x| x.name == new) {
+            f.block.rename(old, &new);
+        }
+    }
+    Ok(f)
+}
+
+/// Name of a model's single output (`output_0`, `output_1`, … when it has several), as the
+/// fixtures' `outputs.npz` keys them.
+pub const OUTPUT_NAME: &str = "output";
+
+fn flatten(v: Value, out: &mut Vec<Var>) -> Result<(), String> {
+    match v {
+        Value::Tensor(t) => out.push(t),
+        Value::Tuple(items) | Value::List(items) => {
+            for i in items {
+                flatten(i, out)?;
+            }
+        }
+        other => return Err(format!("the model returns {other:?}, not tensors")),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/torchscript").join(name)
+    }
+
+    fn opts() -> Options {
+        Options { opset: Opset::Ios16, precision: DType::F16 }
+    }
+
+    #[test]
+    fn mlp_inlines_to_linear_gelu_linear() {
+        let a = super::super::read(&fixture("mlp.pt")).unwrap();
+        let f = to_mil(&a, &[InputSpec { name: None, ty: TensorType::new(DType::F32, &[2, 8]) }], &opts()).unwrap();
+        let kinds: Vec<&str> = f.block.operations.iter().map(|o| o.op_type.as_str()).filter(|k| *k != "const").collect();
+        assert_eq!(kinds, ["linear", "gelu", "linear"]);
+        assert_eq!(f.inputs[0].ty.tensor().dtype, DType::F16);
+    }
+
+    #[test]
+    fn wrong_input_count_is_an_error() {
+        let a = super::super::read(&fixture("mlp.pt")).unwrap();
+        let e = to_mil(&a, &[], &opts()).unwrap_err().to_string();
+        assert!(e.contains("takes 1 inputs, 0 given"), "{e}");
+    }
+}

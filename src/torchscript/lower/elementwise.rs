@@ -1,0 +1,179 @@
+//! Lowerings of elementwise torch ops: arithmetic with tensor/scalar broadcasting (scalars
+//! become consts of the tensor's dtype; scalar-only arithmetic folds), activations, softmax,
+//! casts, and the ops that are identities at inference (dropout, detach, contiguous).
+
+use super::{float, int, Lower, Value};
+use crate::mil::ops::{elementwise as ew, OpDef};
+use crate::mil::{DType, Tensor};
+
+/// c10 ScalarType codes that TorchScript prints as plain ints (`torch.to(x, 6)`).
+const SCALAR_TYPE_F16: i64 = 5;
+const SCALAR_TYPE_F32: i64 = 6;
+const SCALAR_TYPE_F64: i64 = 7;
+const SCALAR_TYPE_I32: i64 = 3;
+const SCALAR_TYPE_I64: i64 = 4;
+const SCALAR_TYPE_BOOL: i64 = 11;
+
+fn binary(l: &mut Lower, x: &Value, y: &Value, def: &'static OpDef, fold: fn(f64, f64) -> f64) -> Result<Value, String> {
+    match (x, y) {
+        (Value::Int(a), Value::Int(b)) if def.name != "real_div" => Ok(Value::Int(fold(*a as f64, *b as f64) as i64)),
+        (Value::Tensor(_), _) | (_, Value::Tensor(_)) => {
+            let (xv, yv) = (tensor_like(l, x, y)?, tensor_like(l, y, x)?);
+            Ok(Value::Tensor(l.op(def).arg("x", &xv).arg("y", &yv).build1().map_err(|e| e.to_string())?))
+        }
+        _ => Ok(Value::Float(fold(float(x)?, float(y)?))),
+    }
+}
+
+/// `v` as a MIL tensor; a scalar becomes a const of the dtype of `other` (a tensor).
+fn tensor_like(l: &mut Lower, v: &Value, other: &Value) -> Result<crate::mil::builder::Var, String> {
+    if let Value::Tensor(t) = v {
+        return Ok(t.clone());
+    }
+    let dtype = match other {
+        Value::Tensor(o) => l.ty(o)?.dtype,
+        _ => l.dtype,
+    };
+    let x = float(v)?;
+    Ok(l.scalar(dtype, x))
+}
+
+/// `aten::add(self, other, alpha)`.
+pub fn add(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let y = scaled(l, &a[1], &a[2])?;
+    binary(l, &a[0], &y, &ew::ADD, |p, q| p + q)
+}
+
+/// `aten::sub(self, other, alpha)`.
+pub fn sub(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let y = scaled(l, &a[1], &a[2])?;
+    binary(l, &a[0], &y, &ew::SUB, |p, q| p - q)
+}
+
+/// `aten::rsub(self, other, alpha)` = other − alpha·self.
+pub fn rsub(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = scaled(l, &a[0], &a[2])?;
+    binary(l, &a[1], &x, &ew::SUB, |p, q| p - q)
+}
+
+fn scaled(l: &mut Lower, v: &Value, alpha: &Value) -> Result<Value, String> {
+    if float(alpha)? == 1.0 {
+        return Ok(v.clone());
+    }
+    binary(l, v, alpha, &ew::MUL, |p, q| p * q)
+}
+
+/// `aten::mul`.
+pub fn mul(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    binary(l, &a[0], &a[1], &ew::MUL, |p, q| p * q)
+}
+
+/// `aten::div` (true division only).
+pub fn div(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if a[2] != Value::None {
+        return Err("aten::div with a rounding_mode is not supported".into());
+    }
+    binary(l, &a[0], &a[1], &ew::REAL_DIV, |p, q| p / q)
+}
+
+/// `aten::pow`.
+pub fn pow(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    binary(l, &a[0], &a[1], &ew::POW, f64::powf)
+}
+
+/// `aten::neg` = x · −1 (MIL has no neg op).
+pub fn neg(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    binary(l, &a[0], &Value::Int(-1), &ew::MUL, |p, q| p * q)
+}
+
+fn unary(l: &mut Lower, x: &Value, def: &'static OpDef) -> Result<Value, String> {
+    let x = l.tensor(x)?;
+    Ok(Value::Tensor(l.op(def).arg("x", &x).build1().map_err(|e| e.to_string())?))
+}
+
+/// `aten::sqrt`.
+pub fn sqrt(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    unary(l, &a[0], &ew::SQRT)
+}
+/// `aten::rsqrt`.
+pub fn rsqrt(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    unary(l, &a[0], &ew::RSQRT)
+}
+/// `aten::exp`.
+pub fn exp(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    unary(l, &a[0], &ew::EXP)
+}
+/// `aten::erf`.
+pub fn erf(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    unary(l, &a[0], &ew::ERF)
+}
+/// `aten::tanh`.
+pub fn tanh(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    unary(l, &a[0], &ew::TANH)
+}
+/// `aten::sigmoid`.
+pub fn sigmoid(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    unary(l, &a[0], &ew::SIGMOID)
+}
+/// `aten::relu`, `aten::relu_`.
+pub fn relu(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    unary(l, &a[0], &ew::RELU)
+}
+/// `aten::silu`.
+pub fn silu(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    unary(l, &a[0], &ew::SILU)
+}
+
+/// `aten::gelu(self, approximate)`: `none` → EXACT, `tanh` → TANH_APPROXIMATION.
+pub fn gelu(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let mode = match &a[1] {
+        Value::None => "EXACT",
+        Value::Str(s) if s == "none" => "EXACT",
+        Value::Str(s) if s == "tanh" => "TANH_APPROXIMATION",
+        other => return Err(format!("gelu approximate={other:?} is not supported")),
+    };
+    let x = l.tensor(&a[0])?;
+    Ok(Value::Tensor(l.op(&ew::GELU).arg("x", &x).konst("mode", Tensor::string(mode)).build1().map_err(|e| e.to_string())?))
+}
+
+/// `aten::hardtanh` = clip(min_val, max_val) (ReLU6 traces to it).
+pub fn hardtanh(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let dt = l.ty(&x)?.dtype;
+    let (lo, hi) = (float(&a[1])? as f32, float(&a[2])? as f32);
+    let op = l.op(&ew::CLIP).arg("x", &x).konst("alpha", Tensor::float_scalar(dt, lo)).konst("beta", Tensor::float_scalar(dt, hi));
+    Ok(Value::Tensor(op.build1().map_err(|e| e.to_string())?))
+}
+
+/// `aten::softmax(self, dim, dtype)`.
+pub fn softmax(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let axis = super::i32_of(int(&a[1])?)?;
+    Ok(Value::Tensor(l.op(&ew::SOFTMAX).arg("x", &x).konst("axis", Tensor::i32_scalar(axis)).build1().map_err(|e| e.to_string())?))
+}
+
+/// Ops that do nothing at inference: `dropout` (eval), `detach`, `contiguous`.
+pub fn identity(_: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    Ok(a[0].clone())
+}
+
+/// `aten::to(self, …)`: device moves are no-ops; a dtype change becomes `cast`, except between
+/// float types, which all compute in the package's precision.
+pub fn to(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let code = a[1..].iter().find_map(|v| if let Value::Int(i) = v { Some(*i) } else { None });
+    let Value::Tensor(x) = &a[0] else { return Ok(a[0].clone()) };
+    let from = l.ty(x)?.dtype;
+    let target = match code {
+        None => return Ok(a[0].clone()),
+        Some(SCALAR_TYPE_F16 | SCALAR_TYPE_F32 | SCALAR_TYPE_F64) if from.is_float() => return Ok(a[0].clone()),
+        Some(SCALAR_TYPE_F16 | SCALAR_TYPE_F32 | SCALAR_TYPE_F64) => l.dtype,
+        Some(SCALAR_TYPE_I32 | SCALAR_TYPE_I64) => DType::I32,
+        Some(SCALAR_TYPE_BOOL) => DType::Bool,
+        Some(c) => return Err(format!("cast to ScalarType {c} is not supported")),
+    };
+    if target == from {
+        return Ok(a[0].clone());
+    }
+    let op = l.op(&ew::CAST).arg("x", x).konst("dtype", Tensor::string(target.name()));
+    Ok(Value::Tensor(op.build1().map_err(|e| e.to_string())?))
+}

@@ -1,0 +1,299 @@
+//! aten → MIL. [`LOWERINGS`] is the one table of torch ops we convert: each entry has the aten
+//! name, its argument names and defaults in schema order (so printed calls that leave out
+//! defaults or use keywords normalize to one form), and the function that emits MIL through the
+//! Builder. Shape arithmetic (`size`, `NumToTensor`, `int`) folds to constants because input
+//! shapes are static. Called by the inliner in `torchscript::graph`, one call at a time.
+
+mod elementwise;
+mod nn;
+mod shape;
+
+use half::f16;
+
+use crate::mil::builder::{Builder, Var};
+use crate::mil::ops::OpDef;
+use crate::mil::{DType, Tensor, TensorType};
+
+/// A value during lowering: a MIL tensor, or a constant the trace computed (ints, lists, …).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    List(Vec<Value>),
+    Tuple(Vec<Value>),
+    Tensor(Var),
+    /// `torch.device("cpu")`: carried along, never lowered.
+    Device,
+}
+
+/// A default of one schema argument.
+#[derive(Clone, Copy, Debug)]
+pub enum Default {
+    Required,
+    None,
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Ints(&'static [i64]),
+}
+
+impl Default {
+    fn value(self) -> Option<Value> {
+        Some(match self {
+            Default::Required => return None,
+            Default::None => Value::None,
+            Default::Int(i) => Value::Int(i),
+            Default::Float(x) => Value::Float(x),
+            Default::Bool(b) => Value::Bool(b),
+            Default::Ints(v) => Value::List(v.iter().map(|&i| Value::Int(i)).collect()),
+        })
+    }
+}
+
+/// `(name, default)` of one schema argument.
+pub type Arg = (&'static str, Default);
+
+/// Emits MIL for one call; `args` are in schema order, defaults filled in.
+pub type LowerFn = fn(&mut Lower, &[Value]) -> Result<Value, String>;
+
+/// One supported torch op.
+pub struct Lowering {
+    /// As TorchScript names it after `torch.` / `ops.` (`aten::linear`, `prim::NumToTensor`).
+    pub kind: &'static str,
+    pub args: &'static [Arg],
+    pub lower: LowerFn,
+}
+
+const R: Default = Default::Required;
+const NONE: Default = Default::None;
+
+/// Every torch op we lower, grouped like `mil/ops`. Before lowering, the inliner checks every
+/// call in the model against this table and reports all missing ones at once.
+pub const LOWERINGS: &[Lowering] = &[
+    // elementwise and activations
+    Lowering { kind: "aten::add", args: &[("self", R), ("other", R), ("alpha", Default::Int(1))], lower: elementwise::add },
+    Lowering { kind: "aten::sub", args: &[("self", R), ("other", R), ("alpha", Default::Int(1))], lower: elementwise::sub },
+    Lowering { kind: "aten::mul", args: &[("self", R), ("other", R)], lower: elementwise::mul },
+    Lowering { kind: "aten::div", args: &[("self", R), ("other", R), ("rounding_mode", NONE)], lower: elementwise::div },
+    Lowering { kind: "aten::pow", args: &[("self", R), ("exponent", R)], lower: elementwise::pow },
+    Lowering { kind: "aten::rsub", args: &[("self", R), ("other", R), ("alpha", Default::Int(1))], lower: elementwise::rsub },
+    Lowering { kind: "aten::neg", args: &[("self", R)], lower: elementwise::neg },
+    Lowering { kind: "aten::sqrt", args: &[("self", R)], lower: elementwise::sqrt },
+    Lowering { kind: "aten::rsqrt", args: &[("self", R)], lower: elementwise::rsqrt },
+    Lowering { kind: "aten::exp", args: &[("self", R)], lower: elementwise::exp },
+    Lowering { kind: "aten::erf", args: &[("self", R)], lower: elementwise::erf },
+    Lowering { kind: "aten::tanh", args: &[("self", R)], lower: elementwise::tanh },
+    Lowering { kind: "aten::sigmoid", args: &[("self", R)], lower: elementwise::sigmoid },
+    Lowering { kind: "aten::relu", args: &[("self", R)], lower: elementwise::relu },
+    Lowering { kind: "aten::relu_", args: &[("self", R)], lower: elementwise::relu },
+    Lowering { kind: "aten::silu", args: &[("self", R)], lower: elementwise::silu },
+    Lowering { kind: "aten::gelu", args: &[("self", R), ("approximate", Default::None)], lower: elementwise::gelu },
+    Lowering { kind: "aten::hardtanh", args: &[("self", R), ("min_val", Default::Float(-1.0)), ("max_val", Default::Float(1.0))], lower: elementwise::hardtanh },
+    Lowering { kind: "aten::hardtanh_", args: &[("self", R), ("min_val", Default::Float(-1.0)), ("max_val", Default::Float(1.0))], lower: elementwise::hardtanh },
+    Lowering { kind: "aten::softmax", args: &[("self", R), ("dim", R), ("dtype", NONE)], lower: elementwise::softmax },
+    Lowering { kind: "aten::dropout", args: &[("input", R), ("p", R), ("train", R)], lower: elementwise::identity },
+    Lowering { kind: "aten::detach", args: &[("self", R)], lower: elementwise::identity },
+    Lowering { kind: "aten::contiguous", args: &[("self", R), ("memory_format", Default::Int(0))], lower: elementwise::identity },
+    Lowering { kind: "aten::to", args: &[("self", R), ("a", NONE), ("b", NONE), ("c", NONE), ("d", NONE), ("dtype", NONE), ("layout", NONE), ("device", NONE)], lower: elementwise::to },
+    // linear algebra, conv, pooling, normalization
+    Lowering { kind: "aten::linear", args: &[("input", R), ("weight", R), ("bias", NONE)], lower: nn::linear },
+    Lowering { kind: "aten::matmul", args: &[("self", R), ("other", R)], lower: nn::matmul },
+    Lowering {
+        kind: "aten::_convolution",
+        args: &[("input", R), ("weight", R), ("bias", NONE), ("stride", R), ("padding", R), ("dilation", R), ("transposed", R), ("output_padding", R), ("groups", R), ("benchmark", NONE), ("deterministic", NONE), ("cudnn_enabled", NONE), ("allow_tf32", NONE)],
+        lower: nn::convolution,
+    },
+    Lowering {
+        kind: "aten::batch_norm",
+        args: &[("input", R), ("weight", R), ("bias", R), ("running_mean", R), ("running_var", R), ("training", R), ("momentum", R), ("eps", R), ("cudnn_enabled", R)],
+        lower: nn::batch_norm,
+    },
+    Lowering {
+        kind: "aten::layer_norm",
+        args: &[("input", R), ("normalized_shape", R), ("weight", NONE), ("bias", NONE), ("eps", Default::Float(1e-5)), ("cudnn_enable", Default::Bool(true))],
+        lower: nn::layer_norm,
+    },
+    Lowering {
+        kind: "aten::max_pool2d",
+        args: &[("self", R), ("kernel_size", R), ("stride", Default::Ints(&[])), ("padding", Default::Ints(&[0])), ("dilation", Default::Ints(&[1])), ("ceil_mode", Default::Bool(false))],
+        lower: nn::max_pool2d,
+    },
+    Lowering {
+        kind: "aten::avg_pool2d",
+        args: &[("self", R), ("kernel_size", R), ("stride", Default::Ints(&[])), ("padding", Default::Ints(&[0])), ("ceil_mode", Default::Bool(false)), ("count_include_pad", Default::Bool(true)), ("divisor_override", NONE)],
+        lower: nn::avg_pool2d,
+    },
+    Lowering { kind: "aten::adaptive_avg_pool2d", args: &[("self", R), ("output_size", R)], lower: nn::adaptive_avg_pool2d },
+    Lowering { kind: "aten::embedding", args: &[("weight", R), ("indices", R), ("padding_idx", Default::Int(-1)), ("scale_grad_by_freq", Default::Bool(false)), ("sparse", Default::Bool(false))], lower: nn::embedding },
+    Lowering { kind: "aten::mean", args: &[("self", R), ("dim", NONE), ("keepdim", Default::Bool(false)), ("dtype", NONE)], lower: nn::mean },
+    // shapes
+    Lowering { kind: "aten::size", args: &[("self", R), ("dim", NONE)], lower: shape::size },
+    Lowering { kind: "prim::NumToTensor", args: &[("a", R)], lower: shape::scalar_passthrough },
+    Lowering { kind: "aten::Int", args: &[("a", R)], lower: shape::scalar_passthrough },
+    Lowering { kind: "aten::view", args: &[("self", R), ("size", R)], lower: shape::reshape },
+    Lowering { kind: "aten::reshape", args: &[("self", R), ("shape", R)], lower: shape::reshape },
+    Lowering { kind: "aten::flatten", args: &[("self", R), ("start_dim", Default::Int(0)), ("end_dim", Default::Int(-1))], lower: shape::flatten },
+    Lowering { kind: "aten::transpose", args: &[("self", R), ("dim0", R), ("dim1", R)], lower: shape::transpose },
+    Lowering { kind: "aten::permute", args: &[("self", R), ("dims", R)], lower: shape::permute },
+    Lowering { kind: "aten::unsqueeze", args: &[("self", R), ("dim", R)], lower: shape::unsqueeze },
+    Lowering { kind: "aten::squeeze", args: &[("self", R), ("dim", NONE)], lower: shape::squeeze },
+    Lowering { kind: "aten::cat", args: &[("tensors", R), ("dim", Default::Int(0))], lower: shape::cat },
+    Lowering { kind: "aten::chunk", args: &[("self", R), ("chunks", R), ("dim", Default::Int(0))], lower: shape::chunk },
+    Lowering { kind: "aten::slice", args: &[("self", R), ("dim", Default::Int(0)), ("start", NONE), ("end", NONE), ("step", Default::Int(1))], lower: shape::slice },
+    Lowering { kind: "aten::select", args: &[("self", R), ("dim", R), ("index", R)], lower: shape::select },
+];
+
+/// The table entry for a call name, if we lower it.
+pub fn lookup(kind: &str) -> Option<&'static Lowering> {
+    LOWERINGS.iter().find(|l| l.kind == kind)
+}
+
+/// Lowering state: the Builder, the compute dtype (fp16 or fp32), and the name hint for the
+/// op being lowered (its TorchScript output name).
+pub struct Lower {
+    pub b: Builder,
+    pub dtype: DType,
+    pub hint: String,
+}
+
+impl Lower {
+    /// Puts `args` (positional, then keywords) into schema order with defaults filled in.
+    pub fn normalize(l: &Lowering, args: Vec<Value>, kwargs: Vec<(String, Value)>) -> Result<Vec<Value>, String> {
+        if args.len() > l.args.len() {
+            return Err(format!("{} takes {} arguments, got {}", l.kind, l.args.len(), args.len()));
+        }
+        let mut out: Vec<Option<Value>> = args.into_iter().map(Some).collect();
+        out.resize(l.args.len(), None);
+        for (k, v) in kwargs {
+            let i = l.args.iter().position(|(n, _)| *n == k).ok_or_else(|| format!("{} has no argument `{k}`", l.kind))?;
+            out[i] = Some(v);
+        }
+        out.into_iter()
+            .zip(l.args)
+            .map(|(v, (name, d))| v.or_else(|| d.value()).ok_or_else(|| format!("{} needs argument `{name}`", l.kind)))
+            .collect()
+    }
+
+    /// The MIL tensor behind `v`, or an error naming what it is instead.
+    pub fn tensor(&self, v: &Value) -> Result<Var, String> {
+        match v {
+            Value::Tensor(t) => Ok(t.clone()),
+            other => Err(format!("expected a tensor, got {other:?}")),
+        }
+    }
+
+    /// The type of a tensor value.
+    pub fn ty(&self, v: &Var) -> Result<TensorType, String> {
+        self.b.ty(v).cloned().ok_or_else(|| format!("unknown value {}", v.0))
+    }
+
+    /// The static shape of a tensor value.
+    pub fn shape(&self, v: &Var) -> Result<Vec<usize>, String> {
+        self.ty(v)?.fixed_shape().ok_or_else(|| format!("{} has a dynamic shape", v.0))
+    }
+
+    /// A scalar const of `dtype` (fp16/fp32/int32) holding `x`.
+    pub fn scalar(&mut self, dtype: DType, x: f64) -> Var {
+        let t = match dtype {
+            DType::I32 => Tensor::i32_scalar(x as i32),
+            DType::F16 => Tensor::from_f32_as_f16(&[], &[x as f32]),
+            _ => Tensor::from_f32(&[], &[x as f32]),
+        };
+        let hint = format!("{}_scalar", self.hint);
+        self.b.konst(&hint, t)
+    }
+
+    /// Starts an op named after the current hint.
+    pub fn op(&mut self, def: &'static OpDef) -> crate::mil::builder::OpBuilder<'_> {
+        let hint = self.hint.clone();
+        self.b.op(def, &hint)
+    }
+
+    /// A weight const, cast to the compute dtype (fp32 → fp16 when converting at fp16).
+    pub fn weight(&mut self, name: &str, t: &Tensor) -> Result<Var, String> {
+        let t = self.cast_const(t)?;
+        Ok(self.b.konst(name, t))
+    }
+
+    /// `t` in the compute dtype when it is a float tensor; other dtypes unchanged.
+    pub fn cast_const(&self, t: &Tensor) -> Result<Tensor, String> {
+        if !t.dtype().is_float() || t.dtype() == self.dtype {
+            return Ok(t.clone());
+        }
+        let v = t.to_f32_vec().ok_or_else(|| format!("cannot read {} values", t.dtype()))?;
+        Ok(match self.dtype {
+            DType::F16 => {
+                let bytes = v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect();
+                Tensor::from_bytes(DType::F16, t.shape(), bytes).map_err(|e| e.to_string())?
+            }
+            _ => Tensor::from_f32(t.shape(), &v),
+        })
+    }
+}
+
+/// An integer argument.
+pub fn int(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::Bool(b) => Ok(i64::from(*b)),
+        other => Err(format!("expected an int, got {other:?}")),
+    }
+}
+
+/// A float argument (ints widen).
+pub fn float(v: &Value) -> Result<f64, String> {
+    match v {
+        Value::Float(x) => Ok(*x),
+        Value::Int(i) => Ok(*i as f64),
+        other => Err(format!("expected a number, got {other:?}")),
+    }
+}
+
+/// A list-of-ints argument (a lone int counts as a one-element list).
+pub fn ints(v: &Value) -> Result<Vec<i64>, String> {
+    match v {
+        Value::List(items) | Value::Tuple(items) => items.iter().map(int).collect(),
+        Value::Int(i) => Ok(vec![*i]),
+        other => Err(format!("expected a list of ints, got {other:?}")),
+    }
+}
+
+/// Resolves a possibly negative dimension against `rank`.
+pub fn dim(d: i64, rank: usize) -> Result<usize, String> {
+    let r = rank as i64;
+    let a = if d < 0 { d + r } else { d };
+    if (0..r).contains(&a) {
+        Ok(a as usize)
+    } else {
+        Err(format!("dimension {d} out of range for rank {rank}"))
+    }
+}
+
+/// `v` as i32 (MIL's index type), or an error when it does not fit.
+pub fn i32_of(v: i64) -> Result<i32, String> {
+    i32::try_from(v).map_err(|_| format!("{v} does not fit in int32"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowering_table_has_no_duplicates() {
+        for (i, a) in LOWERINGS.iter().enumerate() {
+            assert!(LOWERINGS[i + 1..].iter().all(|b| b.kind != a.kind), "{} listed twice", a.kind);
+        }
+    }
+
+    #[test]
+    fn normalize_fills_defaults_and_keywords() {
+        let l = lookup("aten::softmax").unwrap();
+        let v = Lower::normalize(l, vec![Value::Int(7)], vec![("dim".into(), Value::Int(-1))]).unwrap();
+        assert_eq!(v, vec![Value::Int(7), Value::Int(-1), Value::None]);
+        assert!(Lower::normalize(l, vec![], vec![]).is_err());
+        assert!(Lower::normalize(l, vec![], vec![("nope".into(), Value::None)]).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! Lowerings of neural-network layers: linear, matmul, convolution, batch/layer norm, pooling,
+//! embedding, mean.
+
+use super::{dim, float, i32_of, int, ints, Lower, Value};
+use crate::mil::ops::{linear as lin, norm, reduce, shape, elementwise as ew};
+use crate::mil::{DType, Tensor};
+
+fn built(r: Result<crate::mil::builder::Var, crate::mil::ops::TypeError>) -> Result<Value, String> {
+    r.map(Value::Tensor).map_err(|e| e.to_string())
+}
+
+/// `aten::linear(input, weight, bias)`. MIL `linear` needs a const weight; a computed weight
+/// becomes `matmul(x, weightᵀ)` (+ bias).
+pub fn linear(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let w = l.tensor(&a[1])?;
+    if l.b.value(&w).is_some() {
+        let mut op = l.op(&lin::LINEAR).arg("x", &x).arg("weight", &w);
+        let bias;
+        if let Value::Tensor(bv) = &a[2] {
+            bias = bv.clone();
+            op = op.arg("bias", &bias);
+        }
+        return built(op.build1());
+    }
+    let y = l.op(&lin::MATMUL).arg("x", &x).arg("y", &w).konst("transpose_y", Tensor::bool_scalar(true)).build1().map_err(|e| e.to_string())?;
+    match &a[2] {
+        Value::Tensor(bv) => built(l.op(&ew::ADD).arg("x", &y).arg("y", bv).build1()),
+        _ => Ok(Value::Tensor(y)),
+    }
+}
+
+/// `aten::matmul`.
+pub fn matmul(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let (x, y) = (l.tensor(&a[0])?, l.tensor(&a[1])?);
+    built(l.op(&lin::MATMUL).arg("x", &x).arg("y", &y).build1())
+}
+
+/// Expands a per-axis list (`[2]` for 2 axes means `[2, 2]`).
+fn per_axis(v: &Value, n: usize) -> Result<Vec<i32>, String> {
+    let v = ints(v)?;
+    let v = if v.len() == 1 { vec![v[0]; n] } else { v };
+    if v.len() != n {
+        return Err(format!("expected {n} values, got {v:?}"));
+    }
+    v.into_iter().map(i32_of).collect()
+}
+
+/// `aten::_convolution` (1-D/2-D/3-D, not transposed) → `conv` with custom padding.
+pub fn convolution(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if a[6] == Value::Bool(true) {
+        return Err("transposed convolution is not supported yet".into());
+    }
+    let x = l.tensor(&a[0])?;
+    let w = l.tensor(&a[1])?;
+    let n = l.shape(&w)?.len().saturating_sub(2);
+    let pad: Vec<i32> = per_axis(&a[4], n)?.into_iter().flat_map(|p| [p, p]).collect();
+    let mut op = l
+        .op(&lin::CONV)
+        .arg("x", &x)
+        .arg("weight", &w)
+        .konst("strides", Tensor::i32_vec(&per_axis(&a[3], n)?))
+        .konst("pad_type", Tensor::string("custom"))
+        .konst("pad", Tensor::i32_vec(&pad))
+        .konst("dilations", Tensor::i32_vec(&per_axis(&a[5], n)?))
+        .konst("groups", Tensor::i32_scalar(i32_of(int(&a[8])?)?));
+    let bias;
+    if let Value::Tensor(b) = &a[2] {
+        bias = b.clone();
+        op = op.arg("bias", &bias);
+    }
+    built(op.build1())
+}
+
+/// `aten::batch_norm` at inference (running statistics).
+pub fn batch_norm(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if a[5] == Value::Bool(true) {
+        return Err("batch_norm in training mode: call model.eval() before tracing".into());
+    }
+    let x = l.tensor(&a[0])?;
+    let dt = l.ty(&x)?.dtype;
+    let (mean, var) = (l.tensor(&a[3])?, l.tensor(&a[4])?);
+    let eps = float(&a[7])? as f32;
+    let mut op = l.op(&norm::BATCH_NORM).arg("x", &x).arg("mean", &mean).arg("variance", &var);
+    let (g, b);
+    if let Value::Tensor(v) = &a[1] {
+        g = v.clone();
+        op = op.arg("gamma", &g);
+    }
+    if let Value::Tensor(v) = &a[2] {
+        b = v.clone();
+        op = op.arg("beta", &b);
+    }
+    built(op.konst("epsilon", Tensor::float_scalar(dt, eps)).build1())
+}
+
+/// `aten::layer_norm` over the trailing `normalized_shape` axes.
+pub fn layer_norm(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let ty = l.ty(&x)?;
+    let k = ints(&a[1])?.len();
+    let rank = ty.rank() as i32;
+    let axes: Vec<i32> = (rank - k as i32..rank).collect();
+    let eps = float(&a[4])? as f32;
+    let mut op = l.op(&norm::LAYER_NORM).arg("x", &x).konst("axes", Tensor::i32_vec(&axes));
+    let (g, b);
+    if let Value::Tensor(v) = &a[2] {
+        g = v.clone();
+        op = op.arg("gamma", &g);
+    }
+    if let Value::Tensor(v) = &a[3] {
+        b = v.clone();
+        op = op.arg("beta", &b);
+    }
+    built(op.konst("epsilon", Tensor::float_scalar(ty.dtype, eps)).build1())
+}
+
+/// `aten::max_pool2d` (dilation 1 only).
+pub fn max_pool2d(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if per_axis(&a[4], 2)? != [1, 1] {
+        return Err("max_pool2d with dilation is not supported".into());
+    }
+    let x = l.tensor(&a[0])?;
+    let k = per_axis(&a[1], 2)?;
+    let s = if ints(&a[2])?.is_empty() { k.clone() } else { per_axis(&a[2], 2)? };
+    let p: Vec<i32> = per_axis(&a[3], 2)?.into_iter().flat_map(|p| [p, p]).collect();
+    let op = l
+        .op(&lin::MAX_POOL)
+        .arg("x", &x)
+        .konst("kernel_sizes", Tensor::i32_vec(&k))
+        .konst("strides", Tensor::i32_vec(&s))
+        .konst("pad_type", Tensor::string("custom"))
+        .konst("pad", Tensor::i32_vec(&p))
+        .konst("ceil_mode", Tensor::bool_scalar(a[5] == Value::Bool(true)));
+    built(op.build1())
+}
+
+/// `aten::avg_pool2d` (no divisor override).
+pub fn avg_pool2d(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if a[6] != Value::None {
+        return Err("avg_pool2d with divisor_override is not supported".into());
+    }
+    let x = l.tensor(&a[0])?;
+    let k = per_axis(&a[1], 2)?;
+    let s = if ints(&a[2])?.is_empty() { k.clone() } else { per_axis(&a[2], 2)? };
+    let p: Vec<i32> = per_axis(&a[3], 2)?.into_iter().flat_map(|p| [p, p]).collect();
+    avg_pool(l, &x, &k, &s, &p, a[4] == Value::Bool(true), a[5] == Value::Bool(false))
+}
+
+fn avg_pool(l: &mut Lower, x: &crate::mil::builder::Var, k: &[i32], s: &[i32], p: &[i32], ceil: bool, exclude_pad: bool) -> Result<Value, String> {
+    let op = l
+        .op(&lin::AVG_POOL)
+        .arg("x", x)
+        .konst("kernel_sizes", Tensor::i32_vec(k))
+        .konst("strides", Tensor::i32_vec(s))
+        .konst("pad_type", Tensor::string("custom"))
+        .konst("pad", Tensor::i32_vec(p))
+        .konst("exclude_padding_from_average", Tensor::bool_scalar(exclude_pad))
+        .konst("ceil_mode", Tensor::bool_scalar(ceil));
+    built(op.build1())
+}
+
+/// `aten::adaptive_avg_pool2d`: a global mean for 1×1 output, a plain average pool when the
+/// input divides evenly; other sizes are not supported.
+pub fn adaptive_avg_pool2d(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let shape = l.shape(&x)?;
+    let out = per_axis(&a[1], 2)?;
+    let rank = shape.len();
+    if rank < 2 {
+        return Err("adaptive_avg_pool2d needs a rank ≥ 2 input".into());
+    }
+    let (h, w) = (shape[rank - 2] as i32, shape[rank - 1] as i32);
+    if out == [1, 1] {
+        let op = l.op(&reduce::REDUCE_MEAN).arg("x", &x).konst("axes", Tensor::i32_vec(&[-2, -1])).konst("keep_dims", Tensor::bool_scalar(true));
+        return built(op.build1());
+    }
+    if out[0] <= 0 || out[1] <= 0 || h % out[0] != 0 || w % out[1] != 0 {
+        return Err(format!("adaptive_avg_pool2d from {h}×{w} to {out:?} does not divide evenly"));
+    }
+    let k = [h / out[0], w / out[1]];
+    avg_pool(l, &x, &k, &k, &[0, 0, 0, 0], false, false)
+}
+
+/// `aten::embedding(weight, indices)` → `gather` along axis 0 (indices cast to int32).
+pub fn embedding(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let w = l.tensor(&a[0])?;
+    let idx = l.tensor(&a[1])?;
+    let idx = if l.ty(&idx)?.dtype == DType::I32 {
+        idx
+    } else {
+        l.op(&ew::CAST).arg("x", &idx).konst("dtype", Tensor::string("int32")).build1().map_err(|e| e.to_string())?
+    };
+    built(l.op(&shape::GATHER).arg("x", &w).arg("indices", &idx).konst("axis", Tensor::i32_scalar(0)).build1())
+}
+
+/// `aten::mean(self, dim, keepdim)` → `reduce_mean`.
+pub fn mean(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let rank = l.shape(&x)?.len();
+    let axes: Vec<i32> = match &a[1] {
+        Value::None => (0..rank as i32).collect(),
+        v => ints(v)?.into_iter().map(|d| dim(d, rank).map(|d| d as i32)).collect::<Result<_, _>>()?,
+    };
+    let keep = a[2] == Value::Bool(true);
+    built(l.op(&reduce::REDUCE_MEAN).arg("x", &x).konst("axes", Tensor::i32_vec(&axes)).konst("keep_dims", Tensor::bool_scalar(keep)).build1())
+}
