@@ -8,3 +8,4 @@
 pub mod mil;
 pub mod package;
 pub mod torchscript;
+pub mod validate;

@@ -1,0 +1,81 @@
+//! Drift metrics between a reference output and a converted model's output: what `validate`
+//! reports per output (max abs/rel error, mean abs error, cosine similarity, PSNR, allclose).
+
+use serde::Serialize;
+
+/// Denominator floor for relative error, so exact zeros in the reference do not divide by 0.
+const REL_EPS: f64 = 1e-6;
+/// PSNR reported when the outputs are identical (infinite in theory; JSON has no infinity).
+pub const PSNR_IDENTICAL_DB: f64 = 200.0;
+
+/// The comparison of one output.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Drift {
+    pub max_abs: f64,
+    pub max_rel: f64,
+    pub mean_abs: f64,
+    pub cosine: f64,
+    pub psnr_db: f64,
+    /// Elements where the converted output is NaN or infinite but the reference is finite.
+    pub non_finite: usize,
+    /// numpy.allclose(actual, expected, rtol, atol), with non-finite values failing.
+    pub pass: bool,
+}
+
+/// Compares `actual` against `expected` (same length; the caller checks shapes).
+pub fn compare(expected: &[f64], actual: &[f64], atol: f64, rtol: f64) -> Drift {
+    let n = expected.len().max(1) as f64;
+    let (mut max_abs, mut max_rel, mut sum_abs, mut sq_err) = (0f64, 0f64, 0f64, 0f64);
+    let (mut dot, mut ne, mut na, mut peak) = (0f64, 0f64, 0f64, 0f64);
+    let (mut non_finite, mut pass) = (0usize, true);
+    for (&e, &a) in expected.iter().zip(actual) {
+        if !a.is_finite() && e.is_finite() {
+            non_finite += 1;
+            pass = false;
+            continue;
+        }
+        let d = (a - e).abs();
+        max_abs = max_abs.max(d);
+        max_rel = max_rel.max(d / e.abs().max(REL_EPS));
+        sum_abs += d;
+        sq_err += d * d;
+        dot += a * e;
+        ne += e * e;
+        na += a * a;
+        peak = peak.max(e.abs());
+        if d > atol + rtol * e.abs() {
+            pass = false;
+        }
+    }
+    let cosine = if ne == 0.0 && na == 0.0 { 1.0 } else { dot / (ne.sqrt() * na.sqrt()).max(f64::MIN_POSITIVE) };
+    let mse = sq_err / n;
+    let psnr_db = if mse == 0.0 { PSNR_IDENTICAL_DB } else { (20.0 * (peak.max(REL_EPS) / mse.sqrt()).log10()).min(PSNR_IDENTICAL_DB) };
+    Drift { max_abs, max_rel, mean_abs: sum_abs / n, cosine, psnr_db, non_finite, pass }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_outputs_pass_with_perfect_scores() {
+        let d = compare(&[1.0, -2.0, 0.0], &[1.0, -2.0, 0.0], 0.0, 0.0);
+        assert_eq!((d.max_abs, d.psnr_db, d.pass), (0.0, PSNR_IDENTICAL_DB, true));
+        assert!((d.cosine - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn allclose_follows_numpy_rule() {
+        // |a - e| <= atol + rtol * |e|: 0.011 > 0.01 + 0.0 fails; with rtol 0.01 and |e| = 1 it passes.
+        assert!(!compare(&[1.0], &[1.011], 0.01, 0.0).pass);
+        assert!(compare(&[1.0], &[1.011], 0.01, 0.01).pass);
+        let d = compare(&[2.0, 4.0], &[2.2, 4.0], 1.0, 0.0);
+        assert!((d.max_rel - 0.1).abs() < 1e-9 && (d.mean_abs - 0.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nan_in_output_fails_and_is_counted() {
+        let d = compare(&[1.0, 2.0], &[f64::NAN, 2.0], 1e9, 1e9);
+        assert_eq!((d.non_finite, d.pass), (1, false));
+    }
+}
