@@ -14,6 +14,7 @@ use super::ExitStatus;
 use torch2coreml::mil::{DType, Model, Opset, Program, TensorType};
 use torch2coreml::package;
 use torch2coreml::torchscript::{self, graph};
+use torch2coreml::validate::npz;
 
 /// Arguments of `convert`.
 #[derive(clap::Args, Debug)]
@@ -25,8 +26,11 @@ pub struct Args {
     pub output: PathBuf,
     /// A model input as NAME:DIMS:DTYPE, e.g. `x:1x3x224x224:fp32` or `input_ids:1x128:int64`;
     /// one per forward() argument, matched by name, else by position. DTYPE defaults to fp32.
-    #[arg(long = "input", value_name = "NAME:DIMS:DTYPE", required = true)]
+    #[arg(long = "input", value_name = "NAME:DIMS:DTYPE", required_unless_present = "example")]
     pub inputs: Vec<String>,
+    /// Take input names, shapes and dtypes from the arrays of an example .npz instead.
+    #[arg(long, value_name = "INPUTS.npz", conflicts_with = "inputs")]
+    pub example: Option<PathBuf>,
     /// Compute precision of the package.
     #[arg(long, value_enum, default_value_t = Precision::Fp16)]
     pub precision: Precision,
@@ -84,7 +88,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         Precision::Fp16 => DType::F16,
         Precision::Fp32 => DType::F32,
     };
-    let inputs = args.inputs.iter().map(|s| parse_input(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let inputs = match &args.example {
+        Some(npz) => npz::read(npz)?
+            .into_iter()
+            .map(|(name, t)| graph::InputSpec { name: Some(name), ty: t.tensor_type() })
+            .collect(),
+        None => args.inputs.iter().map(|s| parse_input(s)).collect::<anyhow::Result<Vec<_>>>()?,
+    };
     if args.model.is_dir() {
         bail!("{}: is a directory; only traced TorchScript (.pt) files are supported so far", args.model.display());
     }

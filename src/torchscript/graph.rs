@@ -91,9 +91,9 @@ impl Classes {
         Ok(Classes(map))
     }
 
-    fn forward(&self, module: &Module) -> Option<(&str, &FnDef)> {
+    fn method(&self, module: &Module, name: &str) -> Option<(&str, &FnDef)> {
         let (file, class) = self.0.get(&module.class.to_string())?;
-        Some((file.as_str(), class.method("forward")?))
+        Some((file.as_str(), class.method(name)?))
     }
 }
 
@@ -102,16 +102,15 @@ fn scan(stmts: &[Stmt], file: &str, calls: &mut BTreeMap<String, Vec<String>>, f
     fn expr(e: &Expr, loc: &str, calls: &mut BTreeMap<String, Vec<String>>) {
         match e {
             Expr::Call { func, args, kwargs } => {
-                if let Expr::Attr(target, m) = func.as_ref() {
-                    if m == "forward" {
-                        expr(target, loc, calls);
-                    } else if let Some(kind) = func.dotted().and_then(|n| call_kind(&n)) {
-                        calls.entry(kind).or_default().push(loc.to_string());
-                    } else {
-                        expr(func, loc, calls);
+                match (func.as_ref(), func.dotted()) {
+                    (_, Some(name)) if name.starts_with("torch.") || name.starts_with("ops.") || !name.contains('.') => {
+                        if let Some(kind) = call_kind(&name) {
+                            calls.entry(kind).or_default().push(loc.to_string());
+                        }
                     }
-                } else if let Some(kind) = func.dotted().and_then(|n| call_kind(&n)) {
-                    calls.entry(kind).or_default().push(loc.to_string());
+                    // `(submodule).method(...)`: inlined, its own body is scanned with its class.
+                    (Expr::Attr(target, _), _) => expr(target, loc, calls),
+                    _ => expr(func, loc, calls),
                 }
                 args.iter().chain(kwargs.iter().map(|(_, v)| v)).for_each(|a| expr(a, loc, calls));
             }
@@ -153,8 +152,12 @@ fn check_supported(archive: &Archive, classes: &Classes) -> Result<(), Error> {
             return Err(Error::Lower { path: archive.path.clone(), location: m.class.to_string(), message: "module tree too deep".into() });
         }
         if seen.insert(m.class.to_string()) {
-            if let Some((file, f)) = classes.forward(&m) {
-                scan(&f.body, file, &mut calls, &mut flow);
+            if let Some((file, class)) = classes.0.get(&m.class.to_string()) {
+                for s in &class.body {
+                    if let StmtKind::Def(f) = &s.kind {
+                        scan(&f.body, file, &mut calls, &mut flow);
+                    }
+                }
             }
         }
         for (_, a) in &m.attributes {
@@ -293,10 +296,13 @@ impl Inliner<'_> {
 
     fn call(&mut self, func: &Expr, args: &[Expr], kwargs: &[(String, Expr)], env: &HashMap<String, Val>, depth: usize) -> Result<Val, Error> {
         if let Expr::Attr(target, method) = func {
-            if method == "forward" {
-                let Val::Module(m, path) = self.eval(target, env, depth)? else { return Err(self.err("`.forward` of a non-module")) };
+            let is_op = func.dotted().is_some_and(|n| n.starts_with("torch.") || n.starts_with("ops."));
+            if !is_op {
+                let Val::Module(m, path) = self.eval(target, env, depth)? else {
+                    return Err(self.err(format!("`.{method}` called on a value, not a module")));
+                };
                 let vals = args.iter().map(|a| self.eval(a, env, depth)).collect::<Result<Vec<_>, _>>()?;
-                return self.forward(&m, &path, vals, depth + 1);
+                return self.method(&m, &path, method, vals, depth + 1);
             }
         }
         let name = func.dotted().ok_or_else(|| self.err("call of a computed function"))?;
@@ -339,13 +345,13 @@ impl Inliner<'_> {
         (lowering.lower)(&mut self.lower, &normalized).map(Val::V).map_err(|m| self.err(format!("{kind}: {m}")))
     }
 
-    fn forward(&mut self, m: &Arc<Module>, path: &str, args: Vec<Val>, depth: usize) -> Result<Val, Error> {
+    fn method(&mut self, m: &Arc<Module>, path: &str, name: &str, args: Vec<Val>, depth: usize) -> Result<Val, Error> {
         if depth > MAX_MODULE_DEPTH {
             return Err(self.err("submodule calls nest too deeply"));
         }
-        let (file, f) = self.classes.forward(m).ok_or_else(|| self.err(format!("class `{}` has no forward in code/", m.class)))?;
+        let (file, f) = self.classes.method(m, name).ok_or_else(|| self.err(format!("class `{}` has no method `{name}` in code/", m.class)))?;
         if f.params.len() != args.len() + 1 {
-            return Err(self.err(format!("{}.forward takes {} arguments, got {}", m.class, f.params.len().saturating_sub(1), args.len())));
+            return Err(self.err(format!("{}.{name} takes {} arguments, got {}", m.class, f.params.len().saturating_sub(1), args.len())));
         }
         let mut env = HashMap::new();
         env.insert(f.params[0].name.clone(), Val::Module(Arc::clone(m), path.to_string()));
@@ -364,6 +370,7 @@ impl Inliner<'_> {
                     };
                     self.lower.hint = hint;
                     let val = self.eval(v, &env, depth)?;
+                    rebind_in_place(v, &val, &mut env);
                     if let [Expr::Name(t)] = targets.as_slice() {
                         env.insert(t.clone(), val);
                     } else {
@@ -384,7 +391,8 @@ impl Inliner<'_> {
                     return self.eval(v, &env, depth);
                 }
                 StmtKind::Expr(v) => {
-                    self.eval(v, &env, depth)?;
+                    let val = self.eval(v, &env, depth)?;
+                    rebind_in_place(v, &val, &mut env);
                 }
                 StmtKind::Pass | StmtKind::Assign { value: None, .. } => {}
                 StmtKind::If { .. } | StmtKind::While { .. } | StmtKind::For { .. } | StmtKind::Def(_) | StmtKind::Class(_) => {
@@ -392,7 +400,16 @@ impl Inliner<'_> {
                 }
             }
         }
-        Err(self.err(format!("{}.forward does not return", m.class)))
+        Err(self.err(format!("{}.{name} does not return", m.class)))
+    }
+}
+
+/// After an in-place call `torch.op_(x, …)`, later reads of `x` see the result (trace semantics).
+fn rebind_in_place(e: &Expr, result: &Val, env: &mut HashMap<String, Val>) {
+    let Expr::Call { func, args, .. } = e else { return };
+    let in_place = func.dotted().is_some_and(|n| n.starts_with("torch.") && n.ends_with('_') && !n.ends_with("__"));
+    if let (true, Some(Expr::Name(x))) = (in_place, args.first()) {
+        env.insert(x.clone(), result.clone());
     }
 }
 
@@ -425,7 +442,7 @@ pub fn to_mil(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result
     let classes = Classes::parse(archive)?;
     check_supported(archive, &classes)?;
     let bad_inputs = |message: String| Error::Inputs { path: archive.path.clone(), message };
-    let (_, root_forward) = classes.forward(&archive.root).ok_or_else(|| bad_inputs(format!("root class `{}` has no forward", archive.root.class)))?;
+    let (_, root_forward) = classes.method(&archive.root, "forward").ok_or_else(|| bad_inputs(format!("root class `{}` has no forward", archive.root.class)))?;
     let params: Vec<&str> = root_forward.params.iter().skip(1).map(|p| p.name.as_str()).collect();
     if inputs.len() != params.len() {
         return Err(bad_inputs(format!("forward({}) takes {} inputs, {} given", params.join(", "), params.len(), inputs.len())));
@@ -433,7 +450,7 @@ pub fn to_mil(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result
     let mut ordered: Vec<Option<&InputSpec>> = vec![None; params.len()];
     for (i, spec) in inputs.iter().enumerate() {
         let slot = match &spec.name {
-            Some(n) => params.iter().position(|p| p == n).or_else(|| (params.len() == inputs.len() && ordered[i].is_none()).then_some(i)),
+            Some(n) => params.iter().position(|p| p == n).or(Some(i)),
             None => Some(i),
         };
         let slot = slot.ok_or_else(|| bad_inputs(format!("no forward() parameter matches input `{}`", spec.name.as_deref().unwrap_or("?"))))?;
@@ -456,7 +473,7 @@ pub fn to_mil(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result
         args.push(Val::V(Value::Tensor(v)));
     }
     let mut inliner = Inliner { archive, classes: &classes, lower, weights: HashMap::new(), location: String::new() };
-    let result = inliner.forward(&archive.root, "", args, 0)?;
+    let result = inliner.method(&archive.root, "", "forward", args, 0)?;
     let mut outputs = Vec::new();
     flatten(inliner.value(result)?, &mut outputs).map_err(|m| inliner.err(m))?;
     let mut named = Vec::with_capacity(outputs.len());

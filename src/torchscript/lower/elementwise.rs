@@ -145,6 +145,23 @@ pub fn hardtanh(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     Ok(Value::Tensor(op.build1().map_err(|e| e.to_string())?))
 }
 
+/// `aten::hardsigmoid` = clip(x/6 + 1/2, 0, 1), from MIL ops every target has.
+pub fn hardsigmoid(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let dt = l.ty(&x)?.dtype;
+    let scaled = binary(l, &Value::Tensor(x), &Value::Float(1.0 / 6.0), &ew::MUL, |p, q| p * q)?;
+    let shifted = binary(l, &scaled, &Value::Float(0.5), &ew::ADD, |p, q| p + q)?;
+    let s = l.tensor(&shifted)?;
+    let op = l.op(&ew::CLIP).arg("x", &s).konst("alpha", Tensor::float_scalar(dt, 0.0)).konst("beta", Tensor::float_scalar(dt, 1.0));
+    Ok(Value::Tensor(op.build1().map_err(|e| e.to_string())?))
+}
+
+/// `aten::hardswish` = x · hardsigmoid(x).
+pub fn hardswish(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let hs = hardsigmoid(l, a)?;
+    binary(l, &a[0], &hs, &ew::MUL, |p, q| p * q)
+}
+
 /// `aten::softmax(self, dim, dtype)`.
 pub fn softmax(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let x = l.tensor(&a[0])?;

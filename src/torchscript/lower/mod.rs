@@ -88,11 +88,11 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::tanh", args: &[("self", R)], lower: elementwise::tanh },
     Lowering { kind: "aten::sigmoid", args: &[("self", R)], lower: elementwise::sigmoid },
     Lowering { kind: "aten::relu", args: &[("self", R)], lower: elementwise::relu },
-    Lowering { kind: "aten::relu_", args: &[("self", R)], lower: elementwise::relu },
     Lowering { kind: "aten::silu", args: &[("self", R)], lower: elementwise::silu },
     Lowering { kind: "aten::gelu", args: &[("self", R), ("approximate", Default::None)], lower: elementwise::gelu },
     Lowering { kind: "aten::hardtanh", args: &[("self", R), ("min_val", Default::Float(-1.0)), ("max_val", Default::Float(1.0))], lower: elementwise::hardtanh },
-    Lowering { kind: "aten::hardtanh_", args: &[("self", R), ("min_val", Default::Float(-1.0)), ("max_val", Default::Float(1.0))], lower: elementwise::hardtanh },
+    Lowering { kind: "aten::hardsigmoid", args: &[("self", R)], lower: elementwise::hardsigmoid },
+    Lowering { kind: "aten::hardswish", args: &[("self", R)], lower: elementwise::hardswish },
     Lowering { kind: "aten::softmax", args: &[("self", R), ("dim", R), ("dtype", NONE)], lower: elementwise::softmax },
     Lowering { kind: "aten::dropout", args: &[("input", R), ("p", R), ("train", R)], lower: elementwise::identity },
     Lowering { kind: "aten::detach", args: &[("self", R)], lower: elementwise::identity },
@@ -146,9 +146,13 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::select", args: &[("self", R), ("dim", R), ("index", R)], lower: shape::select },
 ];
 
-/// The table entry for a call name, if we lower it.
+/// The table entry for a call name, if we lower it. An in-place variant (`aten::add_`) lowers
+/// like its functional form; the inliner rebinds the mutated name to the result.
 pub fn lookup(kind: &str) -> Option<&'static Lowering> {
-    LOWERINGS.iter().find(|l| l.kind == kind)
+    LOWERINGS.iter().find(|l| l.kind == kind).or_else(|| {
+        let functional = kind.strip_suffix('_')?;
+        LOWERINGS.iter().find(|l| l.kind == functional)
+    })
 }
 
 /// Lowering state: the Builder, the compute dtype (fp16 or fp32), and the name hint for the
@@ -290,6 +294,8 @@ mod tests {
 
     #[test]
     fn normalize_fills_defaults_and_keywords() {
+        assert_eq!(lookup("aten::add_").unwrap().kind, "aten::add");
+        assert!(lookup("aten::nope_").is_none());
         let l = lookup("aten::softmax").unwrap();
         let v = Lower::normalize(l, vec![Value::Int(7)], vec![("dim".into(), Value::Int(-1))]).unwrap();
         assert_eq!(v, vec![Value::Int(7), Value::Int(-1), Value::None]);
