@@ -248,6 +248,18 @@ impl Inliner<'_> {
         }
     }
 
+    /// A one-element const tensor as the number it holds (what `int(NumToTensor(...))` reads).
+    fn const_scalar(&self, v: Value) -> Value {
+        let Value::Tensor(t) = &v else { return v };
+        let Some(c) = self.lower.b.value(t).filter(|c| c.len() == 1) else { return v };
+        match (c.to_i64_vec(), c.to_f32_vec()) {
+            (Some(i), _) if c.dtype() == DType::Bool => Value::Bool(i[0] != 0),
+            (Some(i), _) => Value::Int(i[0]),
+            (None, Some(f)) => Value::Float(f64::from(f[0])),
+            _ => v,
+        }
+    }
+
     fn value(&self, v: Val) -> Result<Value, Error> {
         match v {
             Val::V(v) => Ok(v),
@@ -320,6 +332,7 @@ impl Inliner<'_> {
             "annotate" | "unchecked_cast" => return vals.pop().ok_or_else(|| self.err(format!("{name} needs 2 arguments"))),
             "int" | "float" | "bool" => {
                 let v = vals.pop().map(|v| self.value(v)).transpose()?.ok_or_else(|| self.err(format!("{name}() needs an argument")))?;
+                let v = self.const_scalar(v);
                 return Ok(Val::V(match (name.as_str(), v) {
                     ("int", Value::Int(i)) => Value::Int(i),
                     ("int", Value::Float(x)) => Value::Int(x as i64),

@@ -14,7 +14,31 @@ const SCALAR_TYPE_I32: i64 = 3;
 const SCALAR_TYPE_I64: i64 = 4;
 const SCALAR_TYPE_BOOL: i64 = 11;
 
+/// The number behind a scalar-like value: an int/float, or a one-element const tensor
+/// (`NumToTensor` results and 0-d `CONSTANTS`), with whether it is an integer.
+fn scalar_of(l: &Lower, v: &Value) -> Option<(f64, bool)> {
+    match v {
+        Value::Int(i) => Some((*i as f64, true)),
+        Value::Float(x) => Some((*x, false)),
+        Value::Tensor(t) => {
+            let c = l.b.value(t)?;
+            if c.len() != 1 || !c.shape().is_empty() {
+                return None;
+            }
+            match c.to_i64_vec() {
+                Some(v) => Some((v[0] as f64, true)),
+                None => c.to_f32_vec().map(|v| (f64::from(v[0]), false)),
+            }
+        }
+        _ => None,
+    }
+}
+
 fn binary(l: &mut Lower, x: &Value, y: &Value, def: &'static OpDef, fold: fn(f64, f64) -> f64) -> Result<Value, String> {
+    if let (Some((a, ai)), Some((b, bi))) = (scalar_of(l, x), scalar_of(l, y)) {
+        let r = fold(a, b);
+        return Ok(if ai && bi && def.name != "real_div" { Value::Int(r as i64) } else { Value::Float(r) });
+    }
     match (x, y) {
         (Value::Int(a), Value::Int(b)) if def.name != "real_div" => Ok(Value::Int(fold(*a as f64, *b as f64) as i64)),
         (Value::Tensor(_), _) | (_, Value::Tensor(_)) => {
@@ -192,5 +216,89 @@ pub fn to(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
         return Ok(a[0].clone());
     }
     let op = l.op(&ew::CAST).arg("x", x).konst("dtype", Tensor::string(target.name()));
+    Ok(Value::Tensor(op.build1().map_err(|e| e.to_string())?))
+}
+
+/// `aten::abs`.
+pub fn abs(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if let Some((v, int)) = scalar_of(l, &a[0]) {
+        return Ok(if int { Value::Int(v.abs() as i64) } else { Value::Float(v.abs()) });
+    }
+    unary(l, &a[0], &ew::ABS)
+}
+
+/// `aten::log` (natural log).
+pub fn log(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if let Some((v, _)) = scalar_of(l, &a[0]) {
+        return Ok(Value::Float(v.ln()));
+    }
+    unary(l, &a[0], &ew::LOG)
+}
+
+/// Two-argument `aten::min(self, other)` → `minimum`.
+pub fn minimum(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    binary(l, &a[0], &a[1], &ew::MINIMUM, f64::min)
+}
+
+/// Two-argument `aten::max(self, other)` → `maximum`.
+pub fn maximum(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    binary(l, &a[0], &a[1], &ew::MAXIMUM, f64::max)
+}
+
+/// `aten::floor_divide` of sizes (shape arithmetic, folded); tensors are not supported yet.
+pub fn floor_divide(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    match (scalar_of(l, &a[0]), scalar_of(l, &a[1])) {
+        (Some((x, true)), Some((y, true))) if y != 0.0 => Ok(Value::Int((x / y).floor() as i64)),
+        (Some((x, _)), Some((y, _))) if y != 0.0 => Ok(Value::Float((x / y).floor())),
+        _ => Err("floor_divide of tensors is not supported yet".into()),
+    }
+}
+
+/// A value as a MIL tensor of the same dtype as `like` (bool stays bool, numbers become consts).
+fn operand(l: &mut Lower, v: &Value, like: &Value) -> Result<crate::mil::builder::Var, String> {
+    match v {
+        Value::Tensor(t) => Ok(t.clone()),
+        Value::Bool(b) => Ok(l.b.konst(&format!("{}_flag", l.hint), Tensor::bool_scalar(*b))),
+        other => tensor_like(l, other, like),
+    }
+}
+
+/// `aten::where(condition, self, other)` → `select`.
+pub fn where_(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let c = l.tensor(&a[0])?;
+    let like = if matches!(a[1], Value::Tensor(_)) { &a[1] } else { &a[2] };
+    let (x, y) = (operand(l, &a[1], like)?, operand(l, &a[2], like)?);
+    Ok(Value::Tensor(l.op(&ew::SELECT).arg("cond", &c).arg("a", &x).arg("b", &y).build1().map_err(|e| e.to_string())?))
+}
+
+/// `aten::masked_fill(self, mask, value)` = select(mask, value, self).
+pub fn masked_fill(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    where_(l, &[a[1].clone(), a[2].clone(), a[0].clone()])
+}
+
+/// Boolean `&` as select(x, y, false): exact for bool tensors, no extra op needed.
+pub fn and(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if let (Value::Bool(x), Value::Bool(y)) = (&a[0], &a[1]) {
+        return Ok(Value::Bool(*x && *y));
+    }
+    where_(l, &[a[0].clone(), a[1].clone(), Value::Bool(false)])
+}
+
+/// Boolean `|` as select(x, true, y).
+pub fn or(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if let (Value::Bool(x), Value::Bool(y)) = (&a[0], &a[1]) {
+        return Ok(Value::Bool(*x || *y));
+    }
+    where_(l, &[a[0].clone(), Value::Bool(true), a[1].clone()])
+}
+
+/// `aten::type_as(self, other)`: cast to `other`'s dtype (floats all compute in the package precision).
+pub fn type_as(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let (x, o) = (l.tensor(&a[0])?, l.tensor(&a[1])?);
+    let (from, to) = (l.ty(&x)?.dtype, l.ty(&o)?.dtype);
+    if from == to || (from.is_float() && to.is_float()) {
+        return Ok(a[0].clone());
+    }
+    let op = l.op(&ew::CAST).arg("x", &x).konst("dtype", Tensor::string(to.name()));
     Ok(Value::Tensor(op.build1().map_err(|e| e.to_string())?))
 }

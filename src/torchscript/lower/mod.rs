@@ -4,6 +4,7 @@
 //! Builder. Shape arithmetic (`size`, `NumToTensor`, `int`) folds to constants because input
 //! shapes are static. Called by the inliner in `torchscript::graph`, one call at a time.
 
+mod attention;
 mod elementwise;
 mod nn;
 mod shape;
@@ -129,7 +130,39 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::adaptive_avg_pool2d", args: &[("self", R), ("output_size", R)], lower: nn::adaptive_avg_pool2d },
     Lowering { kind: "aten::embedding", args: &[("weight", R), ("indices", R), ("padding_idx", Default::Int(-1)), ("scale_grad_by_freq", Default::Bool(false)), ("sparse", Default::Bool(false))], lower: nn::embedding },
     Lowering { kind: "aten::mean", args: &[("self", R), ("dim", NONE), ("keepdim", Default::Bool(false)), ("dtype", NONE)], lower: nn::mean },
+    Lowering { kind: "aten::abs", args: &[("self", R)], lower: elementwise::abs },
+    Lowering { kind: "aten::log", args: &[("self", R)], lower: elementwise::log },
+    Lowering { kind: "aten::min", args: &[("self", R), ("other", R)], lower: elementwise::minimum },
+    Lowering { kind: "aten::max", args: &[("self", R), ("other", R)], lower: elementwise::maximum },
+    Lowering { kind: "aten::floor_divide", args: &[("self", R), ("other", R)], lower: elementwise::floor_divide },
+    Lowering { kind: "aten::where", args: &[("condition", R), ("self", R), ("other", R)], lower: elementwise::where_ },
+    Lowering { kind: "aten::masked_fill", args: &[("self", R), ("mask", R), ("value", R)], lower: elementwise::masked_fill },
+    Lowering { kind: "aten::__and__", args: &[("self", R), ("other", R)], lower: elementwise::and },
+    Lowering { kind: "aten::__or__", args: &[("self", R), ("other", R)], lower: elementwise::or },
+    Lowering { kind: "aten::type_as", args: &[("self", R), ("other", R)], lower: elementwise::type_as },
+    // attention
+    Lowering {
+        kind: "aten::scaled_dot_product_attention",
+        args: &[("query", R), ("key", R), ("value", R), ("attn_mask", NONE), ("dropout_p", Default::Float(0.0)), ("is_causal", Default::Bool(false)), ("scale", NONE), ("enable_gqa", Default::Bool(false))],
+        lower: attention::sdpa,
+    },
+    Lowering { kind: "aten::addmm", args: &[("self", R), ("mat1", R), ("mat2", R), ("beta", Default::Int(1)), ("alpha", Default::Int(1))], lower: attention::addmm },
+    // tensors made from shapes (constants at conversion)
+    Lowering {
+        kind: "aten::arange",
+        args: &[("a", R), ("b", NONE), ("c", NONE), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE)],
+        lower: shape::arange,
+    },
+    Lowering { kind: "aten::new_ones", args: &[("self", R), ("size", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE)], lower: shape::new_ones },
+    Lowering {
+        kind: "aten::full_like",
+        args: &[("self", R), ("fill_value", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE), ("memory_format", NONE)],
+        lower: shape::full_like,
+    },
     // shapes
+    Lowering { kind: "aten::expand", args: &[("self", R), ("size", R), ("implicit", Default::Bool(false))], lower: shape::expand },
+    Lowering { kind: "aten::index", args: &[("self", R), ("indices", R)], lower: shape::index },
+    Lowering { kind: "aten::split", args: &[("self", R), ("split_size", R), ("dim", Default::Int(0))], lower: shape::split },
     Lowering { kind: "aten::size", args: &[("self", R), ("dim", NONE)], lower: shape::size },
     Lowering { kind: "prim::NumToTensor", args: &[("a", R)], lower: shape::scalar_passthrough },
     Lowering { kind: "aten::Int", args: &[("a", R)], lower: shape::scalar_passthrough },

@@ -1,9 +1,9 @@
 //! Lowerings of shape ops: `size` (folds to ints), reshapes, transposes, squeezes, `cat`,
 //! `chunk`, `slice`, `select`.
 
-use super::{dim, i32_of, int, ints, Lower, Value};
-use crate::mil::ops::shape;
-use crate::mil::Tensor;
+use super::{dim, float, i32_of, int, ints, Lower, Value};
+use crate::mil::ops::{elementwise as ew, shape};
+use crate::mil::{DType, Tensor};
 
 fn built(r: Result<crate::mil::builder::Var, crate::mil::ops::TypeError>) -> Result<Value, String> {
     r.map(Value::Tensor).map_err(|e| e.to_string())
@@ -179,4 +179,193 @@ pub fn select(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
         return Err(format!("select index {i} out of range for size {n}"));
     }
     slice_axis(l, &x, d, i, i + 1, 1, true)
+}
+
+/// c10 ScalarType code for bool, as TorchScript prints `dtype=11`.
+const SCALAR_TYPE_BOOL: i64 = 11;
+
+/// A const of `shape` filled with `x`, as bool (dtype 11), int32 (integer fill, no dtype) or the
+/// compute float dtype.
+fn filled(l: &mut Lower, shape: &[usize], x: f64, dtype: &Value, integer: bool) -> Result<Value, String> {
+    let n: usize = shape.iter().product();
+    let t = match dtype {
+        Value::Int(SCALAR_TYPE_BOOL) => Tensor::from_bools(shape, &vec![x != 0.0; n]),
+        Value::Int(3 | 4) => Tensor::from_i32(shape, &vec![x as i32; n]),
+        Value::None if integer => Tensor::from_i32(shape, &vec![x as i32; n]),
+        _ => l.cast_const(&Tensor::from_f32(shape, &vec![x as f32; n]))?,
+    };
+    let hint = l.hint.clone();
+    Ok(Value::Tensor(l.b.konst(&hint, t)))
+}
+
+/// `aten::arange(end)` / `(start, end)` / `(start, end, step)`: a const (int32 for integer ranges).
+pub fn arange(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let nums: Vec<&Value> = a[..3].iter().filter(|v| !matches!(v, Value::None)).collect();
+    let all_int = nums.iter().all(|v| matches!(v, Value::Int(_)));
+    let f: Vec<f64> = nums.iter().map(|v| float(v)).collect::<Result<_, _>>()?;
+    let (start, end, step) = match f.as_slice() {
+        [e] => (0.0, *e, 1.0),
+        [s, e] => (*s, *e, 1.0),
+        [s, e, st] => (*s, *e, *st),
+        _ => return Err("arange needs 1 to 3 numbers".into()),
+    };
+    if step == 0.0 {
+        return Err("arange step is 0".into());
+    }
+    let n = ((end - start) / step).ceil().max(0.0) as usize;
+    let hint = l.hint.clone();
+    let integer = all_int && !matches!(a[3], Value::Int(5 | 6 | 7));
+    let t = if integer {
+        Tensor::from_i32(&[n], &(0..n).map(|i| (start + i as f64 * step) as i32).collect::<Vec<_>>())
+    } else {
+        l.cast_const(&Tensor::from_f32(&[n], &(0..n).map(|i| (start + i as f64 * step) as f32).collect::<Vec<_>>()))?
+    };
+    Ok(Value::Tensor(l.b.konst(&hint, t)))
+}
+
+/// `aten::new_ones(self, size, dtype…)`: a const of ones.
+pub fn new_ones(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let shape: Vec<usize> = ints(&a[1])?.into_iter().map(|d| usize::try_from(d).map_err(|_| format!("bad size {d}"))).collect::<Result<_, _>>()?;
+    let integer = match &a[0] {
+        Value::Tensor(t) => !l.ty(t)?.dtype.is_float(),
+        _ => false,
+    };
+    filled(l, &shape, 1.0, &a[2], integer)
+}
+
+/// `aten::full_like(self, fill_value, dtype…)`: a const shaped like `self`.
+pub fn full_like(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let ty = l.ty(&x)?;
+    let shape = l.shape(&x)?;
+    let dtype = match (&a[2], ty.dtype) {
+        (Value::None, DType::Bool) => Value::Int(SCALAR_TYPE_BOOL),
+        (d, _) => d.clone(),
+    };
+    filled(l, &shape, float(&a[1])?, &dtype, !ty.dtype.is_float())
+}
+
+/// `aten::expand(self, size)`: broadcasts by combining with a const of the target shape
+/// (add of zeros for numbers, select for bools); `-1` keeps a dimension.
+pub fn expand(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let ty = l.ty(&x)?;
+    let s = l.shape(&x)?;
+    let size = ints(&a[1])?;
+    if size.len() < s.len() {
+        return Err(format!("cannot expand {s:?} to {size:?}"));
+    }
+    let off = size.len() - s.len();
+    let target: Vec<usize> = size
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if d == -1 { i.checked_sub(off).map(|j| s[j]).ok_or(format!("-1 in a new dimension of {size:?}")) } else { usize::try_from(d).map_err(|_| format!("bad size {d}")) })
+        .collect::<Result<_, _>>()?;
+    if target == s {
+        return Ok(a[0].clone());
+    }
+    let n: usize = target.iter().product();
+    let hint = format!("{}_expand", l.hint);
+    if ty.dtype == DType::Bool {
+        let (t, f) = (l.b.konst(&format!("{hint}_true"), Tensor::from_bools(&target, &vec![true; n])), l.b.konst(&format!("{hint}_false"), Tensor::bool_scalar(false)));
+        return built(l.op(&ew::SELECT).arg("cond", &x).arg("a", &t).arg("b", &f).build1());
+    }
+    let zeros = match ty.dtype {
+        DType::I32 => Tensor::from_i32(&target, &vec![0; n]),
+        DType::F16 => Tensor::from_f32_as_f16(&target, &vec![0.0; n]),
+        _ => Tensor::from_f32(&target, &vec![0.0; n]),
+    };
+    let z = l.b.konst(&hint, zeros);
+    built(l.op(&ew::ADD).arg("x", &x).arg("y", &z).build1())
+}
+
+/// `aten::index(self, indices)` with constant integer index tensors (what tracing leaves for
+/// mask building): the indices broadcast, combine into flat row numbers on the host, and become
+/// one `gather` over the indexed leading axes flattened.
+pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let s = l.shape(&x)?;
+    let (Value::List(items) | Value::Tuple(items)) = &a[1] else { return Err("index needs a list of index tensors".into()) };
+    if items.is_empty() || items.len() > s.len() {
+        return Err(format!("{} indices for a rank-{} tensor", items.len(), s.len()));
+    }
+    let mut idx = Vec::with_capacity(items.len());
+    for (d, it) in items.iter().enumerate() {
+        let Value::Tensor(v) = it else { return Err("index with None (slices) is not supported yet".into()) };
+        let c = l.b.value(v).ok_or("indexing with computed indices is not supported yet")?;
+        let vals = c.to_i64_vec().filter(|_| c.dtype() != DType::Bool).ok_or("boolean-mask indexing is not supported yet")?;
+        let n = s[d] as i64;
+        let vals: Vec<i64> = vals.iter().map(|&i| if i < 0 { i + n } else { i }).collect();
+        if vals.iter().any(|&i| !(0..n).contains(&i)) {
+            return Err(format!("index out of range for axis {d} of size {n}"));
+        }
+        idx.push((c.shape().to_vec(), vals));
+    }
+    // Broadcast the index shapes (numpy rules).
+    let rank = idx.iter().map(|(sh, _)| sh.len()).max().unwrap_or(0);
+    let mut shape = vec![1usize; rank];
+    for (sh, _) in &idx {
+        for (i, &d) in sh.iter().enumerate() {
+            let o = &mut shape[rank - sh.len() + i];
+            if *o == 1 {
+                *o = d;
+            } else if d != 1 && d != *o {
+                return Err("index tensors do not broadcast".into());
+            }
+        }
+    }
+    let total: usize = shape.iter().product();
+    let mut flat = vec![0i64; total];
+    let k = items.len();
+    for (d, (sh, vals)) in idx.iter().enumerate() {
+        let stride: usize = s[d + 1..k].iter().product();
+        for (o, f) in flat.iter_mut().enumerate() {
+            // Map output position `o` to this index tensor's broadcast position.
+            let (mut rem, mut pos, mut mul) = (o, 0usize, 1usize);
+            for i in (0..rank).rev() {
+                let coord = rem % shape[i];
+                rem /= shape[i];
+                if let Some(j) = (i + sh.len()).checked_sub(rank) {
+                    if sh[j] != 1 {
+                        pos += coord * mul;
+                    }
+                    mul *= sh[j];
+                }
+            }
+            *f += vals[pos] * stride as i64;
+        }
+    }
+    let rows: usize = s[..k].iter().product();
+    let mut flat_shape = vec![rows as i32];
+    flat_shape.extend(s[k..].iter().map(|&d| d as i32));
+    let hint = l.hint.clone();
+    let flat_x = built(l.b.op(&shape::RESHAPE, &format!("{hint}_rows")).arg("x", &x).konst("shape", Tensor::i32_vec(&flat_shape)).build1())?;
+    let Value::Tensor(flat_x) = flat_x else { unreachable!("built returns a tensor") };
+    let ids: Vec<i32> = flat.into_iter().map(i32_of).collect::<Result<_, _>>()?;
+    let ids = l.b.konst(&format!("{hint}_rows_ids"), Tensor::from_i32(&shape, &ids));
+    built(l.op(&shape::GATHER).arg("x", &flat_x).arg("indices", &ids).konst("axis", Tensor::i32_scalar(0)).build1())
+}
+
+/// `aten::split(self, split_size | sizes, dim)`.
+pub fn split(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let s = l.shape(&x)?;
+    let d = dim(int(&a[2])?, s.len())?;
+    let n = s[d] as i64;
+    let sizes: Vec<i64> = match &a[1] {
+        Value::Int(each) if *each > 0 => {
+            let mut v = Vec::new();
+            let mut left = n;
+            while left > 0 {
+                v.push((*each).min(left));
+                left -= each;
+            }
+            v
+        }
+        other => ints(other)?,
+    };
+    let sizes: Vec<i32> = sizes.into_iter().map(i32_of).collect::<Result<_, _>>()?;
+    let op = l.op(&shape::SPLIT).arg("x", &x).konst("split_sizes", Tensor::i32_vec(&sizes)).konst("axis", Tensor::i32_scalar(d as i32));
+    let parts = op.build().map_err(|e| e.to_string())?;
+    Ok(Value::Tuple(parts.into_iter().map(Value::Tensor).collect()))
 }

@@ -1,0 +1,92 @@
+//! Lowerings for transformer blocks: `scaled_dot_product_attention` (decomposed into matmul,
+//! scale, mask, softmax, matmul, which every target has; the fused iOS18 op comes with the ANE
+//! passes), and `addmm` (GPT-2's Conv1D), which becomes `linear` with the weight transposed once
+//! at conversion.
+
+use half::f16;
+
+use super::{float, Lower, Value};
+use crate::mil::builder::Var;
+use crate::mil::ops::{elementwise as ew, linear as lin};
+use crate::mil::{DType, Tensor};
+
+/// Score added where a boolean mask says "do not attend": large enough to zero the softmax
+/// term, small enough that fp16 (max 65504) does not overflow when added to real scores.
+pub const MASKED_SCORE: f32 = -30000.0;
+
+fn built(r: Result<Var, crate::mil::ops::TypeError>) -> Result<Var, String> {
+    r.map_err(|e| e.to_string())
+}
+
+/// `aten::scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)`.
+pub fn sdpa(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let (q, k, v) = (l.tensor(&a[0])?, l.tensor(&a[1])?, l.tensor(&a[2])?);
+    let qs = l.shape(&q)?;
+    let ks = l.shape(&k)?;
+    if qs.len() < 2 || ks.len() != qs.len() {
+        return Err(format!("query {qs:?} and key {ks:?} must have the same rank ≥ 2"));
+    }
+    if qs[..qs.len() - 2] != ks[..ks.len() - 2] {
+        return Err("grouped-query attention (fewer key heads) is not supported yet".into());
+    }
+    let (lq, s, e) = (qs[qs.len() - 2], ks[ks.len() - 2], qs[qs.len() - 1]);
+    let dt = l.ty(&q)?.dtype;
+    let scale = match &a[6] {
+        Value::None => 1.0 / (e as f64).sqrt(),
+        v => float(v)?,
+    };
+    let hint = l.hint.clone();
+    let mut scores = built(l.b.op(&lin::MATMUL, &format!("{hint}_scores")).arg("x", &q).arg("y", &k).konst("transpose_x", Tensor::bool_scalar(false)).konst("transpose_y", Tensor::bool_scalar(true)).build1())?;
+    if scale != 1.0 {
+        let c = l.scalar(dt, scale);
+        scores = built(l.b.op(&ew::MUL, &format!("{hint}_scaled")).arg("x", &scores).arg("y", &c).build1())?;
+    }
+    if a[5] == Value::Bool(true) {
+        let causal: Vec<bool> = (0..lq).flat_map(|i| (0..s).map(move |j| j <= i + s - lq)).collect();
+        let m = l.b.konst(&format!("{hint}_causal"), Tensor::from_bools(&[lq, s], &causal));
+        scores = masked(l, &hint, &scores, &m, dt)?;
+    }
+    if let Value::Tensor(m) = &a[3] {
+        scores = match l.ty(m)?.dtype {
+            DType::Bool => masked(l, &hint, &scores, m, dt)?,
+            _ => built(l.b.op(&ew::ADD, &format!("{hint}_masked")).arg("x", &scores).arg("y", m).build1())?,
+        };
+    }
+    let probs = built(l.b.op(&ew::SOFTMAX, &format!("{hint}_probs")).arg("x", &scores).konst("axis", Tensor::i32_scalar(-1)).build1())?;
+    Ok(Value::Tensor(built(l.op(&lin::MATMUL).arg("x", &probs).arg("y", &v).build1())?))
+}
+
+fn masked(l: &mut Lower, hint: &str, scores: &Var, mask: &Var, dt: DType) -> Result<Var, String> {
+    let fill = l.b.konst(&format!("{hint}_masked_score"), Tensor::float_scalar(dt, MASKED_SCORE));
+    built(l.b.op(&ew::SELECT, &format!("{hint}_masked")).arg("cond", mask).arg("a", scores).arg("b", &fill).build1())
+}
+
+/// `aten::addmm(self, mat1, mat2, beta, alpha)` = beta·self + alpha·(mat1 @ mat2).
+pub fn addmm(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if float(&a[3])? != 1.0 || float(&a[4])? != 1.0 {
+        return Err("addmm with beta or alpha other than 1 is not supported".into());
+    }
+    let (bias, x, w) = (l.tensor(&a[0])?, l.tensor(&a[1])?, l.tensor(&a[2])?);
+    let Some(wt) = l.b.value(&w).map(transpose_2d).transpose()? else {
+        let y = built(l.op(&lin::MATMUL).arg("x", &x).arg("y", &w).build1())?;
+        return Ok(Value::Tensor(built(l.op(&ew::ADD).arg("x", &y).arg("y", &bias).build1())?));
+    };
+    let hint = format!("{}_weight_t", l.hint);
+    let wt = l.b.konst(&hint, wt);
+    Ok(Value::Tensor(built(l.op(&lin::LINEAR).arg("x", &x).arg("weight", &wt).arg("bias", &bias).build1())?))
+}
+
+/// A 2-D fp16/fp32 tensor transposed on the host (weights only; done once at conversion).
+fn transpose_2d(t: &Tensor) -> Result<Tensor, String> {
+    let [r, c] = t.shape() else { return Err(format!("addmm weight must be 2-D, got {:?}", t.shape())) };
+    let (r, c) = (*r, *c);
+    let v = t.to_f32_vec().ok_or("addmm weight is not float")?;
+    let out: Vec<f32> = (0..c).flat_map(|j| (0..r).map(move |i| (i, j))).map(|(i, j)| v[i * c + j]).collect();
+    Ok(match t.dtype() {
+        DType::F16 => {
+            let bytes = out.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect();
+            Tensor::from_bytes(DType::F16, &[c, r], bytes).map_err(|e| e.to_string())?
+        }
+        _ => Tensor::from_f32(&[c, r], &out),
+    })
+}
