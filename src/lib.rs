@@ -2,10 +2,13 @@
 //!
 //! Data flow (shared/DESIGN.md): loaders build a [`mil::Program`] (our one IR, Core ML's MIL);
 //! [`package::write`] serializes it as an `.mlpackage`; [`package::read`] reads any `.mlpackage`
-//! (ours or coremltools') back into the same IR for `inspect` and, later, the interpreter and linter.
+//! (ours or coremltools') back into the same IR for `inspect`, the interpreter and the linter;
+//! [`interp::run`] executes a function (kernels in `mil::ops`, math in [`numeric`]).
 //! The `cli` module (binary only) is the only place that prints.
 
+pub mod numeric;
 pub mod mil;
 pub mod package;
 pub mod torchscript;
+pub mod interp;
 pub mod validate;

@@ -155,12 +155,24 @@ pub struct Builder {
     ops: Vec<Operation>,
     env: Env,
     used: HashSet<String>,
+    fold: bool,
 }
+
+/// Largest output (in elements) that constant folding materializes; bigger results stay ops so a
+/// conversion never allocates large temporaries for them.
+pub const FOLD_MAX_ELEMENTS: usize = 1 << 22;
 
 impl Builder {
     /// An empty function for `opset`.
     pub fn new(opset: Opset) -> Builder {
-        Builder { opset, inputs: Vec::new(), ops: Vec::new(), env: Env::default(), used: HashSet::new() }
+        Builder { opset, inputs: Vec::new(), ops: Vec::new(), env: Env::default(), used: HashSet::new(), fold: false }
+    }
+
+    /// Turns on constant folding: an op whose arguments are all consts is evaluated with its
+    /// kernel when built and becomes a `const` (outputs up to [`FOLD_MAX_ELEMENTS`]). Loaders use
+    /// it so traced shape and mask arithmetic resolves at conversion time.
+    pub fn fold_constants(&mut self, on: bool) {
+        self.fold = on;
     }
 
     /// The op set ops are typed against.
@@ -224,6 +236,54 @@ impl Builder {
         self.env.consts.get(&v.0)
     }
 
+    /// Evaluates `op` when folding is on and all its arguments are consts; the outputs become
+    /// `const` ops named like the op would have named them.
+    fn try_fold(&mut self, def: &'static OpDef, op: &Operation, inferred: &[TensorType]) -> Result<Option<Vec<Var>>, TypeError> {
+        let small = inferred.iter().all(|t| t.num_elements().is_some_and(|n| n <= FOLD_MAX_ELEMENTS));
+        if !self.fold || !small {
+            return Ok(None);
+        }
+        let mut arrays: Vec<(&str, Vec<ops::Array>)> = Vec::with_capacity(op.inputs.len());
+        for (param, bound) in &op.inputs {
+            let mut list = Vec::with_capacity(bound.len());
+            for a in bound {
+                let t = match a {
+                    Argument::Name(n) => match self.env.consts.get(n) {
+                        Some(t) => t,
+                        None => return Ok(None),
+                    },
+                    Argument::Value(t) => t,
+                };
+                match ops::Array::from_tensor(t) {
+                    Ok(arr) => list.push(arr),
+                    Err(_) => return Ok(None),
+                }
+            }
+            arrays.push((param.as_str(), list));
+        }
+        let args = ops::EvalArgs {
+            op: def.name,
+            opset: self.opset,
+            args: arrays.iter().map(|(p, l)| (*p, l.iter().collect())).collect(),
+            attributes: &op.attributes,
+        };
+        let Ok(outs) = (def.eval)(&args) else { return Ok(None) };
+        if outs.len() != inferred.len() {
+            return Ok(None);
+        }
+        let single = outs.len() == 1;
+        Ok(Some(
+            outs.iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let hint = if single { op.name.clone() } else { format!("{}_{i}", op.name) };
+                    self.used.remove(&op.name);
+                    self.konst(&hint, a.to_tensor())
+                })
+                .collect(),
+        ))
+    }
+
     /// Finishes the function; `outputs` become the block outputs (model outputs), in order.
     pub fn finish(self, outputs: &[Var]) -> Function {
         Function {
@@ -280,6 +340,9 @@ impl OpBuilder<'_> {
             let args = b.env.args(&op, b.opset).map_err(|e| TypeError::Invalid { op: def.name.to_string(), message: e.to_string() })?;
             ops::check(def, &args)?
         };
+        if let Some(outs) = b.try_fold(def, &op, &inferred)? {
+            return Ok(outs);
+        }
         let single = inferred.len() == 1;
         let mut outs = Vec::with_capacity(inferred.len());
         for (i, ty) in inferred.into_iter().enumerate() {

@@ -318,6 +318,11 @@ impl Inliner<'_> {
             }
         }
         let name = func.dotted().ok_or_else(|| self.err("call of a computed function"))?;
+        if name == "annotate" || name == "unchecked_cast" {
+            // The first argument is a type (`number`, `List[int]`), not a value.
+            let [_, value] = args else { return Err(self.err(format!("{name} needs 2 arguments"))) };
+            return self.eval(value, env, depth);
+        }
         let mut vals = Vec::with_capacity(args.len());
         for a in args {
             vals.push(self.eval(a, env, depth)?);
@@ -329,7 +334,6 @@ impl Inliner<'_> {
                 };
                 return self.attr(base, &attr);
             }
-            "annotate" | "unchecked_cast" => return vals.pop().ok_or_else(|| self.err(format!("{name} needs 2 arguments"))),
             "int" | "float" | "bool" => {
                 let v = vals.pop().map(|v| self.value(v)).transpose()?.ok_or_else(|| self.err(format!("{name}() needs an argument")))?;
                 let v = self.const_scalar(v);
@@ -472,6 +476,7 @@ pub fn to_mil(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result
         }
     }
     let mut lower = Lower { b: Builder::new(opts.opset), dtype: opts.precision, hint: String::new() };
+    lower.b.fold_constants(true);
     let mut args = Vec::with_capacity(params.len());
     for (p, spec) in params.iter().zip(ordered) {
         let spec = spec.ok_or_else(|| bad_inputs(format!("no input given for `{p}`")))?;

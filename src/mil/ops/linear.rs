@@ -1,18 +1,30 @@
-//! Linear algebra and sliding-window ops: `linear`, `matmul`, `conv`, `avg_pool`, `max_pool`.
-//! Semantics: coremltools `defs/iOS15/linear.py`, `conv.py`, `pool.py`, and the spatial output
-//! rule of `defs/_utils.py::spatial_dimensions_out_shape`.
+//! Linear algebra and sliding-window ops: `linear`, `matmul`, `conv`, `conv_transpose`,
+//! `avg_pool`, `max_pool`. Semantics: coremltools `defs/iOS15/linear.py`, `conv.py`, `pool.py`,
+//! and the spatial output rule of `defs/_utils.py::spatial_dimensions_out_shape`. Kernels run
+//! through a real GEMM (`numeric::gemm`, `numeric::conv`), accumulating in f32.
 
-use super::{broadcast, OpArgs, OpDef, Param, TypeError, BOOL, FLOAT, INT32, NUMERIC, STRING};
+use super::{
+    broadcast, Array, Data, EvalArgs, EvalError, OpArgs, OpDef, Param, TypeError, BOOL, FLOAT, INT32, NUMERIC, STRING,
+};
 use crate::mil::types::{Dim, TensorType};
 use crate::mil::Opset;
+use crate::numeric;
+use crate::numeric::conv::{Filter, Pool, Window};
+
+type Eval = Result<Vec<Array>, EvalError>;
 
 /// `linear`: `x · weightᵀ + bias` over the last axis; weight `[D_out, D_in]`.
 /// Rewritten to a 1×1 `conv` by the ANE passes.
 pub const LINEAR: OpDef = OpDef {
     name: "linear",
     since: Opset::Ios15,
-    params: &[Param::t("x", NUMERIC), Param::t("weight", NUMERIC).konst(), Param::t("bias", NUMERIC).konst().optional()],
+    params: &[
+        Param::t("x", NUMERIC),
+        Param::t("weight", NUMERIC).konst(),
+        Param::t("bias", NUMERIC).konst().optional(),
+    ],
     infer: infer_linear,
+    eval: eval_linear,
 };
 
 fn infer_linear(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -47,13 +59,18 @@ pub const MATMUL: OpDef = OpDef {
         Param::new("transpose_y", BOOL).konst().optional(),
     ],
     infer: infer_matmul,
+    eval: eval_matmul,
 };
 
 fn infer_matmul(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     let (x, y) = (a.tensor("x")?, a.tensor("y")?);
     let (mut xs, mut ys) = (x.shape.clone(), y.shape.clone());
-    if xs.is_empty() || ys.is_empty() {
-        return Err(a.invalid("matmul operands must have rank ≥ 1"));
+    if xs.is_empty() || ys.len() < 2 {
+        return Err(a.invalid("matmul needs x of rank ≥ 1 and y of rank ≥ 2 (coremltools 9.0 cannot type a rank-1 y)"));
+    }
+    if xs.len() == 1 && (ys.len() != 2 || a.bool_or("transpose_x", false)?) {
+        // coremltools types rank-1 x against batched y as [1, …, N] where numpy gives [B, N].
+        return Err(a.invalid("a rank-1 x needs a rank-2 y and no transpose_x (coremltools' rule)"));
     }
     let (x_vec, y_vec) = (xs.len() == 1, ys.len() == 1);
     if x_vec {
@@ -102,6 +119,9 @@ fn spatial_out(
     if !PAD_TYPES.contains(&pad_type) {
         return Err(a.invalid(format!("unknown pad_type `{pad_type}`")));
     }
+    if pad_type == "same_lower" && a.opset < Opset::Ios16 {
+        return Err(a.invalid("pad_type `same_lower` needs iOS16 (coremltools rejects it in iOS15 conv and pools)"));
+    }
     let n = kernel.len();
     if input.len() != n || strides.len() != n || dilations.len() != n || (pad_type == "custom" && pad.len() != 2 * n) {
         return Err(a.invalid(format!("{n} spatial axes need {n} strides/dilations and {} pads", 2 * n)));
@@ -149,6 +169,7 @@ pub const CONV: OpDef = OpDef {
         Param::new("groups", INT32).konst().optional(),
     ],
     infer: infer_conv,
+    eval: eval_conv,
 };
 
 fn infer_conv(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -193,6 +214,7 @@ pub const AVG_POOL: OpDef = OpDef {
         Param::new("ceil_mode", BOOL).konst().optional(),
     ],
     infer: infer_pool,
+    eval: eval_avg_pool,
 };
 
 /// `max_pool`: max over sliding windows; `pad_type` is required.
@@ -208,6 +230,7 @@ pub const MAX_POOL: OpDef = OpDef {
         Param::new("ceil_mode", BOOL).konst().optional(),
     ],
     infer: infer_pool,
+    eval: eval_max_pool,
 };
 
 fn infer_pool(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -224,4 +247,241 @@ fn infer_pool(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     let mut shape = x.shape[..2].to_vec();
     shape.extend(spatial);
     Ok(vec![TensorType { dtype: x.dtype, shape }])
+}
+
+fn eval_linear(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let w = a.array("weight")?;
+    let [d_out, d_in] = w.shape[..] else { return Err(a.shape_error("weight must be rank 2")) };
+    let out = match (&x.data, &w.data) {
+        (Data::F32(xv), Data::F32(wv)) => numeric::gemm::linear(xv, &x.shape, wv, d_out, a.opt_floats("bias")?)
+            .map(|(v, s)| Array::float(x.dtype, s, v)),
+        (Data::I32(xv), Data::I32(wv)) => {
+            numeric::gemm::matmul_i32(xv, &x.shape, wv, &[d_out, d_in], false, true).map(|(mut v, s)| {
+                if let Some(Data::I32(b)) = a.get("bias").map(|b| &b.data) {
+                    for (i, e) in v.iter_mut().enumerate() {
+                        *e = e.wrapping_add(b.get(i % d_out.max(1)).copied().unwrap_or(0));
+                    }
+                }
+                Array::int(s, v)
+            })
+        }
+        _ => return Err(a.invalid(format!("x is {} but weight is {}", x.dtype, w.dtype))),
+    };
+    out.map(|o| vec![o]).ok_or_else(|| a.shape_error("shapes do not fit"))
+}
+
+fn eval_matmul(a: &EvalArgs) -> Eval {
+    let (x, y) = (a.array("x")?, a.array("y")?);
+    let (tx, ty) = (a.bool_or("transpose_x", false)?, a.bool_or("transpose_y", false)?);
+    let out = match (&x.data, &y.data) {
+        (Data::F32(p), Data::F32(q)) => {
+            numeric::gemm::matmul(p, &x.shape, q, &y.shape, tx, ty).map(|(v, s)| Array::float(x.dtype, s, v))
+        }
+        (Data::I32(p), Data::I32(q)) => {
+            numeric::gemm::matmul_i32(p, &x.shape, q, &y.shape, tx, ty).map(|(v, s)| Array::int(s, v))
+        }
+        _ => return Err(a.invalid(format!("x is {} but y is {}", x.dtype, y.dtype))),
+    };
+    out.map(|o| vec![o]).ok_or_else(|| a.shape_error("shapes do not fit"))
+}
+
+/// A non-negative integer-vector parameter with one entry per spatial axis, or all-`default`.
+fn per_axis(a: &EvalArgs, param: &str, n: usize, default: usize) -> Result<Vec<usize>, EvalError> {
+    match a.ints(param)? {
+        None => Ok(vec![default; n]),
+        Some(v) if v.len() == n => {
+            v.iter().map(|&e| usize::try_from(e).map_err(|_| a.invalid(format!("negative `{param}`")))).collect()
+        }
+        Some(v) => Err(a.invalid(format!("`{param}` has {} entries for {n} spatial axes", v.len()))),
+    }
+}
+
+/// The window geometry of a conv/pool op: kernel, strides, dilations, and explicit pads from
+/// `pad_type` (`valid`; `custom` reads `pad` as before/after pairs; `same` puts the odd extra
+/// pad after, `same_lower` before, as TensorFlow and Core ML do).
+fn window(a: &EvalArgs, spatial: &[usize], kernel: Vec<usize>, default_pad_type: &str) -> Result<Window, EvalError> {
+    let n = kernel.len();
+    let strides = per_axis(a, "strides", n, 1)?;
+    let dilations = per_axis(a, "dilations", n, 1)?;
+    if strides.contains(&0) || dilations.contains(&0) {
+        return Err(a.invalid("strides and dilations must be positive"));
+    }
+    let (mut before, mut after) = (vec![0; n], vec![0; n]);
+    match a.string("pad_type").unwrap_or(default_pad_type) {
+        "valid" => {}
+        "custom" => {
+            let pad = per_axis(a, "pad", 2 * n, 0)?;
+            for r in 0..n {
+                (before[r], after[r]) = (pad[2 * r], pad[2 * r + 1]);
+            }
+        }
+        t @ ("same" | "same_lower") => {
+            for r in 0..n {
+                let total = numeric::conv::same_pad_total(spatial[r], kernel[r], strides[r], dilations[r]);
+                let small = total / 2;
+                (before[r], after[r]) = if t == "same" { (small, total - small) } else { (total - small, small) };
+            }
+        }
+        t => return Err(a.invalid(format!("unknown pad_type `{t}`"))),
+    }
+    Ok(Window { kernel, strides, dilations, pad_before: before, pad_after: after })
+}
+
+fn eval_conv(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let w = a.array("weight")?;
+    if x.shape.len() < 3 || w.shape.len() != x.shape.len() {
+        return Err(a.shape_error("x and weight must both be rank ≥ 3 and equal"));
+    }
+    let win = window(a, &x.shape[2..], w.shape[2..].to_vec(), "valid")?;
+    let groups = usize::try_from(a.int_or("groups", 1)?).map_err(|_| a.invalid("negative groups"))?;
+    let filter = Filter { weight: a.floats("weight")?, shape: &w.shape, bias: a.opt_floats("bias")?, groups };
+    let (y, shape) = numeric::conv::conv(a.floats("x")?, &x.shape, &filter, &win)
+        .ok_or_else(|| a.shape_error("shapes do not fit"))?;
+    Ok(vec![Array::float(x.dtype, shape, y)])
+}
+
+/// `conv_transpose`: the gradient of `conv` w.r.t. its input; x `[N, C_in, *S]`, weight
+/// `[C_in, C_out/groups, *K]`. Output spatial size is `output_shape` when given, else
+/// `s·(i−1) + k_eff − pad` (`valid`/`custom`) or `s·i` (`same`), as coremltools infers it.
+pub const CONV_TRANSPOSE: OpDef = OpDef {
+    name: "conv_transpose",
+    since: Opset::Ios15,
+    params: &[
+        Param::t("x", FLOAT),
+        Param::t("weight", FLOAT).konst(),
+        Param::t("bias", FLOAT).konst().optional(),
+        Param::new("pad", INT32).konst().optional(),
+        Param::new("output_shape", INT32).konst().optional(),
+        Param::new("pad_type", STRING).konst().optional(),
+        Param::new("strides", INT32).konst().optional(),
+        Param::new("dilations", INT32).konst().optional(),
+        Param::new("groups", INT32).konst().optional(),
+    ],
+    infer: infer_conv_transpose,
+    eval: eval_conv_transpose,
+};
+
+fn infer_conv_transpose(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let x = a.tensor("x")?;
+    let w = a.fixed("weight")?;
+    if w.len() < 3 || x.rank() != w.len() {
+        return Err(a.invalid(format!("x {x} and weight {w:?} must both be rank ≥ 3 and equal")));
+    }
+    let n = w.len() - 2;
+    let groups = a.int_or("groups", 1)?;
+    if groups <= 0 {
+        return Err(a.invalid("groups must be positive"));
+    }
+    let c_out = w[1] * groups as usize;
+    if let Some(b) = a.opt_tensor("bias") {
+        if b.shape != [Dim::Fixed(c_out)] {
+            return Err(a.invalid(format!("bias {b} must be [{c_out}]")));
+        }
+    }
+    if let Some(shape) = a.ints("output_shape")? {
+        let dims = shape.iter().map(|&d| usize::try_from(d).map(Dim::Fixed)).collect::<Result<Vec<_>, _>>();
+        return Ok(vec![TensorType { dtype: x.dtype, shape: dims.map_err(|_| a.invalid("negative output_shape"))? }]);
+    }
+    let ones = vec![1; n];
+    let strides = a.ints("strides")?.unwrap_or_else(|| ones.clone());
+    let dilations = a.ints("dilations")?.unwrap_or_else(|| ones.clone());
+    let pad = a.ints("pad")?.unwrap_or_else(|| vec![0; 2 * n]);
+    if strides.len() != n || dilations.len() != n || pad.len() != 2 * n {
+        return Err(a.invalid(format!("{n} spatial axes need {n} strides/dilations and {} pads", 2 * n)));
+    }
+    let mut shape = vec![x.shape[0], Dim::Fixed(c_out)];
+    for r in 0..n {
+        let Dim::Fixed(i) = x.shape[2 + r] else {
+            shape.push(Dim::Unknown);
+            continue;
+        };
+        let k = (w[2 + r] as i64 - 1) * dilations[r] + 1;
+        let o = match a.string("pad_type").unwrap_or("valid") {
+            "same" => strides[r] * i as i64,
+            "valid" => strides[r] * (i as i64 - 1) + k,
+            "custom" => strides[r] * (i as i64 - 1) + k - pad[2 * r] - pad[2 * r + 1],
+            t => return Err(a.invalid(format!("unsupported pad_type `{t}`"))),
+        };
+        if o <= 0 {
+            return Err(a.invalid(format!("spatial axis {r} has output size {o}")));
+        }
+        shape.push(Dim::Fixed(o as usize));
+    }
+    Ok(vec![TensorType { dtype: x.dtype, shape }])
+}
+
+fn eval_conv_transpose(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let w = a.array("weight")?;
+    if x.shape.len() < 3 || w.shape.len() != x.shape.len() {
+        return Err(a.shape_error("x and weight must both be rank ≥ 3 and equal"));
+    }
+    let n = x.shape.len() - 2;
+    let kernel = w.shape[2..].to_vec();
+    let strides = per_axis(a, "strides", n, 1)?;
+    let dilations = per_axis(a, "dilations", n, 1)?;
+    let groups = usize::try_from(a.int_or("groups", 1)?).map_err(|_| a.invalid("negative groups"))?;
+    let sp = &x.shape[2..];
+    let full: Vec<usize> = (0..n).map(|r| strides[r] * (sp[r] - 1) + (kernel[r] - 1) * dilations[r] + 1).collect();
+    let (mut before, mut after) = (vec![0; n], vec![0; n]);
+    match a.string("pad_type").unwrap_or("valid") {
+        "valid" => {}
+        "custom" => {
+            let pad = per_axis(a, "pad", 2 * n, 0)?;
+            for r in 0..n {
+                (before[r], after[r]) = (pad[2 * r], pad[2 * r + 1]);
+            }
+        }
+        "same" => {
+            for r in 0..n {
+                let total = full[r].saturating_sub(strides[r] * sp[r]);
+                (before[r], after[r]) = (total / 2, total - total / 2);
+            }
+        }
+        t => return Err(a.invalid(format!("unsupported pad_type `{t}`"))),
+    }
+    let out_sp: Vec<usize> = match a.ints("output_shape")? {
+        Some(s) if s.len() == n + 2 => s[2..].iter().map(|&d| d.max(0) as usize).collect(),
+        Some(_) => return Err(a.invalid("output_shape must have rank + 2 entries")),
+        None => (0..n).map(|r| full[r].saturating_sub(before[r] + after[r])).collect(),
+    };
+    let win = Window { kernel, strides, dilations, pad_before: before, pad_after: after };
+    let filter = Filter { weight: a.floats("weight")?, shape: &w.shape, bias: a.opt_floats("bias")?, groups };
+    let (y, shape) = numeric::conv::conv_transpose(a.floats("x")?, &x.shape, &filter, &win, &out_sp)
+        .ok_or_else(|| a.shape_error("shapes do not fit"))?;
+    Ok(vec![Array::float(x.dtype, shape, y)])
+}
+
+fn eval_pool(a: &EvalArgs, kind: Pool) -> Eval {
+    let x = a.array("x")?;
+    let kernel = a.ints("kernel_sizes")?.ok_or_else(|| a.invalid("missing kernel_sizes"))?;
+    let kernel = kernel
+        .iter()
+        .map(|&k| usize::try_from(k).map_err(|_| a.invalid("negative kernel size")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if x.shape.len() != kernel.len() + 2 {
+        return Err(a.shape_error("kernel_sizes do not fit x"));
+    }
+    let sp = &x.shape[2..];
+    let win = window(a, sp, kernel, "valid")?;
+    let ceil = a.bool_or("ceil_mode", false)?;
+    let out_sp = (0..sp.len())
+        .map(|r| {
+            numeric::conv::out_size(sp[r], win.kernel[r], win.strides[r], 1, win.pad_before[r] + win.pad_after[r], ceil)
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| a.shape_error("window larger than padded input"))?;
+    let (y, shape) = numeric::conv::pool(a.floats("x")?, &x.shape, &win, &out_sp, kind)
+        .ok_or_else(|| a.shape_error("shapes do not fit"))?;
+    Ok(vec![Array::float(x.dtype, shape, y)])
+}
+
+fn eval_avg_pool(a: &EvalArgs) -> Eval {
+    eval_pool(a, Pool::Avg { exclude_padding: a.bool_or("exclude_padding_from_average", false)? })
+}
+
+fn eval_max_pool(a: &EvalArgs) -> Eval {
+    eval_pool(a, Pool::Max)
 }

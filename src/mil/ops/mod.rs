@@ -1,13 +1,16 @@
 //! THE op table: one [`OpDef`] per MIL op (and per op-set revision of its signature), grouped by
 //! family in the sibling files. A declaration holds the op's name, the op set it appears in, its
-//! parameter signature, and its output type inference. The Builder (`mil::builder`) calls
-//! [`check`] to type new ops; `package::read` calls it to re-check every op it reads.
+//! parameter signature, its output type inference, and its interpreter kernel. The Builder
+//! (`mil::builder`) calls [`check`] to type new ops; `package::read` calls it to re-check every op
+//! it reads; `interp::run` calls each op's `eval` (value types in [`eval`], math in `numeric`).
 //! Semantics follow coremltools' op definitions, `converters/mil/mil/ops/defs/iOS15..iOS18`
 //! (coremltools 9.0), summarized in shared/docs/coreml-format.md §6.
 //!
 //! Adding an op: its `OpDef` in the family file, plus one line in [`OPS`].
 
+pub mod attention;
 pub mod elementwise;
+pub mod eval;
 pub mod linear;
 pub mod norm;
 pub mod reduce;
@@ -17,6 +20,7 @@ use std::collections::BTreeMap;
 
 use super::types::{DType, Dim, TensorType};
 use super::{Opset, Tensor};
+pub use eval::{Array, Data, EvalArgs, EvalError, EvalFn};
 
 /// Output type inference: given the typed (and, where const, valued) arguments, the output types.
 pub type InferFn = fn(&OpArgs) -> Result<Vec<TensorType>, TypeError>;
@@ -31,6 +35,8 @@ pub struct OpDef {
     pub params: &'static [Param],
     /// Output types from input types and const values.
     pub infer: InferFn,
+    /// Interpreter kernel: output values from input values (Core ML's semantics, checked against torch).
+    pub eval: EvalFn,
 }
 
 /// One input parameter of an op.
@@ -92,21 +98,36 @@ pub const OPS: &[&OpDef] = &[
     &elementwise::SUB,
     &elementwise::MUL,
     &elementwise::REAL_DIV,
+    &elementwise::FLOOR_DIV,
     &elementwise::POW,
     &elementwise::MAXIMUM,
     &elementwise::MINIMUM,
     &elementwise::EQUAL,
+    &elementwise::NOT_EQUAL,
     &elementwise::LESS,
+    &elementwise::LESS_EQUAL,
     &elementwise::GREATER,
+    &elementwise::GREATER_EQUAL,
+    &elementwise::LOGICAL_AND,
+    &elementwise::LOGICAL_OR,
+    &elementwise::LOGICAL_NOT,
     &elementwise::SQRT,
     &elementwise::RSQRT,
     &elementwise::EXP,
     &elementwise::LOG,
     &elementwise::ERF,
     &elementwise::ABS,
+    &elementwise::SQUARE,
+    &elementwise::SIGN,
+    &elementwise::FLOOR,
+    &elementwise::ROUND,
+    &elementwise::SIN,
+    &elementwise::COS,
     &elementwise::TANH,
     &elementwise::SIGMOID,
     &elementwise::RELU,
+    &elementwise::LEAKY_RELU,
+    &elementwise::SOFTPLUS,
     &elementwise::GELU,
     &elementwise::SILU,
     &elementwise::CLIP,
@@ -116,24 +137,41 @@ pub const OPS: &[&OpDef] = &[
     &linear::LINEAR,
     &linear::MATMUL,
     &linear::CONV,
+    &linear::CONV_TRANSPOSE,
     &linear::AVG_POOL,
     &linear::MAX_POOL,
     &norm::LAYER_NORM,
     &norm::BATCH_NORM,
+    &norm::INSTANCE_NORM,
     &reduce::REDUCE_MEAN,
     &reduce::REDUCE_SUM,
     &reduce::REDUCE_MAX,
+    &reduce::REDUCE_MIN,
+    &reduce::REDUCE_PROD,
+    &reduce::REDUCE_ARGMAX,
     &shape::CONST,
+    &shape::IDENTITY,
     &shape::RESHAPE,
     &shape::TRANSPOSE,
     &shape::EXPAND_DIMS,
     &shape::SQUEEZE,
     &shape::CONCAT,
+    &shape::STACK,
     &shape::SPLIT,
     &shape::SLICE_BY_INDEX,
+    &shape::SLICE_BY_SIZE,
     &shape::GATHER,
     &shape::GATHER_IOS16,
     &shape::GATHER_IOS17,
+    &shape::GATHER_ALONG_AXIS,
+    &shape::TILE,
+    &shape::PAD,
+    &shape::FILL,
+    &shape::RANGE_1D,
+    &shape::BAND_PART,
+    &shape::CUMSUM,
+    &shape::UPSAMPLE_NEAREST_NEIGHBOR,
+    &attention::SCALED_DOT_PRODUCT_ATTENTION,
 ];
 
 /// The newest declaration of `name` usable in `opset`, or `None` for ops we do not know
@@ -197,8 +235,7 @@ impl<'a> OpArgs<'a> {
 
     /// The type of a (single-valued) parameter that must be present.
     pub fn tensor(&self, param: &str) -> Result<&TensorType, TypeError> {
-        self.opt_tensor(param)
-            .ok_or_else(|| TypeError::Missing { op: self.op.to_string(), param: param.to_string() })
+        self.opt_tensor(param).ok_or_else(|| TypeError::Missing { op: self.op.to_string(), param: param.to_string() })
     }
 
     /// The type of an optional parameter.
@@ -284,7 +321,12 @@ pub fn check(def: &OpDef, args: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
             }
             let allowed = || p.dtypes.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ");
             if !p.dtypes.contains(&a.ty.dtype) {
-                return Err(TypeError::DType { op: op(), param: p.name.to_string(), got: a.ty.dtype, allowed: allowed() });
+                return Err(TypeError::DType {
+                    op: op(),
+                    param: p.name.to_string(),
+                    got: a.ty.dtype,
+                    allowed: allowed(),
+                });
             }
             if p.same_as != 0 {
                 match shared {

@@ -1,9 +1,16 @@
-//! Normalization ops: `layer_norm` and `batch_norm`. Semantics: coremltools
-//! `defs/iOS15/normalization.py`.
+//! Normalization ops: `layer_norm`, `batch_norm`, `instance_norm`. Semantics: coremltools
+//! `defs/iOS15/normalization.py` (`layer_norm.value_inference` is the spec: biased variance,
+//! epsilon inside the square root). Means and variances accumulate in f64.
 
-use super::{OpArgs, OpDef, Param, TypeError, FLOAT, INT32};
+use super::{Array, EvalArgs, EvalError, OpArgs, OpDef, Param, TypeError, FLOAT, INT32};
 use crate::mil::types::{Dim, TensorType};
 use crate::mil::Opset;
+use crate::numeric;
+
+type Eval = Result<Vec<Array>, EvalError>;
+
+/// Default `epsilon` of `layer_norm`, `batch_norm` and `instance_norm` (coremltools `default_inputs`).
+pub const NORM_EPSILON: f32 = 1e-5;
 
 /// `layer_norm`: normalize over `axes` (default all), then `gamma`·x̂ + `beta` (shaped like those axes).
 pub const LAYER_NORM: OpDef = OpDef {
@@ -17,6 +24,7 @@ pub const LAYER_NORM: OpDef = OpDef {
         Param::t("epsilon", FLOAT).konst().optional(),
     ],
     infer: infer_layer_norm,
+    eval: eval_layer_norm,
 };
 
 fn infer_layer_norm(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -53,6 +61,7 @@ pub const BATCH_NORM: OpDef = OpDef {
         Param::t("epsilon", FLOAT).konst().optional(),
     ],
     infer: infer_batch_norm,
+    eval: eval_batch_norm,
 };
 
 fn infer_batch_norm(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -68,4 +77,144 @@ fn infer_batch_norm(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
         }
     }
     Ok(vec![x.clone()])
+}
+
+/// `(x − mean) / sqrt(var + eps)` over `axes`, then `· scale + shift`, where `scale`/`shift`
+/// are read through `param_strides` (one stride per axis of x; 0 where they do not vary).
+fn normalize(
+    x: &[f32],
+    shape: &[usize],
+    axes: &[usize],
+    eps: f32,
+    scale: Option<&[f32]>,
+    shift: Option<&[f32]>,
+    param_strides: &[isize],
+) -> Vec<f32> {
+    let cells = numeric::reduce::cell_of(shape, axes);
+    let n_cells = numeric::numel(&numeric::reduce::reduced_shape(shape, axes, true));
+    let count = axes.iter().map(|&a| shape[a]).product::<usize>().max(1) as f64;
+    let mut mean = vec![0.0f64; n_cells];
+    for (&v, &c) in x.iter().zip(&cells) {
+        mean[c] += f64::from(v);
+    }
+    mean.iter_mut().for_each(|m| *m /= count);
+    let mut var = vec![0.0f64; n_cells];
+    for (&v, &c) in x.iter().zip(&cells) {
+        let d = f64::from(v) - mean[c];
+        var[c] += d * d;
+    }
+    let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v / count + f64::from(eps)).sqrt()).collect();
+    let pidx = numeric::offsets(shape, param_strides, 0);
+    x.iter()
+        .zip(&cells)
+        .zip(pidx)
+        .map(|((&v, &c), p)| {
+            let mut y = (f64::from(v) - mean[c]) * inv[c];
+            if let Some(g) = scale {
+                y *= f64::from(g[p]);
+            }
+            if let Some(b) = shift {
+                y += f64::from(b[p]);
+            }
+            y as f32
+        })
+        .collect()
+}
+
+fn check_len(a: &EvalArgs, v: Option<&[f32]>, n: usize, what: &str) -> Result<(), EvalError> {
+    match v {
+        Some(v) if v.len() != n => Err(a.invalid(format!("{what} has {} values, expected {n}", v.len()))),
+        _ => Ok(()),
+    }
+}
+
+fn eval_layer_norm(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let axes = a.axes(a.ints("axes")?, x.shape.len())?;
+    let (gamma, beta) = (a.opt_floats("gamma")?, a.opt_floats("beta")?);
+    let n: usize = axes.iter().map(|&i| x.shape[i]).product();
+    check_len(a, gamma, n, "gamma")?;
+    check_len(a, beta, n, "beta")?;
+    // gamma/beta are laid out over the normalized axes in order.
+    let normalized: Vec<usize> = axes.iter().map(|&i| x.shape[i]).collect();
+    let ns = numeric::strides(&normalized);
+    let ps: Vec<isize> =
+        (0..x.shape.len()).map(|i| axes.iter().position(|&ax| ax == i).map_or(0, |j| ns[j] as isize)).collect();
+    let y = normalize(a.floats("x")?, &x.shape, &axes, a.float_or("epsilon", NORM_EPSILON)?, gamma, beta, &ps);
+    Ok(vec![Array::float(x.dtype, x.shape.clone(), y)])
+}
+
+/// Per-channel (axis 1) strides for `[C]`-shaped parameters.
+fn channel_strides(rank: usize) -> Vec<isize> {
+    (0..rank).map(|i| isize::from(i == 1)).collect()
+}
+
+fn eval_batch_norm(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let (mean, var) = (a.floats("mean")?, a.floats("variance")?);
+    let c = *x.shape.get(1).ok_or_else(|| a.shape_error("x needs a channel axis"))?;
+    let (gamma, beta) = (a.opt_floats("gamma")?, a.opt_floats("beta")?);
+    for (v, what) in [(Some(mean), "mean"), (Some(var), "variance"), (gamma, "gamma"), (beta, "beta")] {
+        check_len(a, v, c, what)?;
+    }
+    let eps = f64::from(a.float_or("epsilon", NORM_EPSILON)?);
+    let ch = numeric::offsets(&x.shape, &channel_strides(x.shape.len()), 0);
+    let y = a
+        .floats("x")?
+        .iter()
+        .zip(ch)
+        .map(|(&v, k)| {
+            let mut y = (f64::from(v) - f64::from(mean[k])) / (f64::from(var[k]) + eps).sqrt();
+            if let Some(g) = gamma {
+                y *= f64::from(g[k]);
+            }
+            if let Some(b) = beta {
+                y += f64::from(b[k]);
+            }
+            y as f32
+        })
+        .collect();
+    Ok(vec![Array::float(x.dtype, x.shape.clone(), y)])
+}
+
+/// `instance_norm`: per sample and channel, normalize over the spatial axes (x rank 3 or 4),
+/// then per-channel `gamma`·x̂ + `beta`.
+pub const INSTANCE_NORM: OpDef = OpDef {
+    name: "instance_norm",
+    since: Opset::Ios15,
+    params: &[
+        Param::t("x", FLOAT),
+        Param::t("gamma", FLOAT).konst().optional(),
+        Param::t("beta", FLOAT).konst().optional(),
+        Param::t("epsilon", FLOAT).konst().optional(),
+    ],
+    infer: infer_instance_norm,
+    eval: eval_instance_norm,
+};
+
+fn infer_instance_norm(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let x = a.tensor("x")?;
+    if !(3..=4).contains(&x.rank()) {
+        return Err(a.invalid(format!("x must be rank 3 or 4, got {x}")));
+    }
+    for p in ["gamma", "beta"] {
+        if let Some(t) = a.opt_tensor(p) {
+            if t.shape != [x.shape[1]] && x.shape[1] != Dim::Unknown {
+                return Err(a.invalid(format!("{p} shape {t} must be [C]")));
+            }
+        }
+    }
+    Ok(vec![x.clone()])
+}
+
+fn eval_instance_norm(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let c = *x.shape.get(1).ok_or_else(|| a.shape_error("x needs a channel axis"))?;
+    let (gamma, beta) = (a.opt_floats("gamma")?, a.opt_floats("beta")?);
+    check_len(a, gamma, c, "gamma")?;
+    check_len(a, beta, c, "beta")?;
+    let axes: Vec<usize> = (2..x.shape.len()).collect();
+    let ps = channel_strides(x.shape.len());
+    let y = normalize(a.floats("x")?, &x.shape, &axes, a.float_or("epsilon", NORM_EPSILON)?, gamma, beta, &ps);
+    Ok(vec![Array::float(x.dtype, x.shape.clone(), y)])
 }

@@ -1,14 +1,74 @@
 //! Ops that move data without arithmetic: `const`, `reshape`, `transpose`, `expand_dims`,
-//! `squeeze`, `concat`, `split`, `slice_by_index`, `gather`. Semantics: coremltools
-//! `defs/iOS15/tensor_transformation.py`, `tensor_operation.py`, `scatter_gather.py`,
-//! and their iOS16/iOS17 revisions.
+//! `squeeze`, `concat`, `stack`, `split`, `slice_by_index`, `slice_by_size`, `gather`,
+//! `gather_along_axis`, `tile`, `pad`, `identity`, `fill`, `range_1d`, `band_part`, `cumsum`,
+//! `upsample_nearest_neighbor`. Semantics: coremltools `defs/iOS15/tensor_transformation.py`,
+//! `tensor_operation.py`, `scatter_gather.py`, `image_resizing.py`, and their iOS16/iOS17
+//! revisions. Movement kernels compute an index map (numeric's layout functions applied to
+//! `0..n`) and then [`take`] it from whatever storage the tensor has.
 
-use super::{OpArgs, OpDef, Param, TypeError, ANY_TENSOR, BOOL, INT, INT32};
+use super::{
+    Array, Data, EvalArgs, EvalError, OpArgs, OpDef, Param, TypeError, ANY_TENSOR, BOOL, INT, INT32, NUMERIC, STRING,
+};
 use crate::mil::types::{DType, Dim, TensorType};
 use crate::mil::Opset;
+use crate::numeric;
+
+type Eval = Result<Vec<Array>, EvalError>;
+
+/// `0..n`: the identity index map that layout functions permute.
+fn iota(n: usize) -> Vec<usize> {
+    (0..n).collect()
+}
+
+/// Elements of `d` at `idx` (every index in range), same storage kind.
+pub fn take(d: &Data, idx: &[usize]) -> Data {
+    match d {
+        Data::F32(v) => Data::F32(idx.iter().map(|&i| v[i]).collect()),
+        Data::I32(v) => Data::I32(idx.iter().map(|&i| v[i]).collect()),
+        Data::Bool(v) => Data::Bool(idx.iter().map(|&i| v[i]).collect()),
+        Data::Str(v) => Data::Str(idx.iter().map(|&i| v[i].clone()).collect()),
+    }
+}
+
+/// `x` rearranged by the index map `idx` into `shape`.
+fn moved(x: &Array, shape: Vec<usize>, idx: &[usize]) -> Array {
+    Array { dtype: x.dtype, shape, data: take(&x.data, idx) }
+}
+
+/// `x` with a new shape and the same elements.
+fn reshaped(x: &Array, shape: Vec<usize>) -> Array {
+    Array { dtype: x.dtype, shape, data: x.data.clone() }
+}
+
+/// The elements of several arrays of one storage kind, end to end.
+fn concat_data(a: &EvalArgs, parts: &[&Array]) -> Result<Data, EvalError> {
+    let mut out = match parts.first().map(|p| &p.data) {
+        Some(Data::F32(_)) => Data::F32(Vec::new()),
+        Some(Data::I32(_)) => Data::I32(Vec::new()),
+        Some(Data::Bool(_)) => Data::Bool(Vec::new()),
+        Some(Data::Str(_)) => Data::Str(Vec::new()),
+        None => return Err(a.invalid("no values")),
+    };
+    for p in parts {
+        match (&mut out, &p.data) {
+            (Data::F32(o), Data::F32(v)) => o.extend_from_slice(v),
+            (Data::I32(o), Data::I32(v)) => o.extend_from_slice(v),
+            (Data::Bool(o), Data::Bool(v)) => o.extend_from_slice(v),
+            (Data::Str(o), Data::Str(v)) => o.extend_from_slice(v),
+            _ => return Err(a.invalid("values have different dtypes")),
+        }
+    }
+    Ok(out)
+}
 
 /// `const`: a literal; its value and type are the `val` attribute. Has no inputs.
-pub const CONST: OpDef = OpDef { name: "const", since: Opset::Ios15, params: &[], infer: infer_const };
+pub const CONST: OpDef =
+    OpDef { name: "const", since: Opset::Ios15, params: &[], infer: infer_const, eval: eval_const };
+
+fn eval_const(a: &EvalArgs) -> Eval {
+    let val = a.attributes.get("val").ok_or_else(|| a.invalid("missing attribute `val`"))?;
+    Ok(vec![Array::from_tensor(val).map_err(|m| a.invalid(m))?])
+}
 
 fn infer_const(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     let val = a.attributes.get("val").ok_or_else(|| a.invalid("missing attribute `val`"))?;
@@ -22,16 +82,25 @@ pub const RESHAPE: OpDef = OpDef {
     since: Opset::Ios15,
     params: &[Param::new("x", ANY_TENSOR), Param::new("shape", INT)],
     infer: infer_reshape,
+    eval: eval_reshape,
 };
 
 fn infer_reshape(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     let x = a.tensor("x")?;
     let Some(target) = a.ints("shape")? else {
         let st = a.tensor("shape")?;
-        let [Dim::Fixed(n)] = st.shape[..] else { return Err(a.invalid("`shape` must be rank 1 with a static length")) };
+        let [Dim::Fixed(n)] = st.shape[..] else {
+            return Err(a.invalid("`shape` must be rank 1 with a static length"));
+        };
         return Ok(vec![TensorType { dtype: x.dtype, shape: vec![Dim::Unknown; n] }]);
     };
     let rank = x.rank();
+    if a.opset < Opset::Ios17 && target.contains(&0) && rank != target.len() {
+        return Err(a.invalid(format!(
+            "a 0 in shape needs x's rank {rank} to equal the target length {} (before iOS17)",
+            target.len()
+        )));
+    }
     let mut dims: Vec<Option<usize>> = Vec::with_capacity(target.len());
     for (j, &t) in target.iter().enumerate() {
         dims.push(match t {
@@ -40,7 +109,9 @@ fn infer_reshape(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
                 let from_right = (rank + j).checked_sub(target.len());
                 match from_right.map(|i| x.shape[i]) {
                     Some(Dim::Fixed(n)) => Some(n),
-                    Some(Dim::Unknown) => return Ok(vec![TensorType { dtype: x.dtype, shape: vec![Dim::Unknown; target.len()] }]),
+                    Some(Dim::Unknown) => {
+                        return Ok(vec![TensorType { dtype: x.dtype, shape: vec![Dim::Unknown; target.len()] }])
+                    }
                     None => Some(1),
                 }
             }
@@ -57,7 +128,10 @@ fn infer_reshape(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
         return Err(a.invalid("more than one -1 in shape"));
     }
     let Some(total) = x.num_elements() else {
-        return Ok(vec![TensorType { dtype: x.dtype, shape: dims.iter().map(|d| d.map_or(Dim::Unknown, Dim::Fixed)).collect() }]);
+        return Ok(vec![TensorType {
+            dtype: x.dtype,
+            shape: dims.iter().map(|d| d.map_or(Dim::Unknown, Dim::Fixed)).collect(),
+        }]);
     };
     let known: usize = dims.iter().flatten().product();
     let shape: Vec<usize> = if unknowns == 1 {
@@ -80,6 +154,7 @@ pub const TRANSPOSE: OpDef = OpDef {
     since: Opset::Ios15,
     params: &[Param::new("x", ANY_TENSOR), Param::new("perm", INT32).konst()],
     infer: infer_transpose,
+    eval: eval_transpose,
 };
 
 fn infer_transpose(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -100,6 +175,7 @@ pub const EXPAND_DIMS: OpDef = OpDef {
     since: Opset::Ios15,
     params: &[Param::new("x", ANY_TENSOR), Param::new("axes", INT32).konst()],
     infer: infer_expand_dims,
+    eval: eval_expand_dims,
 };
 
 fn infer_expand_dims(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -113,7 +189,8 @@ fn infer_expand_dims(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
         return Err(a.invalid(format!("repeated axes {axes:?}")));
     }
     let mut rest = x.shape.iter();
-    let shape = (0..out_rank).map(|i| if at.contains(&i) { Dim::Fixed(1) } else { *rest.next().unwrap_or(&Dim::Fixed(1)) });
+    let shape =
+        (0..out_rank).map(|i| if at.contains(&i) { Dim::Fixed(1) } else { *rest.next().unwrap_or(&Dim::Fixed(1)) });
     Ok(vec![TensorType { dtype: x.dtype, shape: shape.collect() }])
 }
 
@@ -123,6 +200,7 @@ pub const SQUEEZE: OpDef = OpDef {
     since: Opset::Ios15,
     params: &[Param::new("x", ANY_TENSOR), Param::new("axes", INT32).konst().optional()],
     infer: infer_squeeze,
+    eval: eval_squeeze,
 };
 
 fn infer_squeeze(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -148,6 +226,7 @@ pub const CONCAT: OpDef = OpDef {
         Param::new("interleave", BOOL).konst().optional(),
     ],
     infer: infer_concat,
+    eval: eval_concat,
 };
 
 fn infer_concat(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -186,6 +265,7 @@ pub const SPLIT: OpDef = OpDef {
         Param::new("axis", INT32).konst(),
     ],
     infer: infer_split,
+    eval: eval_split,
 };
 
 fn infer_split(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -193,7 +273,10 @@ fn infer_split(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     let axis = a.axis(a.int_or("axis", 0)?, x.rank())?;
     let Dim::Fixed(n) = x.shape[axis] else { return Err(a.invalid("split axis must be static")) };
     let sizes: Vec<usize> = match (a.ints("split_sizes")?, a.ints("num_splits")?) {
-        (Some(s), _) => s.iter().map(|&v| usize::try_from(v).map_err(|_| a.invalid("negative split size"))).collect::<Result<_, _>>()?,
+        (Some(s), _) => s
+            .iter()
+            .map(|&v| usize::try_from(v).map_err(|_| a.invalid("negative split size")))
+            .collect::<Result<_, _>>()?,
         (None, Some(k)) => match k.as_slice() {
             [k] if *k > 0 && n % (*k as usize) == 0 => vec![n / *k as usize; *k as usize],
             _ => return Err(a.invalid(format!("cannot split {n} into {k:?} equal parts"))),
@@ -227,6 +310,7 @@ pub const SLICE_BY_INDEX: OpDef = OpDef {
         Param::new("squeeze_mask", BOOL).konst().optional(),
     ],
     infer: infer_slice_by_index,
+    eval: eval_slice_by_index,
 };
 
 /// Length of the Python slice `begin:end:stride` over `n` elements, masks applied.
@@ -239,8 +323,24 @@ pub fn slice_len(n: i64, begin: i64, end: i64, stride: i64, begin_mask: bool, en
             v.clamp(-1, n - 1)
         }
     };
-    let b = if begin_mask { if stride > 0 { 0 } else { n - 1 } } else { clamp(begin) };
-    let e = if end_mask { if stride > 0 { n } else { -1 } } else { clamp(end) };
+    let b = if begin_mask {
+        if stride > 0 {
+            0
+        } else {
+            n - 1
+        }
+    } else {
+        clamp(begin)
+    };
+    let e = if end_mask {
+        if stride > 0 {
+            n
+        } else {
+            -1
+        }
+    } else {
+        clamp(end)
+    };
     let span = if stride > 0 { e - b } else { b - e };
     let s = stride.abs();
     ((span + s - 1) / s).max(0)
@@ -267,14 +367,17 @@ fn infer_slice_by_index(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
             (Dim::Fixed(n), Some(b), Some(e)) if b.len() == r && e.len() == r => {
                 Dim::Fixed(slice_len(n as i64, b[i], e[i], stride[i], bm[i], em[i]) as usize)
             }
-            (Dim::Fixed(n), _, _) if bm[i] && em[i] => Dim::Fixed(slice_len(n as i64, 0, 0, stride[i], true, true) as usize),
+            (Dim::Fixed(n), _, _) if bm[i] && em[i] => {
+                Dim::Fixed(slice_len(n as i64, 0, 0, stride[i], true, true) as usize)
+            }
             _ => Dim::Unknown,
         });
     }
     Ok(vec![TensorType { dtype: x.dtype, shape }])
 }
 
-const GATHER_X: &[DType] = &[DType::F16, DType::F32, DType::I32, DType::Bool, DType::I8, DType::U8, DType::I16, DType::U16];
+const GATHER_X: &[DType] =
+    &[DType::F16, DType::F32, DType::I32, DType::Bool, DType::I8, DType::U8, DType::I16, DType::U16];
 
 /// `gather` (iOS15): rows of `x` along `axis` picked by `indices`.
 pub const GATHER: OpDef = OpDef {
@@ -282,6 +385,7 @@ pub const GATHER: OpDef = OpDef {
     since: Opset::Ios15,
     params: &[Param::new("x", GATHER_X), Param::new("indices", INT), Param::new("axis", INT32).konst().optional()],
     infer: infer_gather,
+    eval: eval_gather,
 };
 
 /// `gather` (iOS16): adds `batch_dims`.
@@ -295,6 +399,7 @@ pub const GATHER_IOS16: OpDef = OpDef {
         Param::new("batch_dims", INT32).konst().optional(),
     ],
     infer: infer_gather,
+    eval: eval_gather,
 };
 
 /// `gather` (iOS17): adds `validate_indices`.
@@ -309,6 +414,7 @@ pub const GATHER_IOS17: OpDef = OpDef {
         Param::new("validate_indices", BOOL).konst().optional(),
     ],
     infer: infer_gather,
+    eval: eval_gather,
 };
 
 fn infer_gather(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -322,4 +428,707 @@ fn infer_gather(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     shape.extend_from_slice(&idx.shape[batch..]);
     shape.extend_from_slice(&x.shape[axis + 1..]);
     Ok(vec![TensorType { dtype: x.dtype, shape }])
+}
+
+/// The concrete target of `reshape`: `-1` inferred, `0` copies an input dim (iOS15/16: same
+/// index; iOS17+: counted from the right, 1 when out of range).
+fn reshape_target(a: &EvalArgs, x: &[usize], target: &[i64]) -> Result<Vec<usize>, EvalError> {
+    let total = numeric::numel(x);
+    if a.opset < Opset::Ios17 && target.contains(&0) && x.len() != target.len() {
+        return Err(a.invalid(format!(
+            "a 0 in shape needs x's rank {} to equal the target length {} (before iOS17)",
+            x.len(),
+            target.len()
+        )));
+    }
+    let mut dims: Vec<Option<usize>> = Vec::with_capacity(target.len());
+    for (j, &t) in target.iter().enumerate() {
+        dims.push(match t {
+            -1 => None,
+            0 if a.opset >= Opset::Ios17 => Some((x.len() + j).checked_sub(target.len()).map_or(1, |i| x[i])),
+            0 => Some(*x.get(j).ok_or_else(|| a.invalid("`0` in shape has no matching input dim"))?),
+            t if t > 0 => Some(t as usize),
+            t => return Err(a.invalid(format!("invalid target dim {t}"))),
+        });
+    }
+    let known: usize = dims.iter().flatten().product();
+    let bad = || a.invalid(format!("cannot reshape {x:?} to {target:?}"));
+    let shape: Vec<usize> = match dims.iter().filter(|d| d.is_none()).count() {
+        0 => dims.iter().flatten().copied().collect(),
+        1 if known > 0 && total % known == 0 => dims.iter().map(|d| d.unwrap_or(total / known)).collect(),
+        _ => return Err(bad()),
+    };
+    if numeric::numel(&shape) != total {
+        return Err(bad());
+    }
+    Ok(shape)
+}
+
+fn eval_reshape(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let target = a.ints("shape")?.ok_or_else(|| a.invalid("missing shape"))?;
+    Ok(vec![reshaped(x, reshape_target(a, &x.shape, &target)?)])
+}
+
+fn eval_transpose(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let perm = a.ints("perm")?.unwrap_or_default();
+    let perm = perm.iter().map(|&p| a.axis(p, x.shape.len())).collect::<Result<Vec<_>, _>>()?;
+    let (idx, shape) =
+        numeric::layout::transpose(&iota(x.len()), &x.shape, &perm).ok_or_else(|| a.shape_error("bad perm"))?;
+    Ok(vec![moved(x, shape, &idx)])
+}
+
+fn eval_expand_dims(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let axes = a.ints("axes")?.unwrap_or_default();
+    let out_rank = x.shape.len() + axes.len();
+    let at = a.axes(Some(axes), out_rank)?;
+    let mut rest = x.shape.iter();
+    let shape = (0..out_rank).map(|i| if at.contains(&i) { 1 } else { rest.next().copied().unwrap_or(1) }).collect();
+    Ok(vec![reshaped(x, shape)])
+}
+
+fn eval_squeeze(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let drop = match a.ints("axes")? {
+        Some(v) => a.axes(Some(v), x.shape.len())?,
+        None => (0..x.shape.len()).filter(|&i| x.shape[i] == 1).collect(),
+    };
+    let shape = (0..x.shape.len()).filter(|i| !drop.contains(i)).map(|i| x.shape[i]).collect();
+    Ok(vec![reshaped(x, shape)])
+}
+
+/// Joins `parts` along `axis` through an index map over their end-to-end data.
+fn join(a: &EvalArgs, parts: &[&Array], axis: usize, interleave: bool) -> Result<Array, EvalError> {
+    let mut start = 0;
+    let maps: Vec<Vec<usize>> = parts
+        .iter()
+        .map(|p| {
+            let m: Vec<usize> = (start..start + p.len()).collect();
+            start += p.len();
+            m
+        })
+        .collect();
+    let views: Vec<(&[usize], &[usize])> =
+        maps.iter().zip(parts).map(|(m, p)| (m.as_slice(), p.shape.as_slice())).collect();
+    let (idx, shape) =
+        numeric::layout::concat(&views, axis, interleave).ok_or_else(|| a.shape_error("values do not fit together"))?;
+    let all = concat_data(a, parts)?;
+    Ok(Array { dtype: parts[0].dtype, shape, data: take(&all, &idx) })
+}
+
+fn eval_concat(a: &EvalArgs) -> Eval {
+    let parts = a.variadic("values");
+    let first = parts.first().ok_or_else(|| a.invalid("no values"))?;
+    let axis = a.axis(a.int_or("axis", 0)?, first.shape.len())?;
+    Ok(vec![join(a, parts, axis, a.bool_or("interleave", false)?)?])
+}
+
+fn eval_split(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let axis = a.axis(a.int_or("axis", 0)?, x.shape.len())?;
+    let n = x.shape[axis];
+    let sizes: Vec<usize> = match (a.ints("split_sizes")?, a.int_or("num_splits", 0)?) {
+        (Some(s), _) => s
+            .iter()
+            .map(|&v| usize::try_from(v).map_err(|_| a.invalid("negative split size")))
+            .collect::<Result<_, _>>()?,
+        (None, k) if k > 0 && n % k as usize == 0 => vec![n / k as usize; k as usize],
+        _ => return Err(a.invalid(format!("cannot split {n} into the requested parts"))),
+    };
+    let parts = numeric::layout::split(&iota(x.len()), &x.shape, axis, &sizes)
+        .ok_or_else(|| a.shape_error("split sizes do not add up"))?;
+    Ok(parts.into_iter().map(|(idx, shape)| moved(x, shape, &idx)).collect())
+}
+
+/// Python's `slice(begin, end, step).indices(n)` (None = masked): returns (start, len).
+fn py_slice(n: usize, begin: Option<i64>, end: Option<i64>, step: i64) -> (i64, usize) {
+    let n = n as i64;
+    let fix = |v: i64, lo: i64, hi: i64| {
+        let v = if v < 0 { v + n } else { v };
+        v.clamp(lo, hi)
+    };
+    let (start, stop) = if step > 0 {
+        (begin.map_or(0, |b| fix(b, 0, n)), end.map_or(n, |e| fix(e, 0, n)))
+    } else {
+        (begin.map_or(n - 1, |b| fix(b, -1, n - 1)), end.map_or(-1, |e| fix(e, -1, n - 1)))
+    };
+    let len = if step > 0 && stop > start {
+        (stop - start - 1) / step + 1
+    } else if step < 0 && start > stop {
+        (start - stop - 1) / (-step) + 1
+    } else {
+        0
+    };
+    (start, len as usize)
+}
+
+/// Exactly coremltools' `solve_slice_by_index_slice`: masked begin/end become `None`, a
+/// squeezed axis is `slice(begin, None, INT32_MAX)` (one element) and is then dropped.
+fn eval_slice_by_index(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let r = x.shape.len();
+    let begin = a.ints("begin")?.ok_or_else(|| a.invalid("missing begin"))?;
+    let end = a.ints("end")?.ok_or_else(|| a.invalid("missing end"))?;
+    let stride = a.ints("stride")?.unwrap_or_else(|| vec![1; r]);
+    let mask = |p: &str| -> Result<Vec<bool>, EvalError> {
+        Ok(a.ints(p)?.map(|v| v.iter().map(|&b| b != 0).collect()).unwrap_or_else(|| vec![false; r]))
+    };
+    let (bm, em, sm) = (mask("begin_mask")?, mask("end_mask")?, mask("squeeze_mask")?);
+    if [begin.len(), end.len(), stride.len(), bm.len(), em.len(), sm.len()].iter().any(|&l| l != r)
+        || stride.contains(&0)
+    {
+        return Err(a.invalid(format!("begin/end/stride/masks must have {r} entries and non-zero strides")));
+    }
+    let (mut start, mut step, mut len) = (Vec::with_capacity(r), Vec::with_capacity(r), Vec::with_capacity(r));
+    for i in 0..r {
+        let b = (!bm[i]).then_some(begin[i]);
+        let (e, st) = if sm[i] { (None, i64::from(i32::MAX)) } else { ((!em[i]).then_some(end[i]), stride[i]) };
+        let (s0, l) = py_slice(x.shape[i], b, e, st);
+        if sm[i] && l != 1 {
+            return Err(a.invalid(format!("squeezed axis {i} selects {l} elements")));
+        }
+        start.push(s0.max(0) as usize);
+        step.push(st as isize);
+        len.push(l);
+    }
+    let idx = numeric::layout::slice(&iota(x.len()), &x.shape, &start, &step, &len);
+    let shape = (0..r).filter(|&i| !sm[i]).map(|i| len[i]).collect();
+    Ok(vec![moved(x, shape, &idx)])
+}
+
+fn eval_gather(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let ind = a.array("indices")?;
+    let indices = ind.to_i64_vec().ok_or_else(|| a.invalid("indices must be integers"))?;
+    let axis = a.axis(a.int_or("axis", 0)?, x.shape.len())?;
+    let batch = usize::try_from(a.int_or("batch_dims", 0)?).map_err(|_| a.invalid("negative batch_dims"))?;
+    if batch > axis || batch > ind.shape.len() || x.shape[..batch] != ind.shape[..batch] {
+        return Err(a.shape_error("batch_dims do not fit"));
+    }
+    let (nb, outer, n, inner) = (
+        numeric::numel(&x.shape[..batch]),
+        numeric::numel(&x.shape[batch..axis]),
+        x.shape[axis],
+        numeric::numel(&x.shape[axis + 1..]),
+    );
+    let per_batch = numeric::numel(&ind.shape[batch..]);
+    let mut idx = Vec::with_capacity(nb * outer * per_batch * inner);
+    for b in 0..nb {
+        for o in 0..outer {
+            for j in 0..per_batch {
+                let k = indices[b * per_batch + j];
+                let k = if k < 0 { k + n as i64 } else { k };
+                if !(0..n as i64).contains(&k) {
+                    return Err(
+                        a.invalid(format!("index {} out of range for axis of size {n}", indices[b * per_batch + j]))
+                    );
+                }
+                let base = ((b * outer + o) * n + k as usize) * inner;
+                idx.extend(base..base + inner);
+            }
+        }
+    }
+    let mut shape = x.shape[..axis].to_vec();
+    shape.extend_from_slice(&ind.shape[batch..]);
+    shape.extend_from_slice(&x.shape[axis + 1..]);
+    Ok(vec![moved(x, shape, &idx)])
+}
+
+fn infer_same(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    Ok(vec![a.tensor("x")?.clone()])
+}
+
+/// `identity`: x unchanged.
+pub const IDENTITY: OpDef = OpDef {
+    name: "identity",
+    since: Opset::Ios15,
+    params: &[Param::new("x", ANY_TENSOR)],
+    infer: infer_same,
+    eval: eval_identity,
+};
+
+fn eval_identity(a: &EvalArgs) -> Eval {
+    Ok(vec![a.array("x")?.clone()])
+}
+
+/// `stack`: joins equal-shaped `values` along a new axis `axis` (in `[−rank−1, rank]`).
+pub const STACK: OpDef = OpDef {
+    name: "stack",
+    since: Opset::Ios15,
+    params: &[Param::t("values", ANY_TENSOR).variadic(), Param::new("axis", INT32).konst()],
+    infer: infer_stack,
+    eval: eval_stack,
+};
+
+fn infer_stack(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let values = a.variadic("values");
+    let Some(first) = values.first() else { return Err(a.invalid("no values")) };
+    if values.iter().any(|v| v.ty.shape != first.ty.shape) {
+        return Err(a.invalid("values must all have the same shape"));
+    }
+    let axis = a.axis(a.int_or("axis", 0)?, first.ty.rank() + 1)?;
+    let mut shape = first.ty.shape.clone();
+    shape.insert(axis, Dim::Fixed(values.len()));
+    Ok(vec![TensorType { dtype: first.ty.dtype, shape }])
+}
+
+fn eval_stack(a: &EvalArgs) -> Eval {
+    let parts = a.variadic("values");
+    let first = parts.first().ok_or_else(|| a.invalid("no values"))?;
+    let axis = a.axis(a.int_or("axis", 0)?, first.shape.len() + 1)?;
+    let expanded: Vec<Array> = parts
+        .iter()
+        .map(|p| {
+            let mut s = p.shape.clone();
+            s.insert(axis.min(s.len()), 1);
+            reshaped(p, s)
+        })
+        .collect();
+    let refs: Vec<&Array> = expanded.iter().collect();
+    Ok(vec![join(a, &refs, axis, false)?])
+}
+
+/// `slice_by_size`: the block starting at `begin` of extent `size` (`-1` = to the end).
+pub const SLICE_BY_SIZE: OpDef = OpDef {
+    name: "slice_by_size",
+    since: Opset::Ios15,
+    params: &[Param::new("x", ANY_TENSOR), Param::new("begin", INT32), Param::new("size", INT32)],
+    infer: infer_slice_by_size,
+    eval: eval_slice_by_size,
+};
+
+fn infer_slice_by_size(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let x = a.tensor("x")?;
+    let (Some(begin), Some(size)) = (a.ints("begin")?, a.ints("size")?) else {
+        return Ok(vec![TensorType { dtype: x.dtype, shape: vec![Dim::Unknown; x.rank()] }]);
+    };
+    if begin.len() != x.rank() || size.len() != x.rank() {
+        return Err(a.invalid(format!("begin and size need {} entries", x.rank())));
+    }
+    let shape = (0..x.rank())
+        .map(|i| match (size[i], x.shape[i]) {
+            (-1, Dim::Fixed(n)) => Ok(Dim::Fixed(n.saturating_sub(begin[i].max(0) as usize))),
+            (-1, Dim::Unknown) => Ok(Dim::Unknown),
+            (s, _) if s >= 0 => Ok(Dim::Fixed(s as usize)),
+            (s, _) => Err(a.invalid(format!("invalid size {s}"))),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(vec![TensorType { dtype: x.dtype, shape }])
+}
+
+fn eval_slice_by_size(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let r = x.shape.len();
+    let begin = a.ints("begin")?.unwrap_or_default();
+    let size = a.ints("size")?.unwrap_or_default();
+    if begin.len() != r || size.len() != r {
+        return Err(a.invalid(format!("begin and size need {r} entries")));
+    }
+    let mut len = Vec::with_capacity(r);
+    let mut start = Vec::with_capacity(r);
+    for i in 0..r {
+        let b = usize::try_from(begin[i]).map_err(|_| a.invalid("negative begin"))?;
+        let l = if size[i] == -1 { x.shape[i].saturating_sub(b) } else { size[i].max(0) as usize };
+        if b + l > x.shape[i] {
+            return Err(a.shape_error(&format!("slice {b}+{l} past the end of axis {i}")));
+        }
+        start.push(b);
+        len.push(l);
+    }
+    let idx = numeric::layout::slice(&iota(x.len()), &x.shape, &start, &vec![1; r], &len);
+    Ok(vec![moved(x, len, &idx)])
+}
+
+/// `tile`: repeats x `reps[i]` times along each axis (`reps` has one entry per axis).
+pub const TILE: OpDef = OpDef {
+    name: "tile",
+    since: Opset::Ios15,
+    params: &[Param::new("x", ANY_TENSOR), Param::new("reps", INT32)],
+    infer: infer_tile,
+    eval: eval_tile,
+};
+
+fn infer_tile(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let x = a.tensor("x")?;
+    let Some(reps) = a.ints("reps")? else {
+        return Ok(vec![TensorType { dtype: x.dtype, shape: vec![Dim::Unknown; x.rank()] }]);
+    };
+    if reps.len() != x.rank() || reps.iter().any(|&r| r < 0) {
+        return Err(a.invalid(format!("reps {reps:?} must have {} non-negative entries", x.rank())));
+    }
+    let shape = x
+        .shape
+        .iter()
+        .zip(&reps)
+        .map(|(d, &r)| if let Dim::Fixed(n) = d { Dim::Fixed(n * r as usize) } else { Dim::Unknown })
+        .collect();
+    Ok(vec![TensorType { dtype: x.dtype, shape }])
+}
+
+fn eval_tile(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let reps = a.ints("reps")?.unwrap_or_default();
+    let reps = reps
+        .iter()
+        .map(|&r| usize::try_from(r).map_err(|_| a.invalid("negative reps")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (idx, shape) =
+        numeric::layout::tile(&iota(x.len()), &x.shape, &reps).ok_or_else(|| a.shape_error("reps do not fit x"))?;
+    Ok(vec![moved(x, shape, &idx)])
+}
+
+/// Values `pad.mode` accepts.
+pub const PAD_MODES: &[&str] = &["constant", "reflect", "replicate"];
+
+/// `pad`: pads the last `len(pad)/2` axes by before/after pairs; `mode` constant (with
+/// `constant_val`, default 0), reflect or replicate.
+pub const PAD: OpDef = OpDef {
+    name: "pad",
+    since: Opset::Ios15,
+    params: &[
+        Param::t("x", &[DType::F16, DType::F32, DType::I32]),
+        Param::new("pad", INT32),
+        Param::new("mode", STRING).konst().optional(),
+        Param::t("constant_val", &[DType::F16, DType::F32, DType::I32]).konst().optional(),
+    ],
+    infer: infer_pad,
+    eval: eval_pad,
+};
+
+fn infer_pad(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let x = a.tensor("x")?;
+    if let Some(mode) = a.string("mode") {
+        if !PAD_MODES.contains(&mode) {
+            return Err(a.invalid(format!("unknown mode `{mode}`")));
+        }
+    }
+    let Some(pad) = a.ints("pad")? else {
+        return Ok(vec![TensorType { dtype: x.dtype, shape: vec![Dim::Unknown; x.rank()] }]);
+    };
+    if pad.len() % 2 != 0 || pad.len() / 2 > x.rank() || pad.iter().any(|&p| p < 0) {
+        return Err(
+            a.invalid(format!("pad {pad:?} must be non-negative before/after pairs for at most {} axes", x.rank()))
+        );
+    }
+    let first = x.rank() - pad.len() / 2;
+    let mut shape = x.shape.clone();
+    for (j, d) in shape.iter_mut().enumerate().skip(first) {
+        if let Dim::Fixed(n) = d {
+            *n += (pad[2 * (j - first)] + pad[2 * (j - first) + 1]) as usize;
+        }
+    }
+    Ok(vec![TensorType { dtype: x.dtype, shape }])
+}
+
+fn eval_pad(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let r = x.shape.len();
+    let pad = a.ints("pad")?.unwrap_or_default();
+    if pad.len() % 2 != 0 || pad.len() / 2 > r || pad.iter().any(|&p| p < 0) {
+        return Err(a.invalid(format!("bad pad {pad:?}")));
+    }
+    let first = r - pad.len() / 2;
+    let (mut before, mut after) = (vec![0; r], vec![0; r]);
+    for j in first..r {
+        (before[j], after[j]) = (pad[2 * (j - first)] as usize, pad[2 * (j - first) + 1] as usize);
+    }
+    let mode = match a.string("mode").unwrap_or("constant") {
+        "constant" => numeric::layout::PadMode::Constant,
+        "reflect" => numeric::layout::PadMode::Reflect,
+        "replicate" => numeric::layout::PadMode::Replicate,
+        m => return Err(a.invalid(format!("unknown mode `{m}`"))),
+    };
+    let (idx, shape) = numeric::layout::pad(&iota(x.len()), &x.shape, &before, &after, mode, usize::MAX)
+        .ok_or_else(|| a.shape_error("pad does not fit x (reflect needs pad < size)"))?;
+    let value = a.get("constant_val").and_then(|v| v.to_f32_vec()).and_then(|v| v.first().copied()).unwrap_or(0.0);
+    let data = match &x.data {
+        Data::F32(v) => Data::F32(idx.iter().map(|&i| if i == usize::MAX { value } else { v[i] }).collect()),
+        Data::I32(v) => Data::I32(idx.iter().map(|&i| if i == usize::MAX { value as i32 } else { v[i] }).collect()),
+        _ => return Err(a.invalid(format!("cannot pad {} values", x.dtype))),
+    };
+    Ok(vec![Array { dtype: x.dtype, shape, data }])
+}
+
+/// `fill`: a tensor of shape `shape` (an int32 vector) filled with `value` (default 0.0 fp32).
+pub const FILL: OpDef = OpDef {
+    name: "fill",
+    since: Opset::Ios15,
+    params: &[
+        Param::new("shape", INT32),
+        Param::new("value", &[DType::F16, DType::F32, DType::I32, DType::Bool]).konst().optional(),
+    ],
+    infer: infer_fill,
+    eval: eval_fill,
+};
+
+fn infer_fill(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let dtype = a.opt_tensor("value").map_or(DType::F32, |t| t.dtype);
+    match a.ints("shape")? {
+        Some(s) => {
+            let dims = s.iter().map(|&d| usize::try_from(d).map(Dim::Fixed)).collect::<Result<Vec<_>, _>>();
+            Ok(vec![TensorType { dtype, shape: dims.map_err(|_| a.invalid("negative dim in shape"))? }])
+        }
+        None => match a.tensor("shape")?.shape[..] {
+            [Dim::Fixed(n)] => Ok(vec![TensorType { dtype, shape: vec![Dim::Unknown; n] }]),
+            _ => Err(a.invalid("`shape` must be rank 1 with a static length")),
+        },
+    }
+}
+
+fn eval_fill(a: &EvalArgs) -> Eval {
+    let shape = a.ints("shape")?.unwrap_or_default();
+    let shape = shape
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| a.invalid("negative dim in shape")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = numeric::numel(&shape);
+    Ok(vec![match a.get("value") {
+        None => Array::float(DType::F32, shape, vec![0.0; n]),
+        Some(v) => {
+            let data = match &v.data {
+                Data::F32(e) => Data::F32(vec![e.first().copied().unwrap_or(0.0); n]),
+                Data::I32(e) => Data::I32(vec![e.first().copied().unwrap_or(0); n]),
+                Data::Bool(e) => Data::Bool(vec![e.first().copied().unwrap_or(false); n]),
+                Data::Str(_) => return Err(a.invalid("cannot fill with strings")),
+            };
+            Array { dtype: v.dtype, shape, data }
+        }
+    }])
+}
+
+/// `range_1d`: `start, start+step, …` up to but excluding `end` (numpy `arange`).
+pub const RANGE_1D: OpDef = OpDef {
+    name: "range_1d",
+    since: Opset::Ios15,
+    params: &[Param::t("end", NUMERIC), Param::t("start", NUMERIC), Param::t("step", NUMERIC)],
+    infer: infer_range_1d,
+    eval: eval_range_1d,
+};
+
+/// numpy `arange` length: ⌈(end − start)/step⌉, at least 0.
+fn range_len(start: f64, end: f64, step: f64) -> usize {
+    ((end - start) / step).ceil().max(0.0) as usize
+}
+
+fn infer_range_1d(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let dtype = a.tensor("start")?.dtype;
+    let scalar = |p: &str| {
+        a.value(p).and_then(|t| {
+            t.to_f32_vec()
+                .map(|v| v.first().map(|&x| f64::from(x)))
+                .or_else(|| t.to_i64_vec().map(|v| v.first().map(|&x| x as f64)))
+                .flatten()
+        })
+    };
+    match (scalar("start"), scalar("end"), scalar("step")) {
+        (Some(_), Some(_), Some(0.0)) => Err(a.invalid("step must be non-zero")),
+        (Some(s), Some(e), Some(st)) => Ok(vec![TensorType::new(dtype, &[range_len(s, e, st)])]),
+        _ => Ok(vec![TensorType { dtype, shape: vec![Dim::Unknown] }]),
+    }
+}
+
+fn eval_range_1d(a: &EvalArgs) -> Eval {
+    let get = |p: &str| -> Result<f64, EvalError> {
+        a.array(p)?
+            .to_f32_vec()
+            .and_then(|v| v.first().map(|&x| f64::from(x)))
+            .ok_or_else(|| a.invalid(format!("`{p}` must be a number")))
+    };
+    let start = a.array("start")?;
+    let (s, e, st) = (get("start")?, get("end")?, get("step")?);
+    if st == 0.0 {
+        return Err(a.invalid("step must be non-zero"));
+    }
+    let n = range_len(s, e, st);
+    Ok(vec![match &start.data {
+        Data::I32(v) => {
+            let (s0, step) = (v.first().copied().unwrap_or(0), st as i32);
+            Array::int(vec![n], (0..n).map(|i| s0.wrapping_add(step.wrapping_mul(i as i32))).collect())
+        }
+        _ => Array::float(start.dtype, vec![n], (0..n).map(|i| (s + st * i as f64) as f32).collect()),
+    }])
+}
+
+/// `band_part`: keeps the band of the last two axes with `i − j ≤ lower` and `j − i ≤ upper`
+/// (negative = unbounded), zeroes the rest (`torch.triu`/`tril` lower to it).
+pub const BAND_PART: OpDef = OpDef {
+    name: "band_part",
+    since: Opset::Ios15,
+    params: &[
+        Param::new("x", &[DType::F16, DType::F32, DType::I32, DType::Bool]),
+        Param::new("lower", INT32).konst().optional(),
+        Param::new("upper", INT32).konst().optional(),
+    ],
+    infer: infer_same,
+    eval: eval_band_part,
+};
+
+fn eval_band_part(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let (lower, upper) = (a.int_or("lower", -1)?, a.int_or("upper", -1)?);
+    let r = x.shape.len();
+    if r < 2 {
+        return Err(a.shape_error("x must be rank ≥ 2"));
+    }
+    let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
+    let keep: Vec<bool> = (0..x.len())
+        .map(|k| {
+            let (i, j) = (((k / cols.max(1)) % rows.max(1)) as i64, (k % cols.max(1)) as i64);
+            (lower < 0 || i - j <= lower) && (upper < 0 || j - i <= upper)
+        })
+        .collect();
+    let data = match &x.data {
+        Data::F32(v) => Data::F32(v.iter().zip(&keep).map(|(&e, &k)| if k { e } else { 0.0 }).collect()),
+        Data::I32(v) => Data::I32(v.iter().zip(&keep).map(|(&e, &k)| if k { e } else { 0 }).collect()),
+        Data::Bool(v) => Data::Bool(v.iter().zip(&keep).map(|(&e, &k)| e && k).collect()),
+        Data::Str(_) => return Err(a.invalid("cannot band strings")),
+    };
+    Ok(vec![Array { dtype: x.dtype, shape: x.shape.clone(), data }])
+}
+
+/// `cumsum`: running sum along `axis` (default 0); `exclusive` starts at 0, `reverse` runs
+/// from the end.
+pub const CUMSUM: OpDef = OpDef {
+    name: "cumsum",
+    since: Opset::Ios15,
+    params: &[
+        Param::new("x", NUMERIC),
+        Param::new("axis", INT32).konst().optional(),
+        Param::new("exclusive", BOOL).konst().optional(),
+        Param::new("reverse", BOOL).konst().optional(),
+    ],
+    infer: infer_same,
+    eval: eval_cumsum,
+};
+
+fn eval_cumsum(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let axis = a.axis(a.int_or("axis", 0)?, x.shape.len())?;
+    let (ex, rev) = (a.bool_or("exclusive", false)?, a.bool_or("reverse", false)?);
+    let mut out = x.clone();
+    match &mut out.data {
+        Data::F32(v) => numeric::reduce::cumsum(v, &x.shape, axis, ex, rev),
+        Data::I32(v) => numeric::reduce::cumsum(v, &x.shape, axis, ex, rev),
+        _ => return Err(a.invalid(format!("cannot sum {} values", x.dtype))),
+    }
+    Ok(vec![out])
+}
+
+/// `gather_along_axis`: `out[…, i, …] = x[…, indices[…, i, …], …]` along `axis` (torch
+/// `gather`); `indices` has x's rank and the output its shape.
+pub const GATHER_ALONG_AXIS: OpDef = OpDef {
+    name: "gather_along_axis",
+    since: Opset::Ios15,
+    params: &[Param::new("x", GATHER_X), Param::new("indices", INT), Param::new("axis", INT32).konst().optional()],
+    infer: infer_gather_along_axis,
+    eval: eval_gather_along_axis,
+};
+
+fn infer_gather_along_axis(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let (x, idx) = (a.tensor("x")?, a.tensor("indices")?);
+    let axis = a.axis(a.int_or("axis", 0)?, x.rank())?;
+    if idx.rank() != x.rank() {
+        return Err(a.invalid("indices must have the rank of x"));
+    }
+    for i in 0..x.rank() {
+        if let (Dim::Fixed(p), Dim::Fixed(q)) = (x.shape[i], idx.shape[i]) {
+            if i != axis && p != q {
+                return Err(a.invalid(format!("indices differ from x on axis {i}")));
+            }
+        }
+    }
+    Ok(vec![TensorType { dtype: x.dtype, shape: idx.shape.clone() }])
+}
+
+fn eval_gather_along_axis(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let ind = a.array("indices")?;
+    let indices = ind.to_i64_vec().ok_or_else(|| a.invalid("indices must be integers"))?;
+    let axis = a.axis(a.int_or("axis", 0)?, x.shape.len())?;
+    if ind.shape.len() != x.shape.len() || (0..x.shape.len()).any(|i| i != axis && ind.shape[i] != x.shape[i]) {
+        return Err(a.shape_error("indices do not fit x"));
+    }
+    let xs = numeric::strides(&x.shape);
+    let is = numeric::strides(&ind.shape);
+    let n = x.shape[axis] as i64;
+    let mut idx = Vec::with_capacity(indices.len());
+    for (flat, &k) in indices.iter().enumerate() {
+        let k = if k < 0 { k + n } else { k };
+        if !(0..n).contains(&k) {
+            return Err(a.invalid(format!("index {k} out of range for axis of size {n}")));
+        }
+        let at: usize = (0..x.shape.len())
+            .map(|i| if i == axis { k as usize * xs[i] } else { (flat / is[i]) % ind.shape[i] * xs[i] })
+            .sum();
+        idx.push(at);
+    }
+    Ok(vec![moved(x, ind.shape.clone(), &idx)])
+}
+
+/// `upsample_nearest_neighbor`: repeats the last two axes by `scale_factor_height` /
+/// `scale_factor_width` (default 1); output size ⌊size·scale⌋, source index ⌊dst/scale⌋.
+pub const UPSAMPLE_NEAREST_NEIGHBOR: OpDef = OpDef {
+    name: "upsample_nearest_neighbor",
+    since: Opset::Ios15,
+    params: &[
+        Param::new("x", super::FLOAT),
+        Param::t("scale_factor_height", &[DType::I32, DType::F32]).konst().optional(),
+        Param::t("scale_factor_width", &[DType::I32, DType::F32]).konst().optional(),
+    ],
+    infer: infer_upsample,
+    eval: eval_upsample,
+};
+
+fn scales(a: &OpArgs) -> (f64, f64) {
+    let get = |p: &str| {
+        a.value(p)
+            .and_then(|t| t.to_f32_vec().or_else(|| t.to_i64_vec().map(|v| v.iter().map(|&x| x as f32).collect())))
+            .and_then(|v| v.first().map(|&x| f64::from(x)))
+            .unwrap_or(1.0)
+    };
+    (get("scale_factor_height"), get("scale_factor_width"))
+}
+
+fn infer_upsample(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let x = a.tensor("x")?;
+    if x.rank() < 3 {
+        return Err(a.invalid(format!("x must be rank ≥ 3, got {x}")));
+    }
+    let (sh, sw) = scales(a);
+    let mut shape = x.shape.clone();
+    let r = shape.len();
+    for (i, s) in [(r - 2, sh), (r - 1, sw)] {
+        if let Dim::Fixed(n) = shape[i] {
+            shape[i] = Dim::Fixed((n as f64 * s).floor() as usize);
+        }
+    }
+    Ok(vec![TensorType { dtype: x.dtype, shape }])
+}
+
+fn eval_upsample(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let r = x.shape.len();
+    if r < 3 {
+        return Err(a.shape_error("x must be rank ≥ 3"));
+    }
+    let (sh, sw) =
+        (f64::from(a.number_or("scale_factor_height", 1.0)?), f64::from(a.number_or("scale_factor_width", 1.0)?));
+    let (h, w) = (x.shape[r - 2], x.shape[r - 1]);
+    let (oh, ow) = ((h as f64 * sh).floor() as usize, (w as f64 * sw).floor() as usize);
+    let planes = numeric::numel(&x.shape[..r - 2]);
+    let mut idx = Vec::with_capacity(planes * oh * ow);
+    for p in 0..planes {
+        for i in 0..oh {
+            let si = ((i as f64 / sh).floor() as usize).min(h.saturating_sub(1));
+            for j in 0..ow {
+                let sj = ((j as f64 / sw).floor() as usize).min(w.saturating_sub(1));
+                idx.push((p * h + si) * w + sj);
+            }
+        }
+    }
+    let mut shape = x.shape.clone();
+    (shape[r - 2], shape[r - 1]) = (oh, ow);
+    Ok(vec![moved(x, shape, &idx)])
 }

@@ -90,3 +90,58 @@ fn transpose_2d(t: &Tensor) -> Result<Tensor, String> {
         _ => Tensor::from_f32(&[c, r], &out),
     })
 }
+
+/// The first `rows` rows starting at `start` of a const weight, as its own tensor (host slice).
+fn rows(t: &Tensor, start: usize, count: usize) -> Result<Tensor, String> {
+    let shape = t.shape();
+    let row: usize = shape.iter().skip(1).product();
+    let bytes_per = t.dtype().storage_bytes(row).ok_or("weight too large")?;
+    let b = t.bytes().get(start * bytes_per..(start + count) * bytes_per).ok_or("weight rows out of range")?;
+    let mut s = shape.to_vec();
+    s[0] = count;
+    Tensor::from_bytes(t.dtype(), &s, b.to_vec()).map_err(|e| e.to_string())
+}
+
+/// `aten::_native_multi_head_attention(q, k, v, embed_dim, num_head, qkv_weight, qkv_bias,
+/// proj_weight, proj_bias, mask, need_weights…)`: the fused path `nn.MultiheadAttention` takes
+/// in eval mode, rebuilt as q/k/v `linear`s, per-head SDPA and the output projection. Returns
+/// `(output, None)`; attention weights are not produced.
+pub fn native_mha(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    use crate::mil::ops::shape;
+    if a[10] == Value::Bool(true) {
+        return Err("need_weights=True is not supported".into());
+    }
+    if a[9] != Value::None {
+        return Err("a mask on the fused attention path is not supported yet".into());
+    }
+    let (e, h) = (super::int(&a[3])? as usize, super::int(&a[4])? as usize);
+    if h == 0 || e % h != 0 {
+        return Err(format!("embed_dim {e} is not divisible by {h} heads"));
+    }
+    let (w, b) = (l.tensor(&a[5])?, l.tensor(&a[6])?);
+    let (w, b) = (l.b.value(&w).cloned().ok_or("in_proj_weight must be a weight")?, l.b.value(&b).cloned().ok_or("in_proj_bias must be a weight")?);
+    let hint = l.hint.clone();
+    let mut heads = Vec::new();
+    for (i, name) in ["q", "k", "v"].iter().enumerate() {
+        let x = l.tensor(&a[i])?;
+        let s = l.shape(&x)?;
+        let [bsz, len, _] = s[..] else { return Err(format!("attention input must be [batch, seq, embed], got {s:?}")) };
+        let wi = l.b.konst(&format!("{hint}_{name}_weight"), rows(&w, i * e, e)?);
+        let bi = l.b.konst(&format!("{hint}_{name}_bias"), rows(&b, i * e, e)?);
+        let p = built(l.b.op(&lin::LINEAR, &format!("{hint}_{name}")).arg("x", &x).arg("weight", &wi).arg("bias", &bi).build1())?;
+        let shape_v = [bsz as i32, len as i32, h as i32, (e / h) as i32];
+        let p = built(l.b.op(&shape::RESHAPE, &format!("{hint}_{name}_heads")).arg("x", &p).konst("shape", Tensor::i32_vec(&shape_v)).build1())?;
+        let p = built(l.b.op(&shape::TRANSPOSE, &format!("{hint}_{name}_t")).arg("x", &p).konst("perm", Tensor::i32_vec(&[0, 2, 1, 3])).build1())?;
+        heads.push(Value::Tensor(p));
+    }
+    let args = [heads[0].clone(), heads[1].clone(), heads[2].clone(), Value::None, Value::Float(0.0), Value::Bool(false), Value::None, Value::Bool(false)];
+    let Value::Tensor(ctx) = sdpa(l, &args)? else { return Err("attention produced no tensor".into()) };
+    let q = l.tensor(&a[0])?;
+    let qs = l.shape(&q)?;
+    let ctx = built(l.b.op(&shape::TRANSPOSE, &format!("{hint}_ctx_t")).arg("x", &ctx).konst("perm", Tensor::i32_vec(&[0, 2, 1, 3])).build1())?;
+    let merged = [qs[0] as i32, qs[1] as i32, e as i32];
+    let ctx = built(l.b.op(&shape::RESHAPE, &format!("{hint}_ctx")).arg("x", &ctx).konst("shape", Tensor::i32_vec(&merged)).build1())?;
+    let (pw, pb) = (l.tensor(&a[7])?, l.tensor(&a[8])?);
+    let out = built(l.op(&lin::LINEAR).arg("x", &ctx).arg("weight", &pw).arg("bias", &pb).build1())?;
+    Ok(Value::Tuple(vec![Value::Tensor(out), Value::None]))
+}

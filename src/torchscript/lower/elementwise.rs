@@ -41,6 +41,11 @@ fn binary(l: &mut Lower, x: &Value, y: &Value, def: &'static OpDef, fold: fn(f64
     }
     match (x, y) {
         (Value::Int(a), Value::Int(b)) if def.name != "real_div" => Ok(Value::Int(fold(*a as f64, *b as f64) as i64)),
+        (Value::Tensor(xt), Value::Tensor(yt)) if l.ty(xt)?.dtype != l.ty(yt)?.dtype => {
+            // Mixed int/float operands: promote the integer side, as torch does.
+            let (x, y) = (to_float(l, x)?, to_float(l, y)?);
+            binary(l, &x, &y, def, fold)
+        }
         (Value::Tensor(_), _) | (_, Value::Tensor(_)) => {
             let (xv, yv) = (tensor_like(l, x, y)?, tensor_like(l, y, x)?);
             Ok(Value::Tensor(l.op(def).arg("x", &xv).arg("y", &yv).build1().map_err(|e| e.to_string())?))
@@ -97,7 +102,9 @@ pub fn div(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     if a[2] != Value::None {
         return Err("aten::div with a rounding_mode is not supported".into());
     }
-    binary(l, &a[0], &a[1], &ew::REAL_DIV, |p, q| p / q)
+    // True division promotes integer tensors to float, as torch does.
+    let (x, y) = (to_float(l, &a[0])?, to_float(l, &a[1])?);
+    binary(l, &x, &y, &ew::REAL_DIV, |p, q| p / q)
 }
 
 /// `aten::pow`.
@@ -267,7 +274,17 @@ fn operand(l: &mut Lower, v: &Value, like: &Value) -> Result<crate::mil::builder
 pub fn where_(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let c = l.tensor(&a[0])?;
     let like = if matches!(a[1], Value::Tensor(_)) { &a[1] } else { &a[2] };
-    let (x, y) = (operand(l, &a[1], like)?, operand(l, &a[2], like)?);
+    let (mut x, y) = (operand(l, &a[1], like)?, operand(l, &a[2], like)?);
+    // Core ML's select takes its shape from `a` and `b`; widen `a` when the condition is larger.
+    let (cs, xs, ys) = (l.shape(&c)?, l.shape(&x)?, l.shape(&y)?);
+    let full = broadcast_shapes(&broadcast_shapes(&cs, &xs)?, &ys)?;
+    if broadcast_shapes(&xs, &ys)? != full {
+        let size: Vec<Value> = full.iter().map(|&d| Value::Int(d as i64)).collect();
+        let Value::Tensor(wide) = super::shape::expand(l, &[Value::Tensor(x), Value::List(size), Value::Bool(false)])? else {
+            return Err("expand produced no tensor".into());
+        };
+        x = wide;
+    }
     Ok(Value::Tensor(l.op(&ew::SELECT).arg("cond", &c).arg("a", &x).arg("b", &y).build1().map_err(|e| e.to_string())?))
 }
 
@@ -276,20 +293,26 @@ pub fn masked_fill(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     where_(l, &[a[1].clone(), a[2].clone(), a[0].clone()])
 }
 
-/// Boolean `&` as select(x, y, false): exact for bool tensors, no extra op needed.
-pub fn and(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+fn logical(l: &mut Lower, a: &[Value], def: &'static OpDef, fold: fn(bool, bool) -> bool) -> Result<Value, String> {
     if let (Value::Bool(x), Value::Bool(y)) = (&a[0], &a[1]) {
-        return Ok(Value::Bool(*x && *y));
+        return Ok(Value::Bool(fold(*x, *y)));
     }
-    where_(l, &[a[0].clone(), a[1].clone(), Value::Bool(false)])
+    let like = if matches!(a[0], Value::Tensor(_)) { &a[0] } else { &a[1] };
+    let (x, y) = (operand(l, &a[0], like)?, operand(l, &a[1], like)?);
+    if l.ty(&x)?.dtype != DType::Bool || l.ty(&y)?.dtype != DType::Bool {
+        return Err("bitwise and/or of integer tensors is not supported; only bool masks".into());
+    }
+    Ok(Value::Tensor(l.op(def).arg("x", &x).arg("y", &y).build1().map_err(|e| e.to_string())?))
 }
 
-/// Boolean `|` as select(x, true, y).
+/// Boolean `&` → `logical_and`.
+pub fn and(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    logical(l, a, &ew::LOGICAL_AND, |x, y| x && y)
+}
+
+/// Boolean `|` → `logical_or`.
 pub fn or(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
-    if let (Value::Bool(x), Value::Bool(y)) = (&a[0], &a[1]) {
-        return Ok(Value::Bool(*x || *y));
-    }
-    where_(l, &[a[0].clone(), Value::Bool(true), a[1].clone()])
+    logical(l, a, &ew::LOGICAL_OR, |x, y| x || y)
 }
 
 /// `aten::type_as(self, other)`: cast to `other`'s dtype (floats all compute in the package precision).
@@ -301,4 +324,70 @@ pub fn type_as(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     }
     let op = l.op(&ew::CAST).arg("x", &x).konst("dtype", Tensor::string(to.name()));
     Ok(Value::Tensor(op.build1().map_err(|e| e.to_string())?))
+}
+
+fn compare(l: &mut Lower, a: &[Value], def: &'static OpDef, fold: fn(f64, f64) -> bool) -> Result<Value, String> {
+    if let (Some((x, _)), Some((y, _))) = (scalar_of(l, &a[0]), scalar_of(l, &a[1])) {
+        return Ok(Value::Bool(fold(x, y)));
+    }
+    let (x, y) = (tensor_like(l, &a[0], &a[1])?, tensor_like(l, &a[1], &a[0])?);
+    Ok(Value::Tensor(l.op(def).arg("x", &x).arg("y", &y).build1().map_err(|e| e.to_string())?))
+}
+
+/// `aten::eq`.
+pub fn eq(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    compare(l, a, &ew::EQUAL, |x, y| x == y)
+}
+/// `aten::ne`.
+pub fn ne(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    compare(l, a, &ew::NOT_EQUAL, |x, y| x != y)
+}
+/// `aten::lt`.
+pub fn lt(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    compare(l, a, &ew::LESS, |x, y| x < y)
+}
+/// `aten::le`.
+pub fn le(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    compare(l, a, &ew::LESS_EQUAL, |x, y| x <= y)
+}
+/// `aten::gt`.
+pub fn gt(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    compare(l, a, &ew::GREATER, |x, y| x > y)
+}
+/// `aten::ge`.
+pub fn ge(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    compare(l, a, &ew::GREATER_EQUAL, |x, y| x >= y)
+}
+/// `aten::sin`.
+pub fn sin(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    unary(l, &a[0], &ew::SIN)
+}
+/// `aten::cos`.
+pub fn cos(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    unary(l, &a[0], &ew::COS)
+}
+
+/// An integer/bool tensor cast to the compute float dtype; other values unchanged.
+fn to_float(l: &mut Lower, v: &Value) -> Result<Value, String> {
+    let Value::Tensor(t) = v else { return Ok(v.clone()) };
+    if l.ty(t)?.dtype.is_float() {
+        return Ok(v.clone());
+    }
+    let hint = format!("{}_float", l.hint);
+    let dt = l.dtype;
+    let op = l.b.op(&ew::CAST, &hint).arg("x", t).konst("dtype", Tensor::string(dt.name()));
+    Ok(Value::Tensor(op.build1().map_err(|e| e.to_string())?))
+}
+
+/// Numpy broadcast of two static shapes.
+fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let n = a.len().max(b.len());
+    let at = |s: &[usize], i: usize| if i + s.len() >= n { s[i + s.len() - n] } else { 1 };
+    (0..n)
+        .map(|i| match (at(a, i), at(b, i)) {
+            (1, d) | (d, 1) => Ok(d),
+            (x, y) if x == y => Ok(x),
+            (x, y) => Err(format!("shapes {a:?} and {b:?} do not broadcast ({x} vs {y})")),
+        })
+        .collect()
 }

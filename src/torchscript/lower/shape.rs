@@ -343,7 +343,15 @@ pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let Value::Tensor(flat_x) = flat_x else { unreachable!("built returns a tensor") };
     let ids: Vec<i32> = flat.into_iter().map(i32_of).collect::<Result<_, _>>()?;
     let ids = l.b.konst(&format!("{hint}_rows_ids"), Tensor::from_i32(&shape, &ids));
-    built(l.op(&shape::GATHER).arg("x", &flat_x).arg("indices", &ids).konst("axis", Tensor::i32_scalar(0)).build1())
+    // Core ML's gather takes no bool data: gather the mask as int32 and compare back.
+    let is_bool = l.ty(&flat_x)?.dtype == DType::Bool;
+    let src = if is_bool { int32(l, &Value::Tensor(flat_x))? } else { flat_x };
+    let gathered = l.b.op(&shape::GATHER, &format!("{hint}_gathered")).arg("x", &src).arg("indices", &ids).konst("axis", Tensor::i32_scalar(0));
+    let gathered = gathered.build1().map_err(|e| e.to_string())?;
+    if !is_bool {
+        return Ok(Value::Tensor(gathered));
+    }
+    built(l.op(&ew::NOT_EQUAL).arg("x", &gathered).konst("y", Tensor::i32_scalar(0)).build1())
 }
 
 /// `aten::split(self, split_size | sizes, dim)`.
@@ -368,4 +376,39 @@ pub fn split(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let op = l.op(&shape::SPLIT).arg("x", &x).konst("split_sizes", Tensor::i32_vec(&sizes)).konst("axis", Tensor::i32_scalar(d as i32));
     let parts = op.build().map_err(|e| e.to_string())?;
     Ok(Value::Tuple(parts.into_iter().map(Value::Tensor).collect()))
+}
+
+/// `aten::gather(self, dim, index)` → `gather_along_axis` (indices cast to int32).
+pub fn gather(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let r = l.shape(&x)?.len();
+    let axis = dim(int(&a[1])?, r)? as i32;
+    let idx = int32(l, &a[2])?;
+    built(l.op(&shape::GATHER_ALONG_AXIS).arg("x", &x).arg("indices", &idx).konst("axis", Tensor::i32_scalar(axis)).build1())
+}
+
+/// `aten::cumsum(self, dim, dtype)` → `cumsum` (bool and integer inputs count in int32).
+pub fn cumsum(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = int32_if_not_float(l, &a[0])?;
+    let r = l.shape(&x)?.len();
+    let axis = dim(int(&a[1])?, r)? as i32;
+    built(l.op(&shape::CUMSUM).arg("x", &x).konst("axis", Tensor::i32_scalar(axis)).konst("exclusive", Tensor::bool_scalar(false)).konst("reverse", Tensor::bool_scalar(false)).build1())
+}
+
+/// An integer tensor as int32 (casting bool or other integer dtypes).
+fn int32(l: &mut Lower, v: &Value) -> Result<crate::mil::builder::Var, String> {
+    let x = l.tensor(v)?;
+    if l.ty(&x)?.dtype == DType::I32 {
+        return Ok(x);
+    }
+    let hint = format!("{}_int32", l.hint);
+    l.b.op(&ew::CAST, &hint).arg("x", &x).konst("dtype", Tensor::string("int32")).build1().map_err(|e| e.to_string())
+}
+
+fn int32_if_not_float(l: &mut Lower, v: &Value) -> Result<crate::mil::builder::Var, String> {
+    let x = l.tensor(v)?;
+    if l.ty(&x)?.dtype.is_float() {
+        return Ok(x);
+    }
+    int32(l, v)
 }

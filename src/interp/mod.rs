@@ -1,0 +1,304 @@
+//! Runs a MIL function on concrete inputs: binds the inputs, executes ops in block order through
+//! each op's `eval` kernel (`mil::ops`), frees every value after its last use, and returns the
+//! block outputs. fp16 emulation: every fp16 output is rounded to fp16 after its op (kernels
+//! accumulate in f32), so drift reported against torch is the drift a device computing in fp16
+//! shows; [`Compute::Fp32`] skips the rounding to get the same program's fp32 answer (the
+//! `validate --per-op` baseline). Called by `validate` and by tests; uses `mil` and `numeric`.
+
+use std::collections::HashMap;
+
+use crate::mil::ops::{self, EvalArgs, EvalError};
+use crate::mil::{Argument, DType, Dim, Function, ValueType};
+use crate::numeric;
+
+pub use crate::mil::ops::eval::{Array, Data};
+
+/// How floats are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compute {
+    /// As the program declares: fp16 values are rounded to fp16 after every op.
+    #[default]
+    AsDeclared,
+    /// Everything in fp32: fp16 outputs keep their f32 values (fp16 consts stay as stored).
+    Fp32,
+}
+
+/// Why a function cannot run. Unsupported ops are collected over the whole function first.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Error {
+    #[error("the interpreter does not support op type(s): {}", .0.join(", "))]
+    Unsupported(Vec<String>),
+    #[error("missing input `{0}`")]
+    MissingInput(String),
+    #[error("unknown input `{0}` (the function takes: {1})")]
+    UnknownInput(String, String),
+    #[error("input `{name}`: expected {expected}, got {got}")]
+    BadInput { name: String, expected: String, got: String },
+    #[error("op `{op}` uses `{value}`, which is not defined (or already freed)")]
+    Undefined { op: String, value: String },
+    #[error("op `{op}`: {source}")]
+    Eval { op: String, source: EvalError },
+    #[error("op `{op}` ({op_type}) produced {got} for output `{output}` declared {declared}")]
+    OutputMismatch { op: String, op_type: String, output: String, declared: String, got: String },
+    #[error("op `{0}` has nested blocks (control flow), which the interpreter does not run")]
+    ControlFlow(String),
+    #[error("function output `{0}` is not defined")]
+    UndefinedOutput(String),
+}
+
+/// Runs `function` on `inputs` (by input name) with the program's declared precision.
+/// Returns the block outputs in order, by name.
+pub fn run(function: &Function, inputs: &[(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
+    run_with(function, inputs, Compute::AsDeclared, &mut |_, _| {})
+}
+
+/// [`run`] with a precision choice and an observer called with every op output as it is made
+/// (name, value); `validate --per-op` uses it to compare intermediates.
+pub fn run_with(
+    function: &Function,
+    inputs: &[(String, Array)],
+    compute: Compute,
+    observe: &mut dyn FnMut(&str, &Array),
+) -> Result<Vec<(String, Array)>, Error> {
+    let block = &function.block;
+    let unsupported = unsupported_ops(function);
+    if !unsupported.is_empty() {
+        return Err(Error::Unsupported(unsupported));
+    }
+    let mut env: HashMap<String, Array> = HashMap::new();
+    bind_inputs(function, inputs, compute, &mut env)?;
+
+    // Last op index reading each value; block outputs are never freed.
+    let mut last_use: HashMap<&str, usize> = HashMap::new();
+    for (i, op) in block.operations.iter().enumerate() {
+        for (_, args) in &op.inputs {
+            for arg in args {
+                if let Argument::Name(n) = arg {
+                    last_use.insert(n.as_str(), i);
+                }
+            }
+        }
+    }
+    for o in &block.outputs {
+        last_use.insert(o.as_str(), usize::MAX);
+    }
+
+    for (i, op) in block.operations.iter().enumerate() {
+        if !op.blocks.is_empty() {
+            return Err(Error::ControlFlow(op.name.clone()));
+        }
+        let def =
+            ops::lookup(&op.op_type, function.opset).ok_or_else(|| Error::Unsupported(vec![op.op_type.clone()]))?;
+        let mut inline: Vec<Array> = Vec::new();
+        for (_, args) in &op.inputs {
+            for arg in args {
+                if let Argument::Value(t) = arg {
+                    let a = Array::from_tensor(t).map_err(|m| Error::Eval {
+                        op: op.name.clone(),
+                        source: EvalError::Invalid { op: op.op_type.clone(), message: m },
+                    })?;
+                    inline.push(a);
+                }
+            }
+        }
+        let outputs = {
+            let mut next_inline = inline.iter();
+            let mut args = Vec::with_capacity(op.inputs.len());
+            for (param, bound) in &op.inputs {
+                let mut values = Vec::with_capacity(bound.len());
+                for arg in bound {
+                    values.push(match arg {
+                        Argument::Name(n) => {
+                            env.get(n).ok_or_else(|| Error::Undefined { op: op.name.clone(), value: n.clone() })?
+                        }
+                        Argument::Value(_) => next_inline
+                            .next()
+                            .ok_or_else(|| Error::Undefined { op: op.name.clone(), value: param.clone() })?,
+                    });
+                }
+                args.push((param.as_str(), values));
+            }
+            let eval_args = EvalArgs { op: &op.op_type, opset: function.opset, args, attributes: &op.attributes };
+            (def.eval)(&eval_args).map_err(|source| Error::Eval { op: op.name.clone(), source })?
+        };
+        if outputs.len() != op.outputs.len() {
+            return Err(Error::OutputMismatch {
+                op: op.name.clone(),
+                op_type: op.op_type.clone(),
+                output: op.outputs.first().map(|o| o.name.clone()).unwrap_or_default(),
+                declared: format!("{} outputs", op.outputs.len()),
+                got: format!("{} outputs", outputs.len()),
+            });
+        }
+        for (mut value, decl) in outputs.into_iter().zip(&op.outputs) {
+            let ty = decl.ty.tensor();
+            let shape_ok = ty.rank() == value.shape.len()
+                && ty.shape.iter().zip(&value.shape).all(|(d, &n)| matches!(d, Dim::Unknown) || *d == Dim::Fixed(n));
+            if !shape_ok || ty.dtype != value.dtype {
+                return Err(Error::OutputMismatch {
+                    op: op.name.clone(),
+                    op_type: op.op_type.clone(),
+                    output: decl.name.clone(),
+                    declared: ty.to_string(),
+                    got: format!("{} {:?}", value.dtype, value.shape),
+                });
+            }
+            if compute == Compute::AsDeclared && value.dtype == DType::F16 {
+                if let Data::F32(v) = &mut value.data {
+                    numeric::fp16::round_slice(v);
+                }
+            }
+            observe(&decl.name, &value);
+            env.insert(decl.name.clone(), value);
+        }
+        for (_, args) in &op.inputs {
+            for arg in args {
+                if let Argument::Name(n) = arg {
+                    if last_use.get(n.as_str()) == Some(&i) {
+                        env.remove(n);
+                    }
+                }
+            }
+        }
+    }
+    block
+        .outputs
+        .iter()
+        .map(|o| env.remove(o).map(|v| (o.clone(), v)).ok_or_else(|| Error::UndefinedOutput(o.clone())))
+        .collect()
+}
+
+/// Every op type in `function` (nested blocks included) that has no kernel, sorted, each once.
+pub fn unsupported_ops(function: &Function) -> Vec<String> {
+    let mut out: Vec<String> = function
+        .block
+        .walk_ops()
+        .into_iter()
+        .filter(|op| ops::lookup(&op.op_type, function.opset).is_none())
+        .map(|op| op.op_type.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Checks each given input against the function's signature and stores it. fp32 data is
+/// accepted for fp16 inputs (rounded, as Core ML converts an fp32 MLMultiArray) and the reverse.
+fn bind_inputs(
+    function: &Function,
+    inputs: &[(String, Array)],
+    compute: Compute,
+    env: &mut HashMap<String, Array>,
+) -> Result<(), Error> {
+    for (name, _) in inputs {
+        if !function.inputs.iter().any(|i| &i.name == name) {
+            let names: Vec<&str> = function.inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(Error::UnknownInput(name.clone(), names.join(", ")));
+        }
+    }
+    for decl in &function.inputs {
+        let ty = match &decl.ty {
+            ValueType::Tensor(t) => t,
+            ValueType::State(_) => return Err(Error::Unsupported(vec![format!("state input `{}`", decl.name)])),
+        };
+        let (_, given) =
+            inputs.iter().find(|(n, _)| n == &decl.name).ok_or_else(|| Error::MissingInput(decl.name.clone()))?;
+        let bad = || Error::BadInput {
+            name: decl.name.clone(),
+            expected: ty.to_string(),
+            got: format!("{} {:?}", given.dtype, given.shape),
+        };
+        let shape_ok = ty.rank() == given.shape.len()
+            && ty.shape.iter().zip(&given.shape).all(|(d, &n)| matches!(d, Dim::Unknown) || *d == Dim::Fixed(n));
+        let float_pair = ty.dtype.is_float() && given.dtype.is_float();
+        if !shape_ok || !(ty.dtype == given.dtype || float_pair) || given.len() != numeric::numel(&given.shape) {
+            return Err(bad());
+        }
+        let mut value = given.clone();
+        value.dtype = ty.dtype;
+        if let (DType::F16, Compute::AsDeclared, Data::F32(v)) = (ty.dtype, compute, &mut value.data) {
+            numeric::fp16::round_slice(v);
+        }
+        env.insert(decl.name.clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mil::builder::Builder;
+    use crate::mil::ops::{elementwise, linear};
+    use crate::mil::{Opset, Tensor, TensorType};
+
+    fn tiny(dtype: DType) -> Function {
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType::new(dtype, &[2]));
+        let y =
+            b.op(&elementwise::ADD, "y").arg("x", &x).konst("y", Tensor::float_scalar(dtype, 1.0)).build1().unwrap();
+        let z = b.op(&elementwise::MUL, "z").arg("x", &y).arg("y", &y).build1().unwrap();
+        b.finish(&[z])
+    }
+
+    #[test]
+    fn runs_in_order_and_rounds_fp16_unless_asked_not_to() {
+        let f = tiny(DType::F16);
+        let x = Array::float(DType::F16, vec![2], vec![0.0, 1.0 / 3.0]);
+        let out = run(&f, &[("x".into(), x.clone())]).unwrap();
+        let third = numeric::fp16::round(1.0 / 3.0);
+        let expect = numeric::fp16::round(numeric::fp16::round(1.0 + third).powi(2));
+        assert_eq!(out[0].1.floats().unwrap(), &[1.0, expect]);
+        let exact = run_with(&f, &[("x".into(), x)], Compute::Fp32, &mut |_, _| {}).unwrap();
+        assert_eq!(exact[0].1.floats().unwrap()[1], (1.0f32 + 1.0 / 3.0) * (1.0 + 1.0 / 3.0));
+    }
+
+    #[test]
+    fn input_errors_are_typed() {
+        let f = tiny(DType::F32);
+        assert_eq!(run(&f, &[]), Err(Error::MissingInput("x".into())));
+        let wrong = Array::float(DType::F32, vec![3], vec![0.0; 3]);
+        assert!(matches!(run(&f, &[("x".into(), wrong)]), Err(Error::BadInput { .. })));
+        let ints = Array::int(vec![2], vec![0; 2]);
+        assert!(matches!(run(&f, &[("x".into(), ints)]), Err(Error::BadInput { .. })));
+        let extra = Array::float(DType::F32, vec![2], vec![0.0; 2]);
+        assert!(matches!(run(&f, &[("x".into(), extra.clone()), ("q".into(), extra)]), Err(Error::UnknownInput(..))));
+    }
+
+    #[test]
+    fn unknown_ops_are_listed_once_each() {
+        let mut f = tiny(DType::F32);
+        for op in &mut f.block.operations {
+            if op.op_type != "const" {
+                op.op_type = format!("mystery_{}", op.op_type);
+            }
+        }
+        let x = Array::float(DType::F32, vec![2], vec![0.0; 2]);
+        assert_eq!(
+            run(&f, &[("x".into(), x)]),
+            Err(Error::Unsupported(vec!["mystery_add".into(), "mystery_mul".into()]))
+        );
+    }
+
+    #[test]
+    fn observer_sees_every_op_output() {
+        let mut b = Builder::new(Opset::Ios15);
+        let x = b.input("x", TensorType::new(DType::F32, &[1, 2]));
+        let y = b
+            .op(&linear::LINEAR, "fc")
+            .arg("x", &x)
+            .konst("weight", Tensor::from_f32(&[1, 2], &[1.0, 2.0]))
+            .build1()
+            .unwrap();
+        let f = b.finish(&[y]);
+        let mut seen = Vec::new();
+        let out = run_with(
+            &f,
+            &[("x".into(), Array::float(DType::F32, vec![1, 2], vec![3.0, 4.0]))],
+            Compute::AsDeclared,
+            &mut |n, _| seen.push(n.to_string()),
+        )
+        .unwrap();
+        assert_eq!(out[0].1.floats().unwrap(), &[11.0]);
+        assert_eq!(seen, vec!["fc_weight", "fc"]);
+    }
+}

@@ -1,0 +1,231 @@
+//! Matrix products through a real GEMM (`matrixmultiply::sgemm`, blocked and vectorized, any
+//! strides, so transposes cost nothing). Accumulates in f32. Called by the `linear`, `matmul`,
+//! `conv` and attention kernels (`mil::ops::linear`, `mil::ops::attention`) and by
+//! [`super::conv`]. int32 products (rare: shape arithmetic) use a plain loop.
+
+use super::{broadcast, numel};
+
+/// A row-major-or-strided matrix view: `data[r·row + c·col]` is element (r, c).
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A contiguous row-major `rows × cols` matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Mat<'a> {
+        Mat { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The same data read transposed (no copy).
+    pub fn t(self) -> Mat<'a> {
+        Mat { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `c = a · b + beta·c` with `c` contiguous row-major `a.rows × b.cols`. `None` when the inner
+/// dimensions differ or a view reaches past its buffer (so the unsafe call below stays in bounds).
+pub fn sgemm(a: Mat, b: Mat, beta: f32, c: &mut [f32]) -> Option<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.len() != m * n || !a.fits() || !b.fits() {
+        return None;
+    }
+    if m == 0 || n == 0 {
+        return Some(());
+    }
+    if k == 0 {
+        c.iter_mut().for_each(|v| *v *= beta);
+        return Some(());
+    }
+    // SAFETY: `fits` checked that every (r, c) element of a and b is inside its slice, and c
+    // holds exactly m·n contiguous elements with row stride n.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.data.as_ptr(),
+            a.row_stride as isize,
+            a.col_stride as isize,
+            b.data.as_ptr(),
+            b.row_stride as isize,
+            b.col_stride as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+    Some(())
+}
+
+/// The geometry of one batched matrix product.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatmulShape {
+    /// Broadcast batch axes.
+    pub batch: Vec<usize>,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// Result shape (batch, then m and n unless the operand was rank 1).
+    pub out: Vec<usize>,
+}
+
+/// The shapes numpy's `matmul` gives: rank-1 operands promoted (x to `[1, K]`, y to `[K, 1]`),
+/// optional transposes of the last two axes, batch axes broadcast.
+pub fn matmul_shape(x: &[usize], y: &[usize], transpose_x: bool, transpose_y: bool) -> Option<MatmulShape> {
+    if x.is_empty() || y.is_empty() {
+        return None;
+    }
+    let (mut xs, mut ys) = (x.to_vec(), y.to_vec());
+    if x.len() == 1 {
+        xs.insert(0, 1);
+    }
+    if y.len() == 1 {
+        ys.push(1);
+    }
+    let (nx, ny) = (xs.len(), ys.len());
+    if transpose_x {
+        xs.swap(nx - 2, nx - 1);
+    }
+    if transpose_y {
+        ys.swap(ny - 2, ny - 1);
+    }
+    let (m, k, k2, n) = (xs[nx - 2], xs[nx - 1], ys[ny - 2], ys[ny - 1]);
+    if k != k2 {
+        return None;
+    }
+    let batch = broadcast::shape(&xs[..nx - 2], &ys[..ny - 2])?;
+    let mut out = batch.clone();
+    if x.len() != 1 {
+        out.push(m);
+    }
+    if y.len() != 1 {
+        out.push(n);
+    }
+    Some(MatmulShape { batch, m, k, n, out })
+}
+
+/// Batch offsets (in matrices) of each operand for every output batch index.
+fn batch_offsets(batch: &[usize], x_batch: &[usize], y_batch: &[usize]) -> Option<(Vec<usize>, Vec<usize>)> {
+    let sx = broadcast::strides_to(x_batch, batch)?;
+    let sy = broadcast::strides_to(y_batch, batch)?;
+    Some((super::offsets(batch, &sx, 0), super::offsets(batch, &sy, 0)))
+}
+
+/// numpy `matmul(x, y)` in f32 with optional transposes of the last two axes (MIL `matmul`).
+/// Returns values and output shape; `None` when shapes do not fit.
+pub fn matmul(
+    x: &[f32],
+    x_shape: &[usize],
+    y: &[f32],
+    y_shape: &[usize],
+    tx: bool,
+    ty: bool,
+) -> Option<(Vec<f32>, Vec<usize>)> {
+    let MatmulShape { batch, m, k, n, out: out_shape } = matmul_shape(x_shape, y_shape, tx, ty)?;
+    if x.len() != numel(x_shape) || y.len() != numel(y_shape) {
+        return None;
+    }
+    let xb = &x_shape[..x_shape.len().saturating_sub(2)];
+    let yb = &y_shape[..y_shape.len().saturating_sub(2)];
+    let (ox, oy) = batch_offsets(&batch, xb, yb)?;
+    let mut out = vec![0.0; numel(&batch) * m * n];
+    for (i, (bx, by)) in ox.into_iter().zip(oy).enumerate() {
+        let xm = &x[bx * m * k..(bx + 1) * m * k];
+        let ym = &y[by * k * n..(by + 1) * k * n];
+        let a = if tx { Mat::rows(xm, k, m).t() } else { Mat::rows(xm, m, k) };
+        let b = if ty { Mat::rows(ym, n, k).t() } else { Mat::rows(ym, k, n) };
+        sgemm(a, b, 0.0, &mut out[i * m * n..(i + 1) * m * n])?;
+    }
+    Some((out, out_shape))
+}
+
+/// The same product on int32 with wrapping arithmetic (plain loop: int matmuls are small).
+pub fn matmul_i32(
+    x: &[i32],
+    x_shape: &[usize],
+    y: &[i32],
+    y_shape: &[usize],
+    tx: bool,
+    ty: bool,
+) -> Option<(Vec<i32>, Vec<usize>)> {
+    let MatmulShape { batch, m, k, n, out: out_shape } = matmul_shape(x_shape, y_shape, tx, ty)?;
+    if x.len() != numel(x_shape) || y.len() != numel(y_shape) {
+        return None;
+    }
+    let xb = &x_shape[..x_shape.len().saturating_sub(2)];
+    let yb = &y_shape[..y_shape.len().saturating_sub(2)];
+    let (ox, oy) = batch_offsets(&batch, xb, yb)?;
+    let mut out = Vec::with_capacity(numel(&batch) * m * n);
+    for (bx, by) in ox.into_iter().zip(oy) {
+        let xa = |r: usize, c: usize| if tx { x[bx * m * k + c * m + r] } else { x[bx * m * k + r * k + c] };
+        let ya = |r: usize, c: usize| if ty { y[by * k * n + c * k + r] } else { y[by * k * n + r * n + c] };
+        for r in 0..m {
+            for c in 0..n {
+                out.push((0..k).fold(0i32, |acc, j| acc.wrapping_add(xa(r, j).wrapping_mul(ya(j, c)))));
+            }
+        }
+    }
+    Some((out, out_shape))
+}
+
+/// `x · wᵀ + bias` over the last axis of `x` (MIL `linear`); `w` is `[d_out, d_in]`.
+pub fn linear(
+    x: &[f32],
+    x_shape: &[usize],
+    w: &[f32],
+    d_out: usize,
+    bias: Option<&[f32]>,
+) -> Option<(Vec<f32>, Vec<usize>)> {
+    let d_in = *x_shape.last()?;
+    if w.len() != d_out * d_in || x.len() != numel(x_shape) || bias.is_some_and(|b| b.len() != d_out) {
+        return None;
+    }
+    let rows = x.len().checked_div(d_in).unwrap_or(0);
+    let mut out = vec![0.0; rows * d_out];
+    if let Some(b) = bias {
+        for row in out.chunks_mut(d_out.max(1)) {
+            row.copy_from_slice(b);
+        }
+    }
+    let beta = if bias.is_some() { 1.0 } else { 0.0 };
+    sgemm(Mat::rows(x, rows, d_in), Mat::rows(w, d_out, d_in).t(), beta, &mut out)?;
+    let mut shape = x_shape.to_vec();
+    *shape.last_mut()? = d_out;
+    Some((out, shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_broadcasts_batches_and_transposes() {
+        // [2,1,2] x [2,2]: two batches against one matrix
+        let (v, s) = matmul(&[1., 2., 3., 4.], &[2, 1, 2], &[1., 0., 0., 2.], &[2, 2], false, false).unwrap();
+        assert_eq!((v, s), (vec![1., 4., 3., 8.], vec![2, 1, 2]));
+        let (v, s) = matmul(&[1., 2.], &[2], &[1., 2., 3., 4.], &[2, 2], false, true).unwrap();
+        assert_eq!((v, s), (vec![5., 11.], vec![2]));
+        assert!(matmul(&[1., 2.], &[2], &[1., 2., 3.], &[3], false, false).is_none());
+        let (v, _) = matmul_i32(&[1, 2], &[1, 2], &[3, 4], &[2, 1], false, false).unwrap();
+        assert_eq!(v, vec![11]);
+    }
+
+    #[test]
+    fn linear_adds_bias() {
+        let (v, s) = linear(&[1., 2.], &[1, 2], &[1., 1., 0., 1.], 2, Some(&[10., 20.])).unwrap();
+        assert_eq!((v, s), (vec![13., 22.], vec![1, 2]));
+    }
+}
