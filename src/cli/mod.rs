@@ -5,13 +5,15 @@ mod convert;
 mod inspect;
 mod output;
 mod progress;
+mod validate;
 
 use clap::{Parser, Subcommand};
 
-/// Exit codes, as in ruff: 0 all good, 2 error. (1, a check over threshold, arrives with `validate`.)
+/// Exit codes, as in ruff: 0 all good, 1 a check failed (validation over tolerance), 2 error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
     Success = 0,
+    Failure = 1,
     Error = 2,
 }
 
@@ -29,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Convert a traced TorchScript model (.pt) to a Core ML package, without Python.
     Convert(convert::Args),
+    /// Run a package in the MIL interpreter and compare its outputs with a reference.
+    Validate(validate::Args),
     /// Show a package's signature, spec version, opset, op histogram and weights.
     Inspect(inspect::Args),
 }
@@ -38,5 +42,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Convert(args) => convert::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Validate(args) => validate::run(&args),
     }
 }

@@ -4,3 +4,139 @@
 
 pub mod metrics;
 pub mod npz;
+
+use crate::interp::{self, Array, Data};
+use crate::mil::{DType, Function, Tensor, ValueType};
+
+/// Largest token id drawn for random integer inputs: inside any real vocabulary, so embedding
+/// lookups stay in range.
+pub const RANDOM_TOKEN_ID_LIMIT: u64 = 100;
+
+/// Why validation could not run (as opposed to running and finding drift).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Interp(#[from] interp::Error),
+    #[error("input `{name}`: {reason}")]
+    Input { name: String, reason: String },
+    #[error("output `{name}`: {reason}")]
+    Output { name: String, reason: String },
+}
+
+/// One output's comparison, as reported.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OutputReport {
+    pub name: String,
+    pub shape: Vec<usize>,
+    #[serde(flatten)]
+    pub drift: metrics::Drift,
+}
+
+/// Arrays for `function`'s inputs from named tensors: matched by name, else by position; dtypes
+/// converted to what the package takes (int64 → int32, fp32 → fp16 rounding happens in `interp`).
+pub fn inputs_from(function: &Function, given: Vec<(String, Tensor)>) -> Result<Vec<(String, Array)>, Error> {
+    let wanted: Vec<(&str, &crate::mil::TensorType)> = function
+        .inputs
+        .iter()
+        .filter_map(|i| match &i.ty {
+            ValueType::Tensor(t) => Some((i.name.as_str(), t)),
+            ValueType::State(_) => None,
+        })
+        .collect();
+    if given.len() != wanted.len() {
+        let names: Vec<&str> = wanted.iter().map(|w| w.0).collect();
+        return Err(Error::Input { name: names.join(", "), reason: format!("the package takes {} inputs, {} given", wanted.len(), given.len()) });
+    }
+    let by_name = wanted.iter().all(|(n, _)| given.iter().any(|(g, _)| g == n));
+    let mut out = Vec::with_capacity(wanted.len());
+    for (i, (name, ty)) in wanted.iter().enumerate() {
+        let t = if by_name { &given.iter().find(|(g, _)| g == name).map(|g| &g.1) } else { &given.get(i).map(|g| &g.1) };
+        let t = t.ok_or_else(|| Error::Input { name: name.to_string(), reason: "missing".into() })?;
+        let mut a = Array::from_tensor(t).map_err(|reason| Error::Input { name: name.to_string(), reason })?;
+        if ty.dtype == DType::F16 && a.dtype == DType::F32 {
+            a.dtype = DType::F16;
+        }
+        if let Data::I32(_) = a.data {
+            if ty.dtype.is_float() {
+                return Err(Error::Input { name: name.to_string(), reason: format!("integer data for a {} input", ty.dtype) });
+            }
+        }
+        out.push((name.to_string(), a));
+    }
+    Ok(out)
+}
+
+/// Random inputs drawn from the signature with `seed`: floats uniform in [-1, 1), integers
+/// (token ids) in [0, RANDOM_TOKEN_ID_LIMIT), except inputs named like a mask, which are all 1.
+pub fn random_inputs(function: &Function, seed: u64) -> Result<Vec<(String, Array)>, Error> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = Vec::new();
+    for i in &function.inputs {
+        let ValueType::Tensor(t) = &i.ty else { continue };
+        let shape = t.fixed_shape().ok_or_else(|| Error::Input { name: i.name.clone(), reason: "flexible shape: give --inputs".into() })?;
+        let n: usize = shape.iter().product();
+        let data = match t.dtype {
+            d if d.is_float() => Data::F32((0..n).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()),
+            DType::Bool => Data::Bool((0..n).map(|_| next() & 1 == 1).collect()),
+            _ if i.name.contains("mask") => Data::I32(vec![1; n]),
+            _ => Data::I32((0..n).map(|_| (next() % RANDOM_TOKEN_ID_LIMIT) as i32).collect()),
+        };
+        out.push((i.name.clone(), Array { dtype: t.dtype, shape, data }));
+    }
+    Ok(out)
+}
+
+/// The values of an array as f64 (bools as 0/1).
+fn as_f64(a: &Array) -> Vec<f64> {
+    match &a.data {
+        Data::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        Data::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        Data::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
+        Data::Str(_) => Vec::new(),
+    }
+}
+
+/// Compares `actual` outputs with `expected` ones (matched by name, else by position).
+pub fn compare(actual: &[(String, Array)], expected: &[(String, Array)], atol: f64, rtol: f64) -> Result<Vec<OutputReport>, Error> {
+    if actual.len() != expected.len() {
+        return Err(Error::Output { name: "*".into(), reason: format!("the package has {} outputs, the reference {}", actual.len(), expected.len()) });
+    }
+    let by_name = actual.iter().all(|(n, _)| expected.iter().any(|(e, _)| e == n));
+    actual
+        .iter()
+        .enumerate()
+        .map(|(i, (name, a))| {
+            let e = if by_name { expected.iter().find(|(n, _)| n == name) } else { expected.get(i) };
+            let (_, e) = e.ok_or_else(|| Error::Output { name: name.clone(), reason: "no reference output".into() })?;
+            if a.len() != e.len() {
+                return Err(Error::Output { name: name.clone(), reason: format!("shape {:?} but the reference has {:?}", a.shape, e.shape) });
+            }
+            Ok(OutputReport { name: name.clone(), shape: a.shape.clone(), drift: metrics::compare(&as_f64(e), &as_f64(a), atol, rtol) })
+        })
+        .collect()
+}
+
+/// Default tolerances for a function: fp16 packages drift by fp16 rounding at every op.
+pub fn default_tolerances(function: &Function) -> (f64, f64) {
+    let fp16 = function.block.walk_ops().iter().any(|op| op.outputs.iter().any(|o| o.ty.tensor().dtype == DType::F16));
+    if fp16 {
+        (FP16_ATOL, FP16_RTOL)
+    } else {
+        (FP32_ATOL, FP32_RTOL)
+    }
+}
+
+/// allclose tolerances for fp16 packages: a few fp16 ulps (2^-10 relative) accumulated over a deep network.
+pub const FP16_ATOL: f64 = 5e-2;
+/// See [`FP16_ATOL`].
+pub const FP16_RTOL: f64 = 5e-2;
+/// allclose tolerances for fp32 packages: summation-order differences only.
+pub const FP32_ATOL: f64 = 1e-3;
+/// See [`FP32_ATOL`].
+pub const FP32_RTOL: f64 = 1e-3;

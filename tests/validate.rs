@@ -1,0 +1,84 @@
+//! CLI tests of `torch2coreml validate`: packages coremltools wrote for the fixture models run
+//! in our interpreter and agree with PyTorch's outputs; a package with one weight perturbed fails
+//! with exit 1 and names the drifted output; bad input is exit 2.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn validate(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_torch2coreml")).arg("validate").args(args).output().unwrap()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("fixtures/coremltools/out").join(name)
+}
+
+#[test]
+fn coremltools_packages_agree_with_torch_in_our_interpreter() {
+    for model in ["mlp", "convnet", "attention"] {
+        for target in ["ios15_fp32", "ios16_fp16", "ios18_fp16"] {
+            let pkg = fixture(&format!("{model}_{target}.mlpackage"));
+            let (i, e) = (fixture(&format!("{model}.inputs.npz")), fixture(&format!("{model}.outputs.npz")));
+            let out = validate(&[pkg.as_os_str(), "--inputs".as_ref(), i.as_os_str(), "--expected".as_ref(), e.as_os_str(), "--format".as_ref(), "json".as_ref()]);
+            assert_eq!(out.status.code(), Some(0), "{model}_{target}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let cos = j["outputs"][0]["cosine"].as_f64().unwrap();
+            assert!(cos > 0.9999, "{model}_{target}: cosine {cos}");
+            for key in ["name", "shape", "max_abs", "max_rel", "mean_abs", "cosine", "psnr_db", "pass"] {
+                assert!(j["outputs"][0].get(key).is_some(), "missing {key}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_perturbed_weight_fails_and_names_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("mlp.mlpackage");
+    let src = fixture("mlp_ios15_fp32.mlpackage");
+    for rel in ["Manifest.json", "Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin"] {
+        std::fs::create_dir_all(pkg.join(rel).parent().unwrap()).unwrap();
+        std::fs::copy(src.join(rel), pkg.join(rel)).unwrap();
+    }
+    // The first blob's payload starts at byte 128 (metadata at 64); make one fp32 weight huge.
+    let w = pkg.join("Data/com.apple.CoreML/weights/weight.bin");
+    let mut bytes = std::fs::read(&w).unwrap();
+    bytes[128..132].copy_from_slice(&50.0f32.to_le_bytes());
+    std::fs::write(&w, bytes).unwrap();
+    let (i, e) = (fixture("mlp.inputs.npz"), fixture("mlp.outputs.npz"));
+    let out = validate(&[pkg.as_os_str(), "--inputs".as_ref(), i.as_os_str(), "--expected".as_ref(), e.as_os_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL") && text.contains("var_14"), "{text}");
+}
+
+#[test]
+fn a_package_agrees_with_itself_on_random_inputs() {
+    let pkg = fixture("attention_ios16_fp16.mlpackage");
+    let out = validate(&[pkg.as_os_str(), "--against".as_ref(), pkg.as_os_str(), "--seed".as_ref(), "7".as_ref()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all outputs within tolerance"));
+}
+
+#[test]
+fn bad_input_is_exit_2_with_one_line() {
+    let pkg = fixture("mlp_ios16_fp16.mlpackage");
+    let wrong = fixture("convnet.inputs.npz");
+    let e = fixture("mlp.outputs.npz");
+    let missing = root().join("nope.npz");
+    let pt = root().join("fixtures/torchscript/mlp.pt");
+    for args in [
+        vec![pkg.as_os_str(), "--inputs".as_ref(), wrong.as_os_str(), "--expected".as_ref(), e.as_os_str()],
+        vec![pkg.as_os_str(), "--inputs".as_ref(), missing.as_os_str(), "--expected".as_ref(), e.as_os_str()],
+        vec![pkg.as_os_str(), "--reference".as_ref(), pt.as_os_str()],
+    ] {
+        let out = validate(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

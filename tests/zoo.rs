@@ -1,0 +1,64 @@
+//! The model zoo end to end (built by `fixtures/zoo/make.py` into `$T2C_ZOO`, which `make setup`
+//! does): every traced torchvision and Hugging Face model converts with `convert`, every package
+//! passes coremltools 9.0's type-check, and every package run in our interpreter agrees with the
+//! outputs PyTorch saved for the same inputs (`validate --expected`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn zoo() -> PathBuf {
+    let dir = std::env::var_os("T2C_ZOO").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/torch2coreml/zoo")
+    });
+    assert!(dir.is_dir(), "{} is missing: run `make setup` (make test does)", dir.display());
+    dir
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_torch2coreml"))
+}
+
+#[test]
+#[ignore = "needs the zoo and coremltools from `make setup`; `make test` runs it"]
+fn every_zoo_model_converts_type_checks_and_matches_torch() {
+    let zoo = zoo();
+    let mut models: Vec<String> = std::fs::read_dir(&zoo)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".pt").map(str::to_string))
+        .collect();
+    models.sort();
+    assert!(models.len() >= 20, "zoo has {} models: {models:?}", models.len());
+    let out = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let mut pkgs = Vec::new();
+    for m in &models {
+        let pkg = out.path().join(format!("{m}.mlpackage"));
+        let inputs = zoo.join(format!("{m}.inputs.npz"));
+        let c = bin().arg("convert").arg(zoo.join(format!("{m}.pt"))).arg("-o").arg(&pkg).arg("--example").arg(&inputs).output().unwrap();
+        if !c.status.success() {
+            failures.push(format!("{m}: convert: {}", String::from_utf8_lossy(&c.stderr)));
+            continue;
+        }
+        let v = bin()
+            .arg("validate")
+            .arg(&pkg)
+            .arg("--inputs")
+            .arg(&inputs)
+            .arg("--expected")
+            .arg(zoo.join(format!("{m}.outputs.npz")))
+            .args(["--format", "json"])
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap_or_default();
+        let cosine_ok = report["outputs"].as_array().is_some_and(|o| o.iter().all(|r| r["cosine"].as_f64().unwrap_or(0.0) >= 0.9999));
+        if !v.status.success() || report["pass"] != true || !cosine_ok {
+            failures.push(format!("{m}: validate: {} {}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr)));
+        }
+        pkgs.push(pkg);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(root.join(".venv/bin/python")).arg(root.join("tests/oracle/validate_mlpackage.py")).args(&pkgs).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    failures.extend(text.lines().filter(|l| !l.starts_with("OK:")).map(str::to_string));
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
