@@ -61,7 +61,7 @@ fn report(model: &Model) -> anyhow::Result<Report> {
         for t in op.attributes.values() {
             if blob::stored_in_blob(t.dtype(), t.len(), main.opset) {
                 weights += 1;
-                weight_bytes += t.bytes().len();
+                weight_bytes += t.byte_len();
             }
         }
     }

@@ -240,7 +240,11 @@ impl Builder {
     /// `const` ops named like the op would have named them.
     fn try_fold(&mut self, def: &'static OpDef, op: &Operation, inferred: &[TensorType]) -> Result<Option<Vec<Var>>, TypeError> {
         let small = inferred.iter().all(|t| t.num_elements().is_some_and(|n| n <= FOLD_MAX_ELEMENTS));
-        if !self.fold || !small {
+        let all_const = op.inputs.iter().flat_map(|(_, b)| b).all(|a| match a {
+            Argument::Name(n) => self.env.consts.contains_key(n),
+            Argument::Value(_) => true,
+        });
+        if !self.fold || !small || !all_const {
             return Ok(None);
         }
         let mut arrays: Vec<(&str, Vec<ops::Array>)> = Vec::with_capacity(op.inputs.len());

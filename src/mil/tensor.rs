@@ -3,8 +3,12 @@
 //! them (fp16 as IEEE binary16 bits, sub-byte types packed LSB-first), so writing a package is a
 //! copy and reading one back is bit-exact. Bytes are owned or a slice of a memory-mapped file
 //! (`package::read` maps weight.bin; loaders map `.pt`/`.safetensors`), never a second copy.
+//! An fp16 weight cast from mapped fp32 data stays lazy ([`Tensor::f16_of`]): it is converted
+//! chunk by chunk while `package::write` streams it, so converting never holds the model twice.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::io::{self, Write};
 use std::sync::Arc;
 
 use half::f16;
@@ -16,7 +20,12 @@ use super::types::{DType, TensorType};
 enum Bytes {
     Owned(Arc<Vec<u8>>),
     Mapped { map: Arc<memmap2::Mmap>, start: usize, len: usize },
+    /// fp16 values computed on demand from an fp32 tensor (round to nearest even).
+    F16Of(Arc<Tensor>),
 }
+
+/// Elements converted per step when streaming a lazy fp16 cast (64 K elements = 128 KB out).
+const CAST_CHUNK_ELEMENTS: usize = 1 << 16;
 
 /// Element storage: raw bytes for every numeric/bool dtype, or a list of strings.
 #[derive(Clone)]
@@ -100,6 +109,15 @@ impl Tensor {
         Self::from_le(DType::Bool, shape, values.iter().map(|&b| u8::from(b)).collect())
     }
 
+    /// `src` (fp32) as fp16, converted lazily: reading [`Tensor::bytes`] converts on demand and
+    /// [`Tensor::write_le`] converts while writing. Other dtypes are returned unchanged.
+    pub fn f16_of(src: &Tensor) -> Tensor {
+        if src.dtype != DType::F32 {
+            return src.clone();
+        }
+        Tensor { dtype: DType::F16, shape: src.shape.clone(), data: Data::Raw(Bytes::F16Of(Arc::new(src.clone()))) }
+    }
+
     /// A rank-1 int32 tensor: the usual form of `axes`, `perm`, `shape`, `strides`.
     pub fn i32_vec(values: &[i32]) -> Tensor {
         Self::from_i32(&[values.len()], values)
@@ -166,12 +184,55 @@ impl Tensor {
         TensorType::new(self.dtype, &self.shape)
     }
 
-    /// Raw little-endian element bytes; empty for string tensors.
-    pub fn bytes(&self) -> &[u8] {
+    /// Raw little-endian element bytes (borrowed, or computed for a lazy cast); empty for strings.
+    pub fn bytes(&self) -> Cow<'_, [u8]> {
         match &self.data {
-            Data::Raw(Bytes::Owned(v)) => v,
-            Data::Raw(Bytes::Mapped { map, start, len }) => &map[*start..*start + *len],
-            Data::Strings(_) => &[],
+            Data::Raw(Bytes::Owned(v)) => Cow::Borrowed(v.as_slice()),
+            Data::Raw(Bytes::Mapped { map, start, len }) => Cow::Borrowed(&map[*start..*start + *len]),
+            Data::Raw(Bytes::F16Of(src)) => Cow::Owned(f16_bytes(&src.bytes())),
+            Data::Strings(_) => Cow::Borrowed(&[]),
+        }
+    }
+
+    /// Number of bytes [`Tensor::bytes`] holds, without computing them.
+    pub fn byte_len(&self) -> usize {
+        match &self.data {
+            Data::Raw(Bytes::Owned(v)) => v.len(),
+            Data::Raw(Bytes::Mapped { len, .. }) => *len,
+            Data::Raw(Bytes::F16Of(src)) => src.byte_len() / 2,
+            Data::Strings(_) => 0,
+        }
+    }
+
+    /// Streams the element bytes to `w`; a lazy cast converts chunk by chunk. Then tells the OS
+    /// that mapped source pages are no longer needed, so resident memory tracks one tensor.
+    /// Called by `package::blob::BlobWriter`.
+    pub fn write_le(&self, w: &mut dyn Write) -> io::Result<()> {
+        match &self.data {
+            Data::Raw(Bytes::F16Of(src)) => {
+                let b = src.bytes();
+                for chunk in b.chunks(CAST_CHUNK_ELEMENTS * 4) {
+                    w.write_all(&f16_bytes(chunk))?;
+                }
+                src.release_pages();
+                Ok(())
+            }
+            _ => {
+                w.write_all(&self.bytes())?;
+                self.release_pages();
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops this tensor's pages of a memory-mapped file from the process (they are read again
+    /// from the file if touched later). A no-op for owned data.
+    fn release_pages(&self) {
+        if let Data::Raw(Bytes::Mapped { map, start, len }) = &self.data {
+            // SAFETY: the mapping is read-only and backed by a file nobody writes while we run;
+            // MADV_DONTNEED on it only drops resident pages, and later reads fault them back in
+            // with the same contents. Failure is harmless (the pages just stay resident).
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *start, *len) };
         }
     }
 
@@ -194,6 +255,7 @@ impl Tensor {
     /// Values as f32 for fp16/fp32/fp64 tensors; `None` for other dtypes.
     pub fn to_f32_vec(&self) -> Option<Vec<f32>> {
         let b = self.bytes();
+        let b: &[u8] = &b;
         Some(match self.dtype {
             DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             DType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
@@ -209,6 +271,7 @@ impl Tensor {
     /// Used by type inference to read `axes`, `perm`, `shape` and friends.
     pub fn to_i64_vec(&self) -> Option<Vec<i64>> {
         let b = self.bytes();
+        let b: &[u8] = &b;
         Some(match self.dtype {
             DType::Bool | DType::U8 => b.iter().map(|&v| i64::from(v)).collect(),
             DType::I8 => b.iter().map(|&v| i64::from(v as i8)).collect(),
@@ -256,9 +319,27 @@ impl fmt::Debug for Tensor {
     }
 }
 
+/// fp32 little-endian bytes → fp16 little-endian bytes (round to nearest even).
+fn f16_bytes(f32_le: &[u8]) -> Vec<u8> {
+    f32_le.chunks_exact(4).flat_map(|c| f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lazy_f16_cast_equals_eager_cast_and_streams_the_same_bytes() {
+        let v: Vec<f32> = (0..100_000).map(|i| (i as f32).sin() * 1000.0).collect();
+        let src = Tensor::from_f32(&[1000, 100], &v);
+        let lazy = Tensor::f16_of(&src);
+        let eager = Tensor::from_f32_as_f16(&[1000, 100], &v);
+        assert_eq!(lazy, eager);
+        assert_eq!(lazy.byte_len(), 200_000);
+        let mut out = Vec::new();
+        lazy.write_le(&mut out).unwrap();
+        assert_eq!(out, eager.bytes().as_ref());
+    }
 
     #[test]
     fn fp16_rounds_and_reads_back() {

@@ -106,15 +106,16 @@ impl BlobWriter {
         let pad = align(self.pos) - self.pos;
         self.put(&vec![0u8; pad as usize])?;
         let md = self.pos;
-        let payload = t.bytes();
+        let size = t.byte_len() as u64;
         let mut rec = [0u8; RECORD_BYTES as usize];
         rec[0..4].copy_from_slice(&BLOB_SENTINEL.to_le_bytes());
         rec[4..8].copy_from_slice(&code.to_le_bytes());
-        rec[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+        rec[8..16].copy_from_slice(&size.to_le_bytes());
         rec[16..24].copy_from_slice(&(md + RECORD_BYTES).to_le_bytes());
         rec[24..32].copy_from_slice(&padding_bits(t.dtype(), t.len()).to_le_bytes());
         self.put(&rec)?;
-        self.put(payload)?;
+        t.write_le(&mut self.file).map_err(Error::io(&self.path))?;
+        self.pos += size;
         self.count += 1;
         Ok(md)
     }

@@ -138,7 +138,8 @@ fn value_type_from_proto(v: Option<&pb::ValueType>) -> Result<ValueType, String>
 /// Encodes a tensor as an immediate, in the TensorValue field Core ML expects for its dtype.
 fn immediate(t: &Tensor) -> pb::TensorValue {
     use pb::tensor_value::{RepeatedBools, RepeatedBytes, RepeatedDoubles, RepeatedFloats, RepeatedInts, RepeatedLongInts, RepeatedStrings, Value as V};
-    let b = t.bytes();
+    let bytes = t.bytes();
+    let b: &[u8] = &bytes;
     let value = match t.dtype() {
         DType::F32 => V::Floats(RepeatedFloats {
             values: b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),

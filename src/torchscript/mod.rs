@@ -777,7 +777,7 @@ mod tests {
         assert!(t.mapped().is_none());
         let owned = t.to_tensor().unwrap();
         assert_eq!(owned.shape(), [3, 2]);
-        assert_eq!(owned.bytes(), [0, 3, 1, 4, 2, 5]);
+        assert_eq!(owned.bytes().as_ref(), [0, 3, 1, 4, 2, 5]);
     }
 
     #[test]

@@ -96,7 +96,8 @@ fn rows(t: &Tensor, start: usize, count: usize) -> Result<Tensor, String> {
     let shape = t.shape();
     let row: usize = shape.iter().skip(1).product();
     let bytes_per = t.dtype().storage_bytes(row).ok_or("weight too large")?;
-    let b = t.bytes().get(start * bytes_per..(start + count) * bytes_per).ok_or("weight rows out of range")?;
+    let all = t.bytes();
+    let b = all.get(start * bytes_per..(start + count) * bytes_per).ok_or("weight rows out of range")?;
     let mut s = shape.to_vec();
     s[0] = count;
     Tensor::from_bytes(t.dtype(), &s, b.to_vec()).map_err(|e| e.to_string())

@@ -9,8 +9,6 @@ mod elementwise;
 mod nn;
 mod shape;
 
-use half::f16;
-
 use crate::mil::builder::{Builder, Var};
 use crate::mil::ops::OpDef;
 use crate::mil::{DType, Tensor, TensorType};
@@ -275,12 +273,12 @@ impl Lower {
         if !t.dtype().is_float() || t.dtype() == self.dtype {
             return Ok(t.clone());
         }
+        if t.dtype() == DType::F32 && self.dtype == DType::F16 {
+            return Ok(Tensor::f16_of(t));
+        }
         let v = t.to_f32_vec().ok_or_else(|| format!("cannot read {} values", t.dtype()))?;
         Ok(match self.dtype {
-            DType::F16 => {
-                let bytes = v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect();
-                Tensor::from_bytes(DType::F16, t.shape(), bytes).map_err(|e| e.to_string())?
-            }
+            DType::F16 => Tensor::from_f32_as_f16(t.shape(), &v),
             _ => Tensor::from_f32(t.shape(), &v),
         })
     }
