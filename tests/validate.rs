@@ -82,3 +82,33 @@ fn bad_input_is_exit_2_with_one_line() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+/// x · 300 · 300 overflows fp16 (9e4 > 65504) although every input is small: `--per-op` must name
+/// the second `mul` (and only ops from there on), while the same program at fp32 is clean.
+#[test]
+fn per_op_names_the_op_where_fp16_overflows() {
+    use torch2coreml::mil::builder::Builder;
+    use torch2coreml::mil::ops::{elementwise as ew, norm};
+    use torch2coreml::mil::{DType, Model, Opset, Program, Tensor, TensorType};
+    let dir = tempfile::tempdir().unwrap();
+    let mut reports = Vec::new();
+    for dt in [DType::F16, DType::F32] {
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType::new(dt, &[1, 8]));
+        let y = b.op(&ew::MUL, "scale_a").arg("x", &x).konst("y", Tensor::float_scalar(dt, 300.0)).build1().unwrap();
+        let z = b.op(&ew::MUL, "scale_b").arg("x", &y).konst("y", Tensor::float_scalar(dt, 300.0)).build1().unwrap();
+        let n = b.op(&norm::LAYER_NORM, "norm").arg("x", &z).konst("axes", Tensor::i32_vec(&[-1])).build1().unwrap();
+        let pkg = dir.path().join(format!("{dt}.mlpackage"));
+        torch2coreml::package::write(&Model::new(Program::with_main(b.finish(&[n]))), &pkg).unwrap();
+        let out = validate(&[pkg.as_os_str(), "--per-op".as_ref(), "--seed".as_ref(), "3".as_ref(), "--format".as_ref(), "json".as_ref()]);
+        reports.push((out.status.code(), serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()));
+    }
+    let (code16, j16) = &reports[0];
+    assert_eq!(*code16, Some(1), "{j16}");
+    let first = &j16["ops"][0];
+    assert_eq!((first["op"].as_str(), first["op_type"].as_str()), (Some("scale_b"), Some("mul")), "{j16}");
+    assert!(first["fp32_peak"].as_f64().unwrap() > 65504.0 || first["non_finite"].as_u64().unwrap() > 0, "{j16}");
+    assert!(j16["ops"].as_array().unwrap().iter().all(|o| o["op"] != "scale_a"), "{j16}");
+    let (code32, j32) = &reports[1];
+    assert_eq!((*code32, j32["pass"].as_bool()), (Some(0), Some(true)), "{j32}");
+}

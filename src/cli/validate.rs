@@ -1,7 +1,8 @@
 //! `torch2coreml validate PACKAGE`: runs the package in our MIL interpreter (no Core ML runtime
-//! needed) and compares its outputs with a reference: saved outputs (`--expected`), or another
-//! package run on the same inputs (`--against`). Reports drift per output; exit 1 when any
-//! output is out of tolerance. Used in CI.
+//! needed) and compares its outputs with a reference: the source TorchScript model run in
+//! PyTorch on the same inputs (`--reference`, through `reference`; needs the cargo feature
+//! `torch`), saved outputs (`--expected`), or another package run on the same inputs
+//! (`--against`). Reports drift per output; exit 1 when any output is out of tolerance. Used in CI.
 
 use std::path::PathBuf;
 
@@ -40,13 +41,53 @@ pub struct Args {
     /// Relative tolerance (default: 0.05 for fp16 packages, 0.001 for fp32).
     #[arg(long)]
     pub rtol: Option<f64>,
+    /// Find where drift starts: run once in fp32, then each op at the package's precision on
+    /// the fp32 values of its inputs; list the ops that drift past tolerance, overflow or turn NaN.
+    #[arg(long)]
+    pub per_op: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }
 
+/// Most drifting ops listed in the text report of `--per-op` (JSON lists all).
+const PER_OP_SHOWN: usize = 10;
+
+/// `--per-op`: the ops where fp16 drift starts, in program order.
+fn run_per_op(args: &Args, main: &torch2coreml::mil::Function, inputs: &[(String, interp::Array)]) -> anyhow::Result<ExitStatus> {
+    let (atol0, rtol0) = validate::default_tolerances(main);
+    let (atol, rtol) = (args.atol.unwrap_or(atol0), args.rtol.unwrap_or(rtol0));
+    let drifts = validate::per_op(main, inputs, atol, rtol).with_context(|| format!("running {}", args.package.display()))?;
+    let text = match args.format {
+        Format::Json => output::json(&json!({ "ops": drifts, "pass": drifts.is_empty(), "atol": atol, "rtol": rtol })),
+        Format::Text => {
+            let mut s = format!("{}  per-op drift at package precision (atol {atol}, rtol {rtol})\n", args.package.display());
+            if drifts.is_empty() {
+                s += "no op drifts past tolerance, overflows or turns NaN\n";
+            }
+            for d in drifts.iter().take(PER_OP_SHOWN) {
+                let why = if d.non_finite > 0 {
+                    format!("{} values inf/NaN", d.non_finite)
+                } else if d.fp32_peak > validate::FP16_MAX {
+                    format!("fp32 peak {:.3e} overflows fp16", d.fp32_peak)
+                } else {
+                    format!("max abs {:.3e}, max rel {:.3e}", d.max_abs, d.max_rel)
+                };
+                s += &format!("  {:<16} {:<40} {why}\n", d.op_type, d.op);
+            }
+            if drifts.len() > PER_OP_SHOWN {
+                s += &format!("  … and {} more (see --format json)\n", drifts.len() - PER_OP_SHOWN);
+            }
+            s
+        }
+    };
+    output::print(&text)?;
+    Ok(if drifts.is_empty() { ExitStatus::Success } else { ExitStatus::Failure })
+}
+
 /// Runs `validate`.
 pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
+    #[cfg(not(feature = "torch"))]
     if let Some(model) = &args.reference {
         bail!(
             "{}: validating against a TorchScript model needs PyTorch, and this build has no `torch` feature; \
@@ -55,7 +96,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
             model.display()
         );
     }
-    if args.expected.is_none() && args.against.is_none() {
+    if !args.per_op && args.reference.is_none() && args.expected.is_none() && args.against.is_none() {
         bail!("give a reference: --expected OUTPUTS.npz (with --inputs), --against OTHER.mlpackage, or --reference MODEL.pt");
     }
     let model = package::read(&args.package)?;
@@ -64,18 +105,24 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         Some(p) => validate::inputs_from(main, npz::read(p)?).with_context(|| format!("{}", p.display()))?,
         None => validate::random_inputs(main, args.seed)?,
     };
+    if args.per_op {
+        return run_per_op(args, main, &inputs);
+    }
     let outputs = interp::run(main, &inputs).with_context(|| format!("running {}", args.package.display()))?;
-    let reference = match (&args.expected, &args.against) {
-        (Some(p), _) => npz::read(p)?
+    let reference = match (&args.reference, &args.expected, &args.against) {
+        // The same arrays the package got; `reference::run` gives them torch's dtypes (fp32, int64).
+        #[cfg(feature = "torch")]
+        (Some(pt), _, _) => torch2coreml::reference::run(pt, &inputs)?,
+        (_, Some(p), _) => npz::read(p)?
             .into_iter()
             .map(|(n, t)| interp::Array::from_tensor(&t).map(|a| (n.clone(), a)).map_err(|e| anyhow::anyhow!("{}: array `{n}`: {e}", p.display())))
             .collect::<anyhow::Result<Vec<_>>>()?,
-        (None, Some(other)) => {
+        (_, None, Some(other)) => {
             let m = package::read(other)?;
             let f = m.program.main().context("the other package has no main function")?;
             interp::run(f, &inputs).with_context(|| format!("running {}", other.display()))?
         }
-        (None, None) => unreachable!("checked above"),
+        _ => unreachable!("checked above: one reference is given, and --reference only with the torch feature"),
     };
     let (atol0, rtol0) = validate::default_tolerances(main);
     let (atol, rtol) = (args.atol.unwrap_or(atol0), args.rtol.unwrap_or(rtol0));

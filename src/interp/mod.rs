@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use crate::mil::ops::{self, EvalArgs, EvalError};
-use crate::mil::{Argument, DType, Dim, Function, ValueType};
+use crate::mil::{Argument, DType, Dim, Function, ValueType, Opset, Operation};
 use crate::numeric;
 
 pub use crate::mil::ops::eval::{Array, Data};
@@ -84,70 +84,8 @@ pub fn run_with(
     }
 
     for (i, op) in block.operations.iter().enumerate() {
-        if !op.blocks.is_empty() {
-            return Err(Error::ControlFlow(op.name.clone()));
-        }
-        let def =
-            ops::lookup(&op.op_type, function.opset).ok_or_else(|| Error::Unsupported(vec![op.op_type.clone()]))?;
-        let mut inline: Vec<Array> = Vec::new();
-        for (_, args) in &op.inputs {
-            for arg in args {
-                if let Argument::Value(t) = arg {
-                    let a = Array::from_tensor(t).map_err(|m| Error::Eval {
-                        op: op.name.clone(),
-                        source: EvalError::Invalid { op: op.op_type.clone(), message: m },
-                    })?;
-                    inline.push(a);
-                }
-            }
-        }
-        let outputs = {
-            let mut next_inline = inline.iter();
-            let mut args = Vec::with_capacity(op.inputs.len());
-            for (param, bound) in &op.inputs {
-                let mut values = Vec::with_capacity(bound.len());
-                for arg in bound {
-                    values.push(match arg {
-                        Argument::Name(n) => {
-                            env.get(n).ok_or_else(|| Error::Undefined { op: op.name.clone(), value: n.clone() })?
-                        }
-                        Argument::Value(_) => next_inline
-                            .next()
-                            .ok_or_else(|| Error::Undefined { op: op.name.clone(), value: param.clone() })?,
-                    });
-                }
-                args.push((param.as_str(), values));
-            }
-            let eval_args = EvalArgs { op: &op.op_type, opset: function.opset, args, attributes: &op.attributes };
-            (def.eval)(&eval_args).map_err(|source| Error::Eval { op: op.name.clone(), source })?
-        };
-        if outputs.len() != op.outputs.len() {
-            return Err(Error::OutputMismatch {
-                op: op.name.clone(),
-                op_type: op.op_type.clone(),
-                output: op.outputs.first().map(|o| o.name.clone()).unwrap_or_default(),
-                declared: format!("{} outputs", op.outputs.len()),
-                got: format!("{} outputs", outputs.len()),
-            });
-        }
-        for (mut value, decl) in outputs.into_iter().zip(&op.outputs) {
-            let ty = decl.ty.tensor();
-            let shape_ok = ty.rank() == value.shape.len()
-                && ty.shape.iter().zip(&value.shape).all(|(d, &n)| matches!(d, Dim::Unknown) || *d == Dim::Fixed(n));
-            if !shape_ok || ty.dtype != value.dtype {
-                return Err(Error::OutputMismatch {
-                    op: op.name.clone(),
-                    op_type: op.op_type.clone(),
-                    output: decl.name.clone(),
-                    declared: ty.to_string(),
-                    got: format!("{} {:?}", value.dtype, value.shape),
-                });
-            }
-            if compute == Compute::AsDeclared && value.dtype == DType::F16 {
-                if let Data::F32(v) = &mut value.data {
-                    numeric::fp16::round_slice(v);
-                }
-            }
+        let outputs = eval_op(op, function.opset, &env, compute)?;
+        for (value, decl) in outputs.into_iter().zip(&op.outputs) {
             observe(&decl.name, &value);
             env.insert(decl.name.clone(), value);
         }
@@ -168,6 +106,79 @@ pub fn run_with(
         .collect()
 }
 
+
+/// Runs one op on values looked up in `env` (by name), checks its outputs against the declared
+/// types, and rounds fp16 outputs unless `compute` is `Fp32`. Used by [`run_with`] and by
+/// `validate --per-op`, which feeds each op the fp32 values of its inputs.
+pub fn eval_op(op: &Operation, opset: Opset, env: &HashMap<String, Array>, compute: Compute) -> Result<Vec<Array>, Error> {
+    if !op.blocks.is_empty() {
+        return Err(Error::ControlFlow(op.name.clone()));
+    }
+let def =
+    ops::lookup(&op.op_type, opset).ok_or_else(|| Error::Unsupported(vec![op.op_type.clone()]))?;
+    let mut inline: Vec<Array> = Vec::new();
+    for (_, args) in &op.inputs {
+        for arg in args {
+            if let Argument::Value(t) = arg {
+                let a = Array::from_tensor(t).map_err(|m| Error::Eval {
+                    op: op.name.clone(),
+                    source: EvalError::Invalid { op: op.op_type.clone(), message: m },
+                })?;
+                inline.push(a);
+            }
+        }
+    }
+    let outputs = {
+        let mut next_inline = inline.iter();
+        let mut args = Vec::with_capacity(op.inputs.len());
+        for (param, bound) in &op.inputs {
+            let mut values = Vec::with_capacity(bound.len());
+            for arg in bound {
+                values.push(match arg {
+                    Argument::Name(n) => {
+                        env.get(n).ok_or_else(|| Error::Undefined { op: op.name.clone(), value: n.clone() })?
+                    }
+                    Argument::Value(_) => next_inline
+                        .next()
+                        .ok_or_else(|| Error::Undefined { op: op.name.clone(), value: param.clone() })?,
+                });
+            }
+            args.push((param.as_str(), values));
+        }
+        let eval_args = EvalArgs { op: &op.op_type, opset, args, attributes: &op.attributes };
+        (def.eval)(&eval_args).map_err(|source| Error::Eval { op: op.name.clone(), source })?
+    };
+    if outputs.len() != op.outputs.len() {
+        return Err(Error::OutputMismatch {
+            op: op.name.clone(),
+            op_type: op.op_type.clone(),
+            output: op.outputs.first().map(|o| o.name.clone()).unwrap_or_default(),
+            declared: format!("{} outputs", op.outputs.len()),
+            got: format!("{} outputs", outputs.len()),
+        });
+    }
+let mut outputs = outputs;
+for (value, decl) in outputs.iter_mut().zip(&op.outputs) {
+        let ty = decl.ty.tensor();
+        let shape_ok = ty.rank() == value.shape.len()
+            && ty.shape.iter().zip(&value.shape).all(|(d, &n)| matches!(d, Dim::Unknown) || *d == Dim::Fixed(n));
+        if !shape_ok || ty.dtype != value.dtype {
+            return Err(Error::OutputMismatch {
+                op: op.name.clone(),
+                op_type: op.op_type.clone(),
+                output: decl.name.clone(),
+                declared: ty.to_string(),
+                got: format!("{} {:?}", value.dtype, value.shape),
+            });
+        }
+        if compute == Compute::AsDeclared && value.dtype == DType::F16 {
+            if let Data::F32(v) = &mut value.data {
+                numeric::fp16::round_slice(v);
+            }
+        }
+    }
+    Ok(outputs)
+}
 /// Every op type in `function` (nested blocks included) that has no kernel, sorted, each once.
 pub fn unsupported_ops(function: &Function) -> Vec<String> {
     let mut out: Vec<String> = function

@@ -140,3 +140,72 @@ pub const FP16_RTOL: f64 = 5e-2;
 pub const FP32_ATOL: f64 = 1e-3;
 /// See [`FP32_ATOL`].
 pub const FP32_RTOL: f64 = 1e-3;
+
+/// One op whose output, computed at the package's precision from the fp32 values of its inputs,
+/// departs from the fp32 result: where fp16 drift starts.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpDrift {
+    /// MIL op name (for ops we converted: the TorchScript value or module path it came from).
+    pub op: String,
+    pub op_type: String,
+    pub output: String,
+    pub max_abs: f64,
+    pub max_rel: f64,
+    /// Largest magnitude in the fp32 result; above fp16's range means overflow on device.
+    pub fp32_peak: f64,
+    /// Elements that became inf or NaN at package precision while finite in fp32.
+    pub non_finite: usize,
+}
+
+/// Largest finite fp16 value; fp32 intermediates beyond it overflow to inf on an fp16 device.
+pub const FP16_MAX: f64 = 65504.0;
+
+/// `validate --per-op`: runs `function` once in fp32, then re-evaluates every op at the declared
+/// precision on the fp32 values of its inputs (rounded to fp16 where the input is fp16), and
+/// returns the ops whose outputs fail allclose(atol, rtol), overflow fp16, or turn non-finite,
+/// in program order. Isolating each op this way names where drift starts, not where it shows.
+pub fn per_op(function: &Function, inputs: &[(String, Array)], atol: f64, rtol: f64) -> Result<Vec<OpDrift>, Error> {
+    use std::collections::HashMap;
+    let mut fp32: HashMap<String, Array> = inputs.iter().cloned().collect();
+    interp::run_with(function, inputs, interp::Compute::Fp32, &mut |name, a| {
+        fp32.insert(name.to_string(), a.clone());
+    })?;
+    let mut found = Vec::new();
+    for op in &function.block.operations {
+        let float_out = op.outputs.iter().any(|o| o.ty.tensor().dtype.is_float());
+        if op.op_type == "const" || !float_out {
+            continue;
+        }
+        let mut local: HashMap<String, Array> = HashMap::new();
+        for (_, args) in &op.inputs {
+            for a in args {
+                let crate::mil::Argument::Name(n) = a else { continue };
+                let Some(v) = fp32.get(n) else { continue };
+                let mut v = v.clone();
+                if let (DType::F16, Data::F32(x)) = (v.dtype, &mut v.data) {
+                    crate::numeric::fp16::round_slice(x);
+                }
+                local.insert(n.clone(), v);
+            }
+        }
+        let outs = interp::eval_op(op, function.opset, &local, interp::Compute::AsDeclared)?;
+        for (got, decl) in outs.iter().zip(&op.outputs) {
+            let Some(want) = fp32.get(&decl.name) else { continue };
+            let (e, a) = (as_f64(want), as_f64(got));
+            let d = metrics::compare(&e, &a, atol, rtol);
+            let peak = e.iter().fold(0f64, |m, x| m.max(x.abs()));
+            if !d.pass || (got.dtype == DType::F16 && peak > FP16_MAX) {
+                found.push(OpDrift {
+                    op: op.name.clone(),
+                    op_type: op.op_type.clone(),
+                    output: decl.name.clone(),
+                    max_abs: d.max_abs,
+                    max_rel: d.max_rel,
+                    fp32_peak: peak,
+                    non_finite: d.non_finite,
+                });
+            }
+        }
+    }
+    Ok(found)
+}
