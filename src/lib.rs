@@ -9,6 +9,9 @@
 pub mod numeric;
 pub mod mil;
 pub mod package;
+pub mod passes;
 pub mod torchscript;
 pub mod interp;
 pub mod validate;
+#[cfg(feature = "torch")]
+pub mod reference;

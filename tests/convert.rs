@@ -75,6 +75,7 @@ fn json_summary_reports_the_conversion() {
     assert!(out.status.success());
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((j["ops"].as_u64(), j["spec_version"].as_u64(), j["precision"].as_str()), (Some(3), Some(7), Some("fp16")));
+    assert_eq!(j["passes"][0]["name"], "dead-code");
 }
 
 #[test]

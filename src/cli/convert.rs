@@ -13,6 +13,7 @@ use super::progress::Progress;
 use super::ExitStatus;
 use torch2coreml::mil::{DType, Model, Opset, Program, TensorType};
 use torch2coreml::package;
+use torch2coreml::passes;
 use torch2coreml::torchscript::{self, graph};
 use torch2coreml::validate::npz;
 
@@ -102,7 +103,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     progress.stage("reading TorchScript");
     let archive = torchscript::read(&args.model)?;
     progress.stage("lowering to MIL");
-    let main = graph::to_mil(&archive, &inputs, &graph::Options { opset, precision })?;
+    let mut main = graph::to_mil(&archive, &inputs, &graph::Options { opset, precision })?;
+    progress.stage("optimizing");
+    let passes = passes::run(&mut main)?;
     let mut model = Model::new(Program::with_main(main));
     model.metadata.user_defined.insert("torch2coreml.version".into(), env!("CARGO_PKG_VERSION").into());
     model.metadata.user_defined.insert("torch2coreml.source".into(), args.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
@@ -124,6 +127,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
             "consts": ops.len() - compute_ops,
             "weight_bytes": summary.weight_bytes,
             "seconds": seconds,
+            "passes": passes.iter().map(|(name, c)| json!({"name": name, "changes": c})).collect::<Vec<_>>(),
         })),
         Format::Text => format!(
             "wrote {} ({} ops, {} of weights, {}, {precision}) in {seconds:.2} s\n",

@@ -1,0 +1,57 @@
+//! IR → IR rewrites, run in a fixed order by [`run`]. Each pass is one [`Pass`] in its own file
+//! and reports what it changed, so `convert --format json` can list them. Called by `convert`
+//! after lowering and before `package::write`.
+
+pub mod dead_code;
+
+use serde::Serialize;
+
+use crate::mil::Function;
+
+/// What one pass did to a function.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Changes {
+    /// Ops in the function before and after the pass.
+    pub ops_before: usize,
+    pub ops_after: usize,
+    /// Ops removed because nothing used their outputs.
+    pub removed: usize,
+}
+
+/// Why a pass could not run (the function is left unchanged).
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("pass `{pass}`: {message}")]
+pub struct PassError {
+    pub pass: &'static str,
+    pub message: String,
+}
+
+/// One rewrite: a name (kebab-case, stable) and the function that applies it.
+pub struct Pass {
+    pub name: &'static str,
+    pub run: fn(&mut Function) -> Result<Changes, PassError>,
+}
+
+/// Every pass, in the order they run. Cleanup first so later rewrites see canonical graphs.
+pub const PIPELINE: &[Pass] = &[
+    // Drops ops nothing reads: parameter consts of folded ops, unused traced values.
+    dead_code::PASS,
+];
+
+/// Runs [`PIPELINE`] on `f`, returning each pass's name and changes in order.
+pub fn run(f: &mut Function) -> Result<Vec<(&'static str, Changes)>, PassError> {
+    PIPELINE.iter().map(|p| (p.run)(f).map(|c| (p.name, c))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_names_are_unique_kebab_case() {
+        for (i, p) in PIPELINE.iter().enumerate() {
+            assert!(p.name.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{}", p.name);
+            assert!(PIPELINE[i + 1..].iter().all(|q| q.name != p.name), "{} twice", p.name);
+        }
+    }
+}
