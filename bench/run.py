@@ -1,0 +1,109 @@
+"""`make bench`: runs both benchmarks in one process tree and writes bench/RESULTS.md (also
+printed): part 1 `torch2coreml convert` vs coremltools on Whisper encoders
+(bench/convert_bench.py), part 2 the MIL interpreter vs libtorch CPU (bench/interp_bench.py),
+with the machine, versions and load average they ran under.
+
+Run: `.venv/bin/python bench/run.py BENCH_DIR [RESULTS.md]` after bench/make_whisper.py and
+bench/make_resnet.py have filled BENCH_DIR and the release binary and the `bench_interp`
+example are built (the Makefile's `bench` target does all of this). Progress goes to stderr.
+"""
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import convert_bench
+import interp_bench
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_RESULTS = os.path.join(REPO, "bench", "RESULTS.md")
+GIB = 1024 ** 3
+
+
+def log(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit():
+    def git(*args):
+        return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True,
+                              check=False).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" (with uncommitted changes)" if git("status", "--porcelain") else "")
+
+
+def load():
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv):
+    if len(argv) not in (2, 3):
+        sys.exit(f"usage: {argv[0]} BENCH_DIR [RESULTS.md]")
+    bench_dir = argv[1]
+    results = argv[2] if len(argv) == 3 else DEFAULT_RESULTS
+    start = time.time()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_before = load()
+
+    log("part 1: convert, ours vs coremltools")
+    convert_rows = convert_bench.measure_all(bench_dir, log)
+    log("part 2: interpreter vs libtorch")
+    interp_rows = interp_bench.measure_all(bench_dir, log)
+    total = time.time() - start
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    text = f"""# torch2coreml benchmarks
+
+Written by `make bench` (bench/run.py); regenerate, do not edit.
+
+- date: {date}; commit {git_commit()}
+- machine: {os.cpu_count()} CPUs (nproc), {cpu_model()}, {ram:.1f} GiB RAM, {platform.system()} {platform.release()}
+- torch {importlib.metadata.version("torch")}, coremltools {importlib.metadata.version("coremltools")}, Python {platform.python_version()}
+- load average (1/5/15 min) before: {load_before}; after: {load()}. Other processes on the machine skew timings, libtorch with several threads most.
+- benchmark time: {total:.0f} s
+
+## 1. Convert: `torch2coreml convert` vs `coremltools.convert`
+
+Traced Whisper encoders (random weights), input `input_features` [1, 80, 3000], ML Program,
+iOS16, fp16. Each conversion is its own process; wall seconds and peak RSS (`ru_maxrss`) are
+the process's. "process" is the coremltools process's wall time including Python and library
+imports (what a build step pays); "convert call" is torch.jit.load + ct.convert + save alone.
+Speedups divide by our median. MB = 10^6 bytes.
+
+{convert_bench.table(convert_rows)}
+
+## 2. Interpreter vs libtorch CPU
+
+Median of {interp_bench.RUNS} runs after warm-up. Interpreter: `examples/bench_interp.rs`
+(`interp::run`, one thread) on our package at `--precision fp16` (every op output rounded to
+fp16) and `--precision fp32`. libtorch: `torch.jit.load` of the same `.pt`, `torch.set_num_threads`,
+`torch.inference_mode`. The goal divides by libtorch with {interp_bench.TORCH_THREADS} threads;
+the 1-thread ratios compare like with like (the interpreter uses one thread) and hold up better
+when the load average exceeds the CPU count, where multi-threaded libtorch slows down most.
+Inputs: resnet18 [1, 3, 224, 224]; whisper-tiny encoder [1, 80, 3000].
+
+{interp_bench.table(interp_rows)}
+"""
+    with open(results, "w") as f:
+        f.write(text)
+    print(text)
+    log(f"wrote {results}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
