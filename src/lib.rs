@@ -12,6 +12,7 @@ pub mod package;
 pub mod passes;
 pub mod torchscript;
 pub mod interp;
+pub mod lint;
 pub mod validate;
 #[cfg(feature = "torch")]
 pub mod reference;

@@ -51,7 +51,7 @@ pub enum Precision {
 }
 
 /// Parses one `--input` value.
-fn parse_input(s: &str) -> anyhow::Result<graph::InputSpec> {
+pub(super) fn parse_input(s: &str) -> anyhow::Result<graph::InputSpec> {
     let parts: Vec<&str> = s.split(':').collect();
     let (name, dims, dtype) = match parts.as_slice() {
         [name, dims] => (*name, *dims, "fp32"),

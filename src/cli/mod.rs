@@ -3,6 +3,7 @@
 
 mod convert;
 mod inspect;
+mod lint;
 mod output;
 mod progress;
 mod validate;
@@ -35,6 +36,9 @@ pub enum Command {
     Validate(validate::Args),
     /// Show a package's signature, spec version, opset, op histogram and weights.
     Inspect(inspect::Args),
+    /// Check a model (.pt or any .mlpackage) for patterns that keep it off the Neural Engine.
+    #[command(name = "lint-ane")]
+    LintAne(lint::Args),
 }
 
 /// Runs one parsed command line. Called by `main`.
@@ -43,5 +47,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Convert(args) => convert::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Validate(args) => validate::run(&args),
+        Command::LintAne(args) => lint::run(&args),
     }
 }
