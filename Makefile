@@ -12,6 +12,8 @@ CT_FIXTURES := fixtures/coremltools/out
 # once into the cache (about 80 s), never committed.
 ZOO := $(CACHE)/zoo
 export T2C_ZOO := $(ZOO)
+# Build with libtorch from the venv's pip torch (the `torch` feature: `validate --reference`).
+TORCH_ENV := PATH=$(abspath .venv/bin):$$PATH LIBTORCH_USE_PYTORCH=1
 RUN_MODEL := fixtures/torchscript/convnet.pt
 RUN_OUT := target/run/ConvNet.mlpackage
 
@@ -37,10 +39,21 @@ fixtures:
 
 # Unit + CLI tests, then the oracle checks (ignored in a plain `cargo test`: they need .venv).
 test: setup
-	cargo test --all-targets -- --include-ignored
+	$(TORCH_ENV) cargo test --features torch --all-targets -- --include-ignored
 
-# The main job on the bundled default: convert a traced model, then inspect the package.
+# The main job on the bundled default: convert a traced model (pure Rust), inspect the
+# package, then validate it against the source model run in PyTorch (the `torch` feature).
 run: setup
 	@mkdir -p target/run
-	cargo run --quiet --release -- convert $(RUN_MODEL) -o $(RUN_OUT) --input x:1x3x6x6:fp32
-	cargo run --quiet --release -- inspect $(RUN_OUT)
+	$(TORCH_ENV) cargo run --features torch --quiet --release -- convert $(RUN_MODEL) -o $(RUN_OUT) --input x:1x3x6x6:fp32
+	$(TORCH_ENV) cargo run --features torch --quiet --release -- inspect $(RUN_OUT)
+	$(TORCH_ENV) cargo run --features torch --quiet --release -- validate $(RUN_OUT) --reference $(RUN_MODEL) --seed 0
+
+# Benchmarks (bench/run.py): convert speed and memory vs coremltools on Whisper encoders, and
+# interpreter time vs libtorch; writes bench/RESULTS.md. Traced models are built once into the
+# cache. About 10 minutes, most of it coremltools on whisper-medium.
+bench: setup
+	cargo build --release --bin torch2coreml --example bench_interp
+	$(PY) bench/make_whisper.py $(CACHE)/bench
+	$(PY) bench/make_resnet.py $(CACHE)/bench
+	$(PY) bench/run.py $(CACHE)/bench

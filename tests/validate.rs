@@ -74,6 +74,8 @@ fn bad_input_is_exit_2_with_one_line() {
     for args in [
         vec![pkg.as_os_str(), "--inputs".as_ref(), wrong.as_os_str(), "--expected".as_ref(), e.as_os_str()],
         vec![pkg.as_os_str(), "--inputs".as_ref(), missing.as_os_str(), "--expected".as_ref(), e.as_os_str()],
+        // Without the torch feature --reference explains how to get it; with it, this .pt
+        // rejects the package's input shape ([2, 16] vs mlp.pt's 8 features). Both are exit 2.
         vec![pkg.as_os_str(), "--reference".as_ref(), pt.as_os_str()],
     ] {
         let out = validate(&args);
