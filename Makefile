@@ -12,6 +12,7 @@ CT_FIXTURES := fixtures/coremltools/out
 # once into the cache (about 80 s), never committed.
 ZOO := $(CACHE)/zoo
 export T2C_ZOO := $(ZOO)
+export T2C_CT_ZOO := $(CACHE)/ct_zoo
 # Build with libtorch from the venv's pip torch (the `torch` feature: `validate --reference`).
 TORCH_ENV := PATH=$(abspath .venv/bin):$$PATH LIBTORCH_USE_PYTORCH=1
 RUN_MODEL := fixtures/torchscript/convnet.pt
@@ -29,6 +30,7 @@ setup:
 	@ln -sfn "$(VENV_DIR)" .venv
 	@$(MAKE) --no-print-directory fixtures
 	@$(PY) fixtures/zoo/make.py $(ZOO) > $(CACHE)/zoo.log 2>&1 || (tail -20 $(CACHE)/zoo.log; exit 1)
+	@$(PY) fixtures/coremltools/zoo.py $(CACHE)/ct_zoo $(ZOO) > $(CACHE)/ct_zoo.log 2>&1 || (tail -20 $(CACHE)/ct_zoo.log; exit 1)
 
 # Packages coremltools writes for small torch models; made only when missing.
 fixtures:

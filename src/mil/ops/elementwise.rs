@@ -442,6 +442,36 @@ fn eval_leaky_relu(a: &EvalArgs) -> Eval {
     map_float(a, |v| if v < 0.0 { v * alpha } else { v })
 }
 
+/// `sigmoid_hard`: min(max(alpha·x + beta, 0), 1); coremltools writes hardsigmoid/hardswish with it.
+pub const SIGMOID_HARD: OpDef = OpDef {
+    name: "sigmoid_hard",
+    since: Opset::Ios15,
+    params: &[Param::t("x", FLOAT), Param::t("alpha", FLOAT).konst().optional(), Param::t("beta", FLOAT).konst().optional()],
+    infer: infer_same,
+    eval: eval_sigmoid_hard,
+};
+
+fn eval_sigmoid_hard(a: &EvalArgs) -> Eval {
+    // Defaults as in coremltools' iOS15 `sigmoid_hard`.
+    let (alpha, beta) = (a.float_or("alpha", 0.2)?, a.float_or("beta", 0.5)?);
+    map_float(a, |v| (alpha * v + beta).clamp(0.0, 1.0))
+}
+
+/// `thresholded_relu`: x where x > alpha, else 0 (coremltools' hardswish uses alpha = −3).
+pub const THRESHOLDED_RELU: OpDef = OpDef {
+    name: "thresholded_relu",
+    since: Opset::Ios15,
+    params: &[Param::t("x", FLOAT), Param::t("alpha", FLOAT).konst().optional()],
+    infer: infer_same,
+    eval: eval_thresholded_relu,
+};
+
+fn eval_thresholded_relu(a: &EvalArgs) -> Eval {
+    // Default as in coremltools' iOS15 `thresholded_relu`.
+    let alpha = a.float_or("alpha", 1.0)?;
+    map_float(a, |v| if v > alpha { v } else { 0.0 })
+}
+
 /// `clip`: min(max(x, alpha), beta).
 pub const CLIP: OpDef = OpDef {
     name: "clip",

@@ -127,6 +127,8 @@ pub const OPS: &[&OpDef] = &[
     &elementwise::SIGMOID,
     &elementwise::RELU,
     &elementwise::LEAKY_RELU,
+    &elementwise::SIGMOID_HARD,
+    &elementwise::THRESHOLDED_RELU,
     &elementwise::SOFTPLUS,
     &elementwise::GELU,
     &elementwise::SILU,
