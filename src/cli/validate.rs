@@ -91,7 +91,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     if let Some(model) = &args.reference {
         bail!(
             "{}: validating against a TorchScript model needs PyTorch, and this build has no `torch` feature; \
-             rebuild with `cargo build --features torch` (libtorch from pip torch==2.13.0), or pass \
+             rebuild with `LIBTORCH_USE_PYTORCH=1 cargo build --features torch` with a python that has pip \
+             torch==2.13.0 first on PATH (`make` does this), or pass \
              --expected OUTPUTS.npz saved from the model together with --inputs",
             model.display()
         );

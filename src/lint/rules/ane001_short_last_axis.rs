@@ -89,17 +89,7 @@ fn check(g: &Graph) -> Vec<Hit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lint::rules::testing::hits;
-    use crate::mil::builder::Builder;
-    use crate::mil::ops::elementwise::RELU;
-    use crate::mil::{DType, Opset, TensorType};
-
-    fn relu_on(shape: &[usize]) -> crate::mil::Function {
-        let mut b = Builder::new(Opset::Ios16);
-        let x = b.input("x", TensorType::new(DType::F16, shape));
-        let y = b.op(&RELU, "y").arg("x", &x).build1().unwrap();
-        b.finish(&[y])
-    }
+    use crate::lint::rules::testing::{hits, relu_on};
 
     #[test]
     fn fires_on_channel_last_activation() {

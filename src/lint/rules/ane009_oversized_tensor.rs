@@ -76,17 +76,8 @@ fn check(g: &Graph) -> Vec<Hit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lint::rules::testing::hits;
-    use crate::mil::builder::Builder;
-    use crate::mil::ops::elementwise::RELU;
-    use crate::mil::{DType, Opset};
+    use crate::lint::rules::testing::{hits, relu_on};
 
-    fn relu_on(shape: &[usize]) -> crate::mil::Function {
-        let mut b = Builder::new(Opset::Ios16);
-        let x = b.input("x", TensorType::new(DType::F16, shape));
-        let y = b.op(&RELU, "y").arg("x", &x).build1().unwrap();
-        b.finish(&[y])
-    }
 
     #[test]
     fn fires_on_vocabulary_axis() {

@@ -29,6 +29,14 @@ pub(crate) mod testing {
         (rule.check)(&Graph::new(f))
     }
 
+    /// `y = relu(x)` on an fp16 input of `shape`: the smallest program a shape rule can judge.
+    pub fn relu_on(shape: &[usize]) -> Function {
+        let mut b = crate::mil::builder::Builder::new(crate::mil::Opset::Ios16);
+        let x = b.input("x", TensorType::new(crate::mil::DType::F16, shape));
+        let y = b.op(&crate::mil::ops::elementwise::RELU, "y").arg("x", &x).build1().unwrap();
+        b.finish(&[y])
+    }
+
     /// Appends an op of any type with named-value inputs and one output `out` of type `ty`, and
     /// makes `out` the function's only output.
     pub fn push_raw(f: &mut Function, op_type: &str, inputs: &[(&str, &str)], out: &str, ty: TensorType) {
