@@ -118,6 +118,26 @@ pub fn matmul_shape(x: &[usize], y: &[usize], transpose_x: bool, transpose_y: bo
 }
 
 /// Batch offsets (in matrices) of each operand for every output batch index.
+/// Shapes and per-batch matrix offsets of a batched matmul, shared by the f32 and i32 versions;
+/// `None` when the shapes do not fit or the buffers are not as long as their shapes say.
+fn plan(
+    x_len: usize,
+    x_shape: &[usize],
+    y_len: usize,
+    y_shape: &[usize],
+    tx: bool,
+    ty: bool,
+) -> Option<(MatmulShape, Vec<usize>, Vec<usize>)> {
+    let shape = matmul_shape(x_shape, y_shape, tx, ty)?;
+    if x_len != numel(x_shape) || y_len != numel(y_shape) {
+        return None;
+    }
+    let xb = &x_shape[..x_shape.len().saturating_sub(2)];
+    let yb = &y_shape[..y_shape.len().saturating_sub(2)];
+    let (ox, oy) = batch_offsets(&shape.batch, xb, yb)?;
+    Some((shape, ox, oy))
+}
+
 fn batch_offsets(batch: &[usize], x_batch: &[usize], y_batch: &[usize]) -> Option<(Vec<usize>, Vec<usize>)> {
     let sx = broadcast::strides_to(x_batch, batch)?;
     let sy = broadcast::strides_to(y_batch, batch)?;
@@ -134,13 +154,7 @@ pub fn matmul(
     tx: bool,
     ty: bool,
 ) -> Option<(Vec<f32>, Vec<usize>)> {
-    let MatmulShape { batch, m, k, n, out: out_shape } = matmul_shape(x_shape, y_shape, tx, ty)?;
-    if x.len() != numel(x_shape) || y.len() != numel(y_shape) {
-        return None;
-    }
-    let xb = &x_shape[..x_shape.len().saturating_sub(2)];
-    let yb = &y_shape[..y_shape.len().saturating_sub(2)];
-    let (ox, oy) = batch_offsets(&batch, xb, yb)?;
+    let (MatmulShape { batch, m, k, n, out: out_shape }, ox, oy) = plan(x.len(), x_shape, y.len(), y_shape, tx, ty)?;
     let mut out = vec![0.0; numel(&batch) * m * n];
     for (i, (bx, by)) in ox.into_iter().zip(oy).enumerate() {
         let xm = &x[bx * m * k..(bx + 1) * m * k];
@@ -161,13 +175,7 @@ pub fn matmul_i32(
     tx: bool,
     ty: bool,
 ) -> Option<(Vec<i32>, Vec<usize>)> {
-    let MatmulShape { batch, m, k, n, out: out_shape } = matmul_shape(x_shape, y_shape, tx, ty)?;
-    if x.len() != numel(x_shape) || y.len() != numel(y_shape) {
-        return None;
-    }
-    let xb = &x_shape[..x_shape.len().saturating_sub(2)];
-    let yb = &y_shape[..y_shape.len().saturating_sub(2)];
-    let (ox, oy) = batch_offsets(&batch, xb, yb)?;
+    let (MatmulShape { batch, m, k, n, out: out_shape }, ox, oy) = plan(x.len(), x_shape, y.len(), y_shape, tx, ty)?;
     let mut out = Vec::with_capacity(numel(&batch) * m * n);
     for (bx, by) in ox.into_iter().zip(oy) {
         let xa = |r: usize, c: usize| if tx { x[bx * m * k + c * m + r] } else { x[bx * m * k + r * k + c] };
