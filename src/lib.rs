@@ -10,6 +10,7 @@ pub mod numeric;
 pub mod mil;
 pub mod package;
 pub mod passes;
+pub mod hf;
 pub mod torchscript;
 pub mod interp;
 pub mod lint;

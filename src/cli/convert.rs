@@ -12,6 +12,7 @@ use super::output::{self, Format};
 use super::progress::Progress;
 use super::ExitStatus;
 use torch2coreml::mil::{DType, Model, Opset, Program, TensorType};
+use torch2coreml::hf;
 use torch2coreml::package;
 use torch2coreml::passes;
 use torch2coreml::torchscript::{self, graph};
@@ -20,14 +21,16 @@ use torch2coreml::validate::npz;
 /// Arguments of `convert`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A traced TorchScript file (torch.jit.trace + torch.jit.save).
+    /// A traced TorchScript file (torch.jit.trace + torch.jit.save), or a Hugging Face folder
+    /// (config.json + model.safetensors) of a known family.
     pub model: PathBuf,
-    /// Where to write the package (must end in .mlpackage; replaced if it exists).
+    /// Where to write: a .mlpackage for a .pt file or a one-package folder; a directory for
+    /// folders that make several packages (Whisper). Replaced whole if it exists.
     #[arg(short, long)]
     pub output: PathBuf,
     /// A model input as NAME:DIMS:DTYPE, e.g. `x:1x3x224x224:fp32` or `input_ids:1x128:int64`;
     /// one per forward() argument, matched by name, else by position. DTYPE defaults to fp32.
-    #[arg(long = "input", value_name = "NAME:DIMS:DTYPE", required_unless_present = "example")]
+    #[arg(long = "input", value_name = "NAME:DIMS:DTYPE")]
     pub inputs: Vec<String>,
     /// Take input names, shapes and dtypes from the arrays of an example .npz instead.
     #[arg(long, value_name = "INPUTS.npz", conflicts_with = "inputs")]
@@ -38,6 +41,12 @@ pub struct Args {
     /// Minimum deployment target: iOS15–iOS18 or macOS12–macOS15.
     #[arg(long, default_value = "iOS16")]
     pub target: String,
+    /// Sequence length of text inputs for Hugging Face text models (BERT family: 128).
+    #[arg(long, value_name = "N")]
+    pub seq_len: Option<usize>,
+    /// Skip the ANE rewrite passes (keep the traced layout: `linear`, batched attention).
+    #[arg(long)]
+    pub no_ane: bool,
     /// Output format of the summary.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -80,6 +89,87 @@ pub(super) fn parse_input(s: &str) -> anyhow::Result<graph::InputSpec> {
 /// Largest input accepted (2^31 elements): beyond it int32 shape arithmetic in MIL overflows.
 const MAX_INPUT_ELEMENTS: usize = i32::MAX as usize;
 
+/// `convert HF_DIR`: builds the folder's packages, runs the cleanup passes, and writes them.
+/// One package and an `-o` ending in .mlpackage: written there. Otherwise `-o` is a directory
+/// holding `NAME.mlpackage` per package plus the tokenizer and config files, assembled in a
+/// temporary directory beside it and renamed into place (a failure leaves nothing).
+fn run_folder(args: &Args, start: Instant, opset: Opset, precision: DType) -> anyhow::Result<ExitStatus> {
+    let progress = Progress::new();
+    progress.stage("building from safetensors");
+    let options = hf::Options { opset, precision, seq_len: args.seq_len };
+    let mut out = hf::build(&args.model, &options)?;
+    let mut models = Vec::new();
+    let mut pass_reports = Vec::new();
+    for built in &mut out.packages {
+        progress.stage(&format!("optimizing {}", built.name));
+        let mut main = built.model.program.functions.remove("main").context("family built no main function")?;
+        let changes = passes::run(&mut main, !args.no_ane)?;
+        built.model.program.functions.insert("main".into(), main);
+        built.model.metadata.user_defined.insert("torch2coreml.version".into(), env!("CARGO_PKG_VERSION").into());
+        pass_reports.push(json!({"package": built.name, "passes": changes.iter().map(|(name, c)| json!({"name": name, "changes": c})).collect::<Vec<_>>()}));
+    }
+    let single = out.packages.len() == 1 && args.output.extension().is_some_and(|e| e == package::PACKAGE_EXTENSION);
+    if single {
+        progress.stage(&format!("writing {}", out.packages[0].name));
+        let summary = package::write(&out.packages[0].model, &args.output)?;
+        models.push((out.packages[0].name.clone(), args.output.clone(), &out.packages[0].model, summary.weight_bytes));
+    } else {
+        let parent = match args.output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).with_context(|| format!("{}: cannot create", parent.display()))?;
+        let tmp = tempfile::Builder::new().prefix(".t2c-out.").tempdir_in(&parent).with_context(|| format!("{}: cannot write", parent.display()))?;
+        for built in &out.packages {
+            progress.stage(&format!("writing {}", built.name));
+            let path = tmp.path().join(format!("{}.{}", built.name, package::PACKAGE_EXTENSION));
+            let summary = package::write(&built.model, &path)?;
+            models.push((built.name.clone(), args.output.join(path.file_name().unwrap()), &built.model, summary.weight_bytes));
+        }
+        for f in &out.side_files {
+            let name = f.file_name().context("side file without a name")?;
+            std::fs::copy(f, tmp.path().join(name)).with_context(|| format!("{}: cannot copy", f.display()))?;
+        }
+        if args.output.exists() {
+            let old = tempfile::Builder::new().prefix(".t2c-old.").tempdir_in(&parent)?;
+            std::fs::rename(&args.output, old.path().join("out")).with_context(|| format!("{}: cannot replace", args.output.display()))?;
+        }
+        std::fs::rename(tmp.keep(), &args.output).with_context(|| format!("{}: cannot write", args.output.display()))?;
+    }
+    progress.finish();
+    let seconds = start.elapsed().as_secs_f64();
+    let text = match args.format {
+        Format::Json => output::json(&json!({
+            "output": args.output,
+            "spec_version": opset.spec_version(),
+            "opset": opset.opset_name(),
+            "precision": precision.name(),
+            "packages": models.iter().zip(&pass_reports).map(|((name, path, model, weight_bytes), passes)| json!({
+                "name": name,
+                "path": path,
+                "ops": compute_ops(model),
+                "weight_bytes": weight_bytes,
+                "passes": passes["passes"],
+            })).collect::<Vec<_>>(),
+            "seconds": seconds,
+        })),
+        Format::Text => {
+            let mut s = String::new();
+            for (name, path, model, weight_bytes) in &models {
+                s += &format!("  {name}: {} ({} ops, {} of weights)\n", path.display(), compute_ops(model), output::human_bytes(*weight_bytes));
+            }
+            format!("wrote {} package(s) to {} ({}, {precision}) in {seconds:.2} s\n{s}", models.len(), args.output.display(), opset.target_name())
+        }
+    };
+    output::print(&text)?;
+    Ok(ExitStatus::Success)
+}
+
+/// Non-const ops of `model`'s main function.
+fn compute_ops(model: &Model) -> usize {
+    model.program.main().map_or(0, |f| f.block.walk_ops().iter().filter(|o| o.op_type != "const").count())
+}
+
 /// Runs `convert`.
 pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let start = Instant::now();
@@ -89,6 +179,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         Precision::Fp16 => DType::F16,
         Precision::Fp32 => DType::F32,
     };
+    if hf::is_folder(&args.model) {
+        return run_folder(args, start, opset, precision);
+    }
+    if args.model.is_dir() {
+        bail!("{}: is a directory without config.json; expected a traced TorchScript file or a Hugging Face folder", args.model.display());
+    }
+    if args.inputs.is_empty() && args.example.is_none() {
+        bail!("{}: a TorchScript file needs its input shapes: --input NAME:DIMS:DTYPE (one per forward() argument) or --example INPUTS.npz", args.model.display());
+    }
     let inputs = match &args.example {
         Some(npz) => npz::read(npz)?
             .into_iter()
@@ -96,16 +195,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
             .collect(),
         None => args.inputs.iter().map(|s| parse_input(s)).collect::<anyhow::Result<Vec<_>>>()?,
     };
-    if args.model.is_dir() {
-        bail!("{}: is a directory; only traced TorchScript (.pt) files are supported so far", args.model.display());
-    }
     let progress = Progress::new();
     progress.stage("reading TorchScript");
     let archive = torchscript::read(&args.model)?;
     progress.stage("lowering to MIL");
     let mut main = graph::to_mil(&archive, &inputs, &graph::Options { opset, precision })?;
     progress.stage("optimizing");
-    let passes = passes::run(&mut main)?;
+    let passes = passes::run(&mut main, !args.no_ane)?;
     let mut model = Model::new(Program::with_main(main));
     model.metadata.user_defined.insert("torch2coreml.version".into(), env!("CARGO_PKG_VERSION").into());
     model.metadata.user_defined.insert("torch2coreml.source".into(), args.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());

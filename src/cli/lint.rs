@@ -122,6 +122,8 @@ fn read(path: &std::path::Path, args: &Args) -> anyhow::Result<Program> {
     }
     let archive = torchscript::read(path)?;
     let mut main = graph::to_mil(&archive, &inputs, &graph::Options { opset: Opset::Ios16, precision: DType::F16 })?;
-    passes::run(&mut main)?;
+    // Cleanup only: the findings describe the model as traced, which is what `convert --no-ane`
+    // would write and what the ANE passes fix.
+    passes::run(&mut main, false)?;
     Ok(Program::with_main(main))
 }

@@ -179,6 +179,14 @@ impl Tensor {
         self.len() == 0
     }
 
+    /// The same elements under another shape of equal element count, sharing the storage (a
+    /// mapped or lazily cast weight stays so); `None` when the counts differ. Used to view a
+    /// (C_out, C_in) `linear` weight as a (C_out, C_in, 1, 1) `conv` weight.
+    pub fn reshaped(&self, shape: &[usize]) -> Option<Tensor> {
+        (shape.iter().product::<usize>() == self.len())
+            .then(|| Tensor { dtype: self.dtype, shape: shape.to_vec(), data: self.data.clone() })
+    }
+
     /// The MIL type of this value.
     pub fn tensor_type(&self) -> TensorType {
         TensorType::new(self.dtype, &self.shape)

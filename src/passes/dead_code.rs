@@ -7,7 +7,7 @@ use super::{Changes, Pass, PassError};
 use crate::mil::{Argument, Block, Function};
 
 /// The pass, for `PIPELINE`.
-pub const PASS: Pass = Pass { name: "dead-code", run };
+pub const PASS: Pass = Pass { name: "dead-code", ane: false, run };
 
 fn uses(block: &Block, live: &mut HashSet<String>) {
     for op in &block.operations {

@@ -29,6 +29,8 @@ pub struct PassError {
 /// One rewrite: a name (kebab-case, stable) and the function that applies it.
 pub struct Pass {
     pub name: &'static str,
+    /// An ANE layout rewrite (skipped by `convert --no-ane`), as opposed to cleanup.
+    pub ane: bool,
     pub run: fn(&mut Function) -> Result<Changes, PassError>,
 }
 
@@ -38,9 +40,10 @@ pub const PIPELINE: &[Pass] = &[
     dead_code::PASS,
 ];
 
-/// Runs [`PIPELINE`] on `f`, returning each pass's name and changes in order.
-pub fn run(f: &mut Function) -> Result<Vec<(&'static str, Changes)>, PassError> {
-    PIPELINE.iter().map(|p| (p.run)(f).map(|c| (p.name, c))).collect()
+/// Runs [`PIPELINE`] on `f` (without the ANE rewrites when `ane` is false), returning each
+/// pass's name and changes in order.
+pub fn run(f: &mut Function, ane: bool) -> Result<Vec<(&'static str, Changes)>, PassError> {
+    PIPELINE.iter().filter(|p| ane || !p.ane).map(|p| (p.run)(f).map(|c| (p.name, c))).collect()
 }
 
 #[cfg(test)]

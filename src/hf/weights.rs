@@ -1,0 +1,256 @@
+//! The tensors of a Hugging Face folder: `model.safetensors`, or the shards listed by
+//! `model.safetensors.index.json`, memory-mapped (nothing is copied until a package is written).
+//! Family builders (`hf::bert`, `hf::whisper`) look tensors up by module path through
+//! [`Weights::at`], mirroring the upstream module tree; every lookup checks the shape, and
+//! [`Weights::unused`] lists what no lookup touched so a family can refuse extra tensors.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use safetensors::{Dtype, SafeTensors};
+
+use super::HfError;
+use crate::mil::{DType, Tensor};
+
+/// The single-file weights name `save_pretrained` writes.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// The index `save_pretrained` writes instead when it shards the weights.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Where one tensor lives.
+struct Entry {
+    /// Index into `Weights::files`.
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Byte offset of the payload within the mapped file.
+    start: usize,
+}
+
+/// All tensors of one folder, by full name (`encoder.layers.0.fc1.weight`).
+pub struct Weights {
+    files: Vec<(PathBuf, Arc<memmap2::Mmap>)>,
+    entries: BTreeMap<String, Entry>,
+    /// Names handed out by [`Weights::get`], for [`Weights::unused`].
+    used: RefCell<BTreeSet<String>>,
+}
+
+impl Weights {
+    /// Opens the weights of `dir`: `model.safetensors`, else the shards named by
+    /// `model.safetensors.index.json`. Errors name the file (missing, truncated, bad header,
+    /// unsupported dtype).
+    pub fn open(dir: &Path) -> Result<Weights, HfError> {
+        let single = dir.join(SINGLE_FILE);
+        let index = dir.join(INDEX_FILE);
+        let shards: Vec<PathBuf> = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| HfError::io(&index, e))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| HfError::file(&index, format!("not valid JSON: {e}")))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| HfError::file(&index, "has no `weight_map` object"))?;
+            let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+            if names.is_empty() {
+                return Err(HfError::file(&index, "`weight_map` names no shard files"));
+            }
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            return Err(HfError::file(dir, format!("has neither {SINGLE_FILE} nor {INDEX_FILE}")));
+        };
+        let mut weights = Weights { files: Vec::new(), entries: BTreeMap::new(), used: RefCell::default() };
+        for path in shards {
+            weights.add_file(path)?;
+        }
+        Ok(weights)
+    }
+
+    fn add_file(&mut self, path: PathBuf) -> Result<(), HfError> {
+        let file = File::open(&path).map_err(|e| HfError::io(&path, e))?;
+        // SAFETY: the map is read-only; a file changed under us while converting can give wrong
+        // values but not unsafety in our code (we only read bytes).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| HfError::io(&path, e))?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&map)
+            .map_err(|e| HfError::file(&path, format!("not a valid safetensors file ({e}); truncated or corrupt?")))?;
+        let data_start = HEADER_LEN_BYTES + header_len;
+        let file_index = self.files.len();
+        for (name, info) in metadata.tensors() {
+            let dtype = dtype_of(info.dtype)
+                .ok_or_else(|| HfError::file(&path, format!("tensor `{name}` has dtype {:?}, which is not supported", info.dtype)))?;
+            let entry = Entry { file: file_index, dtype, shape: info.shape.clone(), start: data_start + info.data_offsets.0 };
+            if self.entries.insert(name.clone(), entry).is_some() {
+                return Err(HfError::file(&path, format!("tensor `{name}` appears in more than one shard")));
+            }
+        }
+        self.files.push((path, Arc::new(map)));
+        Ok(())
+    }
+
+    /// A view of the tensors under `prefix` (a module path such as `encoder.layers.0`; empty
+    /// for the root).
+    pub fn at(&self, prefix: &str) -> Scope<'_> {
+        Scope { weights: self, prefix: prefix.to_string() }
+    }
+
+    /// Whether a tensor called `name` exists (does not mark it used).
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// The tensor `name`, checked to have `shape`, viewing the mapped file. A missing or
+    /// mis-shaped tensor, or one holding NaN or infinity, is an error naming it and its file.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, HfError> {
+        let Some(e) = self.entries.get(name) else {
+            return Err(HfError::MissingTensor { dir: self.dir(), name: name.to_string() });
+        };
+        let (path, map) = &self.files[e.file];
+        if e.shape != shape {
+            return Err(HfError::WrongShape { file: path.clone(), name: name.into(), expected: shape.to_vec(), got: e.shape.clone() });
+        }
+        let t = Tensor::from_mapped(e.dtype, &e.shape, map.clone(), e.start)
+            .map_err(|err| HfError::file(path, format!("tensor `{name}`: {err}")))?;
+        if let Some(values) = t.dtype().is_float().then(|| t.to_f32_vec()).flatten() {
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(HfError::file(path, format!("tensor `{name}` holds {} at element {i}", values[i])));
+            }
+        }
+        self.used.borrow_mut().insert(name.to_string());
+        Ok(t)
+    }
+
+    /// Names no [`Weights::get`] has asked for, sorted; families call it after building to
+    /// report extra tensors (skipping prefixes they knowingly ignore, such as training heads).
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.borrow();
+        self.entries.keys().filter(|n| !used.contains(*n)).cloned().collect()
+    }
+
+    /// The folder the weights came from, for error messages.
+    pub fn dir(&self) -> PathBuf {
+        self.files.first().and_then(|(p, _)| p.parent()).map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+/// Tensors under one module path; what family code passes down the module tree.
+#[derive(Clone)]
+pub struct Scope<'w> {
+    weights: &'w Weights,
+    prefix: String,
+}
+
+impl<'w> Scope<'w> {
+    /// The sub-module `name` (`scope.at("layers.3")`).
+    pub fn at(&self, name: &str) -> Scope<'w> {
+        Scope { weights: self.weights, prefix: self.path(name) }
+    }
+
+    /// The tensor `name` of this module (`weight`, `bias`), checked to have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, HfError> {
+        self.weights.get(&self.path(name), shape)
+    }
+
+    /// Whether this module has a tensor `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.contains(&self.path(name))
+    }
+
+    /// The full name of `name` under this module.
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+}
+
+/// The 8-byte little-endian header length that starts every safetensors file.
+const HEADER_LEN_BYTES: usize = 8;
+
+/// Our dtype for a safetensors dtype, for the ones Core ML weights can hold.
+fn dtype_of(d: Dtype) -> Option<DType> {
+    Some(match d {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::I64 => DType::I64,
+        Dtype::I32 => DType::I32,
+        Dtype::I8 => DType::I8,
+        Dtype::U8 => DType::U8,
+        Dtype::BOOL => DType::Bool,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file with the given (name, shape, f32 values), written by hand per the
+    /// format: u64 header length, JSON header, payload.
+    pub(crate) fn write_safetensors(path: &Path, tensors: &[(&str, &[usize], &[f32])]) {
+        let mut header = serde_json::Map::new();
+        let mut payload = Vec::new();
+        for (name, shape, values) in tensors {
+            let start = payload.len();
+            payload.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            header.insert(
+                name.to_string(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, payload.len()]}),
+            );
+        }
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header);
+        bytes.extend(payload);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn lookups_check_shape_and_track_use() {
+        let dir = tempfile::tempdir().unwrap();
+        write_safetensors(&dir.path().join(SINGLE_FILE), &[("a.weight", &[2, 2], &[1., 2., 3., 4.]), ("a.bias", &[2], &[5., 6.])]);
+        let w = Weights::open(dir.path()).unwrap();
+        let a = w.at("a");
+        assert_eq!(a.get("weight", &[2, 2]).unwrap().to_f32_vec().unwrap(), vec![1., 2., 3., 4.]);
+        assert_eq!(w.unused(), vec!["a.bias".to_string()]);
+        let err = a.get("bias", &[3]).unwrap_err().to_string();
+        assert!(err.contains("a.bias") && err.contains("[3]") && err.contains("[2]"), "{err}");
+        let err = a.get("gamma", &[2]).unwrap_err().to_string();
+        assert!(err.contains("a.gamma") && err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn truncated_and_nan_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SINGLE_FILE);
+        write_safetensors(&path, &[("x", &[2], &[1., f32::NAN])]);
+        let w = Weights::open(dir.path()).unwrap();
+        assert!(w.get("x", &[2]).unwrap_err().to_string().contains("NaN"));
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let err = Weights::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn shards_come_from_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        write_safetensors(&dir.path().join("m-1.safetensors"), &[("a", &[1], &[1.])]);
+        write_safetensors(&dir.path().join("m-2.safetensors"), &[("b", &[1], &[2.])]);
+        std::fs::write(dir.path().join(INDEX_FILE), r#"{"weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}}"#).unwrap();
+        let w = Weights::open(dir.path()).unwrap();
+        assert_eq!(w.names().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(w.get("b", &[1]).unwrap().to_f32_vec().unwrap(), vec![2.]);
+    }
+}
