@@ -168,6 +168,38 @@ impl Builder {
         Builder { opset, inputs: Vec::new(), ops: Vec::new(), env: Env::default(), used: HashSet::new(), fold: false }
     }
 
+    /// Starts a rewrite of `f` (passes): a folding builder holding `f`'s inputs and no ops, with
+    /// every name `f` uses reserved so new values never collide with ops copied over by
+    /// [`Builder::push`].
+    pub fn rewriting(f: &Function) -> Builder {
+        let mut b = Builder::new(f.opset);
+        b.fold = true;
+        for i in &f.inputs {
+            b.used.insert(i.name.clone());
+            b.env.types.insert(i.name.clone(), i.ty.tensor().clone());
+            b.inputs.push(i.clone());
+        }
+        for op in f.block.walk_ops() {
+            b.used.insert(op.name.clone());
+            b.used.extend(op.outputs.iter().map(|o| o.name.clone()));
+        }
+        b
+    }
+
+    /// Appends `op` as it is (a pass keeping an op): its declared output types are taken as given
+    /// and a `const`'s value is recorded for folding.
+    pub fn push(&mut self, op: Operation) {
+        for o in &op.outputs {
+            self.used.insert(o.name.clone());
+            self.env.types.insert(o.name.clone(), o.ty.tensor().clone());
+        }
+        if let (Some(v), Some(o)) = (op.const_val(), op.outputs.first()) {
+            self.env.consts.insert(o.name.clone(), v.clone());
+        }
+        self.used.insert(op.name.clone());
+        self.ops.push(op);
+    }
+
     /// Turns on constant folding: an op whose arguments are all consts is evaluated with its
     /// kernel when built and becomes a `const` (outputs up to [`FOLD_MAX_ELEMENTS`]). Loaders use
     /// it so traced shape and mask arithmetic resolves at conversion time.

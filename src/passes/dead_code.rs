@@ -41,7 +41,7 @@ fn run(f: &mut Function) -> Result<Changes, PassError> {
     let mut k = keep.into_iter();
     f.block.operations.retain(|_| k.next().unwrap_or(true));
     let after = f.block.operations.len();
-    Ok(Changes { ops_before: before, ops_after: after, removed: before - after })
+    Ok(Changes::new(before, after).with([("removed", before - after)]))
 }
 
 #[cfg(test)]
@@ -64,7 +64,7 @@ mod tests {
         let before = interp::run(&f, &inputs).unwrap();
         let c = run(&mut f).unwrap();
         // exp, transpose and its perm const go; relu stays.
-        assert_eq!((c.ops_before, c.ops_after, c.removed), (4, 1, 3));
+        assert_eq!((c.ops_before, c.ops_after, c.count("removed")), (4, 1, 3));
         assert_eq!(f.block.operations[0].op_type, "relu");
         check_function(&f).unwrap();
         assert_eq!(interp::run(&f, &inputs).unwrap(), before);

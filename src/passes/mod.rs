@@ -3,19 +3,42 @@
 //! after lowering and before `package::write`.
 
 pub mod dead_code;
+pub mod rewrite;
+pub mod simplify;
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::mil::Function;
 
-/// What one pass did to a function.
+/// What one pass did to a function: op counts around it, and the pass's own counts
+/// (`linears_rewritten`, `transposes_removed`, …), flattened into one JSON object.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Changes {
-    /// Ops in the function before and after the pass.
+    /// Top-level ops in the function before and after the pass (consts included).
     pub ops_before: usize,
     pub ops_after: usize,
-    /// Ops removed because nothing used their outputs.
-    pub removed: usize,
+    #[serde(flatten)]
+    pub counts: BTreeMap<&'static str, usize>,
+}
+
+impl Changes {
+    /// Changes with op counts only.
+    pub fn new(ops_before: usize, ops_after: usize) -> Changes {
+        Changes { ops_before, ops_after, counts: BTreeMap::new() }
+    }
+
+    /// Adds the pass's own counts.
+    pub fn with(mut self, counts: impl IntoIterator<Item = (&'static str, usize)>) -> Changes {
+        self.counts.extend(counts);
+        self
+    }
+
+    /// One of the pass's counts (0 when it has none by that name).
+    pub fn count(&self, key: &str) -> usize {
+        self.counts.get(key).copied().unwrap_or(0)
+    }
 }
 
 /// Why a pass could not run (the function is left unchanged).
@@ -36,6 +59,8 @@ pub struct Pass {
 
 /// Every pass, in the order they run. Cleanup first so later rewrites see canonical graphs.
 pub const PIPELINE: &[Pass] = &[
+    // Cleanup first so the ANE rewrites see canonical graphs: identities gone, chains merged.
+    simplify::PASS,
     // Drops ops nothing reads: parameter consts of folded ops, unused traced values.
     dead_code::PASS,
 ];
