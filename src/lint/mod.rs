@@ -179,6 +179,7 @@ pub struct Graph<'a> {
     types: HashMap<&'a str, &'a TensorType>,
     producers: HashMap<&'a str, &'a Operation>,
     uses: HashMap<&'a str, usize>,
+    consumers: HashMap<&'a str, Vec<&'a Operation>>,
 }
 
 impl<'a> Graph<'a> {
@@ -188,6 +189,7 @@ impl<'a> Graph<'a> {
         let mut types = HashMap::new();
         let mut producers = HashMap::new();
         let mut uses: HashMap<&str, usize> = HashMap::new();
+        let mut consumers: HashMap<&str, Vec<&Operation>> = HashMap::new();
         for i in &function.inputs {
             types.insert(i.name.as_str(), i.ty.tensor());
         }
@@ -200,6 +202,7 @@ impl<'a> Graph<'a> {
                 for a in args {
                     if let Argument::Name(n) = a {
                         *uses.entry(n.as_str()).or_default() += 1;
+                        consumers.entry(n.as_str()).or_default().push(*op);
                     }
                 }
             }
@@ -207,7 +210,7 @@ impl<'a> Graph<'a> {
         for o in &function.block.outputs {
             *uses.entry(o.as_str()).or_default() += 1;
         }
-        Graph { function, ops, types, producers, uses }
+        Graph { function, ops, types, producers, uses, consumers }
     }
 
     /// The type of value `name`.
@@ -223,6 +226,11 @@ impl<'a> Graph<'a> {
     /// How many op arguments and block outputs refer to value `name`.
     pub fn uses(&self, name: &str) -> usize {
         self.uses.get(name).copied().unwrap_or(0)
+    }
+
+    /// The ops that read value `name` (once per argument naming it).
+    pub fn consumers(&self, name: &str) -> &[&'a Operation] {
+        self.consumers.get(name).map_or(&[], Vec::as_slice)
     }
 
     /// The value name bound to single-argument parameter `param` of `op`.

@@ -27,6 +27,14 @@ fn uses(block: &Block, live: &mut HashSet<String>) {
 
 fn run(f: &mut Function) -> Result<Changes, PassError> {
     let before = f.block.operations.len();
+    let removed = sweep(f);
+    Ok(Changes::new(before, f.block.operations.len()).with([("removed", removed)]))
+}
+
+/// Removes the ops nothing reads and returns how many; rewriting passes call it last so their
+/// op counts mean something.
+pub fn sweep(f: &mut Function) -> usize {
+    let before = f.block.operations.len();
     let mut live: HashSet<String> = f.block.outputs.iter().cloned().collect();
     let mut keep = vec![false; before];
     for (i, op) in f.block.operations.iter().enumerate().rev() {
@@ -40,8 +48,7 @@ fn run(f: &mut Function) -> Result<Changes, PassError> {
     }
     let mut k = keep.into_iter();
     f.block.operations.retain(|_| k.next().unwrap_or(true));
-    let after = f.block.operations.len();
-    Ok(Changes::new(before, after).with([("removed", before - after)]))
+    before - f.block.operations.len()
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //! and reports what it changed, so `convert --format json` can list them. Called by `convert`
 //! after lowering and before `package::write`.
 
+pub mod ane_layout;
 pub mod dead_code;
 pub mod rewrite;
 pub mod simplify;
+pub mod split_heads;
 
 use std::collections::BTreeMap;
 
@@ -61,6 +63,11 @@ pub struct Pass {
 pub const PIPELINE: &[Pass] = &[
     // Cleanup first so the ANE rewrites see canonical graphs: identities gone, chains merged.
     simplify::PASS,
+    // Attention per head while the graph is still in PyTorch's layout, so `ane-layout` sees
+    // per-head (B, S, D) tensors it can move to (B, D, 1, S) like any other activation.
+    split_heads::PASS,
+    // (B, S, C) → (B, C, 1, S) with 1×1 convs; ends with `simplify` so conversions that meet cancel.
+    ane_layout::PASS,
     // Drops ops nothing reads: parameter consts of folded ops, unused traced values.
     dead_code::PASS,
 ];

@@ -20,6 +20,11 @@ const BATCH_AXIS: usize = 0;
 /// so a short W under many channels is not flagged.
 const ANE_CHANNEL_AXIS: usize = 1;
 
+/// Ops that only move data between layouts: the compute ops around them are what ANE001 judges
+/// (a (B, C, 1, S) activation viewed as (B, C, S) for a `matmul` is not channel-last), and
+/// chains of them are ANE011's.
+const LAYOUT_OPS: &[&str] = &["reshape", "transpose", "expand_dims", "squeeze"];
+
 /// The rule.
 pub const RULE: Rule = Rule {
     code: "ANE001",
@@ -31,7 +36,8 @@ pub const RULE: Rule = Rule {
 };
 
 const EXPLANATION: &str = r#"## What it finds
-An op whose output has rank 2 or more, at least 256 elements, a last axis that takes fewer than
+A compute op (not a reshape, transpose, expand_dims or squeeze: those only move data, and
+ANE011 covers chains of them) whose output has rank 2 or more, at least 256 elements, a last axis that takes fewer than
 64 bytes (under 32 fp16 values), and another axis longer than the last one that could take its
 place (not the batch axis, nor the channel axis of a rank-4 (B, C, H, W) tensor): channel-last activations such as (B, H, W, C) with a small C, per-head tensors
 (B, H, S, D) with D < S, or reductions that keep a size-1 last axis. Channel-first feature maps
@@ -54,11 +60,25 @@ last axis; for images keep (B, C, H, W) rather than channel-last; for attention 
 the channel axis instead of a trailing head dimension.
 "#;
 
+/// True when `name` is a (B, C, S) value read only as (B, C, 1, S): the ANE layout in the rank-3
+/// view a `matmul` works in (per-head attention), so its last axis is the sequence, not channels.
+fn viewed_as_ane_layout(g: &Graph, name: &str) -> bool {
+    let Some(Some([b, c, s])) = g.ty(name).map(|t| t.fixed_shape().and_then(|v| <[usize; 3]>::try_from(v).ok())) else { return false };
+    let consumers = g.consumers(name);
+    !consumers.is_empty()
+        && consumers.iter().all(|op| {
+            op.op_type == "reshape" && op.outputs.first().and_then(|o| o.ty.tensor().fixed_shape()).as_deref() == Some(&[b, c, 1, s][..])
+        })
+}
+
 fn check(g: &Graph) -> Vec<Hit> {
     let mut hits = Vec::new();
-    for op in g.ops.iter().filter(|o| !is_const_op(o)) {
+    for op in g.ops.iter().filter(|o| !is_const_op(o) && !LAYOUT_OPS.contains(&o.op_type.as_str())) {
         let Some(out) = op.outputs.first() else { continue };
         let ty = out.ty.tensor();
+        if viewed_as_ane_layout(g, &out.name) {
+            continue;
+        }
         let (Some(Dim::Fixed(last)), Some(bits)) = (ty.shape.last(), ty.dtype.bits()) else { continue };
         let row_bytes = last * bits / 8;
         let big = ty.num_elements().is_some_and(|n| n >= MIN_FLAGGED_ELEMENTS);

@@ -623,3 +623,18 @@ mod tests {
         assert_eq!(narrow(DType::I8, 200), -56);
     }
 }
+
+/// The ops of this family that act on each element on its own (numpy broadcasting among their
+/// tensor inputs, no axis parameter): every op here but `softmax`. Passes use it to know an op
+/// commutes with any change of layout (`passes::split_heads`, `passes::ane_layout`).
+pub const POINTWISE: &[&OpDef] = &[
+    &ADD, &SUB, &MUL, &REAL_DIV, &FLOOR_DIV, &POW, &MAXIMUM, &MINIMUM, &EQUAL, &NOT_EQUAL, &LESS, &LESS_EQUAL,
+    &GREATER, &GREATER_EQUAL, &LOGICAL_AND, &LOGICAL_OR, &LOGICAL_NOT, &SQRT, &EXP, &ERF, &TANH, &SIGMOID, &RELU,
+    &SILU, &SIN, &COS, &FLOOR, &ROUND, &SOFTPLUS, &ABS, &SQUARE, &SIGN, &RSQRT, &LOG, &GELU, &LEAKY_RELU,
+    &SIGMOID_HARD, &THRESHOLDED_RELU, &CLIP, &CAST, &SELECT,
+];
+
+/// Whether `op_type` is in [`POINTWISE`].
+pub fn is_pointwise(op_type: &str) -> bool {
+    POINTWISE.iter().any(|d| d.name == op_type)
+}
