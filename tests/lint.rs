@@ -261,33 +261,36 @@ fn zoo() -> PathBuf {
 
 #[test]
 #[ignore = "needs the zoo from `make setup`; `make test` runs it"]
-fn layout_and_attention_rules_fire_on_zoo_transformers() {
+fn layout_and_attention_rules_fire_as_traced_and_are_quiet_after_the_ane_passes() {
     let zoo = zoo();
     let out = tempfile::tempdir().unwrap();
-    for m in ["bert", "distilbert", "minilm", "roberta", "gpt2", "whisper_encoder", "vit_hf", "t5_encoder", "llama"] {
-        let pkg = out.path().join(format!("{m}.mlpackage"));
-        let inputs = zoo.join(format!("{m}.inputs.npz"));
+    let convert = |m: &str, pkg: &Path, extra: &[&str]| {
         let c = Command::new(env!("CARGO_BIN_EXE_torch2coreml"))
             .arg("convert")
             .arg(zoo.join(format!("{m}.pt")))
             .arg("-o")
-            .arg(&pkg)
+            .arg(pkg)
             .arg("--example")
-            .arg(&inputs)
+            .arg(zoo.join(format!("{m}.inputs.npz")))
+            .args(extra)
             .output()
             .unwrap();
         assert!(c.status.success(), "{m}: convert: {}", String::from_utf8_lossy(&c.stderr));
-        let from_pkg = codes(&json(&lint(&[pkg.to_str().unwrap(), "--format", "json"])));
-        let from_pt = codes(&json(&lint(&[
-            zoo.join(format!("{m}.pt")).to_str().unwrap(),
-            "--example",
-            inputs.to_str().unwrap(),
-            "--format",
-            "json",
-        ])));
-        assert_eq!(from_pkg, from_pt, "{m}: a .pt lints like the package convert writes from it");
+    };
+    for m in ["bert", "distilbert", "minilm", "roberta", "gpt2", "whisper_encoder", "vit_hf", "t5_encoder", "llama"] {
+        let (traced, ane) = (out.path().join(format!("{m}_traced.mlpackage")), out.path().join(format!("{m}.mlpackage")));
+        convert(m, &traced, &["--no-ane"]);
+        convert(m, &ane, &[]);
+        let from_traced = codes(&json(&lint(&[traced.to_str().unwrap(), "--format", "json"])));
+        let inputs = zoo.join(format!("{m}.inputs.npz"));
+        let from_pt = codes(&json(&lint(&[zoo.join(format!("{m}.pt")).to_str().unwrap(), "--example", inputs.to_str().unwrap(), "--format", "json"])));
+        assert_eq!(from_traced, from_pt, "{m}: a .pt lints like the package `convert --no-ane` writes from it");
         for code in ["ANE002", "ANE003"] {
-            assert!(from_pkg.iter().any(|c| c == code), "{m}: {code} does not fire: {from_pkg:?}");
+            assert!(from_traced.iter().any(|c| c == code), "{m}: {code} does not fire as traced: {from_traced:?}");
+        }
+        let from_ane = codes(&json(&lint(&[ane.to_str().unwrap(), "--format", "json"])));
+        for code in ["ANE001", "ANE002", "ANE003"] {
+            assert!(!from_ane.iter().any(|c| c == code), "{m}: {code} still fires after the ANE passes: {from_ane:?}");
         }
     }
 }

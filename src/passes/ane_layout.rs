@@ -355,3 +355,31 @@ impl Layout {
         self.ints(op, param).and_then(|v| v.first().copied()).is_some_and(|v| v != 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::split_heads;
+    use crate::passes::testing::{check_pass, encoder_block, histogram};
+
+    #[test]
+    fn encoder_block_moves_to_the_ane_layout_with_the_same_result() {
+        let mut f = encoder_block(8, 2, 8);
+        (split_heads::PASS.run)(&mut f).unwrap();
+        let (f, c) = check_pass(f, PASS.run, 1e-4);
+        let h = histogram(&f);
+        assert_eq!((h.get("linear"), h.get("conv")), (None, Some(&6)), "{h:?}");
+        // One layout change where the model starts and one where it ends.
+        assert_eq!(h.get("transpose"), Some(&2), "{h:?}");
+        assert_eq!(c.count("linears_rewritten"), 6);
+        for op in &f.block.operations {
+            let ty = op.outputs[0].ty.tensor();
+            match op.op_type.as_str() {
+                "layer_norm" => assert_eq!(ty.fixed_shape().unwrap(), [1, 16, 1, 8], "layer_norm on (B, C, 1, S)"),
+                "softmax" => assert_eq!(ty.fixed_shape().unwrap(), [1, 8, 1, 8], "per-head softmax on (B, S_k, 1, S_q)"),
+                "conv" | "gelu" | "add" => assert_eq!(ty.fixed_shape().unwrap()[2..], [1, 8], "{} not in (B, C, 1, S)", op.name),
+                _ => {}
+            }
+        }
+    }
+}

@@ -90,3 +90,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -23,6 +23,7 @@ const NAME: &str = "simplify";
 fn run(f: &mut Function) -> Result<Changes, PassError> {
     let before = f.block.operations.len();
     let counts = apply(f)?;
+    super::dead_code::sweep(f);
     Ok(Changes::new(before, f.block.operations.len()).with(counts))
 }
 
@@ -281,4 +282,54 @@ fn fold(r: &mut Rewriter, op: &Operation) -> Result<Option<(Vec<Var>, bool)>, op
     // Rebuilt either way; a fold only if every output became a const.
     let folded = outs.iter().all(|v| r.b.value(v).is_some());
     Ok(Some((outs, folded)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mil::builder::Builder;
+    use crate::mil::ops::{elementwise as ew, linear, shape};
+    use crate::mil::{DType, Opset, TensorType};
+    use crate::passes::testing::{check_pass, histogram, values};
+
+    fn reshape(b: &mut Builder, x: &Var, dims: &[i32], name: &str) -> Var {
+        b.op(&shape::RESHAPE, name).arg("x", x).konst("shape", Tensor::i32_vec(dims)).build1().unwrap()
+    }
+
+    fn transpose(b: &mut Builder, x: &Var, perm: &[i32], name: &str) -> Var {
+        b.op(&shape::TRANSPOSE, name).arg("x", x).konst("perm", Tensor::i32_vec(perm)).build1().unwrap()
+    }
+
+    #[test]
+    fn chains_merge_and_identities_go() {
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType::new(DType::F32, &[2, 3, 4]));
+        let r1 = reshape(&mut b, &x, &[6, 4], "r1");
+        let r2 = reshape(&mut b, &r1, &[2, 12], "r2");
+        let t1 = transpose(&mut b, &r2, &[1, 0], "t1");
+        let t2 = transpose(&mut b, &t1, &[1, 0], "t2");
+        let i = b.op(&shape::IDENTITY, "i").arg("x", &t2).build1().unwrap();
+        let y = b.op(&ew::RELU, "y").arg("x", &i).build1().unwrap();
+        let (f, c) = check_pass(b.finish(&[y]), PASS.run, 0.0);
+        assert_eq!(histogram(&f), [("relu".to_string(), 1), ("reshape".to_string(), 1)].into());
+        assert!(c.count("chains_merged") >= 1 && c.count("identities_removed") >= 2, "{c:?}");
+    }
+
+    #[test]
+    fn transposes_fold_into_matmul_and_flattened_linears_unflatten() {
+        let mut b = Builder::new(Opset::Ios16);
+        let a = b.input("a", TensorType::new(DType::F32, &[2, 4, 3]));
+        let x = b.input("x", TensorType::new(DType::F32, &[2, 4, 3]));
+        let at = transpose(&mut b, &a, &[0, 2, 1], "at");
+        let m = b.op(&linear::MATMUL, "m").arg("x", &at).arg("y", &x).build1().unwrap();
+        let flat = reshape(&mut b, &m, &[6, 3], "flat");
+        let w = b.konst("w", Tensor::from_f32(&[5, 3], &values(15, 7)));
+        let l = b.op(&linear::LINEAR, "l").arg("x", &flat).arg("weight", &w).build1().unwrap();
+        let y = reshape(&mut b, &l, &[2, 3, 5], "y");
+        let (f, c) = check_pass(b.finish(&[y]), PASS.run, 1e-6);
+        assert_eq!(histogram(&f), [("linear".to_string(), 1), ("matmul".to_string(), 1)].into());
+        assert_eq!((c.count("transposes_folded_into_matmul"), c.count("linears_unflattened")), (1, 1));
+        let lin = f.block.operations.iter().find(|o| o.op_type == "linear").unwrap();
+        assert_eq!(lin.outputs[0].ty.tensor().rank(), 3);
+    }
 }

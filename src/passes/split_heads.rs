@@ -297,3 +297,22 @@ fn const_i64s(r: &Rewriter, a: &Argument) -> Option<Vec<i64>> {
         Argument::Value(t) => t.to_i64_vec(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::testing::{check_pass, encoder_block, histogram};
+
+    #[test]
+    fn attention_runs_per_head_and_gives_the_same_result() {
+        let (f, c) = check_pass(encoder_block(8, 2, 8), PASS.run, 1e-5);
+        let h = histogram(&f);
+        // Two heads: two softmaxes, four matmuls, one concat; the batched reshapes and
+        // transposes are gone.
+        assert_eq!((h.get("softmax"), h.get("matmul"), h.get("concat"), h.get("transpose")), (Some(&2), Some(&4), Some(&1), None), "{h:?}");
+        for op in f.block.operations.iter().filter(|o| o.op_type == "softmax") {
+            assert_eq!(op.outputs[0].ty.tensor().rank(), 3, "softmax still batched over heads");
+        }
+        assert_eq!((c.count("attention_blocks_split"), c.count("ops_split_per_head")), (1, 4));
+    }
+}
