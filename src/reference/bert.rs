@@ -43,6 +43,13 @@ pub fn run(dir: &Path, inputs: &[(String, Array)]) -> Result<Vec<(String, Array)
         .collect()
 }
 
+/// sentence-transformers Pooling sets masked tokens to this before a max.
+const POOL_MAX_MASKED: f64 = -1e9;
+/// sentence-transformers Pooling clamps the token count at this before a mean.
+const POOL_MIN_COUNT: f64 = 1e-9;
+/// `torch.nn.functional.normalize`'s default eps, which sentence-transformers' Normalize uses.
+const NORMALIZE_EPS: f64 = 1e-12;
+
 /// A weight as a float32 tch tensor of the same shape.
 fn t(w: &crate::mil::Tensor) -> Result<Tensor, tch::TchError> {
     let v = w.to_f32_vec().ok_or_else(|| tch::TchError::Kind(format!("weight of dtype {} is not float", w.dtype())))?;
@@ -103,13 +110,11 @@ fn forward(enc: &Encoder, head: Option<SentenceHead>, ids: &Tensor, mask: &Tenso
         let m = mask_f.f_unsqueeze(-1)?;
         let pooled = match head.pooling {
             Pooling::Cls => x.f_select(1, 0)?,
-            Pooling::Mean => x.f_mul(&m)?.f_sum_dim_intlist(1, false, Kind::Float)?.f_div(&m.f_sum_dim_intlist(1, false, Kind::Float)?.f_clamp_min(1e-9)?)?,
-            // sentence-transformers sets masked tokens to -1e9 before the max.
-            Pooling::Max => x.f_masked_fill(&m.f_eq(0.0)?, -1e9)?.f_amax(1, false)?,
+            Pooling::Mean => x.f_mul(&m)?.f_sum_dim_intlist(1, false, Kind::Float)?.f_div(&m.f_sum_dim_intlist(1, false, Kind::Float)?.f_clamp_min(POOL_MIN_COUNT)?)?,
+            Pooling::Max => x.f_masked_fill(&m.f_eq(0.0)?, POOL_MAX_MASKED)?.f_amax(1, false)?,
         };
         let pooled = if head.normalize {
-            // torch.nn.functional.normalize(p=2, dim=1, eps=1e-12).
-            pooled.f_div(&pooled.f_norm_scalaropt_dim(2, 1, true)?.f_clamp_min(1e-12)?)?
+            pooled.f_div(&pooled.f_norm_scalaropt_dim(2, 1, true)?.f_clamp_min(NORMALIZE_EPS)?)?
         } else {
             pooled
         };
