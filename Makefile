@@ -13,6 +13,10 @@ CT_FIXTURES := fixtures/coremltools/out
 ZOO := $(CACHE)/zoo
 export T2C_ZOO := $(ZOO)
 export T2C_CT_ZOO := $(CACHE)/ct_zoo
+# BERT-family Hugging Face folders (tiny random BERT, DistilBERT, RoBERTa; the real MiniLM) with
+# the transformers outputs they must reproduce (fixtures/hf/make_bert.py; ~100 MB, built once).
+HF := $(CACHE)/hf
+export T2C_HF := $(HF)
 # Build with libtorch from the venv's pip torch (the `torch` feature: `validate --reference`).
 TORCH_ENV := PATH=$(abspath .venv/bin):$$PATH LIBTORCH_USE_PYTORCH=1
 RUN_MODEL := fixtures/torchscript/convnet.pt
@@ -31,6 +35,7 @@ setup:
 	@$(MAKE) --no-print-directory fixtures
 	@$(PY) fixtures/zoo/make.py $(ZOO) > $(CACHE)/zoo.log 2>&1 || (tail -20 $(CACHE)/zoo.log; exit 1)
 	@$(PY) fixtures/coremltools/zoo.py $(CACHE)/ct_zoo $(ZOO) > $(CACHE)/ct_zoo.log 2>&1 || (tail -20 $(CACHE)/ct_zoo.log; exit 1)
+	@$(PY) fixtures/hf/make_bert.py $(HF) > $(CACHE)/hf.log 2>&1 || (tail -20 $(CACHE)/hf.log; exit 1)
 
 # Packages coremltools writes for small torch models; made only when missing.
 fixtures:

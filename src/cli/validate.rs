@@ -113,6 +113,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let reference = match (&args.reference, &args.expected, &args.against) {
         // The same arrays the package got; `reference::run` gives them torch's dtypes (fp32, int64).
         #[cfg(feature = "torch")]
+        (Some(dir), _, _) if torch2coreml::hf::is_folder(dir) => torch2coreml::reference::bert::run(dir, &inputs)?,
+        #[cfg(feature = "torch")]
         (Some(pt), _, _) => torch2coreml::reference::run(pt, &inputs)?,
         (_, Some(p), _) => npz::read(p)?
             .into_iter()

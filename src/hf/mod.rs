@@ -5,6 +5,7 @@
 //! mirroring the upstream module tree. Called by `convert` when MODEL is a directory.
 //! Uses `mil` only.
 
+pub mod bert;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -114,7 +115,9 @@ pub struct Family {
 }
 
 /// Every family, one line each.
-pub const FAMILIES: &[Family] = &[];
+pub const FAMILIES: &[Family] = &[
+    bert::FAMILY,
+];
 
 /// Every `model_type` some family accepts, for the unknown-type message.
 pub fn supported_model_types() -> Vec<&'static str> {
@@ -126,8 +129,8 @@ pub fn is_folder(dir: &Path) -> bool {
     dir.is_dir() && dir.join(CONFIG_FILE).is_file()
 }
 
-/// Reads `dir/config.json`, picks the family by `model_type`, opens the weights and builds.
-pub fn build(dir: &Path, options: &Options) -> Result<Output, HfError> {
+/// Reads and parses `dir/config.json`; returns it with its `model_type`.
+fn read_config(dir: &Path) -> Result<(serde_json::Value, String), HfError> {
     let config_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|e| HfError::io(&config_path, e))?;
     let config: serde_json::Value =
@@ -137,11 +140,25 @@ pub fn build(dir: &Path, options: &Options) -> Result<Output, HfError> {
         .and_then(|v| v.as_str())
         .ok_or_else(|| HfError::Config { path: config_path.clone(), message: "has no `model_type`".into() })?
         .to_string();
+    Ok((config, model_type))
+}
+
+/// Reads `dir/config.json`, picks the family by `model_type`, opens the weights and builds.
+pub fn build(dir: &Path, options: &Options) -> Result<Output, HfError> {
+    let (config, model_type) = read_config(dir)?;
     let family = FAMILIES
         .iter()
         .find(|f| f.model_types.contains(&model_type.as_str()))
-        .ok_or_else(|| HfError::UnknownModelType { path: config_path.clone(), found: model_type })?;
+        .ok_or_else(|| HfError::UnknownModelType { path: dir.join(CONFIG_FILE), found: model_type })?;
     let weights = Weights::open(dir)?;
     let folder = Folder { dir: dir.to_path_buf(), config, weights };
     (family.build)(&folder, options)
+}
+
+/// Opens `dir` (config and weights) without building, for `reference` (the tch forward of the
+/// same safetensors).
+pub fn open(dir: &Path) -> Result<Folder, HfError> {
+    let (config, _) = read_config(dir)?;
+    let weights = Weights::open(dir)?;
+    Ok(Folder { dir: dir.to_path_buf(), config, weights })
 }

@@ -164,6 +164,11 @@ impl<'w> Scope<'w> {
         self.weights.contains(&self.path(name))
     }
 
+    /// The folder the weights came from, for error messages.
+    pub fn dir(&self) -> PathBuf {
+        self.weights.dir()
+    }
+
     /// The full name of `name` under this module.
     pub fn path(&self, name: &str) -> String {
         if self.prefix.is_empty() {

@@ -9,6 +9,8 @@
 //! `tests/reference.rs`. tch is a run-only oracle: it cannot list the graph, so it never replaces
 //! `torchscript::read`.
 
+pub mod bert;
+
 use std::path::{Path, PathBuf};
 
 use tch::{CModule, Device, IValue, Kind, Tensor};
@@ -28,6 +30,9 @@ pub enum Error {
     Forward { path: PathBuf, message: String },
     #[error("{path}: output {index}: {reason}")]
     Output { path: PathBuf, index: usize, reason: String },
+    /// A Hugging Face folder given as the reference could not be read (`bert::run`).
+    #[error(transparent)]
+    Folder(#[from] crate::hf::HfError),
 }
 
 /// Runs `model`'s `forward` on CPU, in eval mode and without autograd, on `inputs` (in the
