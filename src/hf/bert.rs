@@ -132,15 +132,23 @@ pub const ACTIVATIONS: &[(&str, Activation)] = &[
 #[derive(Clone, Debug)]
 pub struct Config {
     pub flavor: Flavor,
+    /// C: `hidden_size` (DistilBERT `dim`).
     pub hidden: usize,
+    /// `num_attention_heads` (`n_heads`).
     pub heads: usize,
+    /// `num_hidden_layers` (`n_layers`).
     pub layers: usize,
+    /// Feed-forward width: `intermediate_size` (`hidden_dim`).
     pub intermediate: usize,
+    /// `vocab_size`: rows of the word-embedding table.
     pub vocab: usize,
+    /// `max_position_embeddings`: rows of the position table.
     pub max_positions: usize,
     /// `type_vocab_size`; 0 for DistilBERT, which has no token types.
     pub type_vocab: usize,
+    /// `layer_norm_eps` of every LayerNorm.
     pub eps: f64,
+    /// `hidden_act` (`activation`).
     pub activation: Activation,
     /// RoBERTa only: `pad_token_id`; positions count from it + 1 and pads get it.
     pub padding_idx: Option<usize>,
@@ -249,6 +257,7 @@ pub struct Layer {
 pub struct Encoder {
     pub config: Config,
     pub embeddings: Embeddings,
+    /// `encoder.layer.N` (DistilBERT `transformer.layer.N`), in order.
     pub layers: Vec<Layer>,
 }
 
@@ -369,7 +378,9 @@ const POOLING_MODES: &[(&str, Option<Pooling>)] = &[
 /// The sentence-transformers modules after the transformer: pooling, then optional L2 norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SentenceHead {
+    /// How `1_Pooling/config.json` reduces the tokens.
     pub pooling: Pooling,
+    /// Whether `modules.json` lists a Normalize module (L2 norm of the pooled vector).
     pub normalize: bool,
 }
 
