@@ -132,15 +132,23 @@ pub const ACTIVATIONS: &[(&str, Activation)] = &[
 #[derive(Clone, Debug)]
 pub struct Config {
     pub flavor: Flavor,
+    /// C: `hidden_size` (DistilBERT `dim`).
     pub hidden: usize,
+    /// `num_attention_heads` (`n_heads`).
     pub heads: usize,
+    /// `num_hidden_layers` (`n_layers`).
     pub layers: usize,
+    /// Feed-forward width: `intermediate_size` (`hidden_dim`).
     pub intermediate: usize,
+    /// `vocab_size`: rows of the word-embedding table.
     pub vocab: usize,
+    /// `max_position_embeddings`: rows of the position table.
     pub max_positions: usize,
     /// `type_vocab_size`; 0 for DistilBERT, which has no token types.
     pub type_vocab: usize,
+    /// `layer_norm_eps` of every LayerNorm.
     pub eps: f64,
+    /// `hidden_act` (`activation`).
     pub activation: Activation,
     /// RoBERTa only: `pad_token_id`; positions count from it + 1 and pads get it.
     pub padding_idx: Option<usize>,
@@ -249,6 +257,7 @@ pub struct Layer {
 pub struct Encoder {
     pub config: Config,
     pub embeddings: Embeddings,
+    /// `encoder.layer.N` (DistilBERT `transformer.layer.N`), in order.
     pub layers: Vec<Layer>,
 }
 
@@ -369,7 +378,9 @@ const POOLING_MODES: &[(&str, Option<Pooling>)] = &[
 /// The sentence-transformers modules after the transformer: pooling, then optional L2 norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SentenceHead {
+    /// How `1_Pooling/config.json` reduces the tokens.
     pub pooling: Pooling,
+    /// Whether `modules.json` lists a Normalize module (L2 norm of the pooled vector).
     pub normalize: bool,
 }
 
@@ -553,29 +564,29 @@ impl<'e> Net<'e> {
         Ok(self.b.op(&ew::CAST, hint).arg("x", x).konst("dtype", Tensor::string(to.name())).build1()?)
     }
 
-    /// `embeddings`: word + position + token type 0, (1, S, C) → (1, C, 1, S), LayerNorm.
+    /// `embeddings`: word + position + token type 0 as (S, C) rows (gathered from the flat ids,
+    /// so no rank-3 activation has channels last), transposed to (C, S), viewed as (1, C, 1, S),
+    /// then LayerNorm.
     fn embeddings(&mut self, ids: &Var) -> Result<Var, HfError> {
         let (enc, seq) = (self.enc, self.seq);
         let e = &enc.embeddings;
+        let ids = self.reshape("input_ids_flat", ids, &[seq])?;
         let word = self.weight("word_embeddings", &e.word);
-        let mut x = self.gather("word_embedded", &word, ids)?;
+        let mut x = self.gather("word_embedded", &word, &ids)?;
         let table = self.weight("position_embeddings", &e.position);
-        let positions = match enc.config.padding_idx {
+        let position_ids = match enc.config.padding_idx {
             // RoBERTa `create_position_ids_from_input_ids`: cumsum of non-pad tokens, times the
             // non-pad mask, plus padding_idx (pads get padding_idx itself).
             Some(pad) => {
-                let real = self.b.op(&ew::NOT_EQUAL, "not_pad").arg("x", ids).konst("y", Tensor::i32_scalar(pad as i32)).build1()?;
+                let real = self.b.op(&ew::NOT_EQUAL, "not_pad").arg("x", &ids).konst("y", Tensor::i32_scalar(pad as i32)).build1()?;
                 let real = self.cast("not_pad_i32", &real, DType::I32)?;
-                let count = self.b.op(&shape::CUMSUM, "pad_cumsum").arg("x", &real).konst("axis", Tensor::i32_scalar(1)).build1()?;
+                let count = self.b.op(&shape::CUMSUM, "pad_cumsum").arg("x", &real).konst("axis", Tensor::i32_scalar(0)).build1()?;
                 let count = self.binary(&ew::MUL, "pad_cumsum_masked", &count, &real)?;
-                let ids = self.with_const(&ew::ADD, "position_ids", &count, Tensor::i32_scalar(pad as i32))?;
-                self.gather("position_embedded", &table, &ids)?
+                self.with_const(&ew::ADD, "position_ids", &count, Tensor::i32_scalar(pad as i32))?
             }
-            None => {
-                let ids = self.b.konst("position_ids", Tensor::i32_vec(&(0..seq as i32).collect::<Vec<_>>()));
-                self.gather("position_embedded", &table, &ids)?
-            }
+            None => self.b.konst("position_ids", Tensor::i32_vec(&(0..seq as i32).collect::<Vec<_>>())),
         };
+        let positions = self.gather("position_embedded", &table, &position_ids)?;
         x = self.binary(&ew::ADD, "word_position", &x, &positions)?;
         if let Some(tt) = &e.token_type {
             let table = self.weight("token_type_embeddings", tt);
@@ -583,8 +594,8 @@ impl<'e> Net<'e> {
             let row = self.gather("token_type_embedded", &table, &zero)?;
             x = self.binary(&ew::ADD, "embedded", &x, &row)?;
         }
-        let x = self.b.op(&shape::TRANSPOSE, "embedded_bcs").arg("x", &x).konst("perm", Tensor::i32_vec(&[0, 2, 1])).build1()?;
-        let x = self.b.op(&shape::EXPAND_DIMS, "embedded_bc1s").arg("x", &x).konst("axes", Tensor::i32_vec(&[2])).build1()?;
+        let x = self.b.op(&shape::TRANSPOSE, "embedded_cs").arg("x", &x).konst("perm", Tensor::i32_vec(&[1, 0])).build1()?;
+        let x = self.reshape("embedded_bc1s", &x, &[1, enc.config.hidden, 1, seq])?;
         self.layer_norm("embeddings_norm", &x, &e.norm)
     }
 
@@ -820,6 +831,15 @@ mod tests {
         assert_eq!(f.block.outputs, vec![LAST_HIDDEN_STATE.to_string()]);
         let ops: Vec<&str> = f.block.operations.iter().map(|o| o.op_type.as_str()).collect();
         assert!(!ops.contains(&"linear") && ops.iter().filter(|o| **o == "conv").count() == 6, "{ops:?}");
+        let channels_last: Vec<&str> = f
+            .block
+            .operations
+            .iter()
+            .filter(|o| o.op_type != "const")
+            .filter(|o| o.outputs.iter().any(|v| v.ty.tensor().rank() >= 3 && v.ty.tensor().shape.last() == Some(&crate::mil::Dim::Fixed(8))))
+            .map(|o| o.name.as_str())
+            .collect();
+        assert!(channels_last.is_empty(), "rank ≥ 3 activations ending in the channel axis: {channels_last:?}");
         let ids = Array::int(vec![1, 4], vec![3, 7, 1, 0]);
         let mask = Array::int(vec![1, 4], vec![1, 1, 1, 0]);
         let y = interp::run(f, &[(INPUT_IDS.into(), ids), (ATTENTION_MASK.into(), mask)]).unwrap();
