@@ -6,6 +6,7 @@
 //! Uses `mil` only.
 
 pub mod weights;
+pub mod whisper;
 
 use std::path::{Path, PathBuf};
 
@@ -114,7 +115,9 @@ pub struct Family {
 }
 
 /// Every family, one line each.
-pub const FAMILIES: &[Family] = &[];
+pub const FAMILIES: &[Family] = &[
+    Family { model_types: whisper::MODEL_TYPES, build: whisper::build },
+];
 
 /// Every `model_type` some family accepts, for the unknown-type message.
 pub fn supported_model_types() -> Vec<&'static str> {
