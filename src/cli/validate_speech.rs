@@ -28,7 +28,7 @@ pub use with_torch::run;
 #[cfg(feature = "torch")]
 mod with_torch {
     use std::collections::HashMap;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use serde_json::json;
 
@@ -82,9 +82,16 @@ mod with_torch {
         if args.audio.is_empty() {
             bail!("{}: give at least one --audio FILE.wav to transcribe", dir.display());
         }
-        let refs = args.text.as_deref().map(read_refs).transpose()?;
-        // Every file is read before the models load, so a bad file fails at once.
+        // Every input is read and matched before the models load, so bad input fails at once.
         let audio = args.audio.iter().map(|p| wav::read_16k(p)).collect::<Result<Vec<_>, _>>()?;
+        let spoken: Vec<Option<String>> = match &args.text {
+            Some(tsv) => {
+                let refs = read_refs(tsv)?;
+                let rows = args.audio.iter().map(|p| refs.get(&file_name(p)).cloned().with_context(|| format!("{}: no row for `{}`", tsv.display(), file_name(p))));
+                rows.map(|r| r.map(Some)).collect::<anyhow::Result<_>>()?
+            }
+            None => vec![None; args.audio.len()],
+        };
         let progress = Progress::new();
         progress.stage("loading packages and the PyTorch reference");
         let mut converted = Packages::open(dir)?;
@@ -95,12 +102,8 @@ mod with_torch {
         let reference_text = Text::open(hf_dir)?;
 
         let mut results = Vec::new();
-        for (i, (path, audio)) in args.audio.iter().zip(&audio).enumerate() {
+        for (i, ((path, audio), spoken)) in args.audio.iter().zip(&audio).zip(spoken).enumerate() {
             let name = file_name(path);
-            let spoken = match (&refs, &args.text) {
-                (Some(map), Some(tsv)) => Some(map.get(&name).cloned().with_context(|| format!("{}: no row for `{name}`", tsv.display()))?),
-                _ => None,
-            };
             progress.stage(&format!("{}/{} {name}: PyTorch", i + 1, args.audio.len()));
             let r = greedy::transcribe(&mut reference, &reference_gen, audio).with_context(|| format!("{}: reference", path.display()))?;
             let r_text = reference_text.decode(&r.tokens, reference_gen.eos)?;
@@ -119,7 +122,7 @@ mod with_torch {
     }
 
     /// Prints the report and decides the exit status.
-    fn report(args: &Args, hf_dir: &PathBuf, results: &[FileResult]) -> anyhow::Result<ExitStatus> {
+    fn report(args: &Args, hf_dir: &Path, results: &[FileResult]) -> anyhow::Result<ExitStatus> {
         let (mut vs_reference, mut ref_vs_text, mut conv_vs_text) = (Score::default(), Score::default(), Score::default());
         let mut files = Vec::new();
         let mut drift = Vec::new();
@@ -168,18 +171,19 @@ mod with_torch {
                 let pct = |x: f64| format!("{:.1}%", 100.0 * x);
                 let mut s = format!("{} vs {} (PyTorch), greedy, English, no timestamps\n", args.package.display(), hf_dir.display());
                 for f in &files {
-                    s += &format!("{}\n  reference: {}\n  converted: {}\n", f["file"].as_str().unwrap_or_default(), f["reference_text"].as_str().unwrap_or_default(), f["converted_text"].as_str().unwrap_or_default());
+                    let name = file_name(Path::new(f["file"].as_str().unwrap_or_default()));
+                    s += &format!("{name}\n  reference: {}\n  converted: {}\n", f["reference_text"].as_str().unwrap_or_default(), f["converted_text"].as_str().unwrap_or_default());
                     s += &format!("  WER converted vs reference {}", pct(f["wer_converted_vs_reference"].as_f64().unwrap_or_default()));
                     if let (Some(r), Some(c)) = (f["wer_reference_vs_text"].as_f64(), f["wer_converted_vs_text"].as_f64()) {
                         s += &format!(", vs text: reference {}, converted {}", pct(r), pct(c));
                     }
                     s += "\n";
                 }
-                s += &format!("drift, first window (reference vs converted)\n  {:<40} {:<18} {:>10} {:>9} {:>8}\n", "file", "stage", "max_abs", "cosine", "psnr_db");
+                s += &format!("drift, first window (reference vs converted)\n  {:<28} {:<18} {:>10} {:>9} {:>8}\n", "file", "stage", "max_abs", "cosine", "psnr_db");
                 for d in &drift {
                     s += &format!(
-                        "  {:<40} {:<18} {:>10.3e} {:>9.6} {:>8.1}\n",
-                        d["file"].as_str().unwrap_or_default(),
+                        "  {:<28} {:<18} {:>10.3e} {:>9.6} {:>8.1}\n",
+                        file_name(Path::new(d["file"].as_str().unwrap_or_default())),
                         d["stage"].as_str().unwrap_or_default(),
                         d["max_abs"].as_f64().unwrap_or_default(),
                         d["cosine"].as_f64().unwrap_or_default(),

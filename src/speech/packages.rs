@@ -10,6 +10,10 @@
 //!   `cross_value_cache` → `logits` (1, vocab), `key_cache_updates`, `value_cache_updates`
 //!   (layers, d, 1, 1), which the caller (here) writes into column `cache_length` of its caches.
 //!
+//! Outputs are matched by name, else by position in the order listed above (as `validate`
+//! matches arrays), so packages whose outputs kept generic names (a traced module converted by
+//! `convert MODEL.pt` names them `output_0`, …) run too. Inputs must carry the names above.
+//!
 //! Called by `cli::validate_speech`; uses `package::read` and `interp::run`.
 
 use std::path::{Path, PathBuf};
@@ -51,19 +55,24 @@ fn main_of<'a>((path, model): &'a (PathBuf, Model)) -> Result<&'a Function, Erro
     model.program.main().ok_or_else(|| Error::file(path, "the package has no main function"))
 }
 
-/// Runs a package on `inputs` and returns its outputs by name.
-fn run(package: &(PathBuf, Model), inputs: &[(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
-    interp::run(main_of(package)?, inputs).map_err(|source| Error::Run { path: package.0.clone(), source })
-}
-
-/// Takes output `name` out of `outputs`, as f32 values.
-fn output(package: &(PathBuf, Model), outputs: &mut Vec<(String, Array)>, name: &str) -> Result<Array, Error> {
-    let i = outputs.iter().position(|(n, _)| n == name).ok_or_else(|| Error::file(&package.0, format!("the package has no output `{name}`")))?;
-    let (_, a) = outputs.swap_remove(i);
-    if a.floats().is_none() {
-        return Err(Error::file(&package.0, format!("output `{name}` is {}, not a float tensor", a.dtype)));
+/// Runs a package on `inputs` and returns its outputs in the order of `names` (matched by
+/// name, else by position when the package names none of them).
+fn run<const N: usize>(package: &(PathBuf, Model), inputs: &[(String, Array)], names: [&str; N]) -> Result<[Array; N], Error> {
+    let outputs = interp::run(main_of(package)?, inputs).map_err(|source| Error::Run { path: package.0.clone(), source })?;
+    if outputs.len() != N {
+        return Err(Error::file(&package.0, format!("the package has {} outputs, expected {N}: {}", outputs.len(), names.join(", "))));
     }
-    Ok(a)
+    let by_name = names.iter().all(|n| outputs.iter().any(|(o, _)| o == n));
+    let mut found = Vec::with_capacity(N);
+    for (i, name) in names.iter().enumerate() {
+        let a = if by_name { outputs.iter().find(|(o, _)| o == name) } else { outputs.get(i) };
+        let Some((_, a)) = a else { return Err(Error::file(&package.0, format!("the package has no output `{name}`"))) };
+        if a.floats().is_none() {
+            return Err(Error::file(&package.0, format!("output `{name}` is {}, not a float tensor", a.dtype)));
+        }
+        found.push(a.clone());
+    }
+    found.try_into().map_err(|_| Error::file(&package.0, "output count changed"))
 }
 
 impl Packages {
@@ -104,17 +113,18 @@ impl Backend for Packages {
 
     fn features(&mut self, window: &[f32]) -> Result<Vec<f32>, Error> {
         let input = Array::float(DType::F32, vec![window.len()], window.to_vec());
-        let mut out = run(&self.mel, &[("audio".to_string(), input)])?;
-        Ok(output(&self.mel, &mut out, "melspectrogram_features")?.to_f32_vec().unwrap_or_default())
+        let [features] = run(&self.mel, &[("audio".to_string(), input)], ["melspectrogram_features"])?;
+        Ok(features.to_f32_vec().unwrap_or_default())
     }
 
     fn encode(&mut self, features: &[f32]) -> Result<Vec<f32>, Error> {
         let mels = features.len() / super::mel::N_FRAMES;
         let input = Array::float(DType::F32, vec![1, mels, 1, super::mel::N_FRAMES], features.to_vec());
-        let mut out = run(&self.encoder, &[("melspectrogram_features".to_string(), input)])?;
-        self.cross_key = Some(output(&self.encoder, &mut out, "cross_key_cache")?);
-        self.cross_value = Some(output(&self.encoder, &mut out, "cross_value_cache")?);
-        Ok(output(&self.encoder, &mut out, "encoder_output_embeds")?.to_f32_vec().unwrap_or_default())
+        let names = ["encoder_output_embeds", "cross_key_cache", "cross_value_cache"];
+        let [embeds, cross_key, cross_value] = run(&self.encoder, &[("melspectrogram_features".to_string(), input)], names)?;
+        self.cross_key = Some(cross_key);
+        self.cross_value = Some(cross_value);
+        Ok(embeds.to_f32_vec().unwrap_or_default())
     }
 
     fn logits(&mut self, token: u32, position: usize) -> Result<Vec<f32>, Error> {
@@ -137,9 +147,9 @@ impl Backend for Packages {
             ("cross_key_cache".to_string(), cross_key.clone()),
             ("cross_value_cache".to_string(), cross_value.clone()),
         ];
-        let mut out = run(&self.decoder, &inputs)?;
-        for (name, cache) in [("key_cache_updates", &mut self.key_cache), ("value_cache_updates", &mut self.value_cache)] {
-            let update = output(&self.decoder, &mut out, name)?;
+        let names = ["logits", "key_cache_updates", "value_cache_updates"];
+        let [logits, key_update, value_update] = run(&self.decoder, &inputs, names)?;
+        for (name, update, cache) in [(names[1], key_update, &mut self.key_cache), (names[2], value_update, &mut self.value_cache)] {
             let values = update.floats().unwrap_or_default();
             if values.len() * positions != cache.len() {
                 return Err(Error::file(&self.decoder.0, format!("output `{name}` has shape {:?}, not (layers, d, 1, 1)", update.shape)));
@@ -148,6 +158,6 @@ impl Backend for Packages {
                 cache[row * positions + position] = v;
             }
         }
-        Ok(output(&self.decoder, &mut out, "logits")?.to_f32_vec().unwrap_or_default())
+        Ok(logits.to_f32_vec().unwrap_or_default())
     }
 }
