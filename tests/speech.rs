@@ -82,7 +82,7 @@ fn wer_matches_jiwer_on_the_test_bed() {
     for row in &rows {
         let s = Score::new(row["ref"].as_str().unwrap(), row["hyp"].as_str().unwrap());
         assert!((s.rate() - row["wer"].as_f64().unwrap()).abs() < 1e-12, "{}: ours {} jiwer {}", row["id"], s.rate(), row["wer"]);
-        corpus = corpus.add(s);
+        corpus = corpus + s;
     }
     let path = audio_dir().parent().unwrap().join("results.json");
     let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

@@ -128,13 +128,13 @@ mod with_torch {
         let mut drift = Vec::new();
         for f in results {
             let score = Score::new(&f.reference.1, &f.converted.1);
-            vs_reference = vs_reference.add(score);
+            vs_reference = vs_reference + score;
             let (rt, ct) = match &f.spoken {
                 Some(s) => (Some(Score::new(s, &f.reference.1)), Some(Score::new(s, &f.converted.1))),
                 None => (None, None),
             };
-            ref_vs_text = ref_vs_text.add(rt.unwrap_or_default());
-            conv_vs_text = conv_vs_text.add(ct.unwrap_or_default());
+            ref_vs_text = ref_vs_text + rt.unwrap_or_default();
+            conv_vs_text = conv_vs_text + ct.unwrap_or_default();
             files.push(json!({
                 "file": f.file,
                 "reference_text": f.reference.1,

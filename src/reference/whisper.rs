@@ -37,10 +37,13 @@ const CONV2_STRIDE: i64 = 2;
 /// Why the reference could not be built or run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// `config.json` or `model.safetensors` missing, malformed, or not matching each other.
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
+    /// libtorch refused to hand back a result.
     #[error("libtorch failed: {0}")]
     Torch(String),
+    /// A call outside the contract of [`Backend`] (wrong feature length, token or position out of range).
     #[error("{0}")]
     Input(String),
 }

@@ -112,6 +112,7 @@ impl Generation {
 /// token in order from position 0; a call at position 0 starts a new sequence (clears the
 /// self-attention cache).
 pub trait Backend {
+    /// What a failed step reports (package or libtorch trouble).
     type Error;
     /// Log-mel features of one window of [`WINDOW_SAMPLES`](super::WINDOW_SAMPLES) samples,
     /// (80, 3000) row-major (mel bin, frame).
@@ -126,7 +127,9 @@ pub trait Backend {
 /// What the first window looked like inside the model, for the drift table.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Probe {
+    /// Log-mel features, (80, 3000).
     pub features: Vec<f32>,
+    /// Encoder output, (d_model, 1500).
     pub encoder: Vec<f32>,
     /// Logits after the whole prompt: the scores of the first generated token (before suppression).
     pub first_logits: Vec<f32>,
@@ -135,7 +138,9 @@ pub struct Probe {
 /// A transcription: generated tokens of every window, and the first window's probe.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Transcript {
+    /// Generated tokens of all windows in order, without prompts or end-of-text tokens.
     pub tokens: Vec<u32>,
+    /// The first window's intermediate values.
     pub probe: Probe,
 }
 

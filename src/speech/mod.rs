@@ -28,12 +28,15 @@ pub const WINDOW_SAMPLES: usize = 480_000;
 /// Why speech validation could not run. Each message names the file and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A WAV, JSON, tokenizer or package file that is missing or malformed.
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
+    /// A package that `package::read` refuses (its error already names the file inside it).
+    #[error("{source}")]
+    Package { path: PathBuf, source: Box<crate::package::Error> },
+    /// A package that loads but fails in the interpreter.
     #[error("{}: {source}", path.display())]
-    Package { path: PathBuf, source: crate::package::Error },
-    #[error("{}: {source}", path.display())]
-    Run { path: PathBuf, source: crate::interp::Error },
+    Run { path: PathBuf, source: Box<crate::interp::Error> },
 }
 
 impl Error {

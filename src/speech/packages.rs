@@ -51,14 +51,14 @@ pub fn is_whisper_dir(dir: &Path) -> bool {
 }
 
 /// The `main` function of a loaded package.
-fn main_of<'a>((path, model): &'a (PathBuf, Model)) -> Result<&'a Function, Error> {
+fn main_of((path, model): &(PathBuf, Model)) -> Result<&Function, Error> {
     model.program.main().ok_or_else(|| Error::file(path, "the package has no main function"))
 }
 
 /// Runs a package on `inputs` and returns its outputs in the order of `names` (matched by
 /// name, else by position when the package names none of them).
 fn run<const N: usize>(package: &(PathBuf, Model), inputs: &[(String, Array)], names: [&str; N]) -> Result<[Array; N], Error> {
-    let outputs = interp::run(main_of(package)?, inputs).map_err(|source| Error::Run { path: package.0.clone(), source })?;
+    let outputs = interp::run(main_of(package)?, inputs).map_err(|source| Error::Run { path: package.0.clone(), source: Box::new(source) })?;
     if outputs.len() != N {
         return Err(Error::file(&package.0, format!("the package has {} outputs, expected {N}: {}", outputs.len(), names.join(", "))));
     }
@@ -80,7 +80,7 @@ impl Packages {
     pub fn open(dir: &Path) -> Result<Packages, Error> {
         let load = |name: &str| -> Result<(PathBuf, Model), Error> {
             let path = dir.join(name);
-            let model = package::read(&path).map_err(|source| Error::Package { path: path.clone(), source })?;
+            let model = package::read(&path).map_err(|source| Error::Package { path: path.clone(), source: Box::new(source) })?;
             Ok((path, model))
         };
         let decoder = load(DECODER_PACKAGE)?;

@@ -13,7 +13,9 @@ use super::{resample, Error, SAMPLE_RATE};
 /// One decoded file: mono samples and their rate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Audio {
+    /// Mono samples in [-1, 1).
     pub samples: Vec<f32>,
+    /// Samples per second, from the header.
     pub sample_rate: u32,
 }
 

@@ -33,8 +33,12 @@ impl Score {
         }
     }
 
-    /// This score plus `other`: the corpus figure over both.
-    pub fn add(self, other: Score) -> Score {
+}
+
+/// The corpus score over both comparisons.
+impl std::ops::Add for Score {
+    type Output = Score;
+    fn add(self, other: Score) -> Score {
         Score { errors: self.errors + other.errors, words: self.words + other.words }
     }
 }
@@ -107,7 +111,7 @@ mod tests {
     fn rates_of_empty_texts_and_corpus_sums() {
         assert_eq!(Score::new("", "").rate(), 0.0);
         assert_eq!(Score::new("", "hello").rate(), 1.0);
-        let corpus = Score::new("a b", "a").add(Score::new("c d e f", "c d e f"));
+        let corpus = Score::new("a b", "a") + Score::new("c d e f", "c d e f");
         assert_eq!((corpus.errors, corpus.words), (1, 6));
     }
 }
