@@ -17,10 +17,6 @@ fn cache_path(var: &str, default: &str) -> PathBuf {
     dir
 }
 
-fn whisper_dir() -> PathBuf {
-    cache_path("T2C_WHISPER_DIR", "whisper-tiny.en")
-}
-
 fn audio_dir() -> PathBuf {
     cache_path("T2C_WHISPER_AUDIO", "audio")
 }
@@ -105,6 +101,10 @@ mod torch {
     /// How far tch's encoder output and first logits may be from transformers' (same libtorch,
     /// fp32; attention through sdpa there, matmul + softmax here: 8e-5 seen on the encoder).
     const MODEL_ATOL: f64 = 5e-4;
+
+    fn whisper_dir() -> PathBuf {
+        cache_path("T2C_WHISPER_DIR", "whisper-tiny.en")
+    }
 
     fn probes() -> Vec<(String, Vec<f64>)> {
         let path = audio_dir().parent().unwrap().join("probes.npz");

@@ -7,7 +7,7 @@
 //! when the corpus WER of converted vs reference exceeds `--max-wer`. Reached from
 //! `cli::validate` when its target is a folder holding the three Whisper packages.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use super::validate::Args;
 use super::ExitStatus;
@@ -30,6 +30,7 @@ mod with_torch {
     use std::collections::HashMap;
     use std::path::Path;
 
+    use anyhow::Context;
     use serde_json::json;
 
     use super::super::output::{self, Format};
