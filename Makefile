@@ -96,11 +96,12 @@ run: setup
 	$(TORCH_ENV) cargo run --features torch --quiet --release -- inspect $(RUN_OUT)
 	$(TORCH_ENV) cargo run --features torch --quiet --release -- validate $(RUN_OUT) --reference $(RUN_MODEL) --seed 0
 
-# Benchmarks (bench/run.py): convert speed and memory vs coremltools on Whisper encoders, and
-# interpreter time vs libtorch; writes bench/RESULTS.md. Traced models are built once into the
-# cache. About 10 minutes, most of it coremltools on whisper-medium.
+# Benchmarks (bench/run.py): convert speed and memory vs coremltools on Whisper encoders,
+# interpreter time vs libtorch, and Whisper transcription vs PyTorch; writes bench/RESULTS.md.
+# Traced models are built once into the cache. About 10 minutes, most of it coremltools on
+# whisper-medium.
 bench: setup
-	cargo build --release --bin torch2coreml --example bench_interp
+	cargo build --release --bin torch2coreml --example bench_interp --example bench_speech
 	$(PY) bench/make_whisper.py $(CACHE)/bench
 	$(PY) bench/make_resnet.py $(CACHE)/bench
 	$(PY) bench/run.py $(CACHE)/bench
