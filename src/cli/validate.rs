@@ -100,6 +100,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     if torch2coreml::speech::packages::is_whisper_dir(&args.package) {
         return super::validate_speech::run(args);
     }
+    if !args.audio.is_empty() || args.text.is_some() {
+        bail!("{}: --audio and --text apply to a folder of Whisper packages (MelSpectrogram, AudioEncoder, TextDecoder.mlpackage)", args.package.display());
+    }
     #[cfg(not(feature = "torch"))]
     if let Some(model) = &args.reference {
         bail!(

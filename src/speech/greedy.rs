@@ -269,6 +269,17 @@ mod tests {
         .unwrap();
         let g = Generation::open(dir.path()).unwrap();
         assert_eq!(g, Generation { prompt: vec![50257, 50362], eos: 50256, suppress: vec![1, 2], begin_suppress: vec![220, 50256], max_length: 448 });
+        // A multilingual model gets `<|en|>` and `transcribe` after the forced ids, as
+        // generate(language="en") does.
+        std::fs::write(
+            dir.path().join(GENERATION_CONFIG_FILE),
+            r#"{"decoder_start_token_id": 50258, "no_timestamps_token_id": 50363, "eos_token_id": 50257,
+               "lang_to_id": {"<|en|>": 50259, "<|fr|>": 50265}, "task_to_id": {"transcribe": 50359, "translate": 50358},
+               "max_length": 100}"#,
+        )
+        .unwrap();
+        let g = Generation::open(dir.path()).unwrap();
+        assert_eq!((g.prompt, g.max_length, g.suppress.len()), (vec![50258, 50259, 50359, 50363], 104, 0));
         std::fs::write(dir.path().join(GENERATION_CONFIG_FILE), "{").unwrap();
         assert!(Generation::open(dir.path()).unwrap_err().to_string().contains("generation_config.json: not valid JSON"));
     }
