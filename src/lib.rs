@@ -15,5 +15,6 @@ pub mod torchscript;
 pub mod interp;
 pub mod lint;
 pub mod validate;
+pub mod speech;
 #[cfg(feature = "torch")]
 pub mod reference;

@@ -7,6 +7,7 @@ mod lint;
 mod output;
 mod progress;
 mod validate;
+mod validate_speech;
 
 use clap::{Parser, Subcommand};
 

@@ -18,9 +18,10 @@ use torch2coreml::validate::{self, npz};
 /// Arguments of `validate`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The .mlpackage to check.
+    /// The .mlpackage to check, or the folder `convert WHISPER_DIR` wrote (speech validation).
     pub package: PathBuf,
-    /// The source TorchScript model, run through PyTorch (needs the `torch` cargo feature).
+    /// The source TorchScript model, run through PyTorch (needs the `torch` cargo feature); for
+    /// a Whisper package folder, the Hugging Face folder it was converted from.
     #[arg(long, group = "reference_kind")]
     pub reference: Option<PathBuf>,
     /// Outputs the source model produced for `--inputs`, as .npz.
@@ -45,6 +46,15 @@ pub struct Args {
     /// the fp32 values of its inputs; list the ops that drift past tolerance, overflow or turn NaN.
     #[arg(long)]
     pub per_op: bool,
+    /// Whisper folders: WAV files to transcribe with the packages and the reference.
+    #[arg(long, num_args = 1..)]
+    pub audio: Vec<PathBuf>,
+    /// Whisper folders: the spoken text, as a TSV of id, wav file name, text (refs.tsv).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// Whisper folders: largest corpus WER of converted vs reference transcripts that passes.
+    #[arg(long, default_value_t = 0.0)]
+    pub max_wer: f64,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -87,6 +97,12 @@ fn run_per_op(args: &Args, main: &torch2coreml::mil::Function, inputs: &[(String
 
 /// Runs `validate`.
 pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
+    if torch2coreml::speech::packages::is_whisper_dir(&args.package) {
+        return super::validate_speech::run(args);
+    }
+    if !args.audio.is_empty() || args.text.is_some() {
+        bail!("{}: --audio and --text apply to a folder of Whisper packages (MelSpectrogram, AudioEncoder, TextDecoder.mlpackage)", args.package.display());
+    }
     #[cfg(not(feature = "torch"))]
     if let Some(model) = &args.reference {
         bail!(

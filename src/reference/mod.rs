@@ -10,6 +10,7 @@
 //! `torchscript::read`.
 
 pub mod bert;
+pub mod whisper;
 
 use std::path::{Path, PathBuf};
 

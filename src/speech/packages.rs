@@ -1,0 +1,163 @@
+//! The converted Whisper packages, run by our MIL interpreter, as a greedy-decoding
+//! [`Backend`]. `convert WHISPER_DIR -o OUT_DIR` writes three packages with this interface
+//! (Core ML's (B, C, 1, S) layout throughout):
+//!
+//! - `MelSpectrogram.mlpackage`: `audio` (480000,) fp32 → `melspectrogram_features` (1, 80, 1, 3000);
+//! - `AudioEncoder.mlpackage`: `melspectrogram_features` → `encoder_output_embeds` (1, d, 1, 1500),
+//!   `cross_key_cache`, `cross_value_cache` (layers, d, 1, 1500);
+//! - `TextDecoder.mlpackage`: `input_ids` (1,) int32, `cache_length` (1,) int32 (the position of
+//!   this token), `key_cache`, `value_cache` (layers, d, 1, positions), `cross_key_cache`,
+//!   `cross_value_cache` → `logits` (1, vocab), `key_cache_updates`, `value_cache_updates`
+//!   (layers, d, 1, 1), which the caller (here) writes into column `cache_length` of its caches.
+//!
+//! Outputs are matched by name, else by position in the order listed above (as `validate`
+//! matches arrays), so packages whose outputs kept generic names (a traced module converted by
+//! `convert MODEL.pt` names them `output_0`, …) run too. Inputs must carry the names above.
+//!
+//! Called by `cli::validate_speech`; uses `package::read` and `interp::run`.
+
+use std::path::{Path, PathBuf};
+
+use super::greedy::Backend;
+use super::Error;
+use crate::interp::{self, Array};
+use crate::mil::{DType, Function, Model, ValueType};
+use crate::package;
+
+/// Package of the log-mel front end.
+pub const MEL_PACKAGE: &str = "MelSpectrogram.mlpackage";
+/// Package of the audio encoder.
+pub const ENCODER_PACKAGE: &str = "AudioEncoder.mlpackage";
+/// Package of one decoder step.
+pub const DECODER_PACKAGE: &str = "TextDecoder.mlpackage";
+
+/// The three packages of one converted Whisper model, and the decoder's caches.
+pub struct Packages {
+    mel: (PathBuf, Model),
+    encoder: (PathBuf, Model),
+    decoder: (PathBuf, Model),
+    /// Shape of `key_cache` / `value_cache`: (layers, d, 1, positions).
+    cache_shape: Vec<usize>,
+    key_cache: Vec<f32>,
+    value_cache: Vec<f32>,
+    cross_key: Option<Array>,
+    cross_value: Option<Array>,
+}
+
+/// True when `dir` holds the three Whisper packages: how `validate` tells a Whisper output
+/// folder from a single package.
+pub fn is_whisper_dir(dir: &Path) -> bool {
+    [MEL_PACKAGE, ENCODER_PACKAGE, DECODER_PACKAGE].iter().all(|p| dir.join(p).is_dir())
+}
+
+/// The `main` function of a loaded package.
+fn main_of((path, model): &(PathBuf, Model)) -> Result<&Function, Error> {
+    model.program.main().ok_or_else(|| Error::file(path, "the package has no main function"))
+}
+
+/// Runs a package on `inputs` and returns its outputs in the order of `names` (matched by
+/// name, else by position when the package names none of them).
+fn run<const N: usize>(package: &(PathBuf, Model), inputs: &[(String, Array)], names: [&str; N]) -> Result<[Array; N], Error> {
+    let outputs = interp::run(main_of(package)?, inputs).map_err(|source| Error::Run { path: package.0.clone(), source: Box::new(source) })?;
+    if outputs.len() != N {
+        return Err(Error::file(&package.0, format!("the package has {} outputs, expected {N}: {}", outputs.len(), names.join(", "))));
+    }
+    let by_name = names.iter().all(|n| outputs.iter().any(|(o, _)| o == n));
+    let mut found = Vec::with_capacity(N);
+    for (i, name) in names.iter().enumerate() {
+        let a = if by_name { outputs.iter().find(|(o, _)| o == name) } else { outputs.get(i) };
+        let Some((_, a)) = a else { return Err(Error::file(&package.0, format!("the package has no output `{name}`"))) };
+        if a.floats().is_none() {
+            return Err(Error::file(&package.0, format!("output `{name}` is {}, not a float tensor", a.dtype)));
+        }
+        found.push(a.clone());
+    }
+    found.try_into().map_err(|_| Error::file(&package.0, "output count changed"))
+}
+
+impl Packages {
+    /// Loads the three packages from `dir` (written by `convert WHISPER_DIR`).
+    pub fn open(dir: &Path) -> Result<Packages, Error> {
+        let load = |name: &str| -> Result<(PathBuf, Model), Error> {
+            let path = dir.join(name);
+            let model = package::read(&path).map_err(|source| Error::Package { path: path.clone(), source: Box::new(source) })?;
+            Ok((path, model))
+        };
+        let decoder = load(DECODER_PACKAGE)?;
+        let cache_shape = main_of(&decoder)?
+            .inputs
+            .iter()
+            .find(|i| i.name == "key_cache")
+            .and_then(|i| match &i.ty {
+                ValueType::Tensor(t) => t.fixed_shape(),
+                ValueType::State(_) => None,
+            })
+            .filter(|s| s.len() == 4)
+            .ok_or_else(|| Error::file(&decoder.0, "no `key_cache` input of fixed shape (layers, d, 1, positions)"))?;
+        let n: usize = cache_shape.iter().product();
+        Ok(Packages {
+            mel: load(MEL_PACKAGE)?,
+            encoder: load(ENCODER_PACKAGE)?,
+            decoder,
+            cache_shape,
+            key_cache: vec![0.0; n],
+            value_cache: vec![0.0; n],
+            cross_key: None,
+            cross_value: None,
+        })
+    }
+}
+
+impl Backend for Packages {
+    type Error = Error;
+
+    fn features(&mut self, window: &[f32]) -> Result<Vec<f32>, Error> {
+        let input = Array::float(DType::F32, vec![window.len()], window.to_vec());
+        let [features] = run(&self.mel, &[("audio".to_string(), input)], ["melspectrogram_features"])?;
+        Ok(features.to_f32_vec().unwrap_or_default())
+    }
+
+    fn encode(&mut self, features: &[f32]) -> Result<Vec<f32>, Error> {
+        let mels = features.len() / super::mel::N_FRAMES;
+        let input = Array::float(DType::F32, vec![1, mels, 1, super::mel::N_FRAMES], features.to_vec());
+        let names = ["encoder_output_embeds", "cross_key_cache", "cross_value_cache"];
+        let [embeds, cross_key, cross_value] = run(&self.encoder, &[("melspectrogram_features".to_string(), input)], names)?;
+        self.cross_key = Some(cross_key);
+        self.cross_value = Some(cross_value);
+        Ok(embeds.to_f32_vec().unwrap_or_default())
+    }
+
+    fn logits(&mut self, token: u32, position: usize) -> Result<Vec<f32>, Error> {
+        let (Some(cross_key), Some(cross_value)) = (&self.cross_key, &self.cross_value) else {
+            return Err(Error::file(&self.decoder.0, "decoder step before the encoder ran"));
+        };
+        let positions = self.cache_shape[3];
+        if position >= positions {
+            return Err(Error::file(&self.decoder.0, format!("position {position} is past the decoder's {positions} cache columns")));
+        }
+        if position == 0 {
+            self.key_cache.fill(0.0);
+            self.value_cache.fill(0.0);
+        }
+        let inputs = vec![
+            ("input_ids".to_string(), Array::int(vec![1], vec![token as i32])),
+            ("cache_length".to_string(), Array::int(vec![1], vec![position as i32])),
+            ("key_cache".to_string(), Array::float(DType::F32, self.cache_shape.clone(), self.key_cache.clone())),
+            ("value_cache".to_string(), Array::float(DType::F32, self.cache_shape.clone(), self.value_cache.clone())),
+            ("cross_key_cache".to_string(), cross_key.clone()),
+            ("cross_value_cache".to_string(), cross_value.clone()),
+        ];
+        let names = ["logits", "key_cache_updates", "value_cache_updates"];
+        let [logits, key_update, value_update] = run(&self.decoder, &inputs, names)?;
+        for (name, update, cache) in [(names[1], key_update, &mut self.key_cache), (names[2], value_update, &mut self.value_cache)] {
+            let values = update.floats().unwrap_or_default();
+            if values.len() * positions != cache.len() {
+                return Err(Error::file(&self.decoder.0, format!("output `{name}` has shape {:?}, not (layers, d, 1, 1)", update.shape)));
+            }
+            for (row, &v) in values.iter().enumerate() {
+                cache[row * positions + position] = v;
+            }
+        }
+        Ok(logits.to_f32_vec().unwrap_or_default())
+    }
+}
