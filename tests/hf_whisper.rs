@@ -116,23 +116,23 @@ fn whisper_tiny_en_converts_type_checks_and_matches_transformers() {
         let columns = decoder.inputs.iter().find(|i| i.name == "key_cache").unwrap().ty.tensor().fixed_shape().unwrap()[3];
         let mut key_cache = Array::float(DType::F32, vec![layers, d_model, 1, columns], vec![0.0; layers * d_model * columns]);
         let mut value_cache = key_cache.clone();
+        let step_fn = interp::Prepared::new(&decoder).unwrap();
         let tokens = refs["tokens"].ints().unwrap().to_vec();
         let vocab = refs["logits"].shape[1];
         let expected = refs["logits"].floats().unwrap();
         for (i, &token) in tokens.iter().enumerate() {
             let ids = Array::int(vec![1], vec![token]);
             let length = Array::int(vec![1], vec![i as i32]);
-            let step = run(
-                &decoder,
-                &[
-                    ("input_ids", &ids),
-                    ("cache_length", &length),
-                    ("key_cache", &key_cache),
-                    ("value_cache", &value_cache),
-                    ("cross_key_cache", &got["cross_key_cache"]),
-                    ("cross_value_cache", &got["cross_value_cache"]),
-                ],
-            );
+            let inputs = [
+                ("input_ids", &ids),
+                ("cache_length", &length),
+                ("key_cache", &key_cache),
+                ("value_cache", &value_cache),
+                ("cross_key_cache", &got["cross_key_cache"]),
+                ("cross_value_cache", &got["cross_value_cache"]),
+            ];
+            let inputs: Vec<(String, Array)> = inputs.iter().map(|(n, a)| (n.to_string(), (*a).clone())).collect();
+            let step: HashMap<String, Array> = step_fn.run(&inputs).unwrap().into_iter().collect();
             let want = Array::float(DType::F32, vec![1, vocab], expected[i * vocab..(i + 1) * vocab].to_vec());
             let logits = &step["logits"];
             let d = drift(&want, logits);

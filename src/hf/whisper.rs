@@ -366,51 +366,58 @@ impl Net {
         Ok(self.b.op(&shape::CONCAT, hint).args("values", xs).konst("axis", Tensor::i32_scalar(axis)).build1()?)
     }
 
-    /// `x[index]` along axis 0 of a (N, C, 1, S) tensor, as (1, C, 1, S).
-    fn slice_first(&mut self, hint: &str, x: &Var, index: usize, c: usize, s: usize) -> R<Var> {
-        let i = index as i32;
-        Ok(self
+    /// The heads of an activation x (1, C, 1, S): `split` on the channel axis into (1, d, 1, S),
+    /// each reshaped to (1, d, S).
+    fn split_heads(&mut self, hint: &str, x: &Var, heads: usize) -> R<Vec<Var>> {
+        let shape = self.b.ty(x).and_then(|t| t.fixed_shape()).unwrap_or_default();
+        let (Some(&c), Some(&s)) = (shape.get(1), shape.get(3)) else {
+            return Err(crate::mil::ops::TypeError::Invalid { op: "split".into(), message: format!("{hint}: {shape:?} is not (1, C, 1, S)") }.into());
+        };
+        let parts = self
             .b
-            .op(&shape::SLICE_BY_INDEX, hint)
+            .op(&shape::SPLIT, &format!("{hint}_heads"))
             .arg("x", x)
-            .konst("begin", Tensor::i32_vec(&[i, 0, 0, 0]))
-            .konst("end", Tensor::i32_vec(&[i + 1, c as i32, 1, s as i32]))
-            .build1()?)
+            .konst("num_splits", Tensor::i32_scalar(heads as i32))
+            .konst("axis", Tensor::i32_scalar(1))
+            .build()?;
+        let mut out = Vec::with_capacity(heads);
+        for (h, part) in parts.iter().enumerate() {
+            out.push(self.reshape(&format!("{hint}{h}"), part, &[BATCH, c / heads, s])?);
+        }
+        Ok(out)
     }
 
-    /// Multi-head attention split per head, on q (1, C, 1, Sq) and k, v (1, C, 1, Sk): each head
-    /// is a (1, d, S) slice, `scores = matmul(q_h, k_h, transpose_x)` (1, Sq, Sk), softmax on
-    /// the last axis, `out_h = matmul(v_h, probs, transpose_y)` (1, d, Sq); heads are concatenated
-    /// on the channel axis → (1, C, 1, Sq). `keep` (broadcastable to the scores; true = attend)
-    /// masks columns. q must already carry the 1/√d scaling.
-    fn attention(&mut self, hint: &str, q: &Var, k: &Var, v: &Var, heads: usize, keep: Option<&Var>) -> R<Var> {
-        let dims = |net: &Net, x: &Var| net.b.ty(x).and_then(|t| t.fixed_shape()).unwrap_or_default();
-        let (qd, kd) = (dims(self, q), dims(self, k));
-        let (Some(&c), Some(&sq), Some(&sk)) = (qd.get(1), qd.get(3), kd.get(3)) else {
-            return Err(crate::mil::ops::TypeError::Invalid { op: "attention".into(), message: format!("q {qd:?} / k {kd:?} are not (1, C, 1, S)") }.into());
-        };
-        let d = c / heads;
-        let split = |net: &mut Net, x: &Var, name: &str| -> R<Vec<Var>> {
-            Ok(net
-                .b
-                .op(&shape::SPLIT, &format!("{hint}_{name}_heads"))
-                .arg("x", x)
-                .konst("num_splits", Tensor::i32_scalar(heads as i32))
-                .konst("axis", Tensor::i32_scalar(1))
-                .build()?)
-        };
-        let (qs, ks, vs) = (split(self, q, "q")?, split(self, k, "k")?, split(self, v, "v")?);
+    /// The per-layer, per-head slices of a cache (L, C, 1, S): one reshape to (L·H, d, S) (the
+    /// channel axis is H blocks of d) and one `split` on axis 0, giving entry l·H + h =
+    /// (1, d, S). Two ops for the whole cache instead of a slice per layer and a split per head,
+    /// since the decoder does this on every step.
+    fn cache_heads(&mut self, hint: &str, cache: &Var, layers: usize, c: usize, s: usize, heads: usize) -> R<Vec<Var>> {
+        let x = self.reshape(&format!("{hint}_by_head"), cache, &[layers * heads, c / heads, s])?;
+        Ok(self
+            .b
+            .op(&shape::SPLIT, &format!("{hint}_heads"))
+            .arg("x", &x)
+            .konst("num_splits", Tensor::i32_scalar((layers * heads) as i32))
+            .konst("axis", Tensor::i32_scalar(0))
+            .build()?)
+    }
+
+    /// Multi-head attention split per head: q (1, C, 1, Sq) and, per head, k_h and v_h
+    /// (1, d, Sk). `scores = matmul(q_h, k_h, transpose_x)` (1, Sq, Sk), softmax on the last
+    /// axis, `out_h = matmul(v_h, probs, transpose_y)` (1, d, Sq); heads are concatenated on the
+    /// channel axis → (1, C, 1, Sq). `keep` (broadcastable to the scores; true = attend) masks
+    /// columns. q must already carry the 1/√d scaling.
+    fn attention(&mut self, hint: &str, q: &Var, ks: &[Var], vs: &[Var], keep: Option<&Var>) -> R<Var> {
+        let heads = ks.len();
+        let qs = self.split_heads(&format!("{hint}_q"), q, heads)?;
         let masked = self.scalar(MASKED_SCORE);
         let mut outs = Vec::with_capacity(heads);
-        for h in 0..heads {
-            let qh = self.reshape(&format!("{hint}_q{h}"), &qs[h], &[BATCH, d, sq])?;
-            let kh = self.reshape(&format!("{hint}_k{h}"), &ks[h], &[BATCH, d, sk])?;
-            let vh = self.reshape(&format!("{hint}_v{h}"), &vs[h], &[BATCH, d, sk])?;
+        for (h, ((qh, kh), vh)) in qs.iter().zip(ks).zip(vs).enumerate() {
             let mut scores = self
                 .b
                 .op(&linear::MATMUL, &format!("{hint}_scores{h}"))
-                .arg("x", &qh)
-                .arg("y", &kh)
+                .arg("x", qh)
+                .arg("y", kh)
                 .konst("transpose_x", Tensor::bool_scalar(true))
                 .konst("transpose_y", Tensor::bool_scalar(false))
                 .build1()?;
@@ -427,12 +434,13 @@ impl Net {
             let out = self
                 .b
                 .op(&linear::MATMUL, &format!("{hint}_out{h}"))
-                .arg("x", &vh)
+                .arg("x", vh)
                 .arg("y", &probs)
                 .konst("transpose_x", Tensor::bool_scalar(false))
                 .konst("transpose_y", Tensor::bool_scalar(true))
                 .build1()?;
-            outs.push(self.reshape(&format!("{hint}_out{h}_bc1s"), &out, &[BATCH, d, 1, sq])?);
+            let shape = self.b.ty(&out).and_then(|t| t.fixed_shape()).unwrap_or_default();
+            outs.push(self.reshape(&format!("{hint}_out{h}_bc1s"), &out, &[BATCH, shape[1], 1, shape[2]])?);
         }
         self.concat(&format!("{hint}_heads"), &outs, 1)
     }
@@ -611,7 +619,9 @@ fn audio_encoder(c: &Config, model: &Scope, options: &Options) -> R<Function> {
         let q = net.linear(&format!("{p}_q"), &n, &a.at("q_proj"), d, d, true, scale)?;
         let k = net.linear(&format!("{p}_k"), &n, &a.at("k_proj"), d, d, false, 1.0)?;
         let v = net.linear(&format!("{p}_v"), &n, &a.at("v_proj"), d, d, true, 1.0)?;
-        let o = net.attention(&format!("{p}_attn"), &q, &k, &v, c.encoder_heads, None)?;
+        let ks = net.split_heads(&format!("{p}_k"), &k, c.encoder_heads)?;
+        let vs = net.split_heads(&format!("{p}_v"), &v, c.encoder_heads)?;
+        let o = net.attention(&format!("{p}_attn"), &q, &ks, &vs, None)?;
         let o = net.linear(&format!("{p}_o"), &o, &a.at("out_proj"), d, d, true, 1.0)?;
         h = net.binary(&ew::ADD, &format!("{p}_attn_res"), &h, &o)?;
         let n = net.layer_norm(&format!("{p}_mlp_ln"), &h, &m.at("final_layer_norm"), d)?;
@@ -666,7 +676,13 @@ fn text_decoder(c: &Config, folder: &Folder, model: &Scope, options: &Options) -
     let current = net.b.konst("current_column", Tensor::from_bools(&[BATCH, 1, 1], &[true]));
     let keep = net.concat("attend", &[in_cache, current], 2)?;
 
-    let scale = query_scale(d, c.decoder_heads);
+    let heads = c.decoder_heads;
+    let key_heads = net.cache_heads("key_cache", &key_cache, layers, d, t, heads)?;
+    let value_heads = net.cache_heads("value_cache", &value_cache, layers, d, t, heads)?;
+    let cross_key_heads = net.cache_heads("cross_keys", &cross_keys, layers, d, s, heads)?;
+    let cross_value_heads = net.cache_heads("cross_values", &cross_values, layers, d, s, heads)?;
+
+    let scale = query_scale(d, heads);
     let (mut new_keys, mut new_values) = (Vec::new(), Vec::new());
     for l in 0..layers {
         let m = dec.at(&format!("layers.{l}"));
@@ -676,27 +692,33 @@ fn text_decoder(c: &Config, folder: &Folder, model: &Scope, options: &Options) -
         let q = net.linear(&format!("{p}_q"), &n, &a.at("q_proj"), d, d, true, scale)?;
         let k = net.linear(&format!("{p}_k"), &n, &a.at("k_proj"), d, d, false, 1.0)?;
         let v = net.linear(&format!("{p}_v"), &n, &a.at("v_proj"), d, d, true, 1.0)?;
-        let kc = net.slice_first(&format!("{p}_key_cache"), &key_cache, l, d, t)?;
-        let vc = net.slice_first(&format!("{p}_value_cache"), &value_cache, l, d, t)?;
-        let keys = net.concat(&format!("{p}_keys"), &[kc, k.clone()], 3)?;
-        let values = net.concat(&format!("{p}_values"), &[vc, v.clone()], 3)?;
+        // Per head: the cached columns, then this token's column (the mask's last column).
+        let with_current = |net: &mut Net, name: &str, cache: &[Var], x: &Var| -> R<Vec<Var>> {
+            let current = net.split_heads(&format!("{p}_{name}_new"), x, heads)?;
+            let mut out = Vec::with_capacity(heads);
+            for (h, x) in current.iter().enumerate() {
+                out.push(net.concat(&format!("{p}_{name}{h}"), &[cache[l * heads + h].clone(), x.clone()], 2)?);
+            }
+            Ok(out)
+        };
+        let ks = with_current(&mut net, "keys", &key_heads, &k)?;
+        let vs = with_current(&mut net, "values", &value_heads, &v)?;
         new_keys.push(k);
         new_values.push(v);
-        let o = net.attention(&format!("{p}_self"), &q, &keys, &values, c.decoder_heads, Some(&keep))?;
+        let o = net.attention(&format!("{p}_self"), &q, &ks, &vs, Some(&keep))?;
         let o = net.linear(&format!("{p}_self_o"), &o, &a.at("out_proj"), d, d, true, 1.0)?;
         h = net.binary(&ew::ADD, &format!("{p}_self_res"), &h, &o)?;
 
         let a = m.at("encoder_attn");
         let n = net.layer_norm(&format!("{p}_cross_ln"), &h, &m.at("encoder_attn_layer_norm"), d)?;
         let q = net.linear(&format!("{p}_cross_q"), &n, &a.at("q_proj"), d, d, true, scale)?;
-        let kc = net.slice_first(&format!("{p}_cross_keys"), &cross_keys, l, d, s)?;
-        let vc = net.slice_first(&format!("{p}_cross_values"), &cross_values, l, d, s)?;
         // The encoder package computed these from the same weights; mark them used here too so
         // the decoder's own tensors are all accounted for (shape-checked, not read again).
         a.at("k_proj").get("weight", &[d, d])?;
         a.at("v_proj").get("weight", &[d, d])?;
         a.at("v_proj").get("bias", &[d])?;
-        let o = net.attention(&format!("{p}_cross"), &q, &kc, &vc, c.decoder_heads, None)?;
+        let range = l * heads..(l + 1) * heads;
+        let o = net.attention(&format!("{p}_cross"), &q, &cross_key_heads[range.clone()], &cross_value_heads[range], None)?;
         let o = net.linear(&format!("{p}_cross_o"), &o, &a.at("out_proj"), d, d, true, 1.0)?;
         h = net.binary(&ew::ADD, &format!("{p}_cross_res"), &h, &o)?;
 

@@ -60,6 +60,46 @@ pub fn run_with(
     compute: Compute,
     observe: &mut dyn FnMut(&str, &Array),
 ) -> Result<Vec<(String, Array)>, Error> {
+    run_cached(function, inputs, compute, observe, &HashMap::new())
+}
+
+/// A function prepared for many runs (a decoder called once per token): the values of its
+/// top-level `const` ops are converted to arrays once, here, instead of on every run (for a
+/// large fp16 embedding table that conversion costs more than the step's math). Built by
+/// callers that run one package repeatedly (transcription loops, benchmarks).
+pub struct Prepared<'f> {
+    function: &'f Function,
+    consts: HashMap<String, Array>,
+}
+
+impl<'f> Prepared<'f> {
+    /// Converts every top-level `const` of `function`.
+    pub fn new(function: &'f Function) -> Result<Prepared<'f>, Error> {
+        let mut consts = HashMap::new();
+        for op in function.block.operations.iter().filter(|o| o.op_type == "const") {
+            let values = eval_op(op, function.opset, &HashMap::new(), Compute::AsDeclared)?;
+            for (value, decl) in values.into_iter().zip(&op.outputs) {
+                consts.insert(decl.name.clone(), value);
+            }
+        }
+        Ok(Prepared { function, consts })
+    }
+
+    /// [`run`] with the prepared constants.
+    pub fn run(&self, inputs: &[(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
+        run_cached(self.function, inputs, Compute::AsDeclared, &mut |_, _| {}, &self.consts)
+    }
+}
+
+/// [`run_with`], taking the outputs of `const` ops found in `consts` from there (by reference,
+/// never copied into the value environment).
+fn run_cached(
+    function: &Function,
+    inputs: &[(String, Array)],
+    compute: Compute,
+    observe: &mut dyn FnMut(&str, &Array),
+    consts: &HashMap<String, Array>,
+) -> Result<Vec<(String, Array)>, Error> {
     let block = &function.block;
     let unsupported = unsupported_ops(function);
     if !unsupported.is_empty() {
@@ -84,7 +124,11 @@ pub fn run_with(
     }
 
     for (i, op) in block.operations.iter().enumerate() {
-        let outputs = eval_op(op, function.opset, &env, compute)?;
+        if op.op_type == "const" && op.outputs.iter().all(|o| consts.contains_key(&o.name)) {
+            continue;
+        }
+        let lookup = |n: &str| env.get(n).or_else(|| consts.get(n));
+        let outputs = eval_op_with(op, function.opset, &lookup, compute)?;
         for (value, decl) in outputs.into_iter().zip(&op.outputs) {
             observe(&decl.name, &value);
             env.insert(decl.name.clone(), value);
@@ -111,6 +155,11 @@ pub fn run_with(
 /// types, and rounds fp16 outputs unless `compute` is `Fp32`. Used by [`run_with`] and by
 /// `validate --per-op`, which feeds each op the fp32 values of its inputs.
 pub fn eval_op(op: &Operation, opset: Opset, env: &HashMap<String, Array>, compute: Compute) -> Result<Vec<Array>, Error> {
+    eval_op_with(op, opset, &|n| env.get(n), compute)
+}
+
+/// [`eval_op`] with values found through `lookup`.
+fn eval_op_with<'e>(op: &Operation, opset: Opset, lookup: &dyn Fn(&str) -> Option<&'e Array>, compute: Compute) -> Result<Vec<Array>, Error> {
     if !op.blocks.is_empty() {
         return Err(Error::ControlFlow(op.name.clone()));
     }
@@ -136,7 +185,7 @@ let def =
             for arg in bound {
                 values.push(match arg {
                     Argument::Name(n) => {
-                        env.get(n).ok_or_else(|| Error::Undefined { op: op.name.clone(), value: n.clone() })?
+                        lookup(n).ok_or_else(|| Error::Undefined { op: op.name.clone(), value: n.clone() })?
                     }
                     Argument::Value(_) => next_inline
                         .next()
@@ -249,6 +298,18 @@ mod tests {
             b.op(&elementwise::ADD, "y").arg("x", &x).konst("y", Tensor::float_scalar(dtype, 1.0)).build1().unwrap();
         let z = b.op(&elementwise::MUL, "z").arg("x", &y).arg("y", &y).build1().unwrap();
         b.finish(&[z])
+    }
+
+    #[test]
+    fn prepared_runs_match_plain_runs() {
+        let f = tiny(DType::F16);
+        let x = Array::float(DType::F16, vec![2], vec![0.5, 1.0 / 3.0]);
+        let inputs = [("x".to_string(), x)];
+        let prepared = Prepared::new(&f).unwrap();
+        assert_eq!(prepared.consts.len(), 1);
+        for _ in 0..2 {
+            assert_eq!(prepared.run(&inputs).unwrap(), run(&f, &inputs).unwrap());
+        }
     }
 
     #[test]

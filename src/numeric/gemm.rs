@@ -47,6 +47,10 @@ pub fn sgemm(a: Mat, b: Mat, beta: f32, c: &mut [f32]) -> Option<()> {
         c.iter_mut().for_each(|v| *v *= beta);
         return Some(());
     }
+    if n == 1 && a.col_stride == 1 {
+        gemv(a, b, beta, c);
+        return Some(());
+    }
     // SAFETY: `fits` checked that every (r, c) element of a and b is inside its slice, and c
     // holds exactly m·n contiguous elements with row stride n.
     unsafe {
@@ -68,6 +72,32 @@ pub fn sgemm(a: Mat, b: Mat, beta: f32, c: &mut [f32]) -> Option<()> {
         );
     }
     Some(())
+}
+
+/// Accumulator lanes of [`gemv`]: independent partial sums the compiler can vectorize.
+const GEMV_LANES: usize = 8;
+
+/// `c = a · b + beta·c` for a single column `b` and row-contiguous `a` (checked by [`sgemm`]): a
+/// matrix-vector product (a decoder step's 1×1 convs, the logits projection), where packing `a`
+/// as `matrixmultiply` does would cost more than the product.
+fn gemv(a: Mat, b: Mat, beta: f32, c: &mut [f32]) {
+    let k = a.cols;
+    let x: Vec<f32> = (0..k).map(|i| b.data[i * b.row_stride]).collect();
+    for (r, out) in c.iter_mut().enumerate() {
+        let row = &a.data[r * a.row_stride..r * a.row_stride + k];
+        let mut lanes = [0f32; GEMV_LANES];
+        let (head, tail) = (row.chunks_exact(GEMV_LANES), row.len() - row.len() % GEMV_LANES);
+        for (w, v) in head.zip(x.chunks_exact(GEMV_LANES)) {
+            for l in 0..GEMV_LANES {
+                lanes[l] += w[l] * v[l];
+            }
+        }
+        let mut acc: f32 = lanes.iter().sum();
+        for i in tail..k {
+            acc += row[i] * x[i];
+        }
+        *out = acc + if beta == 0.0 { 0.0 } else { beta * *out };
+    }
 }
 
 /// The geometry of one batched matrix product.
@@ -229,6 +259,21 @@ mod tests {
         assert!(matmul(&[1., 2.], &[2], &[1., 2., 3.], &[3], false, false).is_none());
         let (v, _) = matmul_i32(&[1, 2], &[1, 2], &[3, 4], &[2, 1], false, false).unwrap();
         assert_eq!(v, vec![11]);
+    }
+
+    #[test]
+    fn matrix_vector_products_match_the_packed_gemm() {
+        // 5 × 19 (19 = two full lanes of 8 plus a tail of 3) times a strided column.
+        let a: Vec<f32> = (0..95).map(|i| ((i * 37 % 11) as f32 - 5.0) / 4.0).collect();
+        let b: Vec<f32> = (0..38).map(|i| (i % 7) as f32 - 3.0).collect();
+        let column = Mat { data: &b, rows: 19, cols: 1, row_stride: 2, col_stride: 1 };
+        let mut fast = vec![1.0; 5];
+        sgemm(Mat::rows(&a, 5, 19), column, 0.5, &mut fast).unwrap();
+        // The same product through matrixmultiply: b as a 19 × 2 matrix, first column kept.
+        let mut packed = vec![0.0; 10];
+        sgemm(Mat::rows(&a, 5, 19), Mat::rows(&b, 19, 2), 0.0, &mut packed).unwrap();
+        let want: Vec<f32> = packed.chunks(2).map(|r| r[0] + 0.5).collect();
+        assert_eq!(fast, want);
     }
 
     #[test]

@@ -537,6 +537,12 @@ fn eval_split(a: &EvalArgs) -> Eval {
         (None, k) if k > 0 && n % k as usize == 0 => vec![n / k as usize; k as usize],
         _ => return Err(a.invalid(format!("cannot split {n} into the requested parts"))),
     };
+    // Float data is split directly (contiguous runs copied), not through an index array: the
+    // Whisper decoder splits its multi-megabyte caches on every step.
+    if let Data::F32(v) = &x.data {
+        let parts = numeric::layout::split(v, &x.shape, axis, &sizes).ok_or_else(|| a.shape_error("split sizes do not add up"))?;
+        return Ok(parts.into_iter().map(|(data, shape)| Array::float(x.dtype, shape, data)).collect());
+    }
     let parts = numeric::layout::split(&iota(x.len()), &x.shape, axis, &sizes)
         .ok_or_else(|| a.shape_error("split sizes do not add up"))?;
     Ok(parts.into_iter().map(|(idx, shape)| moved(x, shape, &idx)).collect())
