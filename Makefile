@@ -91,10 +91,6 @@ whisper-testbed:
 	  $(PY) fixtures/whisper/make.py "$(WHISPER_DIR)" "$(WHISPER_AUDIO)" "$(dir $(WHISPER_AUDIO))probes.tmp.npz" > /dev/null 2>&1 && \
 	  mv "$(dir $(WHISPER_AUDIO))probes.tmp.npz" "$(dir $(WHISPER_AUDIO))probes.npz"; \
 	fi
-	@if [ ! -f "$(dir $(WHISPER_AUDIO))traced/TextDecoder.pt" ]; then \
-	  $(PY) fixtures/whisper/packages.py "$(WHISPER_DIR)" "$(dir $(WHISPER_AUDIO))traced.tmp" > /dev/null 2>&1 && \
-	  rm -rf "$(dir $(WHISPER_AUDIO))traced" && mv "$(dir $(WHISPER_AUDIO))traced.tmp" "$(dir $(WHISPER_AUDIO))traced"; \
-	fi
 
 # Unit + CLI tests, then the oracle checks (ignored in a plain `cargo test`: they need .venv).
 test: setup

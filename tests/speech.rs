@@ -174,41 +174,20 @@ mod torch {
         assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     }
 
-    /// `convert` arguments for the traced package modules (fixtures/whisper/packages.py): the
-    /// tiny.en sizes (4 decoder layers, d_model 384, 448 positions, 1500 encoder frames).
-    const TRACED: &[(&str, &[&str])] = &[
-        ("MelSpectrogram", &["--input", "audio:480000:fp32"]),
-        ("AudioEncoder", &["--input", "melspectrogram_features:1x80x1x3000:fp32"]),
-        (
-            "TextDecoder",
-            &[
-                "--input", "input_ids:1:int64", "--input", "cache_length:1:int64",
-                "--input", "key_cache:4x384x1x448:fp32", "--input", "value_cache:4x384x1x448:fp32",
-                "--input", "cross_key_cache:4x384x1x1500:fp32", "--input", "cross_value_cache:4x384x1x1500:fp32",
-            ],
-        ),
-    ];
-
-    /// End to end before the safetensors converter lands: the package interface traced from the
-    /// same weights, converted by `convert MODEL.pt` (fp32), transcribes the real recording and
-    /// an espeak file with transformers' exact tokens, and `validate` passes at WER 0.
+    /// End to end, as a user runs it: `convert WHISPER_DIR` (safetensors, fp16, ANE layout) then
+    /// `validate OUT_DIR --reference WHISPER_DIR --audio …`: the real recording and an espeak
+    /// file transcribe with transformers' exact greedy tokens, and WER(converted vs PyTorch) is 0.
     #[test]
     #[ignore = "needs the Whisper test bed from `make setup`; `make test` runs it"]
     fn validate_transcribes_converted_packages_with_the_reference_tokens() {
-        let traced = audio_dir().parent().unwrap().join("traced");
         let out = tempfile::tempdir().unwrap();
-        for (name, inputs) in TRACED {
-            let package = out.path().join(format!("{name}.mlpackage"));
-            let o = bin().arg("convert").arg(traced.join(format!("{name}.pt"))).arg("-o").arg(&package).args(*inputs).args(["--precision", "fp32"]).output().unwrap();
-            assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        for file in ["tokenizer.json", "config.json", "generation_config.json"] {
-            std::fs::copy(traced.join(file), out.path().join(file)).unwrap();
-        }
+        let out = out.path().join("whisper");
+        let o = bin().arg("convert").arg(whisper_dir()).arg("-o").arg(&out).output().unwrap();
+        assert!(o.status.success(), "convert: {}", String::from_utf8_lossy(&o.stderr));
         let ids = ["real_arctic_a0007", "espeak_harvard05"];
         let o = bin()
             .arg("validate")
-            .arg(out.path())
+            .arg(&out)
             .arg("--reference")
             .arg(whisper_dir())
             .arg("--audio")
