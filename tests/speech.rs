@@ -231,6 +231,31 @@ mod torch {
         let drift = report["drift"].as_array().unwrap();
         assert_eq!(drift.len(), 3 * ids.len());
         assert!(drift.iter().all(|d| d["cosine"].as_f64().unwrap() > 0.9999), "{drift:?}");
+
+        // A reference that may not use any token of the recording's transcript says something
+        // else: WER above --max-wer, exit 1, `pass` false.
+        let tokens = rows.iter().find(|r| r["id"] == ids[0]).unwrap()["hf_tokens"].as_array().unwrap().clone();
+        let other = tempfile::tempdir().unwrap();
+        for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+            std::os::unix::fs::symlink(whisper_dir().join(file), other.path().join(file)).unwrap();
+        }
+        let mut gen: Value = serde_json::from_str(&std::fs::read_to_string(whisper_dir().join("generation_config.json")).unwrap()).unwrap();
+        gen["suppress_tokens"].as_array_mut().unwrap().extend(tokens);
+        std::fs::write(other.path().join("generation_config.json"), gen.to_string()).unwrap();
+        let o = bin()
+            .arg("validate")
+            .arg(out.path())
+            .arg("--reference")
+            .arg(other.path())
+            .arg("--audio")
+            .arg(audio_dir().join(format!("{}.wav", ids[0])))
+            .args(["--max-wer", "0.05", "--format", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["pass"], false);
+        assert!(report["wer_converted_vs_reference"].as_f64().unwrap() > 0.05, "{report}");
     }
 
     fn bin() -> Command {
