@@ -258,6 +258,27 @@ mod torch {
         assert!(report["wer_converted_vs_reference"].as_f64().unwrap() > 0.05, "{report}");
     }
 
+    /// Audio longer than one window: the real recording padded to exactly 30 s, then an espeak
+    /// file. Each window is then the same input transformers saw for that file alone, so the
+    /// tokens are the two files' `generate` tokens in order.
+    #[test]
+    #[ignore = "needs the Whisper test bed from `make setup`; `make test` runs it"]
+    fn long_audio_is_decoded_window_by_window() {
+        let dir = whisper_dir();
+        let mut model = Whisper::open(&dir).unwrap();
+        let generation = Generation::open(&dir).unwrap();
+        let ids = ["real_arctic_a0007", "espeak_harvard02"];
+        let mut audio = wav::read_16k(&audio_dir().join(format!("{}.wav", ids[0]))).unwrap();
+        audio.resize(WINDOW_SAMPLES, 0.0);
+        audio.extend(wav::read_16k(&audio_dir().join(format!("{}.wav", ids[1]))).unwrap());
+        let rows = testbed_rows();
+        let want: Vec<u32> = ids
+            .iter()
+            .flat_map(|id| rows.iter().find(|r| r["id"] == *id).unwrap()["hf_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32))
+            .collect();
+        assert_eq!(greedy::transcribe(&mut model, &generation, &audio).unwrap().tokens, want);
+    }
+
     fn bin() -> Command {
         Command::new(env!("CARGO_BIN_EXE_torch2coreml"))
     }
