@@ -210,6 +210,52 @@ mod torch {
         let drift = report["drift"].as_array().unwrap();
         assert_eq!(drift.len(), 3 * ids.len());
         assert!(drift.iter().all(|d| d["cosine"].as_f64().unwrap() > 0.9999), "{drift:?}");
+
+        // A reference that may not use any token of the recording's transcript says something
+        // else: WER above --max-wer, exit 1, `pass` false.
+        let tokens = rows.iter().find(|r| r["id"] == ids[0]).unwrap()["hf_tokens"].as_array().unwrap().clone();
+        let other = tempfile::tempdir().unwrap();
+        for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+            std::os::unix::fs::symlink(whisper_dir().join(file), other.path().join(file)).unwrap();
+        }
+        let mut gen: Value = serde_json::from_str(&std::fs::read_to_string(whisper_dir().join("generation_config.json")).unwrap()).unwrap();
+        gen["suppress_tokens"].as_array_mut().unwrap().extend(tokens);
+        std::fs::write(other.path().join("generation_config.json"), gen.to_string()).unwrap();
+        let o = bin()
+            .arg("validate")
+            .arg(out.path())
+            .arg("--reference")
+            .arg(other.path())
+            .arg("--audio")
+            .arg(audio_dir().join(format!("{}.wav", ids[0])))
+            .args(["--max-wer", "0.05", "--format", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["pass"], false);
+        assert!(report["wer_converted_vs_reference"].as_f64().unwrap() > 0.05, "{report}");
+    }
+
+    /// Audio longer than one window: the real recording padded to exactly 30 s, then an espeak
+    /// file. Each window is then the same input transformers saw for that file alone, so the
+    /// tokens are the two files' `generate` tokens in order.
+    #[test]
+    #[ignore = "needs the Whisper test bed from `make setup`; `make test` runs it"]
+    fn long_audio_is_decoded_window_by_window() {
+        let dir = whisper_dir();
+        let mut model = Whisper::open(&dir).unwrap();
+        let generation = Generation::open(&dir).unwrap();
+        let ids = ["real_arctic_a0007", "espeak_harvard02"];
+        let mut audio = wav::read_16k(&audio_dir().join(format!("{}.wav", ids[0]))).unwrap();
+        audio.resize(WINDOW_SAMPLES, 0.0);
+        audio.extend(wav::read_16k(&audio_dir().join(format!("{}.wav", ids[1]))).unwrap());
+        let rows = testbed_rows();
+        let want: Vec<u32> = ids
+            .iter()
+            .flat_map(|id| rows.iter().find(|r| r["id"] == *id).unwrap()["hf_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32))
+            .collect();
+        assert_eq!(greedy::transcribe(&mut model, &generation, &audio).unwrap().tokens, want);
     }
 
     fn bin() -> Command {
