@@ -3,10 +3,8 @@ longest utterance, espeak_long01, 26.9 s, one window) with converted packages in
 interpreter (examples/bench_speech.rs, one thread) next to PyTorch CPU (transformers'
 feature extractor, encoder and greedy `generate`, the reference run_testbed.py times).
 
-The packages are the package interface traced from the same weights (fixtures/whisper/packages.py,
-made by `make setup` into $T2C_WHISPER_AUDIO/../traced) and converted by
-`torch2coreml convert MODEL.pt` at --precision fp16 and fp32; once `convert WHISPER_DIR` exists
-its output can be timed the same way.
+The packages are what `torch2coreml convert WHISPER_DIR -o OUT --precision fp16|fp32` writes
+from the safetensors folder.
 
 Run: `.venv/bin/python bench/speech_bench.py BENCH_DIR` prints the table; bench/run.py calls
 `measure_all` and `table`. Expects target/release/torch2coreml and
@@ -15,7 +13,6 @@ target/release/examples/bench_speech to be built and the Whisper test bed in the
 
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -31,31 +28,15 @@ AUDIO_DIR = os.environ.get("T2C_WHISPER_AUDIO", os.path.join(CACHE, "audio"))
 UTTERANCE = "espeak_long01"
 PRECISIONS = ["fp16", "fp32"]
 # tiny.en sizes: 4 decoder layers, d_model 384, 448 decoder positions, 1500 encoder frames.
-CONVERT_INPUTS = {
-    "MelSpectrogram": ["--input", "audio:480000:fp32"],
-    "AudioEncoder": ["--input", "melspectrogram_features:1x80x1x3000:fp32"],
-    "TextDecoder": ["--input", "input_ids:1:int64", "--input", "cache_length:1:int64",
-                    "--input", "key_cache:4x384x1x448:fp32", "--input", "value_cache:4x384x1x448:fp32",
-                    "--input", "cross_key_cache:4x384x1x1500:fp32",
-                    "--input", "cross_value_cache:4x384x1x1500:fp32"],
-}
 # PyTorch: median of RUNS timed runs after one warm-up, at each thread count.
 RUNS = 3
 TORCH_THREADS = [2, 1]
 
 
 def packages(bench_dir, precision):
-    """Converts the traced modules at `precision` into one package folder; returns its path."""
-    traced = os.path.join(os.path.dirname(AUDIO_DIR), "traced")
+    """Converts the Whisper folder at `precision` (`convert WHISPER_DIR -o OUT`); returns OUT."""
     out = os.path.join(bench_dir, "out", f"whisper_speech_{precision}")
-    os.makedirs(out, exist_ok=True)
-    # The mel front end stays fp32: STFT power of full-scale audio exceeds fp16's range.
-    for name, inputs in CONVERT_INPUTS.items():
-        p = "fp32" if name == "MelSpectrogram" else precision
-        measure.run([OURS, "convert", os.path.join(traced, f"{name}.pt"), "-o",
-                     os.path.join(out, f"{name}.mlpackage"), *inputs, "--precision", p])
-    for name in ("tokenizer.json", "config.json", "generation_config.json"):
-        shutil.copy(os.path.join(traced, name), out)
+    measure.run([OURS, "convert", WHISPER_DIR, "-o", out, "--precision", precision])
     return out
 
 
