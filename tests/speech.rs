@@ -223,7 +223,7 @@ mod torch {
         std::fs::write(other.path().join("generation_config.json"), gen.to_string()).unwrap();
         let o = bin()
             .arg("validate")
-            .arg(out.path())
+            .arg(&out)
             .arg("--reference")
             .arg(other.path())
             .arg("--audio")
