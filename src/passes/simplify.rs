@@ -36,12 +36,12 @@ enum Made {
 
 /// Counts of what [`apply`] did.
 #[derive(Default)]
-pub struct Simplified {
-    pub identities_removed: usize,
-    pub chains_merged: usize,
-    pub transposes_folded_into_matmul: usize,
-    pub linears_unflattened: usize,
-    pub ops_folded: usize,
+struct Simplified {
+    identities_removed: usize,
+    chains_merged: usize,
+    transposes_folded_into_matmul: usize,
+    linears_unflattened: usize,
+    ops_folded: usize,
 }
 
 impl Simplified {
