@@ -327,6 +327,17 @@ impl Net {
         self.conv(hint, x, &w, b.as_ref(), 1, 0)
     }
 
+    /// A decoder or encoder layer's pre-norm and q/k/v projections (`self_attn_layer_norm`,
+    /// `self_attn.{q,k,v}_proj`; k has no bias, q is pre-scaled by `scale`).
+    fn self_attn_qkv(&mut self, p: &str, h: &Var, m: &Scope, d: usize, scale: f32) -> R<(Var, Var, Var)> {
+        let a = m.at("self_attn");
+        let n = self.layer_norm(&format!("{p}_attn_ln"), h, &m.at("self_attn_layer_norm"), d)?;
+        let q = self.linear(&format!("{p}_q"), &n, &a.at("q_proj"), d, d, true, scale)?;
+        let k = self.linear(&format!("{p}_k"), &n, &a.at("k_proj"), d, d, false, 1.0)?;
+        let v = self.linear(&format!("{p}_v"), &n, &a.at("v_proj"), d, d, true, 1.0)?;
+        Ok((q, k, v))
+    }
+
     /// `nn.LayerNorm` of module `m` over the channel axis of (B, C, 1, S).
     fn layer_norm(&mut self, hint: &str, x: &Var, m: &Scope, c: usize) -> R<Var> {
         let gamma = self.param(&format!("{hint}_gamma"), m, "weight", &[c], &[c])?;
@@ -615,10 +626,7 @@ fn audio_encoder(c: &Config, model: &Scope, options: &Options) -> R<Function> {
         let m = enc.at(&format!("layers.{l}"));
         let p = format!("layer{l}");
         let a = m.at("self_attn");
-        let n = net.layer_norm(&format!("{p}_attn_ln"), &h, &m.at("self_attn_layer_norm"), d)?;
-        let q = net.linear(&format!("{p}_q"), &n, &a.at("q_proj"), d, d, true, scale)?;
-        let k = net.linear(&format!("{p}_k"), &n, &a.at("k_proj"), d, d, false, 1.0)?;
-        let v = net.linear(&format!("{p}_v"), &n, &a.at("v_proj"), d, d, true, 1.0)?;
+        let (q, k, v) = net.self_attn_qkv(&p, &h, &m, d, scale)?;
         let ks = net.split_heads(&format!("{p}_k"), &k, c.encoder_heads)?;
         let vs = net.split_heads(&format!("{p}_v"), &v, c.encoder_heads)?;
         let o = net.attention(&format!("{p}_attn"), &q, &ks, &vs, None)?;
@@ -688,10 +696,7 @@ fn text_decoder(c: &Config, folder: &Folder, model: &Scope, options: &Options) -
         let m = dec.at(&format!("layers.{l}"));
         let p = format!("layer{l}");
         let a = m.at("self_attn");
-        let n = net.layer_norm(&format!("{p}_attn_ln"), &h, &m.at("self_attn_layer_norm"), d)?;
-        let q = net.linear(&format!("{p}_q"), &n, &a.at("q_proj"), d, d, true, scale)?;
-        let k = net.linear(&format!("{p}_k"), &n, &a.at("k_proj"), d, d, false, 1.0)?;
-        let v = net.linear(&format!("{p}_v"), &n, &a.at("v_proj"), d, d, true, 1.0)?;
+        let (q, k, v) = net.self_attn_qkv(&p, &h, &m, d, scale)?;
         // Per head: the cached columns, then this token's column (the mask's last column).
         let with_current = |net: &mut Net, name: &str, cache: &[Var], x: &Var| -> R<Vec<Var>> {
             let current = net.split_heads(&format!("{p}_{name}_new"), x, heads)?;
