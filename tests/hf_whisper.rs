@@ -116,7 +116,7 @@ fn whisper_tiny_en_converts_type_checks_and_matches_transformers() {
         let columns = decoder.inputs.iter().find(|i| i.name == "key_cache").unwrap().ty.tensor().fixed_shape().unwrap()[3];
         let mut key_cache = Array::float(DType::F32, vec![layers, d_model, 1, columns], vec![0.0; layers * d_model * columns]);
         let mut value_cache = key_cache.clone();
-        let step_fn = interp::Prepared::new(&decoder).unwrap();
+        let step_fn = interp::Prepared::new(decoder.clone()).unwrap();
         let tokens = refs["tokens"].ints().unwrap().to_vec();
         let vocab = refs["logits"].shape[1];
         let expected = refs["logits"].floats().unwrap();

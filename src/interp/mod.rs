@@ -5,6 +5,7 @@
 //! shows; [`Compute::Fp32`] skips the rounding to get the same program's fp32 answer (the
 //! `validate --per-op` baseline). Called by `validate` and by tests; uses `mil` and `numeric`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::mil::ops::{self, EvalArgs, EvalError};
@@ -47,7 +48,8 @@ pub enum Error {
 }
 
 /// Runs `function` on `inputs` (by input name) with the program's declared precision.
-/// Returns the block outputs in order, by name.
+/// Returns the block outputs in order, by name. An fp16 input given as an fp16 [`Array`] is
+/// taken as it is (such an array holds fp16 values); given as fp32 it is rounded first.
 pub fn run(function: &Function, inputs: &[(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
     run_with(function, inputs, Compute::AsDeclared, &mut |_, _| {})
 }
@@ -67,14 +69,14 @@ pub fn run_with(
 /// top-level `const` ops are converted to arrays once, here, instead of on every run (for a
 /// large fp16 embedding table that conversion costs more than the step's math). Built by
 /// callers that run one package repeatedly (transcription loops, benchmarks).
-pub struct Prepared<'f> {
-    function: &'f Function,
+pub struct Prepared {
+    function: Function,
     consts: HashMap<String, Array>,
 }
 
-impl<'f> Prepared<'f> {
-    /// Converts every top-level `const` of `function`.
-    pub fn new(function: &'f Function) -> Result<Prepared<'f>, Error> {
+impl Prepared {
+    /// Takes `function` and converts every top-level `const` of it.
+    pub fn new(function: Function) -> Result<Prepared, Error> {
         let mut consts = HashMap::new();
         for op in function.block.operations.iter().filter(|o| o.op_type == "const") {
             let values = eval_op(op, function.opset, &HashMap::new(), Compute::AsDeclared)?;
@@ -85,14 +87,20 @@ impl<'f> Prepared<'f> {
         Ok(Prepared { function, consts })
     }
 
+    /// The function this runs.
+    pub fn function(&self) -> &Function {
+        &self.function
+    }
+
     /// [`run`] with the prepared constants.
     pub fn run(&self, inputs: &[(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
-        run_cached(self.function, inputs, Compute::AsDeclared, &mut |_, _| {}, &self.consts)
+        run_cached(&self.function, inputs, Compute::AsDeclared, &mut |_, _| {}, &self.consts)
     }
 }
 
-/// [`run_with`], taking the outputs of `const` ops found in `consts` from there (by reference,
-/// never copied into the value environment).
+/// [`run_with`], taking the outputs of `const` ops found in `consts` from there, and the inputs
+/// from `inputs` where they need no conversion (both by reference, never copied into the value
+/// environment: a decoder step reads tens of MB of caches it does not change).
 fn run_cached(
     function: &Function,
     inputs: &[(String, Array)],
@@ -105,8 +113,8 @@ fn run_cached(
     if !unsupported.is_empty() {
         return Err(Error::Unsupported(unsupported));
     }
+    let bound = bind_inputs(function, inputs, compute)?;
     let mut env: HashMap<String, Array> = HashMap::new();
-    bind_inputs(function, inputs, compute, &mut env)?;
 
     // Last op index reading each value; block outputs are never freed.
     let mut last_use: HashMap<&str, usize> = HashMap::new();
@@ -127,7 +135,7 @@ fn run_cached(
         if op.op_type == "const" && op.outputs.iter().all(|o| consts.contains_key(&o.name)) {
             continue;
         }
-        let lookup = |n: &str| env.get(n).or_else(|| consts.get(n));
+        let lookup = |n: &str| env.get(n).or_else(|| bound.get(n).map(|c| c.as_ref())).or_else(|| consts.get(n));
         let outputs = eval_op_with(op, function.opset, &lookup, compute)?;
         for (value, decl) in outputs.into_iter().zip(&op.outputs) {
             observe(&decl.name, &value);
@@ -146,7 +154,10 @@ fn run_cached(
     block
         .outputs
         .iter()
-        .map(|o| env.remove(o).map(|v| (o.clone(), v)).ok_or_else(|| Error::UndefinedOutput(o.clone())))
+        .map(|o| {
+            let value = env.remove(o).or_else(|| bound.get(o.as_str()).map(|c| c.as_ref().clone())).or_else(|| consts.get(o).cloned());
+            value.map(|v| (o.clone(), v)).ok_or_else(|| Error::UndefinedOutput(o.clone()))
+        })
         .collect()
 }
 
@@ -163,8 +174,7 @@ fn eval_op_with<'e>(op: &Operation, opset: Opset, lookup: &dyn Fn(&str) -> Optio
     if !op.blocks.is_empty() {
         return Err(Error::ControlFlow(op.name.clone()));
     }
-let def =
-    ops::lookup(&op.op_type, opset).ok_or_else(|| Error::Unsupported(vec![op.op_type.clone()]))?;
+    let def = ops::lookup(&op.op_type, opset).ok_or_else(|| Error::Unsupported(vec![op.op_type.clone()]))?;
     let mut inline: Vec<Array> = Vec::new();
     for (_, args) in &op.inputs {
         for arg in args {
@@ -206,8 +216,10 @@ let def =
             got: format!("{} outputs", outputs.len()),
         });
     }
-let mut outputs = outputs;
-for (value, decl) in outputs.iter_mut().zip(&op.outputs) {
+    let mut outputs = outputs;
+    // Copies of fp16 inputs are fp16 already: rounding them again would only cost time.
+    let moves_values = ops::shape::moves_values(&op.op_type);
+    for (value, decl) in outputs.iter_mut().zip(&op.outputs) {
         let ty = decl.ty.tensor();
         let shape_ok = ty.rank() == value.shape.len()
             && ty.shape.iter().zip(&value.shape).all(|(d, &n)| matches!(d, Dim::Unknown) || *d == Dim::Fixed(n));
@@ -220,7 +232,7 @@ for (value, decl) in outputs.iter_mut().zip(&op.outputs) {
                 got: format!("{} {:?}", value.dtype, value.shape),
             });
         }
-        if compute == Compute::AsDeclared && value.dtype == DType::F16 {
+        if compute == Compute::AsDeclared && value.dtype == DType::F16 && !moves_values {
             if let Data::F32(v) = &mut value.data {
                 numeric::fp16::round_slice(v);
             }
@@ -242,26 +254,27 @@ pub fn unsupported_ops(function: &Function) -> Vec<String> {
     out
 }
 
-/// Checks each given input against the function's signature and stores it. fp32 data is
-/// accepted for fp16 inputs (rounded, as Core ML converts an fp32 MLMultiArray) and the reverse.
-fn bind_inputs(
+/// Checks each given input against the function's signature. fp32 data is accepted for fp16
+/// inputs (rounded, as Core ML converts an fp32 MLMultiArray, into a new array) and the reverse;
+/// inputs of the declared dtype are borrowed (an fp16 [`Array`] holds fp16 values already).
+fn bind_inputs<'i>(
     function: &Function,
-    inputs: &[(String, Array)],
+    inputs: &'i [(String, Array)],
     compute: Compute,
-    env: &mut HashMap<String, Array>,
-) -> Result<(), Error> {
+) -> Result<HashMap<&'i str, Cow<'i, Array>>, Error> {
     for (name, _) in inputs {
         if !function.inputs.iter().any(|i| &i.name == name) {
             let names: Vec<&str> = function.inputs.iter().map(|i| i.name.as_str()).collect();
             return Err(Error::UnknownInput(name.clone(), names.join(", ")));
         }
     }
+    let mut bound = HashMap::new();
     for decl in &function.inputs {
         let ty = match &decl.ty {
             ValueType::Tensor(t) => t,
             ValueType::State(_) => return Err(Error::Unsupported(vec![format!("state input `{}`", decl.name)])),
         };
-        let (_, given) =
+        let (name, given) =
             inputs.iter().find(|(n, _)| n == &decl.name).ok_or_else(|| Error::MissingInput(decl.name.clone()))?;
         let bad = || Error::BadInput {
             name: decl.name.clone(),
@@ -274,14 +287,19 @@ fn bind_inputs(
         if !shape_ok || !(ty.dtype == given.dtype || float_pair) || given.len() != numeric::numel(&given.shape) {
             return Err(bad());
         }
-        let mut value = given.clone();
-        value.dtype = ty.dtype;
-        if let (DType::F16, Compute::AsDeclared, Data::F32(v)) = (ty.dtype, compute, &mut value.data) {
-            numeric::fp16::round_slice(v);
-        }
-        env.insert(decl.name.clone(), value);
+        let value = if given.dtype == ty.dtype {
+            Cow::Borrowed(given)
+        } else {
+            let mut value = given.clone();
+            value.dtype = ty.dtype;
+            if let (DType::F16, Compute::AsDeclared, Data::F32(v)) = (ty.dtype, compute, &mut value.data) {
+                numeric::fp16::round_slice(v);
+            }
+            Cow::Owned(value)
+        };
+        bound.insert(name.as_str(), value);
     }
-    Ok(())
+    Ok(bound)
 }
 
 #[cfg(test)]
@@ -305,7 +323,7 @@ mod tests {
         let f = tiny(DType::F16);
         let x = Array::float(DType::F16, vec![2], vec![0.5, 1.0 / 3.0]);
         let inputs = [("x".to_string(), x)];
-        let prepared = Prepared::new(&f).unwrap();
+        let prepared = Prepared::new(f.clone()).unwrap();
         assert_eq!(prepared.consts.len(), 1);
         for _ in 0..2 {
             assert_eq!(prepared.run(&inputs).unwrap(), run(&f, &inputs).unwrap());
@@ -315,7 +333,7 @@ mod tests {
     #[test]
     fn runs_in_order_and_rounds_fp16_unless_asked_not_to() {
         let f = tiny(DType::F16);
-        let x = Array::float(DType::F16, vec![2], vec![0.0, 1.0 / 3.0]);
+        let x = Array::float(DType::F32, vec![2], vec![0.0, 1.0 / 3.0]);
         let out = run(&f, &[("x".into(), x.clone())]).unwrap();
         let third = numeric::fp16::round(1.0 / 3.0);
         let expect = numeric::fp16::round(numeric::fp16::round(1.0 + third).powi(2));

@@ -14,14 +14,14 @@
 //! matches arrays), so packages whose outputs kept generic names (a traced module converted by
 //! `convert MODEL.pt` names them `output_0`, …) run too. Inputs must carry the names above.
 //!
-//! Called by `cli::validate_speech`; uses `package::read` and `interp::run`.
+//! Called by `cli::validate_speech`; uses `package::read` and `interp::Prepared` (constants converted once per package).
 
 use std::path::{Path, PathBuf};
 
 use super::greedy::Backend;
 use super::Error;
-use crate::interp::{self, Array};
-use crate::mil::{DType, Function, Model, ValueType};
+use crate::interp::{Array, Prepared};
+use crate::mil::{DType, ValueType, MAIN_FUNCTION};
 use crate::package;
 
 /// Package of the log-mel front end.
@@ -33,9 +33,9 @@ pub const DECODER_PACKAGE: &str = "TextDecoder.mlpackage";
 
 /// The three packages of one converted Whisper model, and the decoder's caches.
 pub struct Packages {
-    mel: (PathBuf, Model),
-    encoder: (PathBuf, Model),
-    decoder: (PathBuf, Model),
+    mel: (PathBuf, Prepared),
+    encoder: (PathBuf, Prepared),
+    decoder: (PathBuf, Prepared),
     /// Shape of `key_cache` / `value_cache`: (layers, d, 1, positions).
     cache_shape: Vec<usize>,
     key_cache: Vec<f32>,
@@ -50,15 +50,11 @@ pub fn is_whisper_dir(dir: &Path) -> bool {
     [MEL_PACKAGE, ENCODER_PACKAGE, DECODER_PACKAGE].iter().all(|p| dir.join(p).is_dir())
 }
 
-/// The `main` function of a loaded package.
-fn main_of((path, model): &(PathBuf, Model)) -> Result<&Function, Error> {
-    model.program.main().ok_or_else(|| Error::file(path, "the package has no main function"))
-}
 
 /// Runs a package on `inputs` and returns its outputs in the order of `names` (matched by
 /// name, else by position when the package names none of them).
-fn run<const N: usize>(package: &(PathBuf, Model), inputs: &[(String, Array)], names: [&str; N]) -> Result<[Array; N], Error> {
-    let outputs = interp::run(main_of(package)?, inputs).map_err(|source| Error::Run { path: package.0.clone(), source: Box::new(source) })?;
+fn run<const N: usize>(package: &(PathBuf, Prepared), inputs: &[(String, Array)], names: [&str; N]) -> Result<[Array; N], Error> {
+    let outputs = package.1.run(inputs).map_err(|source| Error::Run { path: package.0.clone(), source: Box::new(source) })?;
     if outputs.len() != N {
         return Err(Error::file(&package.0, format!("the package has {} outputs, expected {N}: {}", outputs.len(), names.join(", "))));
     }
@@ -78,13 +74,17 @@ fn run<const N: usize>(package: &(PathBuf, Model), inputs: &[(String, Array)], n
 impl Packages {
     /// Loads the three packages from `dir` (written by `convert WHISPER_DIR`).
     pub fn open(dir: &Path) -> Result<Packages, Error> {
-        let load = |name: &str| -> Result<(PathBuf, Model), Error> {
+        let load = |name: &str| -> Result<(PathBuf, Prepared), Error> {
             let path = dir.join(name);
-            let model = package::read(&path).map_err(|source| Error::Package { path: path.clone(), source: Box::new(source) })?;
-            Ok((path, model))
+            let mut model = package::read(&path).map_err(|source| Error::Package { path: path.clone(), source: Box::new(source) })?;
+            let main = model.program.functions.remove(MAIN_FUNCTION).ok_or_else(|| Error::file(&path, "the package has no main function"))?;
+            let prepared = Prepared::new(main).map_err(|source| Error::Run { path: path.clone(), source: Box::new(source) })?;
+            Ok((path, prepared))
         };
         let decoder = load(DECODER_PACKAGE)?;
-        let cache_shape = main_of(&decoder)?
+        let cache_shape = decoder
+            .1
+            .function()
             .inputs
             .iter()
             .find(|i| i.name == "key_cache")

@@ -1138,3 +1138,16 @@ fn eval_upsample(a: &EvalArgs) -> Eval {
     (shape[r - 2], shape[r - 1]) = (oh, ow);
     Ok(vec![moved(x, shape, &idx)])
 }
+
+/// The ops of this family whose outputs only hold values copied from their inputs (or from
+/// const parameters of the same dtype, like `pad`'s `constant_val` and `band_part`'s zeros):
+/// an fp16 output of one of them is already fp16, so `interp::run` skips rounding it.
+pub const MOVES_VALUES: &[&OpDef] = &[
+    &CONST, &IDENTITY, &RESHAPE, &TRANSPOSE, &EXPAND_DIMS, &SQUEEZE, &CONCAT, &STACK, &SPLIT, &SLICE_BY_INDEX,
+    &SLICE_BY_SIZE, &GATHER, &GATHER_IOS16, &GATHER_IOS17, &GATHER_ALONG_AXIS, &TILE, &PAD, &BAND_PART,
+];
+
+/// Whether `op_type` is in [`MOVES_VALUES`].
+pub fn moves_values(op_type: &str) -> bool {
+    MOVES_VALUES.iter().any(|d| d.name == op_type)
+}
