@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::mil::ops::{self, EvalArgs, EvalError};
-use crate::mil::{Argument, DType, Dim, Function, ValueType, Opset, Operation};
+use crate::mil::{Argument, DType, Dim, Function, NamedType, Opset, Operation, ValueType};
 use crate::numeric;
 
 pub use crate::mil::ops::eval::{Array, Data};
@@ -62,29 +62,37 @@ pub fn run_with(
     compute: Compute,
     observe: &mut dyn FnMut(&str, &Array),
 ) -> Result<Vec<(String, Array)>, Error> {
-    run_cached(function, inputs, compute, observe, &HashMap::new())
+    run_known(function, inputs, compute, observe, &Known::default())
 }
 
 /// A function prepared for many runs (a decoder called once per token): the values of its
 /// top-level `const` ops are converted to arrays once, here, instead of on every run (for a
-/// large fp16 embedding table that conversion costs more than the step's math). Built by
-/// callers that run one package repeatedly (transcription loops, benchmarks).
+/// large fp16 embedding table that conversion costs more than the step's math), and inputs
+/// that stay the same over many runs can be fixed ([`Prepared::fix_inputs`]). Built by callers
+/// that run one package repeatedly (transcription loops, benchmarks).
 pub struct Prepared {
     function: Function,
     consts: HashMap<String, Array>,
+    /// Values computed from fixed inputs (and constants) that later runs read.
+    fixed: HashMap<String, Array>,
+    /// Per op: computed already (a `const`, or an op of the fixed inputs only).
+    done: Vec<bool>,
+    fixed_inputs: Vec<String>,
 }
 
 impl Prepared {
     /// Takes `function` and converts every top-level `const` of it.
     pub fn new(function: Function) -> Result<Prepared, Error> {
         let mut consts = HashMap::new();
-        for op in function.block.operations.iter().filter(|o| o.op_type == "const") {
+        let ops = &function.block.operations;
+        for op in ops.iter().filter(|o| o.op_type == "const") {
             let values = eval_op(op, function.opset, &HashMap::new(), Compute::AsDeclared)?;
             for (value, decl) in values.into_iter().zip(&op.outputs) {
                 consts.insert(decl.name.clone(), value);
             }
         }
-        Ok(Prepared { function, consts })
+        let done = ops.iter().map(|o| o.op_type == "const").collect();
+        Ok(Prepared { function, consts, fixed: HashMap::new(), done, fixed_inputs: Vec::new() })
     }
 
     /// The function this runs.
@@ -92,28 +100,93 @@ impl Prepared {
         &self.function
     }
 
-    /// [`run`] with the prepared constants.
+    /// Fixes `inputs` for the coming runs (a Whisper decoder's cross-attention caches, the same
+    /// for every token of an audio window): every op that depends only on them and on constants
+    /// runs now, once, and [`Prepared::run`] then takes the remaining inputs only. Replaces the
+    /// inputs fixed before.
+    pub fn fix_inputs(&mut self, inputs: Vec<(String, Array)>) -> Result<(), Error> {
+        self.fixed.clear();
+        self.fixed_inputs.clear();
+        let ops = &self.function.block.operations;
+        self.done = ops.iter().map(|o| o.op_type == "const").collect();
+        let mut fixed: HashMap<String, Array> = HashMap::new();
+        for (name, given) in inputs {
+            let decl = self.function.inputs.iter().find(|i| i.name == name).ok_or_else(|| self.unknown_input(&name))?;
+            fixed.insert(name.clone(), bind_input(decl, &given, Compute::AsDeclared)?.into_owned());
+            self.fixed_inputs.push(name);
+        }
+        for (i, op) in ops.iter().enumerate() {
+            let ready = |n: &str| self.consts.contains_key(n) || fixed.contains_key(n);
+            if self.done[i] || !op.blocks.is_empty() || !op.inputs.iter().flat_map(|(_, a)| a).all(|a| match a {
+                Argument::Name(n) => ready(n),
+                Argument::Value(_) => true,
+            }) {
+                continue;
+            }
+            let lookup = |n: &str| fixed.get(n).or_else(|| self.consts.get(n));
+            let values = eval_op_with(op, self.function.opset, &lookup, Compute::AsDeclared)?;
+            for (value, decl) in values.into_iter().zip(&op.outputs) {
+                fixed.insert(decl.name.clone(), value);
+            }
+            self.done[i] = true;
+        }
+        // Keep what the other ops and the outputs read.
+        let mut read: std::collections::HashSet<&str> = self.function.block.outputs.iter().map(|o| o.as_str()).collect();
+        for (op, _) in ops.iter().zip(&self.done).filter(|(_, &d)| !d) {
+            read.extend(op.inputs.iter().flat_map(|(_, a)| a).filter_map(|a| match a {
+                Argument::Name(n) => Some(n.as_str()),
+                Argument::Value(_) => None,
+            }));
+        }
+        fixed.retain(|n, _| read.contains(n.as_str()));
+        self.fixed = fixed;
+        Ok(())
+    }
+
+    /// [`run`] with the prepared constants and fixed inputs; `inputs` are the others.
     pub fn run(&self, inputs: &[(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
-        run_cached(&self.function, inputs, Compute::AsDeclared, &mut |_, _| {}, &self.consts)
+        let known = Known { consts: Some(&self.consts), fixed: Some(&self.fixed), done: &self.done, fixed_inputs: &self.fixed_inputs };
+        run_known(&self.function, inputs, Compute::AsDeclared, &mut |_, _| {}, &known)
+    }
+
+    fn unknown_input(&self, name: &str) -> Error {
+        let names: Vec<&str> = self.function.inputs.iter().map(|i| i.name.as_str()).collect();
+        Error::UnknownInput(name.to_string(), names.join(", "))
     }
 }
 
-/// [`run_with`], taking the outputs of `const` ops found in `consts` from there, and the inputs
-/// from `inputs` where they need no conversion (both by reference, never copied into the value
-/// environment: a decoder step reads tens of MB of caches it does not change).
-fn run_cached(
+/// What a run reads instead of computing: a [`Prepared`] function's constants, the values of
+/// its fixed inputs, which ops those cover, and which inputs are fixed. Empty for plain runs.
+#[derive(Default)]
+struct Known<'k> {
+    consts: Option<&'k HashMap<String, Array>>,
+    fixed: Option<&'k HashMap<String, Array>>,
+    done: &'k [bool],
+    fixed_inputs: &'k [String],
+}
+
+impl Known<'_> {
+    fn get(&self, name: &str) -> Option<&Array> {
+        self.fixed.and_then(|m| m.get(name)).or_else(|| self.consts.and_then(|m| m.get(name)))
+    }
+}
+
+/// [`run_with`], reading `known` values by reference, and the inputs from `inputs` where they
+/// need no conversion (never copied into the value environment: a decoder step reads tens of
+/// MB of caches it does not change).
+fn run_known(
     function: &Function,
     inputs: &[(String, Array)],
     compute: Compute,
     observe: &mut dyn FnMut(&str, &Array),
-    consts: &HashMap<String, Array>,
+    known: &Known,
 ) -> Result<Vec<(String, Array)>, Error> {
     let block = &function.block;
     let unsupported = unsupported_ops(function);
     if !unsupported.is_empty() {
         return Err(Error::Unsupported(unsupported));
     }
-    let bound = bind_inputs(function, inputs, compute)?;
+    let mut bound = bind_inputs(function, inputs, compute, known.fixed_inputs)?;
     let mut env: HashMap<String, Array> = HashMap::new();
 
     // Last op index reading each value; block outputs are never freed.
@@ -132,11 +205,16 @@ fn run_cached(
     }
 
     for (i, op) in block.operations.iter().enumerate() {
-        if op.op_type == "const" && op.outputs.iter().all(|o| consts.contains_key(&o.name)) {
+        if known.done.get(i).copied().unwrap_or(false) {
             continue;
         }
-        let lookup = |n: &str| env.get(n).or_else(|| bound.get(n).map(|c| c.as_ref())).or_else(|| consts.get(n));
-        let outputs = eval_op_with(op, function.opset, &lookup, compute)?;
+        let outputs = match reshape_in_place(op, i, &last_use, &mut env, &mut bound) {
+            Some(value) => vec![value],
+            None => {
+                let lookup = |n: &str| env.get(n).or_else(|| bound.get(n).map(|c| c.as_ref())).or_else(|| known.get(n));
+                eval_op_with(op, function.opset, &lookup, compute)?
+            }
+        };
         for (value, decl) in outputs.into_iter().zip(&op.outputs) {
             observe(&decl.name, &value);
             env.insert(decl.name.clone(), value);
@@ -155,12 +233,42 @@ fn run_cached(
         .outputs
         .iter()
         .map(|o| {
-            let value = env.remove(o).or_else(|| bound.get(o.as_str()).map(|c| c.as_ref().clone())).or_else(|| consts.get(o).cloned());
+            let value = env.remove(o).or_else(|| bound.get(o.as_str()).map(|c| c.as_ref().clone())).or_else(|| known.get(o).cloned());
             value.map(|v| (o.clone(), v)).ok_or_else(|| Error::UndefinedOutput(o.clone()))
         })
         .collect()
 }
 
+/// A reshape-like op (`mil::ops::shape::RESHAPES`) whose input this op reads last and this run
+/// owns: the input array itself, under the declared output shape, without copying its data.
+/// `None` otherwise (the kernel then runs as usual).
+fn reshape_in_place(
+    op: &Operation,
+    i: usize,
+    last_use: &HashMap<&str, usize>,
+    env: &mut HashMap<String, Array>,
+    bound: &mut HashMap<&str, Cow<Array>>,
+) -> Option<Array> {
+    if !ops::shape::is_reshape(&op.op_type) || op.outputs.len() != 1 {
+        return None;
+    }
+    let [Argument::Name(x)] = op.input("x")? else { return None };
+    let ty = op.outputs[0].ty.tensor();
+    let shape = ty.fixed_shape()?;
+    if last_use.get(x.as_str()) != Some(&i) {
+        return None;
+    }
+    let fits = |a: &Array| a.dtype == ty.dtype && a.len() == numeric::numel(&shape);
+    let mut value = if env.get(x).is_some_and(fits) {
+        env.remove(x)?
+    } else if matches!(bound.get(x.as_str()), Some(Cow::Owned(a)) if fits(a)) {
+        bound.remove(x.as_str())?.into_owned()
+    } else {
+        return None;
+    };
+    value.shape = shape;
+    Some(value)
+}
 
 /// Runs one op on values looked up in `env` (by name), checks its outputs against the declared
 /// types, and rounds fp16 outputs unless `compute` is `Fp32`. Used by [`run_with`] and by
@@ -254,59 +362,65 @@ pub fn unsupported_ops(function: &Function) -> Vec<String> {
     out
 }
 
-/// Checks each given input against the function's signature. fp32 data is accepted for fp16
-/// inputs (rounded, as Core ML converts an fp32 MLMultiArray, into a new array) and the reverse;
-/// inputs of the declared dtype are borrowed (an fp16 [`Array`] holds fp16 values already).
+/// Checks each given input against the function's signature (`fixed` inputs are not expected:
+/// a [`Prepared`] function holds them).
 fn bind_inputs<'i>(
     function: &Function,
     inputs: &'i [(String, Array)],
     compute: Compute,
+    fixed: &[String],
 ) -> Result<HashMap<&'i str, Cow<'i, Array>>, Error> {
+    let expected = || function.inputs.iter().filter(|i| !fixed.contains(&i.name));
     for (name, _) in inputs {
-        if !function.inputs.iter().any(|i| &i.name == name) {
-            let names: Vec<&str> = function.inputs.iter().map(|i| i.name.as_str()).collect();
+        if !expected().any(|i| &i.name == name) {
+            let names: Vec<&str> = expected().map(|i| i.name.as_str()).collect();
             return Err(Error::UnknownInput(name.clone(), names.join(", ")));
         }
     }
     let mut bound = HashMap::new();
-    for decl in &function.inputs {
-        let ty = match &decl.ty {
-            ValueType::Tensor(t) => t,
-            ValueType::State(_) => return Err(Error::Unsupported(vec![format!("state input `{}`", decl.name)])),
-        };
+    for decl in expected() {
         let (name, given) =
             inputs.iter().find(|(n, _)| n == &decl.name).ok_or_else(|| Error::MissingInput(decl.name.clone()))?;
-        let bad = || Error::BadInput {
-            name: decl.name.clone(),
-            expected: ty.to_string(),
-            got: format!("{} {:?}", given.dtype, given.shape),
-        };
-        let shape_ok = ty.rank() == given.shape.len()
-            && ty.shape.iter().zip(&given.shape).all(|(d, &n)| matches!(d, Dim::Unknown) || *d == Dim::Fixed(n));
-        let float_pair = ty.dtype.is_float() && given.dtype.is_float();
-        if !shape_ok || !(ty.dtype == given.dtype || float_pair) || given.len() != numeric::numel(&given.shape) {
-            return Err(bad());
-        }
-        let value = if given.dtype == ty.dtype {
-            Cow::Borrowed(given)
-        } else {
-            let mut value = given.clone();
-            value.dtype = ty.dtype;
-            if let (DType::F16, Compute::AsDeclared, Data::F32(v)) = (ty.dtype, compute, &mut value.data) {
-                numeric::fp16::round_slice(v);
-            }
-            Cow::Owned(value)
-        };
-        bound.insert(name.as_str(), value);
+        bound.insert(name.as_str(), bind_input(decl, given, compute)?);
     }
     Ok(bound)
+}
+
+/// Checks one input against its declaration. fp32 data is accepted for an fp16 input (rounded,
+/// as Core ML converts an fp32 MLMultiArray, into a new array) and the reverse; an input of the
+/// declared dtype is borrowed (an fp16 [`Array`] holds fp16 values already).
+fn bind_input<'i>(decl: &NamedType, given: &'i Array, compute: Compute) -> Result<Cow<'i, Array>, Error> {
+    let ty = match &decl.ty {
+        ValueType::Tensor(t) => t,
+        ValueType::State(_) => return Err(Error::Unsupported(vec![format!("state input `{}`", decl.name)])),
+    };
+    let bad = || Error::BadInput {
+        name: decl.name.clone(),
+        expected: ty.to_string(),
+        got: format!("{} {:?}", given.dtype, given.shape),
+    };
+    let shape_ok = ty.rank() == given.shape.len()
+        && ty.shape.iter().zip(&given.shape).all(|(d, &n)| matches!(d, Dim::Unknown) || *d == Dim::Fixed(n));
+    let float_pair = ty.dtype.is_float() && given.dtype.is_float();
+    if !shape_ok || !(ty.dtype == given.dtype || float_pair) || given.len() != numeric::numel(&given.shape) {
+        return Err(bad());
+    }
+    if given.dtype == ty.dtype {
+        return Ok(Cow::Borrowed(given));
+    }
+    let mut value = given.clone();
+    value.dtype = ty.dtype;
+    if let (DType::F16, Compute::AsDeclared, Data::F32(v)) = (ty.dtype, compute, &mut value.data) {
+        numeric::fp16::round_slice(v);
+    }
+    Ok(Cow::Owned(value))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mil::builder::Builder;
-    use crate::mil::ops::{elementwise, linear};
+    use crate::mil::ops::{elementwise, linear, shape};
     use crate::mil::{Opset, Tensor, TensorType};
 
     fn tiny(dtype: DType) -> Function {
@@ -328,6 +442,37 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(prepared.run(&inputs).unwrap(), run(&f, &inputs).unwrap());
         }
+    }
+
+    /// `out = reshape(c + 1, (2, 3)) * x`, with `reshape(x)` also returned: `c` is the input
+    /// to fix, the reshapes exercise the in-place path (`c + 1` is read once, `x` twice).
+    fn with_fixable_input() -> Function {
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType::new(DType::F32, &[2, 3]));
+        let c = b.input("c", TensorType::new(DType::F32, &[6]));
+        let c1 = b.op(&elementwise::ADD, "c1").arg("x", &c).konst("y", Tensor::float_scalar(DType::F32, 1.0)).build1().unwrap();
+        let shape = Tensor::from_i32(&[2], &[2, 3]);
+        let c2 = b.op(&shape::RESHAPE, "c2").arg("x", &c1).konst("shape", shape.clone()).build1().unwrap();
+        let out = b.op(&elementwise::MUL, "out").arg("x", &x).arg("y", &c2).build1().unwrap();
+        let flat = b.op(&shape::RESHAPE, "flat").arg("x", &x).konst("shape", Tensor::from_i32(&[1], &[6])).build1().unwrap();
+        let again = b.op(&shape::RESHAPE, "again").arg("x", &flat).konst("shape", shape).build1().unwrap();
+        b.finish(&[out, again])
+    }
+
+    #[test]
+    fn fixed_inputs_give_the_plain_answer_and_are_not_taken_again() {
+        let f = with_fixable_input();
+        let x = Array::float(DType::F32, vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let c = Array::float(DType::F32, vec![6], vec![0.5, -1.0, 2.0, 0.0, 3.0, -2.5]);
+        let plain = run(&f, &[("x".into(), x.clone()), ("c".into(), c.clone())]).unwrap();
+        assert_eq!(plain[0].1.floats().unwrap(), &[1.5, 0.0, 9.0, 4.0, 20.0, -9.0]);
+        assert_eq!(plain[1].1, x);
+        let mut prepared = Prepared::new(f).unwrap();
+        prepared.fix_inputs(vec![("c".into(), c)]).unwrap();
+        assert_eq!(prepared.fixed.keys().collect::<Vec<_>>(), vec!["c2"], "only what later ops read is kept");
+        assert_eq!(prepared.run(&[("x".into(), x.clone())]).unwrap(), plain);
+        let again = prepared.run(&[("x".into(), x.clone()), ("c".into(), x)]);
+        assert!(matches!(again, Err(Error::UnknownInput(n, _)) if n == "c"));
     }
 
     #[test]

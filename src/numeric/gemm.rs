@@ -3,7 +3,7 @@
 //! `conv` and attention kernels (`mil::ops::linear`, `mil::ops::attention`) and by
 //! [`super::conv`]. int32 products (rare: shape arithmetic) use a plain loop.
 
-use super::{broadcast, numel};
+use super::{broadcast, numel, par};
 
 /// A row-major-or-strided matrix view: `data[r·row + c·col]` is element (r, c).
 #[derive(Clone, Copy)]
@@ -35,6 +35,7 @@ impl<'a> Mat<'a> {
 
 /// `c = a · b + beta·c` with `c` contiguous row-major `a.rows × b.cols`. `None` when the inner
 /// dimensions differ or a view reaches past its buffer (so the unsafe call below stays in bounds).
+/// Large products are split by rows of `c` over the cores (`numeric::par`).
 pub fn sgemm(a: Mat, b: Mat, beta: f32, c: &mut [f32]) -> Option<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k || c.len() != m * n || !a.fits() || !b.fits() {
@@ -47,12 +48,53 @@ pub fn sgemm(a: Mat, b: Mat, beta: f32, c: &mut [f32]) -> Option<()> {
         c.iter_mut().for_each(|v| *v *= beta);
         return Some(());
     }
-    if n == 1 && a.col_stride == 1 {
-        gemv(a, b, beta, c);
+    if m == 1 && b.col_stride == 1 {
+        vecmat(a, b, beta, c);
         return Some(());
     }
-    // SAFETY: `fits` checked that every (r, c) element of a and b is inside its slice, and c
-    // holds exactly m·n contiguous elements with row stride n.
+    par::for_rows(c, n, m * n * k / MACS_PER_ELEMENT_OP, |first, part| {
+        let rows = part.len() / n;
+        let a = Mat { data: &a.data[first * a.row_stride..], rows, ..a };
+        if n == 1 && a.col_stride == 1 {
+            gemv(a, b, beta, part);
+        } else {
+            packed(a, b, beta, part);
+        }
+    });
+    Some(())
+}
+
+/// Multiply-adds a GEMM does in the time of one cheap element operation (a vectorized kernel
+/// does many per cycle): scales a product's size to `par::for_rows`' work units, so only
+/// products of about a million multiply-adds or more are split over threads.
+const MACS_PER_ELEMENT_OP: usize = 16;
+
+/// `c = a · b + beta·c` for a single row `a` and row-contiguous `b` (checked by [`sgemm`]): the
+/// query-times-keys product of a decoder step. Adds `a[i]·b[i, :]` row by row, contiguous and
+/// vectorized, where packing `b` would cost more than the product.
+fn vecmat(a: Mat, b: Mat, beta: f32, c: &mut [f32]) {
+    if beta == 0.0 {
+        c.fill(0.0);
+    } else {
+        c.iter_mut().for_each(|v| *v *= beta);
+    }
+    let n = b.cols;
+    for i in 0..a.cols {
+        let w = a.data[i * a.col_stride];
+        let row = &b.data[i * b.row_stride..i * b.row_stride + n];
+        for (o, &v) in c.iter_mut().zip(row) {
+            *o += w * v;
+        }
+    }
+}
+
+/// [`sgemm`] on one block of rows through `matrixmultiply` (views checked by the caller).
+fn packed(a: Mat, b: Mat, beta: f32, c: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    debug_assert!(a.fits() && b.fits() && c.len() == m * n);
+    // SAFETY: `sgemm` checked that every (r, c) element of the full a and b is inside its
+    // slice; this a is a suffix of rows of that a with the same strides, and c holds exactly
+    // m·n contiguous elements with row stride n.
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -71,7 +113,6 @@ pub fn sgemm(a: Mat, b: Mat, beta: f32, c: &mut [f32]) -> Option<()> {
             1,
         );
     }
-    Some(())
 }
 
 /// Accumulator lanes of [`gemv`]: independent partial sums the compiler can vectorize.
@@ -274,6 +315,33 @@ mod tests {
         sgemm(Mat::rows(&a, 5, 19), Mat::rows(&b, 19, 2), 0.0, &mut packed).unwrap();
         let want: Vec<f32> = packed.chunks(2).map(|r| r[0] + 0.5).collect();
         assert_eq!(fast, want);
+    }
+
+    #[test]
+    fn row_times_matrix_matches_the_packed_gemm() {
+        // A strided 1 × 13 row times a 13 × 21 matrix, against the same row stacked twice.
+        let a: Vec<f32> = (0..26).map(|i| ((i * 5 % 9) as f32 - 4.0) / 2.0).collect();
+        let row = Mat { data: &a, rows: 1, cols: 13, row_stride: 26, col_stride: 2 };
+        let b: Vec<f32> = (0..273).map(|i| (i * 7 % 13) as f32 - 6.0).collect(); // sums stay exact
+        let mut fast = vec![2.0; 21];
+        sgemm(row, Mat::rows(&b, 13, 21), 0.5, &mut fast).unwrap();
+        let twice = Mat { data: &a, rows: 2, cols: 13, row_stride: 0, col_stride: 2 };
+        let mut packed = vec![0.0; 42];
+        self::packed(twice, Mat::rows(&b, 13, 21), 0.0, &mut packed);
+        let want: Vec<f32> = packed[..21].iter().map(|v| v + 1.0).collect();
+        assert_eq!(fast, want);
+    }
+
+    #[test]
+    fn products_split_over_threads_match_one_block() {
+        let (m, k, n) = (301, 64, 97); // large enough for `par::for_rows` to split the rows
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 11 % 19) as f32 - 9.0) / 8.0).collect();
+        let mut split = vec![1.0; m * n];
+        sgemm(Mat::rows(&a, m, k), Mat::rows(&b, k, n), 1.0, &mut split).unwrap();
+        let mut whole = vec![1.0; m * n];
+        packed(Mat::rows(&a, m, k), Mat::rows(&b, k, n), 1.0, &mut whole);
+        assert_eq!(split, whole);
     }
 
     #[test]

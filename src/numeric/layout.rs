@@ -89,6 +89,27 @@ pub fn split<T: Copy>(x: &[T], shape: &[usize], axis: usize, sizes: &[usize]) ->
     Some(out)
 }
 
+/// Joins `parts` (data, shape) along `axis` by copying contiguous runs (the inverse of
+/// [`split`]); `None` unless the shapes agree off `axis`.
+pub fn join<T: Copy>(parts: &[(&[T], &[usize])], axis: usize) -> Option<(Vec<T>, Vec<usize>)> {
+    let (_, first) = parts.first()?;
+    let fits = |s: &[usize]| s.len() == first.len() && (0..s.len()).all(|i| i == axis || s[i] == first[i]);
+    if axis >= first.len() || !parts.iter().all(|(x, s)| fits(s) && x.len() == numel(s)) {
+        return None;
+    }
+    let mut shape = first.to_vec();
+    shape[axis] = parts.iter().map(|(_, s)| s[axis]).sum();
+    let (outer, _, inner) = around(&shape, axis);
+    let mut out = Vec::with_capacity(numel(&shape));
+    for o in 0..outer {
+        for (x, s) in parts {
+            let run = s[axis] * inner;
+            out.extend_from_slice(&x[o * run..(o + 1) * run]);
+        }
+    }
+    Some((out, shape))
+}
+
 /// `x` repeated `reps[i]` times along each axis (numpy `tile` with `len(reps) == rank`).
 pub fn tile<T: Copy>(x: &[T], shape: &[usize], reps: &[usize]) -> Option<(Vec<T>, Vec<usize>)> {
     if reps.len() != shape.len() || x.len() != numel(shape) {
@@ -163,6 +184,21 @@ pub fn pad<T: Copy>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_agrees_with_concat_and_undoes_split() {
+        let x: Vec<i32> = (0..2 * 3 * 4).collect();
+        let shape = [2, 3, 4];
+        for axis in 0..3 {
+            let sizes = [1, shape[axis] - 1];
+            let parts = split(&x, &shape, axis, &sizes).unwrap();
+            let views: Vec<(&[i32], &[usize])> = parts.iter().map(|(d, s)| (d.as_slice(), s.as_slice())).collect();
+            let joined = join(&views, axis).unwrap();
+            assert_eq!(joined, (x.clone(), shape.to_vec()), "axis {axis}");
+            assert_eq!(Some(joined), concat(&views, axis, false), "axis {axis}");
+        }
+        assert!(join(&[(&[1, 2][..], &[2, 1][..]), (&[3][..], &[1, 1][..])], 1).is_none());
+    }
 
     #[test]
     fn transpose_concat_split_tile_pad() {

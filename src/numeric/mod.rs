@@ -4,11 +4,13 @@
 //! `matrixmultiply`, `half` and `libm`. Shapes are `&[usize]`, rank 0 is a one-element scalar.
 //! Functions return `None` (never panic) when shapes do not fit; callers turn that into an error.
 
+pub mod approx;
 pub mod broadcast;
 pub mod conv;
 pub mod fp16;
 pub mod gemm;
 pub mod layout;
+pub mod par;
 pub mod reduce;
 
 /// Element count of `shape` (1 for rank 0).

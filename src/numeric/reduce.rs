@@ -3,7 +3,7 @@
 //! `mil::ops::reduce`, `mil::ops::norm` (means and variances) and `mil::ops::elementwise`
 //! (`softmax`).
 
-use super::{around, numel, offsets, strides};
+use super::{approx, around, numel, offsets, par, strides};
 
 /// The shape left after reducing `axes` (kept as size 1 when `keep_dims`).
 pub fn reduced_shape(shape: &[usize], axes: &[usize], keep_dims: bool) -> Vec<usize> {
@@ -68,24 +68,54 @@ pub fn argmax<T: Copy + PartialOrd>(x: &[T], shape: &[usize], axis: usize, want_
     out
 }
 
-/// Softmax along `axis` in place, max-subtracted for stability.
+/// Softmax along `axis` in place, max-subtracted for stability. Rows along the last axis (the
+/// attention case) are contiguous and run in parallel (`numeric::par`).
 pub fn softmax(x: &mut [f32], shape: &[usize], axis: usize) {
     let (outer, n, inner) = around(shape, axis);
+    if inner == 1 {
+        let work = x.len() * SOFTMAX_COST;
+        par::for_rows(x, n, work, |_, rows| rows.chunks_mut(n.max(1)).for_each(softmax_row));
+        return;
+    }
+    let mut row = vec![0.0; n];
     for o in 0..outer {
         for i in 0..inner {
             let idx = |j: usize| (o * n + j) * inner + i;
-            let m = (0..n).map(|j| x[idx(j)]).fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for j in 0..n {
-                let e = (x[idx(j)] - m).exp();
-                x[idx(j)] = e;
-                sum += e;
+            for (j, r) in row.iter_mut().enumerate() {
+                *r = x[idx(j)];
             }
-            for j in 0..n {
-                x[idx(j)] /= sum;
+            softmax_row(&mut row);
+            for (j, r) in row.iter().enumerate() {
+                x[idx(j)] = *r;
             }
         }
     }
+}
+
+/// Cost of one softmax element in cheap element operations (an exp and a division's worth),
+/// for [`par::for_rows`]' threshold.
+const SOFTMAX_COST: usize = 8;
+/// Independent partial sums in [`softmax_row`], so the sum vectorizes.
+const SUM_LANES: usize = 8;
+
+/// Softmax of one contiguous row in place.
+fn softmax_row(row: &mut [f32]) {
+    let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let mut lanes = [0.0f32; SUM_LANES];
+    let mut chunks = row.chunks_exact_mut(SUM_LANES);
+    for chunk in &mut chunks {
+        for (l, v) in chunk.iter_mut().enumerate() {
+            *v = approx::exp(*v - m);
+            lanes[l] += *v;
+        }
+    }
+    let mut sum: f32 = lanes.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = approx::exp(*v - m);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// Running sum along `axis` in place; `exclusive` shifts by one (first is 0), `reverse` runs

@@ -40,8 +40,9 @@ pub struct Packages {
     cache_shape: Vec<usize>,
     key_cache: Vec<f32>,
     value_cache: Vec<f32>,
-    cross_key: Option<Array>,
-    cross_value: Option<Array>,
+    /// The encoder has run: the decoder holds this window's cross-attention caches as fixed
+    /// inputs (`interp::Prepared::fix_inputs`), so per-head slicing of them happens once.
+    encoded: bool,
 }
 
 /// True when `dir` holds the three Whisper packages: how `validate` tells a Whisper output
@@ -102,8 +103,7 @@ impl Packages {
             cache_shape,
             key_cache: vec![0.0; n],
             value_cache: vec![0.0; n],
-            cross_key: None,
-            cross_value: None,
+            encoded: false,
         })
     }
 }
@@ -122,15 +122,16 @@ impl Backend for Packages {
         let input = Array::float(DType::F32, vec![1, mels, 1, super::mel::N_FRAMES], features.to_vec());
         let names = ["encoder_output_embeds", "cross_key_cache", "cross_value_cache"];
         let [embeds, cross_key, cross_value] = run(&self.encoder, &[("melspectrogram_features".to_string(), input)], names)?;
-        self.cross_key = Some(cross_key);
-        self.cross_value = Some(cross_value);
+        let fixed = vec![("cross_key_cache".to_string(), cross_key), ("cross_value_cache".to_string(), cross_value)];
+        self.decoder.1.fix_inputs(fixed).map_err(|source| Error::Run { path: self.decoder.0.clone(), source: Box::new(source) })?;
+        self.encoded = true;
         Ok(embeds.to_f32_vec().unwrap_or_default())
     }
 
     fn logits(&mut self, token: u32, position: usize) -> Result<Vec<f32>, Error> {
-        let (Some(cross_key), Some(cross_value)) = (&self.cross_key, &self.cross_value) else {
+        if !self.encoded {
             return Err(Error::file(&self.decoder.0, "decoder step before the encoder ran"));
-        };
+        }
         let positions = self.cache_shape[3];
         if position >= positions {
             return Err(Error::file(&self.decoder.0, format!("position {position} is past the decoder's {positions} cache columns")));
@@ -144,8 +145,6 @@ impl Backend for Packages {
             ("cache_length".to_string(), Array::int(vec![1], vec![position as i32])),
             ("key_cache".to_string(), Array::float(DType::F32, self.cache_shape.clone(), self.key_cache.clone())),
             ("value_cache".to_string(), Array::float(DType::F32, self.cache_shape.clone(), self.value_cache.clone())),
-            ("cross_key_cache".to_string(), cross_key.clone()),
-            ("cross_value_cache".to_string(), cross_value.clone()),
         ];
         let names = ["logits", "key_cache_updates", "value_cache_updates"];
         let [logits, key_update, value_update] = run(&self.decoder, &inputs, names)?;

@@ -69,11 +69,17 @@ fn logical(a: &EvalArgs, f: fn(bool, bool) -> bool) -> Eval {
     Ok(vec![Array::bools(s, v)])
 }
 
-/// `f` on every element of the float parameter `x`.
-fn map_float(a: &EvalArgs, f: impl Fn(f32) -> f32) -> Eval {
+/// `f` on every element of the float parameter `x` (large arrays split over the cores).
+fn map_float(a: &EvalArgs, f: impl Fn(f32) -> f32 + Sync) -> Eval {
     let x = a.array("x")?;
     let v = a.floats("x")?;
-    Ok(vec![Array::float(x.dtype, x.shape.clone(), v.iter().map(|&e| f(e)).collect())])
+    let mut out = vec![0.0; v.len()];
+    numeric::par::for_rows(&mut out, 1, v.len(), |first, part| {
+        for (o, &e) in part.iter_mut().zip(&v[first..]) {
+            *o = f(e);
+        }
+    });
+    Ok(vec![Array::float(x.dtype, x.shape.clone(), out)])
 }
 
 /// `f` on float storage, `g` on int32, for the unary ops that take both.
@@ -416,7 +422,8 @@ fn infer_gelu(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
 
 fn eval_gelu(a: &EvalArgs) -> Eval {
     match a.string("mode").unwrap_or("EXACT") {
-        "EXACT" => map_float(a, |v| wide(v, |x| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)))),
+        // 0.5·x·(1 + erf(x/√2)) written with erfc, which keeps its accuracy for negative x.
+        "EXACT" => map_float(a, |x| 0.5 * x * numeric::approx::erfc(-x * std::f32::consts::FRAC_1_SQRT_2)),
         "TANH_APPROXIMATION" => map_float(a, |v| {
             wide(v, |x| {
                 let inner = (2.0 / std::f64::consts::PI).sqrt() * (x + GELU_TANH_CUBIC * x * x * x);

@@ -522,7 +522,15 @@ fn eval_concat(a: &EvalArgs) -> Eval {
     let parts = a.variadic("values");
     let first = parts.first().ok_or_else(|| a.invalid("no values"))?;
     let axis = a.axis(a.int_or("axis", 0)?, first.shape.len())?;
-    Ok(vec![join(a, parts, axis, a.bool_or("interleave", false)?)?])
+    let interleave = a.bool_or("interleave", false)?;
+    // Float data is joined by contiguous runs, not through an index array (attention heads and
+    // KV caches are concatenated on every decoder step).
+    let floats: Option<Vec<(&[f32], &[usize])>> = parts.iter().map(|p| Some((p.floats()?, p.shape.as_slice()))).collect();
+    if let (Some(floats), false) = (floats, interleave) {
+        let (data, shape) = numeric::layout::join(&floats, axis).ok_or_else(|| a.shape_error("values do not fit together"))?;
+        return Ok(vec![Array::float(first.dtype, shape, data)]);
+    }
+    Ok(vec![join(a, parts, axis, interleave)?])
 }
 
 fn eval_split(a: &EvalArgs) -> Eval {
@@ -1150,4 +1158,14 @@ pub const MOVES_VALUES: &[&OpDef] = &[
 /// Whether `op_type` is in [`MOVES_VALUES`].
 pub fn moves_values(op_type: &str) -> bool {
     MOVES_VALUES.iter().any(|d| d.name == op_type)
+}
+
+/// The ops of this family whose output holds exactly their input's elements in the same order,
+/// under a new shape: `interp::run` hands such an op its input array itself, reshaped, when
+/// nothing else reads the input afterwards.
+pub const RESHAPES: &[&OpDef] = &[&RESHAPE, &EXPAND_DIMS, &SQUEEZE, &IDENTITY];
+
+/// Whether `op_type` is in [`RESHAPES`].
+pub fn is_reshape(op_type: &str) -> bool {
+    RESHAPES.iter().any(|d| d.name == op_type)
 }
