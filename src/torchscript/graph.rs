@@ -598,6 +598,27 @@ mod tests {
     }
 
     #[test]
+    fn ops_record_their_statement_and_the_ane_passes_keep_it() {
+        let a = super::super::read(&fixture("mlp.pt")).unwrap();
+        let mut f = to_mil(&a, &[InputSpec { name: None, ty: TensorType::new(DType::F32, &[1, 64, 8]) }], &opts()).unwrap();
+        let call_line = |op: &crate::mil::Operation| {
+            let s = op.source.as_ref().unwrap_or_else(|| panic!("{} has no source", op.name));
+            let line = a.code[&s.code.file].lines().nth(s.code.line - 1).unwrap();
+            assert_eq!(line.trim(), s.text);
+            line.to_string()
+        };
+        for op in f.block.operations.iter().filter(|o| o.op_type != "const") {
+            assert!(call_line(op).contains(&format!("torch.{}(", op.op_type)), "{}: {:?}", op.name, op.source);
+        }
+        crate::passes::run(&mut f, true).unwrap();
+        let convs: Vec<_> = f.block.operations.iter().filter(|o| o.op_type == "conv").collect();
+        assert_eq!(convs.len(), 2, "both linears became 1x1 convs");
+        for op in convs {
+            assert!(call_line(op).contains("torch.linear("), "{}: {:?}", op.name, op.source);
+        }
+    }
+
+    #[test]
     fn wrong_input_count_is_an_error() {
         let a = super::super::read(&fixture("mlp.pt")).unwrap();
         let e = to_mil(&a, &[], &opts()).unwrap_err().to_string();
