@@ -7,7 +7,9 @@
 //!
 //! The ANE facts behind the rules come from Apple's "Deploying Transformers on the Apple Neural
 //! Engine" (machinelearning.apple.com/research/neural-engine-transformers, 2022) and its
-//! reference code (github.com/apple/ml-ane-transformers).
+//! reference code (github.com/apple/ml-ane-transformers). Apple publishes no list of ANE ops or
+//! size limits; rules that rely on community measurements (ANE004, ANE009) cite them in their
+//! `--explain` text and say which facts are documented and which measured.
 
 pub mod render;
 pub mod rules;
