@@ -294,3 +294,152 @@ fn layout_and_attention_rules_fire_as_traced_and_are_quiet_after_the_ane_passes(
         }
     }
 }
+
+/// For each MIL op type a rule may flag: a torch call its TorchScript code line may make, and
+/// what the original Python line then holds. `MODULE_CALL` means a call `self.<name>(` of the
+/// submodule that ran it, whose name is part of the MIL op's name (torch's own `nn.Linear` frame
+/// is skipped for its caller's).
+const CALLS: &[(&str, &str, &str)] = &[
+    ("linear", "torch.linear(", MODULE_CALL),
+    ("linear", "torch.addmm(", "addmm("),
+    ("gelu", "torch.gelu(", MODULE_CALL),
+    ("matmul", "torch.matmul(", "matmul"),
+    ("matmul", "torch.scaled_dot_product_attention(", "scaled_dot_product_attention("),
+];
+
+/// See [`CALLS`].
+const MODULE_CALL: &str = "self.<module>(";
+
+/// Line `n` (1-based) of `text`.
+fn nth_line(text: &str, n: u64) -> &str {
+    text.lines().nth(usize::try_from(n).unwrap() - 1).unwrap_or_else(|| panic!("no line {n}"))
+}
+
+/// A file the trace named, found on this machine: the path itself, or the same path under this
+/// checkout (`…/fixtures/torchscript/make.py`) or under its `.venv` (`…/site-packages/…`),
+/// where the machine that traced the fixture kept them.
+fn traced_file(path: &str) -> Option<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut candidates = vec![PathBuf::from(path)];
+    if let Some(i) = path.find("/fixtures/") {
+        candidates.push(root.join(&path[i + 1..]));
+    }
+    if let Some((_, rest)) = path.split_once("/site-packages/") {
+        for lib in std::fs::read_dir(root.join(".venv/lib")).into_iter().flatten().flatten() {
+            candidates.push(lib.path().join("site-packages").join(rest));
+        }
+    }
+    candidates.into_iter().find_map(|p| std::fs::read_to_string(p).ok())
+}
+
+/// Checks every finding of a `.pt` lint against the archive itself: its `source` names a code file
+/// of the archive, `line` is the line holding the torch call that made the op, `text` is that
+/// line; `original`, when the archive has debug info, names a Python line that makes the call
+/// (checked when that file is on this machine). Also checks the text and SARIF renderings name
+/// the same line. Returns how many original lines were read and checked.
+fn check_sources(pt: &Path, args: &[&str]) -> usize {
+    let archive = torch2coreml::torchscript::read(pt).unwrap();
+    let pt_arg = pt.to_str().unwrap();
+    let run = |format: &str| lint(&[&[pt_arg], args, &["--format", format]].concat());
+    let report = json(&run("json"));
+    let findings = report["findings"].as_array().unwrap();
+    let text = String::from_utf8(run("text").stdout).unwrap();
+    let sarif = json(&run("sarif"));
+    let violations = sarif_violations(&sarif);
+    assert!(violations.is_empty(), "{violations:#?}");
+    let mut checked = 0;
+    let mut originals = 0;
+    for (i, f) in findings.iter().enumerate() {
+        if !CALLS.iter().any(|(op, _, _)| f["op"] == *op) {
+            continue;
+        }
+        let src = &f["location"]["source"];
+        let file = src["file"].as_str().unwrap_or_else(|| panic!("finding on a lowered op has no source: {f}"));
+        let line = src["line"].as_u64().unwrap();
+        let code = archive.code.get(file).unwrap_or_else(|| panic!("{file} is not a code file of {}", pt.display()));
+        let at = nth_line(code, line);
+        let call = CALLS.iter().find(|(op, call, _)| f["op"] == *op && at.contains(call));
+        let (_, _, original_call) = call.unwrap_or_else(|| panic!("{file}:{line} is `{at}`, which makes no {}: {f}", f["op"]));
+        assert_eq!(src["text"], at.trim());
+        assert!(text.contains(&format!("--> {pt_arg}:{file}:{line}\n")), "text lacks the line of {f}:\n{text}");
+        let region = &sarif["runs"][0]["results"][i]["locations"][0]["physicalLocation"]["region"];
+        assert_eq!(region["startLine"], line);
+        checked += 1;
+        let original = &src["original"];
+        if original.is_null() {
+            continue;
+        }
+        let (ofile, oline) = (original["file"].as_str().unwrap(), original["line"].as_u64().unwrap());
+        assert!(text.contains(&format!("= note: traced from {ofile}:{oline}\n")), "{text}");
+        let Some(python) = traced_file(ofile) else { continue };
+        let at = nth_line(&python, oline);
+        let op = f["location"]["op"].as_str().unwrap();
+        let makes_call = match *original_call {
+            MODULE_CALL => at.split("self.").skip(1).filter_map(|rest| rest.split_once('(')).any(|(name, _)| op.contains(name)),
+            call => at.contains(call),
+        };
+        assert!(makes_call, "{ofile}:{oline} is `{at}`, which does not make {op} ({original_call})");
+        originals += 1;
+    }
+    assert!(checked > 0, "no finding on a lowered op to check: {report}");
+    originals
+}
+
+#[test]
+fn issue_6_findings_on_a_traced_pt_name_its_torchscript_and_python_lines() {
+    let pt = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/torchscript/mlp.pt");
+    // (1, 64, 8): the linears see a (B, S, C) activation with a 16-wide last axis, so ANE001 fires.
+    let originals = check_sources(&pt, &["--input", "x:1x64x8:fp32"]);
+    assert!(originals > 0, "mlp.pt has debug info naming fixtures/torchscript/make.py, which is in this checkout");
+}
+
+#[test]
+#[ignore = "needs the zoo from `make setup`; `make test` runs it"]
+fn issue_6_findings_on_traced_transformers_name_their_torchscript_and_python_lines() {
+    let zoo = zoo();
+    for m in ["bert", "gpt2", "whisper_encoder"] {
+        let inputs = zoo.join(format!("{m}.inputs.npz"));
+        let originals = check_sources(&zoo.join(format!("{m}.pt")), &["--example", inputs.to_str().unwrap()]);
+        // The zoo was traced with the project venv's transformers; with it here, lines are read.
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+        assert!(originals > 0 || !venv.is_dir(), "{m}: no original Python line was checked");
+    }
+}
+
+/// Size of a zip local file header before its name (PKWARE APPNOTE 4.3.7).
+const LOCAL_HEADER_LEN: usize = 30;
+
+#[test]
+fn issue_6_a_corrupt_debug_pkl_only_loses_the_original_lines() {
+    let pt = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/torchscript/mlp.pt");
+    let mut bytes = std::fs::read(&pt).unwrap();
+    // Overwrite the start of linear.py.debug_pkl's data (found through its local header) with
+    // bytes that are no pickle opcode and no deflate stream.
+    let name = b"mlp/code/__torch__/torch/nn/modules/linear.py.debug_pkl";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() - LOCAL_HEADER_LEN;
+    let u16_at = |i: usize| usize::from(u16::from_le_bytes([bytes[at + i], bytes[at + i + 1]]));
+    let data = at + LOCAL_HEADER_LEN + u16_at(26) + u16_at(28);
+    bytes[data..data + 16].fill(0xff);
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("mlp.pt");
+    std::fs::write(&broken, bytes).unwrap();
+    let run = |p: &Path| {
+        let out = lint(&[p.to_str().unwrap(), "--input", "x:1x64x8:fp32", "--format", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        json(&out)
+    };
+    let (intact, report) = (run(&pt), run(&broken));
+    let linear = "code/__torch__/torch/nn/modules/linear.py";
+    let mut expected = intact.clone();
+    let mut lost = 0;
+    for f in expected["findings"].as_array_mut().unwrap() {
+        f["location"]["file"] = broken.to_str().unwrap().into();
+        let source = &mut f["location"]["source"];
+        if source["file"] == linear && !source["original"].is_null() {
+            source["original"] = Value::Null;
+            lost += 1;
+        }
+    }
+    assert!(lost > 0, "the intact file has original lines for {linear}: {intact}");
+    assert_eq!(report, expected, "the same findings and code lines; only {linear}'s original lines are gone");
+}

@@ -7,7 +7,9 @@
 //!
 //! The ANE facts behind the rules come from Apple's "Deploying Transformers on the Apple Neural
 //! Engine" (machinelearning.apple.com/research/neural-engine-transformers, 2022) and its
-//! reference code (github.com/apple/ml-ane-transformers).
+//! reference code (github.com/apple/ml-ane-transformers). Apple publishes no list of ANE ops or
+//! size limits; rules that rely on community measurements (ANE004, ANE009) cite them in their
+//! `--explain` text and say which facts are documented and which measured.
 
 pub mod render;
 pub mod rules;
@@ -15,7 +17,7 @@ pub mod rules;
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::mil::{Argument, Function, Operation, Program, Tensor, TensorType};
+use crate::mil::{Argument, Function, Operation, Program, Source, Tensor, TensorType};
 
 /// How bad a finding is. Ordered: `Note < Warning < Error`; `--deny LEVEL` fails on findings at
 /// or above `LEVEL`.
@@ -86,8 +88,8 @@ impl Hit {
     }
 }
 
-/// Where a finding is: the model file, the MIL function and op, and the TorchScript source line
-/// the op came from when known.
+/// Where a finding is: the model file, the MIL function and op, and the source line the op came
+/// from when known.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Location {
     /// The model path as the user gave it.
@@ -96,8 +98,9 @@ pub struct Location {
     pub function: String,
     /// MIL op name (or function input name).
     pub op: String,
-    /// `code/__torch__/….py:LINE` when the op was lowered from TorchScript and its line is known.
-    pub source: Option<String>,
+    /// The op's [`Operation::source`]: the `code/__torch__/….py` line inside a `.pt` (and the
+    /// original Python line when the archive has debug info). `None` for packages and inputs.
+    pub source: Option<Source>,
 }
 
 /// One finding: a rule that fired on one op. Renderers turn a slice of these into bytes.
@@ -147,14 +150,17 @@ pub fn check(program: &Program, file: &str, allowed: &[&Rule]) -> Vec<Finding> {
     let mut findings = Vec::new();
     for (fname, function) in &program.functions {
         let graph = Graph::new(function);
+        let sources: HashMap<&str, &Source> =
+            graph.ops.iter().filter_map(|op| Some((op.name.as_str(), op.source.as_deref()?))).collect();
         for rule in RULES.iter().filter(|r| !allowed.iter().any(|a| a.code == r.code)) {
             for hit in (rule.check)(&graph) {
+                let source = sources.get(hit.op_name.as_str()).map(|s| (*s).clone());
                 findings.push(Finding {
                     code: rule.code,
                     name: rule.name,
                     severity: rule.severity,
                     op: hit.op_type,
-                    location: Location { file: file.to_string(), function: fname.clone(), op: hit.op_name, source: None },
+                    location: Location { file: file.to_string(), function: fname.clone(), op: hit.op_name, source },
                     message: hit.message,
                     fix: hit.fix,
                 });

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::ops::{self, Arg, OpArgs, OpDef, TypeError};
-use super::{Argument, Block, Function, NamedType, Opset, Operation, Tensor, TensorType, ValueType};
+use std::sync::Arc;
+
+use super::{Argument, Block, Function, NamedType, Opset, Operation, Source, Tensor, TensorType, ValueType};
 
 /// Names MIL reserves; values may not use them (coreml-format.md §7). coremltools appends
 /// `_workaround`; we append a counter like for any other clash.
@@ -148,7 +150,8 @@ fn check_block(env: &mut Env, block: &Block, opset: Opset) -> Result<(), CheckEr
 }
 
 /// Builds one MIL function. Every op is typed by its `OpDef` when added, so a Builder never holds
-/// an ill-typed program. Names are made unique and valid (`name`, `name_1`, …).
+/// an ill-typed program. Names are made unique and valid (`name`, `name_1`, …). Every op it
+/// creates (consts and folded results included) records the current [`Source`], if one is set.
 pub struct Builder {
     opset: Opset,
     inputs: Vec<NamedType>,
@@ -156,6 +159,7 @@ pub struct Builder {
     env: Env,
     used: HashSet<String>,
     fold: bool,
+    source: Option<Arc<Source>>,
 }
 
 /// Largest output (in elements) that constant folding materializes; bigger results stay ops so a
@@ -165,7 +169,14 @@ pub const FOLD_MAX_ELEMENTS: usize = 1 << 22;
 impl Builder {
     /// An empty function for `opset`.
     pub fn new(opset: Opset) -> Builder {
-        Builder { opset, inputs: Vec::new(), ops: Vec::new(), env: Env::default(), used: HashSet::new(), fold: false }
+        Builder { opset, inputs: Vec::new(), ops: Vec::new(), env: Env::default(), used: HashSet::new(), fold: false, source: None }
+    }
+
+    /// Sets the source location that ops created from now on record (`None`: no location).
+    /// `torchscript::graph` sets it per TorchScript statement; passes set it to the source of the
+    /// op they are rewriting (`passes::rewrite::Rewriter::at`).
+    pub fn set_source(&mut self, source: Option<Arc<Source>>) {
+        self.source = source;
     }
 
     /// Starts a rewrite of `f` (passes): a folding builder holding `f`'s inputs and no ops, with
@@ -186,8 +197,8 @@ impl Builder {
         b
     }
 
-    /// Appends `op` as it is (a pass keeping an op): its declared output types are taken as given
-    /// and a `const`'s value is recorded for folding.
+    /// Appends `op` as it is (a pass keeping an op): its declared output types are taken as given,
+    /// a `const`'s value is recorded for folding, and its own source is kept.
     pub fn push(&mut self, op: Operation) {
         for o in &op.outputs {
             self.used.insert(o.name.clone());
@@ -248,6 +259,7 @@ impl Builder {
             outputs: vec![NamedType { name: name.clone(), ty: ValueType::Tensor(ty) }],
             attributes: BTreeMap::from([("val".to_string(), value)]),
             blocks: Vec::new(),
+            source: self.source.clone(),
         });
         Var(name)
     }
@@ -371,6 +383,7 @@ impl OpBuilder<'_> {
             outputs: Vec::new(),
             attributes: BTreeMap::new(),
             blocks: Vec::new(),
+            source: b.source.clone(),
         };
         let inferred = {
             let args = b.env.args(&op, b.opset).map_err(|e| TypeError::Invalid { op: def.name.to_string(), message: e.to_string() })?;

@@ -15,6 +15,7 @@ pub mod types;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 pub use tensor::Tensor;
 pub use types::{DType, Dim, TensorType, ValueType};
@@ -123,6 +124,37 @@ pub struct Operation {
     pub outputs: Vec<NamedType>,
     pub attributes: BTreeMap<String, Tensor>,
     pub blocks: Vec<Block>,
+    /// Where the op came from in the model's source, when the loader knew it (set through
+    /// [`builder::Builder::set_source`]). In memory only: MIL.proto's `Operation` has no field
+    /// for it (coreml-format.md §2.3), so `package::write` does not write it and ops read from a
+    /// package have none. Read by `lint` for finding locations.
+    pub source: Option<Arc<Source>>,
+}
+
+/// One line of one file, 1-based, as diagnostics print it (`file:line`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SourceLine {
+    pub file: String,
+    pub line: usize,
+}
+
+impl fmt::Display for SourceLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// Where an op came from. Made by `torchscript::graph` once per TorchScript statement and shared
+/// (`Arc`) by every op that statement lowers to; passes copy it to the ops they rewrite it into.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Source {
+    /// The serialized code line inside the model file (`code/__torch__/….py`, line).
+    pub code: SourceLine,
+    /// That line's text, trimmed, for snippets in diagnostics.
+    pub text: String,
+    /// The line of the original Python file the statement was traced from, when the archive's
+    /// `.debug_pkl` says so (`…/transformers/models/bert/modeling_bert.py`, line).
+    pub original: Option<SourceLine>,
 }
 
 impl Operation {

@@ -462,6 +462,7 @@ impl Reader {
             outputs: op.outputs.iter().map(|o| self.named(o)).collect::<Result<_, _>>()?,
             attributes,
             blocks: op.blocks.iter().map(|b| self.block(b, opset)).collect::<Result<_, _>>()?,
+            source: None,
         })
     }
 

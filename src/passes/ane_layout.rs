@@ -44,6 +44,7 @@ fn run(f: &mut Function) -> Result<Changes, PassError> {
     let types = f.inputs.iter().chain(f.block.operations.iter().flat_map(|o| &o.outputs)).map(|v| (v.name.clone(), v.ty.tensor().clone())).collect();
     let mut l = Layout { r: Rewriter::new(f), types, ane: HashMap::new(), to_memo: HashMap::new(), linears: 0, moved: 0 };
     for op in &f.block.operations {
+        l.r.at(op);
         if op.op_type != "const" && l.convert(op).map_err(&err)? {
             continue;
         }
@@ -56,6 +57,7 @@ fn run(f: &mut Function) -> Result<Changes, PassError> {
         }
         l.r.keep(op);
     }
+    l.r.b.set_source(None);
     for o in f.block.outputs.clone() {
         l.materialize(&o).map_err(&err)?;
     }

@@ -27,6 +27,12 @@ impl Rewriter {
         Rewriter { b: Builder::rewriting(f), subst: HashMap::new(), outputs: f.block.outputs.clone() }
     }
 
+    /// Ops built from now on record `op`'s source: call it before rewriting or keeping `op`, so
+    /// what replaces an op points at the same model line as the op did.
+    pub fn at(&mut self, op: &Operation) {
+        self.b.set_source(op.source.clone());
+    }
+
     /// The current value standing for the old name `name`.
     pub fn var(&self, name: &str) -> Var {
         Var(self.subst.get(name).cloned().unwrap_or_else(|| name.to_string()))

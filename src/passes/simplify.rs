@@ -63,6 +63,7 @@ pub fn apply(f: &mut Function) -> Result<Vec<(&'static str, usize)>, PassError> 
     let mut n = Simplified::default();
     let err = type_error(NAME);
     for op in &f.block.operations {
+        r.at(op);
         let out = op.outputs.first().map(|o| o.name.as_str()).unwrap_or_default();
         let x = arg_name(op, "x").map(|a| r.var(a));
         let out_shape = op.outputs.first().and_then(|o| o.ty.tensor().fixed_shape());

@@ -45,6 +45,7 @@ fn run(f: &mut Function) -> Result<Changes, PassError> {
     let mut r = Rewriter::new(f);
     let mut s = State::default();
     for op in &f.block.operations {
+        r.at(op);
         let out = op.outputs.first().map(|o| o.name.clone()).unwrap_or_default();
         let out_shape = op.outputs.first().and_then(|o| o.ty.tensor().fixed_shape()).unwrap_or_default();
         let x = arg_name(op, "x").map(str::to_string);

@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use super::code::{self, ClassDef, Expr, FnDef, Stmt, StmtKind};
 use super::lower::{self, Lower, Value};
+use super::source_ranges::SourceRanges;
 use super::{Archive, Attribute, Error, Module, PyObject};
 use crate::mil::builder::{Builder, Var};
 use crate::mil::ops::elementwise as ew;
-use crate::mil::{DType, Function, Opset, Tensor, TensorType};
+use crate::mil::{DType, Function, Opset, Source, SourceLine, Tensor, TensorType};
 
 /// Most locations listed per unsupported op kind in the error line.
 const MAX_LOCATIONS_SHOWN: usize = 3;
@@ -194,10 +195,34 @@ struct Inliner<'a> {
     classes: &'a Classes,
     lower: Lower,
     weights: HashMap<*const super::TorchTensor, Var>,
+    /// `code/…py:LINE` of the statement being lowered, for error messages.
     location: String,
+    /// The same statement as the [`Source`] its ops record (also set on the Builder).
+    source: Option<Arc<Source>>,
+    /// One `Source` per code line lowered, shared by every op the line makes.
+    sources: HashMap<(String, usize), Arc<Source>>,
+    /// Each code file's debug_pkl table, read on first use (`None`: absent or unreadable).
+    ranges: HashMap<String, Option<SourceRanges>>,
 }
 
 impl Inliner<'_> {
+    /// Makes `file:line` the statement being lowered: errors name it and new ops record it.
+    fn at(&mut self, file: &str, line: usize) {
+        self.location = format!("{file}:{line}");
+        let archive = self.archive;
+        let ranges = self.ranges.entry(file.to_string()).or_insert_with(|| archive.source_ranges(file));
+        let source = self.sources.entry((file.to_string(), line)).or_insert_with(|| {
+            let code = archive.code.get(file).map(String::as_str).unwrap_or_default();
+            Arc::new(Source {
+                code: SourceLine { file: file.to_string(), line },
+                text: code.lines().nth(line.saturating_sub(1)).unwrap_or_default().trim().to_string(),
+                original: ranges.as_ref().and_then(|r| r.original(code, line)).cloned(),
+            })
+        });
+        self.source = Some(Arc::clone(source));
+        self.lower.b.set_source(self.source.clone());
+    }
+
     fn err(&self, message: impl Into<String>) -> Error {
         Error::Lower { path: self.archive.path.clone(), location: self.location.clone(), message: message.into() }
     }
@@ -314,7 +339,13 @@ impl Inliner<'_> {
                     return Err(self.err(format!("`.{method}` called on a value, not a module")));
                 };
                 let vals = args.iter().map(|a| self.eval(a, env, depth)).collect::<Result<Vec<_>, _>>()?;
-                return self.method(&m, &path, method, vals, depth + 1);
+                // The rest of the calling statement is the caller's again.
+                let (location, source) = (self.location.clone(), self.source.clone());
+                let result = self.method(&m, &path, method, vals, depth + 1);
+                self.location = location;
+                self.lower.b.set_source(source.clone());
+                self.source = source;
+                return result;
             }
         }
         let name = func.dotted().ok_or_else(|| self.err("call of a computed function"))?;
@@ -377,7 +408,7 @@ impl Inliner<'_> {
         }
         let prefix = path.replace('.', "_");
         for s in &f.body {
-            self.location = format!("{file}:{}", s.line);
+            self.at(file, s.line);
             match &s.kind {
                 StmtKind::Assign { targets, value: Some(v), .. } => {
                     let hint = match targets.first() {
@@ -490,7 +521,16 @@ pub fn to_mil(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result
         }
         args.push(Val::V(Value::Tensor(v)));
     }
-    let mut inliner = Inliner { archive, classes: &classes, lower, weights: HashMap::new(), location: String::new() };
+    let mut inliner = Inliner {
+        archive,
+        classes: &classes,
+        lower,
+        weights: HashMap::new(),
+        location: String::new(),
+        source: None,
+        sources: HashMap::new(),
+        ranges: HashMap::new(),
+    };
     let result = inliner.method(&archive.root, "", "forward", args, 0)?;
     let mut outputs = Vec::new();
     flatten(inliner.value(result)?, &mut outputs).map_err(|m| inliner.err(m))?;
@@ -555,6 +595,27 @@ mod tests {
         let kinds: Vec<&str> = f.block.operations.iter().map(|o| o.op_type.as_str()).filter(|k| *k != "const").collect();
         assert_eq!(kinds, ["linear", "gelu", "linear"]);
         assert_eq!(f.inputs[0].ty.tensor().dtype, DType::F16);
+    }
+
+    #[test]
+    fn ops_record_their_statement_and_the_ane_passes_keep_it() {
+        let a = super::super::read(&fixture("mlp.pt")).unwrap();
+        let mut f = to_mil(&a, &[InputSpec { name: None, ty: TensorType::new(DType::F32, &[1, 64, 8]) }], &opts()).unwrap();
+        let call_line = |op: &crate::mil::Operation| {
+            let s = op.source.as_ref().unwrap_or_else(|| panic!("{} has no source", op.name));
+            let line = a.code[&s.code.file].lines().nth(s.code.line - 1).unwrap();
+            assert_eq!(line.trim(), s.text);
+            line.to_string()
+        };
+        for op in f.block.operations.iter().filter(|o| o.op_type != "const") {
+            assert!(call_line(op).contains(&format!("torch.{}(", op.op_type)), "{}: {:?}", op.name, op.source);
+        }
+        crate::passes::run(&mut f, true).unwrap();
+        let convs: Vec<_> = f.block.operations.iter().filter(|o| o.op_type == "conv").collect();
+        assert_eq!(convs.len(), 2, "both linears became 1x1 convs");
+        for op in convs {
+            assert!(call_line(op).contains("torch.linear("), "{}: {:?}", op.name, op.source);
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod code;
 pub mod graph;
 pub mod lower;
 pub mod pickle;
+pub mod source_ranges;
 pub mod zip;
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,6 +47,8 @@ const CONSTANTS_DIR: &str = "constants";
 const CODE_DIR: &str = "code/";
 /// Extension of source entries; `.py.debug_pkl` entries next to them are not source.
 const CODE_EXTENSION: &str = ".py";
+/// Suffix of the entry next to `code/<file>.py` that maps its bytes to the original Python.
+const DEBUG_PKL_SUFFIX: &str = ".debug_pkl";
 /// How much of a bad version or byte-order record an error message quotes.
 const MAX_QUOTED_CHARS: usize = 20;
 /// Bound on attribute paths walked to list tensors; a real model has thousands. A crafted
@@ -444,6 +447,15 @@ impl Archive {
     /// The underlying zip, for entries this reader does not interpret (`extra/`, `*.debug_pkl`).
     pub fn zip(&self) -> &Zip {
         &self.zip
+    }
+
+    /// The source ranges of code file `file` (a key of [`Archive::code`]) from its `.debug_pkl`:
+    /// `None` when the archive has none, or it does not read or parse (provenance is
+    /// best-effort). Called by `graph` once per code file it lowers statements from.
+    pub fn source_ranges(&self, file: &str) -> Option<source_ranges::SourceRanges> {
+        let name = format!("{}/{file}{DEBUG_PKL_SUFFIX}", self.folder);
+        let bytes = self.zip.read(self.zip.find(&name)?).ok()?;
+        source_ranges::SourceRanges::parse(&self.path, &name, &bytes)
     }
 }
 

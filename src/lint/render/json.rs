@@ -5,9 +5,16 @@
 use serde_json::{json, Map, Value};
 
 use crate::lint::{counts, Finding};
+use crate::mil::SourceLine;
 
-/// The JSON document for `findings`. `location` is an object: `file`, `function`, `op` (the MIL
-/// op name) and `source` (TorchScript `file:line`, or null).
+fn line(l: &SourceLine) -> Value {
+    json!({ "file": l.file, "line": l.line })
+}
+
+/// The JSON document for `findings`. `location` is an object: `file` (the model), `function`,
+/// `op` (the MIL op name) and `source`: null, or `{"file", "line", "text", "original"}` with the
+/// TorchScript code file inside the `.pt`, its 1-based line and text, and `original` = null or
+/// `{"file", "line"}` of the Python the line was traced from.
 pub fn render(findings: &[Finding]) -> Value {
     let items: Vec<Value> = findings
         .iter()
@@ -21,7 +28,12 @@ pub fn render(findings: &[Finding]) -> Value {
                     "file": f.location.file,
                     "function": f.location.function,
                     "op": f.location.op,
-                    "source": f.location.source,
+                    "source": f.location.source.as_ref().map(|s| json!({
+                        "file": s.code.file,
+                        "line": s.code.line,
+                        "text": s.text,
+                        "original": s.original.as_ref().map(line),
+                    })),
                 },
                 "message": f.message,
                 "fix": f.fix,
@@ -40,6 +52,7 @@ pub fn render(findings: &[Finding]) -> Value {
 pub(crate) mod tests {
     use super::*;
     use crate::lint::{Location, Severity};
+    use crate::mil::Source;
 
     /// Two findings for the renderers' snapshot tests, one with a TorchScript source line.
     pub(crate) fn sample() -> Vec<Finding> {
@@ -62,7 +75,11 @@ pub(crate) mod tests {
                     file: "model.pt".into(),
                     function: "main".into(),
                     op: "mask".into(),
-                    source: Some("code/__torch__/model.py:12".into()),
+                    source: Some(Source {
+                        code: SourceLine { file: "code/__torch__/model.py".into(), line: 12 },
+                        text: "mask = torch.bernoulli(p)".into(),
+                        original: Some(SourceLine { file: "/src/model.py".into(), line: 40 }),
+                    }),
                 },
                 message: "`random_bernoulli` in an inference model".into(),
                 fix: "call model.eval() before torch.jit.trace and convert again".into(),

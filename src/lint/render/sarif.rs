@@ -1,7 +1,9 @@
 //! SARIF 2.1.0 (OASIS, docs.oasis-open.org/sarif/sarif/v2.1.0/os/sarif-v2.1.0-os.html) for
 //! code-scanning tools such as GitHub's. One run; the driver lists every rule in `RULES` with its
-//! explanation as help; each finding is a result whose physical location is the model file and
-//! whose logical location is the MIL op. Called by `cli/lint.rs` for `--format sarif`.
+//! explanation as help; each finding is a result whose logical location is the MIL op and whose
+//! physical location is the model file, or, for an op lowered from TorchScript, the code line
+//! inside it (`model.pt/code/__torch__/….py`, `region.startLine` and snippet), with the original
+//! Python line as a related location. Called by `cli/lint.rs` for `--format sarif`.
 
 use serde_json::{json, Value};
 
@@ -40,16 +42,26 @@ pub fn render(findings: &[Finding], version: &str) -> Value {
     let results: Vec<Value> = findings
         .iter()
         .map(|f| {
-            let mut physical = json!({ "artifactLocation": { "uri": uri(&f.location.file) } });
-            if let Some((path, line)) = f.location.source.as_deref().and_then(|s| s.rsplit_once(':')) {
-                if let Ok(line) = line.parse::<u64>() {
-                    physical = json!({
-                        "artifactLocation": { "uri": uri(&format!("{}/{path}", f.location.file)) },
-                        "region": { "startLine": line },
-                    });
-                }
-            }
-            json!({
+            let (physical, related) = match &f.location.source {
+                None => (json!({ "artifactLocation": { "uri": uri(&f.location.file) } }), vec![]),
+                Some(s) => (
+                    json!({
+                        "artifactLocation": { "uri": uri(&format!("{}/{}", f.location.file, s.code.file)) },
+                        "region": { "startLine": s.code.line, "snippet": { "text": s.text } },
+                    }),
+                    s.original
+                        .iter()
+                        .map(|o| {
+                            json!({
+                                "id": 0,
+                                "physicalLocation": { "artifactLocation": { "uri": uri(&o.file) }, "region": { "startLine": o.line } },
+                                "message": { "text": "traced from this line" },
+                            })
+                        })
+                        .collect(),
+                ),
+            };
+            let mut result = json!({
                 "ruleId": f.code,
                 "ruleIndex": RULES.iter().position(|r| r.code == f.code),
                 "level": level(f.severity),
@@ -63,7 +75,11 @@ pub fn render(findings: &[Finding], version: &str) -> Value {
                     }],
                 }],
                 "properties": { "op": f.op, "fix": f.fix },
-            })
+            });
+            if !related.is_empty() {
+                result["relatedLocations"] = Value::Array(related);
+            }
+            result
         })
         .collect();
     json!({
@@ -80,9 +96,18 @@ pub fn render(findings: &[Finding], version: &str) -> Value {
     })
 }
 
-/// A relative URI reference for a path: forward slashes, spaces and `%` escaped (RFC 3986).
+/// A URI reference for a path (RFC 3986): forward slashes, spaces and `%` escaped; an absolute
+/// path (`/…`, `C:\…`) becomes a `file://` URI, a relative one stays relative.
 fn uri(path: &str) -> String {
-    path.replace('\\', "/").replace('%', "%25").replace(' ', "%20")
+    let p = path.replace('\\', "/").replace('%', "%25").replace(' ', "%20");
+    let drive = matches!(p.as_bytes(), [d, b':', b'/', ..] if d.is_ascii_alphabetic());
+    if p.starts_with('/') {
+        format!("file://{p}")
+    } else if drive {
+        format!("file:///{p}")
+    } else {
+        p
+    }
 }
 
 #[cfg(test)]
@@ -98,7 +123,21 @@ mod tests {
         assert_eq!(results.len(), 2);
         assert_eq!(results[0]["ruleIndex"], 1);
         assert_eq!(results[0]["locations"][0]["logicalLocations"][0]["fullyQualifiedName"], "main/linear_0");
-        assert_eq!(results[1]["locations"][0]["physicalLocation"]["region"]["startLine"], 12);
+        let physical = &results[1]["locations"][0]["physicalLocation"];
+        assert_eq!(physical["artifactLocation"]["uri"], "model.pt/code/__torch__/model.py");
+        assert_eq!(physical["region"]["startLine"], 12);
+        assert_eq!(physical["region"]["snippet"]["text"], "mask = torch.bernoulli(p)");
+        let related = &results[1]["relatedLocations"][0]["physicalLocation"];
+        assert_eq!(related["artifactLocation"]["uri"], "file:///src/model.py");
+        assert_eq!(related["region"]["startLine"], 40);
+        assert!(results[0].get("relatedLocations").is_none());
         assert_eq!(results[1]["level"], "error");
+    }
+
+    #[test]
+    fn uris_are_relative_or_file_uris() {
+        assert_eq!(uri("out/My Model.mlpackage"), "out/My%20Model.mlpackage");
+        assert_eq!(uri("/venv/lib/a.py"), "file:///venv/lib/a.py");
+        assert_eq!(uri(r"C:\src\m.py"), "file:///C:/src/m.py");
     }
 }

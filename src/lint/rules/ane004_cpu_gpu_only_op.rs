@@ -3,9 +3,14 @@
 
 use crate::lint::{Graph, Hit, Rule, Severity};
 
-/// MIL ops Core ML runs only on the CPU or GPU (Xcode's Core ML performance report on
-/// iOS16–iOS18; not exhaustive). `random_*` ops are ANE012's, not listed here.
+/// MIL ops Core ML runs only on the CPU or GPU, with why. Apple publishes no such list (an Apple
+/// engineer on coremltools#1780: placement "changes based on device generation, operating system
+/// version, tensor sizes"); the sources of each entry are in [`EXPLANATION`]. Not exhaustive.
+/// `random_*` ops are ANE012's, not listed here.
 pub const CPU_GPU_ONLY_OPS: &[(&str, &str)] = &[
+    ("lstm", "recurrent layers have no ANE kernel"),
+    ("gru", "recurrent layers have no ANE kernel"),
+    ("rnn", "recurrent layers have no ANE kernel"),
     ("cond", "control flow: the ANE runs static graphs only"),
     ("while_loop", "control flow: the ANE runs static graphs only"),
     ("make_list", "tensor lists are CPU data structures"),
@@ -16,10 +21,11 @@ pub const CPU_GPU_ONLY_OPS: &[(&str, &str)] = &[
     ("list_length", "tensor lists are CPU data structures"),
     ("non_zero", "its output shape depends on the data"),
     ("non_maximum_suppression", "its output shape depends on the data"),
-    ("argsort", "sorting has no ANE kernel"),
     ("scatter", "scatters have no ANE kernel"),
     ("scatter_nd", "scatters have no ANE kernel"),
     ("scatter_along_axis", "scatters have no ANE kernel"),
+    ("reduce_prod", "products have no ANE kernel"),
+    ("argsort", "sorting has no ANE kernel on M1-generation ANEs"),
     ("gather_nd", "n-d gathers have no ANE kernel"),
     ("cumsum", "prefix sums have no ANE kernel"),
 ];
@@ -35,14 +41,33 @@ pub const RULE: Rule = Rule {
 };
 
 const EXPLANATION: &str = r#"## What it finds
-Ops that Core ML never places on the ANE: control flow (`cond`, `while_loop`), tensor lists,
-ops whose output shape depends on the data (`non_zero`, `non_maximum_suppression`), sorts,
-scatters, `gather_nd` and `cumsum`.
+Ops that Core ML does not place on the ANE: recurrent layers (`lstm`, `gru`, `rnn`), control
+flow (`cond`, `while_loop`), tensor lists, ops whose output shape depends on the data
+(`non_zero`, `non_maximum_suppression`), scatters, `reduce_prod`, `argsort`, `gather_nd` and
+`cumsum`.
 
 ## Why it matters
 Core ML splits the program into segments per compute unit. Each such op ends an ANE segment,
 copies the activations to the CPU or GPU and back, and often keeps the whole model off the ANE
 when the segments get small.
+
+## Sources, and how sure each entry is
+Apple documents no list of ANE ops; an Apple engineer says placement "changes based on device
+generation, operating system version, tensor sizes etc." and points to Xcode's performance
+report (https://github.com/apple/coremltools/issues/1780). So:
+- Stated by Apple staff: RNN/LSTM "are not supported on the neural engine" (same issue).
+- Community-measured: recurrent layers, gather and custom layers off the ANE
+  (https://github.com/hollance/neural-engine/blob/master/docs/unsupported-layers.md, written for
+  the older NeuralNetwork format); the scatter family, `reduce_prod` and recurrent cells have no
+  ANE path on any generation, sort is rejected on M1-generation ANEs and runs on later ones
+  (https://ane-guide.readthedocs.io/en/latest/part-1-machine/04-capability-surface.html, reverse
+  engineering of the ANE compiler).
+- Reasoned, not found in a public source: control flow, tensor lists, `non_zero` and
+  `non_maximum_suppression` (data-dependent shapes, which the ANE's static graphs cannot hold),
+  `gather_nd` and `cumsum`.
+Where sources disagree the rule stays quiet: hollance lists dilated convolutions as off the ANE,
+the reverse-engineering guide as native, so `conv` with dilations is not flagged. Confirm on a
+device with Xcode's Core ML performance report.
 
 ## Example
 ```text
@@ -53,7 +78,8 @@ y = cumsum(x, axis=1)         # runs on the CPU
 ## Fix
 Compute it outside the model (before or after the Core ML call), or rewrite it with ANE ops:
 `cumsum` as a `matmul` with a triangular constant, a data-dependent `non_zero` as a mask
-multiply, a `scatter` of fixed positions as a `select` with a constant mask.
+multiply, a `scatter` of fixed positions as a `select` with a constant mask, an `lstm` as a
+transformer or convolution block (or run it on the CPU in its own model).
 "#;
 
 fn check(g: &Graph) -> Vec<Hit> {
@@ -86,6 +112,17 @@ mod tests {
         let h = hits(&RULE, &f);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h[0].op_type, "non_zero");
+    }
+
+    #[test]
+    fn fires_on_lstm() {
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType::new(DType::F16, &[16, 1, 32]));
+        let mut f = b.finish(&[x]);
+        push_raw(&mut f, "lstm", &[("x", "x")], "h", TensorType::new(DType::F16, &[16, 1, 64]));
+        let h = hits(&RULE, &f);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h[0].message.contains("recurrent"), "{}", h[0].message);
     }
 
     #[test]

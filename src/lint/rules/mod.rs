@@ -47,6 +47,7 @@ pub(crate) mod testing {
             outputs: vec![NamedType { name: out.to_string(), ty: ValueType::Tensor(ty) }],
             attributes: BTreeMap::new(),
             blocks: Vec::new(),
+            source: None,
         });
         f.block.outputs = vec![out.to_string()];
     }
