@@ -1,6 +1,7 @@
 //! Runs a MIL function on concrete inputs: binds the inputs, executes ops in block order through
 //! each op's `eval` kernel (`mil::ops`), frees every value after its last use, and returns the
-//! block outputs. fp16 emulation: every fp16 output is rounded to fp16 after its op (kernels
+//! block outputs; [`run_stateful`] also binds iOS18 state inputs and hands back their final
+//! values. fp16 emulation: every fp16 output is rounded to fp16 after its op (kernels
 //! accumulate in f32), so drift reported against torch is the drift a device computing in fp16
 //! shows; [`Compute::Fp32`] skips the rounding to get the same program's fp32 answer (the
 //! `validate --per-op` baseline). Called by `validate` and by tests; uses `mil` and `numeric`.
@@ -30,6 +31,8 @@ pub enum Error {
     Unsupported(Vec<String>),
     #[error("missing input `{0}`")]
     MissingInput(String),
+    #[error("missing state `{0}` (a stateful function runs through `run_stateful`)")]
+    MissingState(String),
     #[error("unknown input `{0}` (the function takes: {1})")]
     UnknownInput(String, String),
     #[error("input `{name}`: expected {expected}, got {got}")]
@@ -60,7 +63,20 @@ pub fn run_with(
     compute: Compute,
     observe: &mut dyn FnMut(&str, &Array),
 ) -> Result<Vec<(String, Array)>, Error> {
-    run_cached(function, inputs, compute, observe, &HashMap::new())
+    run_cached(function, inputs, &mut [], compute, observe, &HashMap::new())
+}
+
+/// Runs a function with iOS18 state inputs. `states` holds each state's value by name (the
+/// caller's `MLState`; Core ML starts one at zeros): `read_state` reads it, `write_state`
+/// replaces it, and on success `states` holds the values the run left, for the next run. On
+/// error `states` is unchanged. Tensor inputs and outputs as in [`run`]. Called by
+/// `speech::packages` for the iOS18 Whisper decoder and by tests.
+pub fn run_stateful(
+    function: &Function,
+    inputs: &[(String, Array)],
+    states: &mut [(String, Array)],
+) -> Result<Vec<(String, Array)>, Error> {
+    run_cached(function, inputs, states, Compute::AsDeclared, &mut |_, _| {}, &HashMap::new())
 }
 
 /// A function prepared for many runs (a decoder called once per token): the values of its
@@ -87,15 +103,22 @@ impl<'f> Prepared<'f> {
 
     /// [`run`] with the prepared constants.
     pub fn run(&self, inputs: &[(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
-        run_cached(self.function, inputs, Compute::AsDeclared, &mut |_, _| {}, &self.consts)
+        run_cached(self.function, inputs, &mut [], Compute::AsDeclared, &mut |_, _| {}, &self.consts)
+    }
+
+    /// [`run_stateful`] with the prepared constants.
+    pub fn run_stateful(&self, inputs: &[(String, Array)], states: &mut [(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
+        run_cached(self.function, inputs, states, Compute::AsDeclared, &mut |_, _| {}, &self.consts)
     }
 }
 
 /// [`run_with`], taking the outputs of `const` ops found in `consts` from there (by reference,
-/// never copied into the value environment).
+/// never copied into the value environment). State values live in the environment under the
+/// state's name, are never freed, and are copied back into `states` at the end.
 fn run_cached(
     function: &Function,
     inputs: &[(String, Array)],
+    states: &mut [(String, Array)],
     compute: Compute,
     observe: &mut dyn FnMut(&str, &Array),
     consts: &HashMap<String, Array>,
@@ -106,7 +129,7 @@ fn run_cached(
         return Err(Error::Unsupported(unsupported));
     }
     let mut env: HashMap<String, Array> = HashMap::new();
-    bind_inputs(function, inputs, compute, &mut env)?;
+    bind_inputs(function, inputs, states, compute, &mut env)?;
 
     // Last op index reading each value; block outputs are never freed.
     let mut last_use: HashMap<&str, usize> = HashMap::new();
@@ -122,13 +145,20 @@ fn run_cached(
     for o in &block.outputs {
         last_use.insert(o.as_str(), usize::MAX);
     }
+    let state_names: Vec<&str> =
+        function.inputs.iter().filter(|i| matches!(i.ty, ValueType::State(_))).map(|i| i.name.as_str()).collect();
+    for s in &state_names {
+        last_use.insert(s, usize::MAX);
+    }
 
     for (i, op) in block.operations.iter().enumerate() {
         if op.op_type == "const" && op.outputs.iter().all(|o| consts.contains_key(&o.name)) {
             continue;
         }
         let lookup = |n: &str| env.get(n).or_else(|| consts.get(n));
-        let outputs = eval_op_with(op, function.opset, &lookup, compute)?;
+        let mut outputs = eval_op_with(op, function.opset, &lookup, compute)?;
+        let written = outputs.split_off(op.outputs.len());
+        store_written_states(op, function.opset, written, &mut env);
         for (value, decl) in outputs.into_iter().zip(&op.outputs) {
             observe(&decl.name, &value);
             env.insert(decl.name.clone(), value);
@@ -143,16 +173,34 @@ fn run_cached(
             }
         }
     }
-    block
+    let outputs = block
         .outputs
         .iter()
         .map(|o| env.remove(o).map(|v| (o.clone(), v)).ok_or_else(|| Error::UndefinedOutput(o.clone())))
-        .collect()
+        .collect::<Result<Vec<_>, Error>>()?;
+    for (name, value) in states.iter_mut() {
+        if let Some(v) = env.remove(name.as_str()) {
+            *value = v;
+        }
+    }
+    Ok(outputs)
+}
+
+/// Makes the values an op's kernel returned after its declared outputs (one per `written`
+/// state param, in param order) the new values of the states bound to those params.
+fn store_written_states(op: &Operation, opset: Opset, written: Vec<Array>, env: &mut HashMap<String, Array>) {
+    let Some(def) = ops::lookup(&op.op_type, opset) else { return };
+    for (param, value) in def.params.iter().filter(|p| p.writes).zip(written) {
+        if let Some([Argument::Name(state)]) = op.input(param.name) {
+            env.insert(state.clone(), value);
+        }
+    }
 }
 
 
 /// Runs one op on values looked up in `env` (by name), checks its outputs against the declared
-/// types, and rounds fp16 outputs unless `compute` is `Fp32`. Used by [`run_with`] and by
+/// types, and rounds fp16 outputs unless `compute` is `Fp32`. An op that writes a state
+/// (`write_state`) returns the state's new value after its declared outputs. Used by [`run_with`] and by
 /// `validate --per-op`, which feeds each op the fp32 values of its inputs.
 pub fn eval_op(op: &Operation, opset: Opset, env: &HashMap<String, Array>, compute: Compute) -> Result<Vec<Array>, Error> {
     eval_op_with(op, opset, &|n| env.get(n), compute)
@@ -197,7 +245,8 @@ let def =
         let eval_args = EvalArgs { op: &op.op_type, opset, args, attributes: &op.attributes };
         (def.eval)(&eval_args).map_err(|source| Error::Eval { op: op.name.clone(), source })?
     };
-    if outputs.len() != op.outputs.len() {
+    let written = def.params.iter().filter(|p| p.writes).count();
+    if outputs.len() != op.outputs.len() + written {
         return Err(Error::OutputMismatch {
             op: op.name.clone(),
             op_type: op.op_type.clone(),
@@ -247,22 +296,22 @@ pub fn unsupported_ops(function: &Function) -> Vec<String> {
 fn bind_inputs(
     function: &Function,
     inputs: &[(String, Array)],
+    states: &[(String, Array)],
     compute: Compute,
     env: &mut HashMap<String, Array>,
 ) -> Result<(), Error> {
-    for (name, _) in inputs {
+    for (name, _) in inputs.iter().chain(states) {
         if !function.inputs.iter().any(|i| &i.name == name) {
             let names: Vec<&str> = function.inputs.iter().map(|i| i.name.as_str()).collect();
             return Err(Error::UnknownInput(name.clone(), names.join(", ")));
         }
     }
     for decl in &function.inputs {
-        let ty = match &decl.ty {
-            ValueType::Tensor(t) => t,
-            ValueType::State(_) => return Err(Error::Unsupported(vec![format!("state input `{}`", decl.name)])),
+        let (ty, given) = match &decl.ty {
+            ValueType::Tensor(t) => (t, inputs.iter().find(|(n, _)| n == &decl.name).ok_or_else(|| Error::MissingInput(decl.name.clone()))?),
+            ValueType::State(t) => (t, states.iter().find(|(n, _)| n == &decl.name).ok_or_else(|| Error::MissingState(decl.name.clone()))?),
         };
-        let (_, given) =
-            inputs.iter().find(|(n, _)| n == &decl.name).ok_or_else(|| Error::MissingInput(decl.name.clone()))?;
+        let given = &given.1;
         let bad = || Error::BadInput {
             name: decl.name.clone(),
             expected: ty.to_string(),
