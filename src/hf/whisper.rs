@@ -761,7 +761,7 @@ fn text_decoder(c: &Config, folder: &Folder, model: &Scope, options: &Options) -
                 (ks, vs)
             }
             Cache::States { key, value, column_begin, key_now, value_now } => {
-                let at = CacheColumn { layer: l, d, t, begin0: column_begin };
+                let at = net.cache_column(&p, l, d, t, column_begin)?;
                 *key_now = net.write_column(&format!("{p}_key_cache"), key, key_now, &k, &at)?;
                 *value_now = net.write_column(&format!("{p}_value_cache"), value, value_now, &v, &at)?;
                 let ks = net.layer_heads(&format!("{p}_keys"), key_now, &at, heads)?;
@@ -817,40 +817,47 @@ enum Cache {
     States { key: Var, value: Var, column_begin: Var, key_now: Var, value_now: Var },
 }
 
-/// Where a stateful decoder layer writes its column: layer `layer` of a cache (L, d, 1, t), at
-/// the position held by `begin0` = [0, 0, 0, cache_length].
-struct CacheColumn<'a> {
+/// Where a stateful decoder layer writes its column in a cache (L, d, 1, t): `begin` =
+/// [layer, 0, 0, cache_length] and `end` = [layer + 1, d, 1, cache_length + 1].
+struct CacheColumn {
     layer: usize,
     d: usize,
     t: usize,
-    begin0: &'a Var,
+    begin: Var,
+    end: Var,
 }
 
 impl Net {
+    /// The [`CacheColumn`] of layer `layer`, from `column_begin` = [0, 0, 0, cache_length]; its
+    /// keys and values share it.
+    fn cache_column(&mut self, hint: &str, layer: usize, d: usize, t: usize, column_begin: &Var) -> R<CacheColumn> {
+        let l = layer as i32;
+        let begin = match l {
+            0 => column_begin.clone(),
+            _ => self.b.op(&ew::ADD, &format!("{hint}_column_begin")).arg("x", column_begin).konst("y", Tensor::i32_vec(&[l, 0, 0, 0])).build1()?,
+        };
+        let end = self
+            .b
+            .op(&ew::ADD, &format!("{hint}_column_end"))
+            .arg("x", column_begin)
+            .konst("y", Tensor::i32_vec(&[l + 1, d as i32, 1, 1]))
+            .build1()?;
+        Ok(CacheColumn { layer, d, t, begin, end })
+    }
+
     /// Writes `x` (1, d, 1, 1), this token's keys or values of layer `at.layer`, into column
     /// `cache_length` of `cache` (the state's current value): `slice_update`, then `write_state`
     /// into `state` and `read_state` back, coremltools' on-disk `coreml_update_state`. Returns
     /// the updated value (the state's new current value).
     fn write_column(&mut self, hint: &str, state: &Var, cache: &Var, x: &Var, at: &CacheColumn) -> R<Var> {
-        let l = at.layer as i32;
-        let begin = match l {
-            0 => at.begin0.clone(),
-            _ => self.b.op(&ew::ADD, &format!("{hint}_begin")).arg("x", at.begin0).konst("y", Tensor::i32_vec(&[l, 0, 0, 0])).build1()?,
-        };
-        let end = self
-            .b
-            .op(&ew::ADD, &format!("{hint}_end"))
-            .arg("x", at.begin0)
-            .konst("y", Tensor::i32_vec(&[l + 1, at.d as i32, 1, 1]))
-            .build1()?;
         let x = if self.dtype == STATE_DTYPE { x.clone() } else { self.cast(x, STATE_DTYPE)? };
         let updated = self
             .b
             .op(&shape::SLICE_UPDATE, &format!("{hint}_updated"))
             .arg("x", cache)
             .arg("update", &x)
-            .arg("begin", &begin)
-            .arg("end", &end)
+            .arg("begin", &at.begin)
+            .arg("end", &at.end)
             .build1()?;
         self.b.op(&state::WRITE_STATE, &format!("{hint}_write_state")).arg("input", state).arg("data", &updated).build()?;
         Ok(self.b.op(&state::READ_STATE, hint).arg("input", state).build1()?)
