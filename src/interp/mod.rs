@@ -386,6 +386,33 @@ mod tests {
     }
 
     #[test]
+    fn stateful_runs_read_write_and_hand_back_states() {
+        use crate::mil::ops::state::{READ_STATE, WRITE_STATE};
+        // y = 2·(acc + x) with acc += x: coremltools' accumulator example of stateful models.
+        let mut b = Builder::new(Opset::Ios18);
+        let x = b.input("x", TensorType::new(DType::F16, &[2]));
+        let acc = b.state_input("acc", TensorType::new(DType::F16, &[2]));
+        let old = b.op(&READ_STATE, "old").arg("input", &acc).build1().unwrap();
+        let sum = b.op(&elementwise::ADD, "sum").arg("x", &old).arg("y", &x).build1().unwrap();
+        b.op(&WRITE_STATE, "store").arg("input", &acc).arg("data", &sum).build().unwrap();
+        let new = b.op(&READ_STATE, "new").arg("input", &acc).build1().unwrap();
+        let y = b.op(&elementwise::MUL, "y").arg("x", &new).konst("y", Tensor::float_scalar(DType::F16, 2.0)).build1().unwrap();
+        let f = b.finish(&[y]);
+        let mut states = vec![("acc".to_string(), Array::float(DType::F16, vec![2], vec![0.0, 1.0]))];
+        for (x, acc, y) in [([1.0, 2.0], [1.0, 3.0], [2.0, 6.0]), ([0.5, -3.0], [1.5, 0.0], [3.0, 0.0])] {
+            let inputs = [("x".to_string(), Array::float(DType::F16, vec![2], x.to_vec()))];
+            let out = run_stateful(&f, &inputs, &mut states).unwrap();
+            assert_eq!(out[0].1.floats().unwrap(), &y);
+            assert_eq!(states[0].1.floats().unwrap(), &acc);
+        }
+        let x = [("x".to_string(), Array::float(DType::F16, vec![2], vec![0.0; 2]))];
+        assert_eq!(run(&f, &x), Err(Error::MissingState("acc".into())));
+        let mut wrong = vec![("acc".to_string(), Array::float(DType::F16, vec![3], vec![0.0; 3]))];
+        assert!(matches!(run_stateful(&f, &x, &mut wrong), Err(Error::BadInput { .. })));
+        assert_eq!(wrong[0].1.len(), 3, "a failed run leaves the states as they were");
+    }
+
+    #[test]
     fn unknown_ops_are_listed_once_each() {
         let mut f = tiny(DType::F32);
         for op in &mut f.block.operations {
