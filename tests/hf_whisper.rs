@@ -228,11 +228,12 @@ fn small_whisper_packages_keep_the_interface_and_type_check_in_fp32_and_fp16() {
     let dir = fixtures().join("tiny-random");
     let tmp = tempfile::tempdir().unwrap();
     let mut pkgs = Vec::new();
-    for (precision, target) in [("fp16", "iOS16"), ("fp32", "iOS16"), ("fp16", "iOS15")] {
+    for (precision, target) in [("fp16", "iOS16"), ("fp32", "iOS16"), ("fp16", "iOS15"), ("fp16", "iOS18"), ("fp32", "macOS15")] {
         let out = tmp.path().join(format!("{precision}-{target}"));
         let c = bin().arg("convert").arg(&dir).arg("-o").arg(&out).args(["--precision", precision, "--target", target]).output().unwrap();
         assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
-        let io = if precision == "fp16" && target == "iOS16" { DType::F16 } else { DType::F32 };
+        let io = if precision == "fp16" && target != "iOS15" { DType::F16 } else { DType::F32 };
+        let stateful = target == "iOS18" || target == "macOS15";
         let sig = |name: &str| -> Vec<(String, DType, Vec<usize>)> {
             let f = main_of(&out.join(format!("{name}.mlpackage")));
             let outputs = f.block.outputs.iter().map(|o| {
@@ -253,20 +254,34 @@ fn small_whisper_packages_keep_the_interface_and_type_check_in_fp32_and_fp16() {
                 s("cross_value_cache", io, &[2, 32, 1, 1500]),
             ]
         );
-        assert_eq!(
-            sig("TextDecoder"),
-            vec![
-                s("input_ids", DType::I32, &[1]),
-                s("cache_length", DType::I32, &[1]),
-                s("key_cache", io, &[2, 32, 1, 448]),
-                s("value_cache", io, &[2, 32, 1, 448]),
-                s("cross_key_cache", io, &[2, 32, 1, 1500]),
-                s("cross_value_cache", io, &[2, 32, 1, 1500]),
-                s("logits", io, &[1, 96]),
-                s("key_cache_updates", io, &[2, 32, 1, 1]),
-                s("value_cache_updates", io, &[2, 32, 1, 1]),
-            ]
-        );
+        // From iOS18 the self-attention cache is two fp16 states (listed after the inputs).
+        let stateful_decoder = vec![
+            s("input_ids", DType::I32, &[1]),
+            s("cache_length", DType::I32, &[1]),
+            s("cross_key_cache", io, &[2, 32, 1, 1500]),
+            s("cross_value_cache", io, &[2, 32, 1, 1500]),
+            s("key_cache", DType::F16, &[2, 32, 1, 448]),
+            s("value_cache", DType::F16, &[2, 32, 1, 448]),
+            s("logits", io, &[1, 96]),
+        ];
+        if stateful {
+            assert_eq!(sig("TextDecoder"), stateful_decoder);
+        } else {
+            assert_eq!(
+                sig("TextDecoder"),
+                vec![
+                    s("input_ids", DType::I32, &[1]),
+                    s("cache_length", DType::I32, &[1]),
+                    s("key_cache", io, &[2, 32, 1, 448]),
+                    s("value_cache", io, &[2, 32, 1, 448]),
+                    s("cross_key_cache", io, &[2, 32, 1, 1500]),
+                    s("cross_value_cache", io, &[2, 32, 1, 1500]),
+                    s("logits", io, &[1, 96]),
+                    s("key_cache_updates", io, &[2, 32, 1, 1]),
+                    s("value_cache_updates", io, &[2, 32, 1, 1]),
+                ]
+            );
+        }
         pkgs.extend(["MelSpectrogram", "AudioEncoder", "TextDecoder"].map(|n| out.join(format!("{n}.mlpackage"))));
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
