@@ -54,19 +54,24 @@ fn opset(case: &Value) -> Opset {
     Opset::from_target(case["opset"].as_str().unwrap()).unwrap()
 }
 
-/// The case's one-op program: inputs for `kind: input` args, consts for `kind: const`; with
-/// `scalars_as_consts`, rank-0 inputs become consts too (Core ML has no rank-0 model inputs).
-fn build(case: &Value, scalars_as_consts: bool) -> (Function, Vec<(String, Array)>) {
+/// The case's one-op program: inputs for `kind: input` args, consts for `kind: const`, iOS18
+/// state inputs for `kind: state`; with `scalars_as_consts`, rank-0 inputs become consts too
+/// (Core ML has no rank-0 model inputs). Returns the program, its input feeds and its states.
+fn build(case: &Value, scalars_as_consts: bool) -> (Function, Vec<(String, Array)>, Vec<(String, Array)>) {
     let op = case["op"].as_str().unwrap();
     let opset = opset(case);
     let def = ops::lookup(op, opset).unwrap_or_else(|| panic!("no OpDef for {op} at {opset:?}"));
     let mut b = Builder::new(opset);
     let mut bound: Vec<(String, Vec<Var>)> = Vec::new();
-    let mut feeds = Vec::new();
+    let (mut feeds, mut states) = (Vec::new(), Vec::new());
     for (i, arg) in case["args"].as_array().unwrap().iter().enumerate() {
         let param = arg["param"].as_str().unwrap().to_string();
         let value = array(arg);
-        let var = if arg["kind"] == "input" && !(scalars_as_consts && value.shape.is_empty()) {
+        let var = if arg["kind"] == "state" {
+            let v = b.state_input(&format!("{param}_{i}"), TensorType::new(value.dtype, &value.shape));
+            states.push((v.0.clone(), value));
+            v
+        } else if arg["kind"] == "input" && !(scalars_as_consts && value.shape.is_empty()) {
             let name = format!("{param}_{i}");
             let v = b.input(&name, TensorType::new(value.dtype, &value.shape));
             feeds.push((v.0.clone(), value));
@@ -88,7 +93,7 @@ fn build(case: &Value, scalars_as_consts: bool) -> (Function, Vec<(String, Array
         };
     }
     let outs = ob.build().unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
-    (b.finish(&outs), feeds)
+    (b.finish(&outs), feeds, states)
 }
 
 /// Compares one value with torch's; `None` when they agree, else what differs.
@@ -118,9 +123,9 @@ fn every_op_kernel_matches_torch() {
     let mut failures = Vec::new();
     for case in cases.as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let (f, feeds) = build(case, false);
+        let (f, feeds, mut states) = build(case, false);
         let (rtol, atol) = (case["rtol"].as_f64().unwrap() as f32, case["atol"].as_f64().unwrap() as f32);
-        match interp::run(&f, &feeds) {
+        match interp::run_stateful(&f, &feeds, &mut states) {
             Err(e) => failures.push(format!("{name}: {e}")),
             Ok(outs) => {
                 let want = case["outputs"].as_array().unwrap();
@@ -130,6 +135,12 @@ fn every_op_kernel_matches_torch() {
                 for (k, ((_, got), want)) in outs.iter().zip(want).enumerate() {
                     if let Some(d) = differs(got, want, rtol, atol) {
                         failures.push(format!("{name} output {k}: {d}"));
+                    }
+                }
+                let after = case["states_after"].as_array().map(Vec::as_slice).unwrap_or_default();
+                for (k, ((_, got), want)) in states.iter().zip(after).enumerate() {
+                    if let Some(d) = differs(got, want, rtol, atol) {
+                        failures.push(format!("{name} state {k} after the op: {d}"));
                     }
                 }
             }
@@ -225,7 +236,7 @@ fn oracle_packages(dir: &Path) -> Vec<PathBuf> {
         if !inputs_ok || !case["outputs"].as_array().unwrap().iter().all(io_ok) {
             continue;
         }
-        let (f, _) = build(case, true);
+        let (f, _, _) = build(case, true);
         let path = dir.join(format!("{}.mlpackage", case["name"].as_str().unwrap()));
         package::write(&Model::new(Program::with_main(f)), &path).unwrap_or_else(|e| panic!("{e}"));
         paths.push(path);

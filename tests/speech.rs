@@ -237,6 +237,34 @@ mod torch {
         assert!(report["wer_converted_vs_reference"].as_f64().unwrap() > 0.05, "{report}");
     }
 
+    /// Issue 8, iOS18: `convert --target iOS18` (TextDecoder KV cache in Core ML states) then
+    /// `validate`: the real recording transcribes with transformers' exact greedy tokens.
+    #[test]
+    #[ignore = "needs the Whisper test bed from `make setup`; `make test` runs it"]
+    fn validate_transcribes_ios18_stateful_packages_with_the_reference_tokens() {
+        let out = tempfile::tempdir().unwrap();
+        let out = out.path().join("whisper");
+        let o = bin().arg("convert").arg(whisper_dir()).arg("-o").arg(&out).args(["--target", "iOS18"]).output().unwrap();
+        assert!(o.status.success(), "convert: {}", String::from_utf8_lossy(&o.stderr));
+        let id = "real_arctic_a0007";
+        let o = bin()
+            .arg("validate")
+            .arg(&out)
+            .arg("--reference")
+            .arg(whisper_dir())
+            .arg("--audio")
+            .arg(audio_dir().join(format!("{id}.wav")))
+            .args(["--format", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!((report["pass"].as_bool(), report["wer_converted_vs_reference"].as_f64()), (Some(true), Some(0.0)));
+        let rows = testbed_rows();
+        let row = rows.iter().find(|r| r["id"] == id).unwrap();
+        assert_eq!(report["files"][0]["converted_tokens"], row["hf_tokens"]);
+    }
+
     /// Audio longer than one window: the real recording padded to exactly 30 s, then an espeak
     /// file. Each window is then the same input transformers saw for that file alone, so the
     /// tokens are the two files' `generate` tokens in order.

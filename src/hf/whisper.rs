@@ -7,10 +7,14 @@
 //! - `AudioEncoder`: features → `encoder_output_embeds` (1, d_model, 1, 1500) plus every decoder
 //!   layer's cross-attention keys/values (`cross_key_cache`, `cross_value_cache`, (L, d_model, 1,
 //!   1500)), computed once per window instead of once per decoding step.
-//! - `TextDecoder`: one greedy step with the self-attention KV cache as inputs/outputs
-//!   (`input_ids`, `cache_length`, `key_cache`, `value_cache` (L, d_model, 1, 448), the cross
-//!   caches) → `logits` (1, vocab) and this step's `key_cache_updates`/`value_cache_updates`
-//!   (L, d_model, 1, 1), which the caller writes into column `cache_length`.
+//! - `TextDecoder`: one greedy step with the self-attention KV cache `key_cache`, `value_cache`
+//!   (L, d_model, 1, 448), column t = position t. Before iOS18 the cache is plain I/O:
+//!   (`input_ids`, `cache_length`, `key_cache`, `value_cache`, the cross caches) → `logits`
+//!   (1, vocab) and this step's `key_cache_updates`/`value_cache_updates` (L, d_model, 1, 1),
+//!   which the caller writes into column `cache_length`. From iOS18 the cache is two fp16 Core ML
+//!   states that the step updates itself (`read_state`, `slice_update` at column
+//!   `cache_length`, `write_state`): inputs `input_ids`, `cache_length` and the cross caches,
+//!   output `logits` only (see [`text_decoder`]).
 //!
 //! Mirrors transformers' `modeling_whisper.py` (pre-LN layers, q scaled by head_dim^-0.5, k
 //! projections without bias, exact GELU, tied output projection) and `audio_utils.py`
@@ -22,7 +26,7 @@ use std::path::Path;
 
 use super::{Built, Folder, HfError, Options, Output, Scope};
 use crate::mil::builder::{Builder, Var};
-use crate::mil::ops::{elementwise as ew, linear, norm, reduce, shape};
+use crate::mil::ops::{elementwise as ew, linear, norm, reduce, shape, state};
 use crate::mil::{DType, Function, Model, Opset, Program, Tensor, TensorType};
 
 /// `config.json` `model_type` values this family builds.
@@ -49,13 +53,15 @@ pub const CROSS_VALUE_CACHE: &str = "cross_value_cache";
 pub const INPUT_IDS: &str = "input_ids";
 /// TextDecoder input: tokens already in the cache, = this token's position.
 pub const CACHE_LENGTH: &str = "cache_length";
-/// TextDecoder inputs: self-attention keys/values of earlier positions, column t = position t.
+/// TextDecoder inputs (states from iOS18): self-attention keys/values of earlier positions,
+/// column t = position t.
 pub const KEY_CACHE: &str = "key_cache";
 /// See [`KEY_CACHE`].
 pub const VALUE_CACHE: &str = "value_cache";
 /// TextDecoder output: next-token logits.
 pub const LOGITS: &str = "logits";
-/// TextDecoder outputs: this step's keys/values, to be written into column `cache_length`.
+/// TextDecoder outputs before iOS18: this step's keys/values, to be written into column
+/// `cache_length`.
 pub const KEY_CACHE_UPDATES: &str = "key_cache_updates";
 /// See [`KEY_CACHE_UPDATES`].
 pub const VALUE_CACHE_UPDATES: &str = "value_cache_updates";
@@ -96,6 +102,11 @@ const LAYER_NORM_EPS: f32 = 1e-5;
 const MASKED_SCORE: f32 = -1e4;
 /// Batch size of every package (one window, one sequence).
 const BATCH: usize = 1;
+/// First op set whose TextDecoder keeps its KV cache in Core ML states (states, `read_state`,
+/// `write_state` and `slice_update` are iOS18 MIL).
+const STATES_SINCE: Opset = Opset::Ios18;
+/// The dtype of the cache states: coremltools accepts only fp16 states (coreml-format.md §7).
+const STATE_DTYPE: DType = DType::F16;
 
 /// The hyper-parameters read from `config.json`.
 struct Config {
@@ -653,14 +664,51 @@ fn audio_encoder(c: &Config, model: &Scope, options: &Options) -> R<Function> {
 /// its position come from `gather` on the (N, C, 1, 1) views of the embedding tables, which
 /// give the (1, C, 1, 1) layout directly; the token table is also the logits' 1×1 conv weight
 /// (tied), stored once.
+///
+/// Before iOS18 ([`STATES_SINCE`]) the cache is read from inputs and each layer attends over
+/// the cached columns `< cache_length` plus this token's k/v, which go out as
+/// `key_cache_updates`/`value_cache_updates`. From iOS18 `key_cache`/`value_cache` are fp16
+/// states: each layer writes its k/v into column `cache_length` of its row block with
+/// `slice_update`, stores the result with `write_state` and reads it back with `read_state`
+/// (the on-disk form of coremltools' `coreml_update_state`, what it emits for an in-place
+/// `cache[l, :, :, pos] = k` on a registered buffer), then attends over columns
+/// `<= cache_length` of the updated cache. The caller keeps one `MLState` per transcription
+/// window, starting at zeros (`MLModel.makeState()`).
+///
+/// The cross-attention keys/values stay inputs at every target. They are computed once per
+/// window by another model (the AudioEncoder) and only read here, whereas a Core ML state is a
+/// buffer the model itself updates across predictions (coremltools "Stateful Models": values
+/// kept by "persisting and updating them across inference runs"). As states they would have
+/// to be filled by host code through `MLState.withMultiArray(for:)` on every window, the
+/// encoder→decoder interface would differ by target, and a step would no longer be a function
+/// of its inputs. WhisperKit's decoders and Apple's stateful Mistral example likewise keep only
+/// the self-attention cache as updated state.
 fn text_decoder(c: &Config, folder: &Folder, model: &Scope, options: &Options) -> R<Function> {
     let mut net = Net::new(options.opset, options.precision);
+    let stateful = options.opset >= STATES_SINCE;
     let dec = model.at("decoder");
     let (d, t, s, layers) = (c.d_model, c.target_positions, c.source_positions, c.decoder_layers);
     let ids = net.input(INPUT_IDS, DType::I32, &[BATCH])?;
     let cache_length = net.input(CACHE_LENGTH, DType::I32, &[BATCH])?;
-    let key_cache = net.input(KEY_CACHE, DType::F32, &[layers, d, 1, t])?;
-    let value_cache = net.input(VALUE_CACHE, DType::F32, &[layers, d, 1, t])?;
+    let cache_shape = [layers, d, 1, t];
+    let mut caches = if stateful {
+        let ty = TensorType::new(STATE_DTYPE, &cache_shape);
+        let key = net.b.state_input(KEY_CACHE, ty.clone());
+        let value = net.b.state_input(VALUE_CACHE, ty);
+        let zeros = net.b.konst("column_begin_prefix", Tensor::i32_vec(&[0, 0, 0]));
+        let column_begin = net.concat("column_begin", &[zeros, cache_length.clone()], 0)?;
+        let key_now = net.b.op(&state::READ_STATE, "key_cache_read").arg("input", &key).build1()?;
+        let value_now = net.b.op(&state::READ_STATE, "value_cache_read").arg("input", &value).build1()?;
+        Cache::States { key, value, column_begin, key_now, value_now }
+    } else {
+        let key = net.input(KEY_CACHE, DType::F32, &cache_shape)?;
+        let value = net.input(VALUE_CACHE, DType::F32, &cache_shape)?;
+        let heads = c.decoder_heads;
+        Cache::Inputs {
+            key_heads: net.cache_heads("key_cache", &key, layers, d, t, heads)?,
+            value_heads: net.cache_heads("value_cache", &value, layers, d, t, heads)?,
+        }
+    };
     let cross_keys = net.input(CROSS_KEY_CACHE, DType::F32, &[layers, d, 1, s])?;
     let cross_values = net.input(CROSS_VALUE_CACHE, DType::F32, &[layers, d, 1, s])?;
 
@@ -673,23 +721,21 @@ fn text_decoder(c: &Config, folder: &Folder, model: &Scope, options: &Options) -
     let pos = gather(&mut net, "position_embedding", &positions, &cache_length)?;
     let mut h = net.binary(&ew::ADD, "embedded", &tok, &pos)?;
 
-    // keep[0, 0, j] = j < cache_length for the cache columns, then true for the current token.
-    let columns: Vec<i32> = (0..t as i32).collect();
-    let in_cache = net
-        .b
-        .op(&ew::LESS, "cache_columns_valid")
-        .konst("x", Tensor::from_i32(&[BATCH, 1, t], &columns))
-        .arg("y", &cache_length)
-        .build1()?;
-    let current = net.b.konst("current_column", Tensor::from_bools(&[BATCH, 1, 1], &[true]));
-    let keep = net.concat("attend", &[in_cache, current], 2)?;
+    // Cache inputs: keep[0, 0, j] = j < cache_length for the cache columns, then true for the
+    // current token. States: the current token is column cache_length, so j <= cache_length.
+    let columns = Tensor::from_i32(&[BATCH, 1, t], &(0..t as i32).collect::<Vec<_>>());
+    let keep = match &caches {
+        Cache::Inputs { .. } => {
+            let in_cache = net.b.op(&ew::LESS, "cache_columns_valid").konst("x", columns).arg("y", &cache_length).build1()?;
+            let current = net.b.konst("current_column", Tensor::from_bools(&[BATCH, 1, 1], &[true]));
+            net.concat("attend", &[in_cache, current], 2)?
+        }
+        Cache::States { .. } => net.b.op(&ew::LESS_EQUAL, "attend").konst("x", columns).arg("y", &cache_length).build1()?,
+    };
+    let cross_key_heads = net.cache_heads("cross_keys", &cross_keys, layers, d, s, c.decoder_heads)?;
+    let cross_value_heads = net.cache_heads("cross_values", &cross_values, layers, d, s, c.decoder_heads)?;
 
     let heads = c.decoder_heads;
-    let key_heads = net.cache_heads("key_cache", &key_cache, layers, d, t, heads)?;
-    let value_heads = net.cache_heads("value_cache", &value_cache, layers, d, t, heads)?;
-    let cross_key_heads = net.cache_heads("cross_keys", &cross_keys, layers, d, s, heads)?;
-    let cross_value_heads = net.cache_heads("cross_values", &cross_values, layers, d, s, heads)?;
-
     let scale = query_scale(d, heads);
     let (mut new_keys, mut new_values) = (Vec::new(), Vec::new());
     for l in 0..layers {
@@ -697,19 +743,32 @@ fn text_decoder(c: &Config, folder: &Folder, model: &Scope, options: &Options) -
         let p = format!("layer{l}");
         let a = m.at("self_attn");
         let (q, k, v) = net.self_attn_qkv(&p, &h, &m, d, scale)?;
-        // Per head: the cached columns, then this token's column (the mask's last column).
-        let with_current = |net: &mut Net, name: &str, cache: &[Var], x: &Var| -> R<Vec<Var>> {
-            let current = net.split_heads(&format!("{p}_{name}_new"), x, heads)?;
-            let mut out = Vec::with_capacity(heads);
-            for (h, x) in current.iter().enumerate() {
-                out.push(net.concat(&format!("{p}_{name}{h}"), &[cache[l * heads + h].clone(), x.clone()], 2)?);
+        let (ks, vs) = match &mut caches {
+            Cache::Inputs { key_heads, value_heads } => {
+                // Per head: the cached columns, then this token's column (the mask's last column).
+                let with_current = |net: &mut Net, name: &str, cache: &[Var], x: &Var| -> R<Vec<Var>> {
+                    let current = net.split_heads(&format!("{p}_{name}_new"), x, heads)?;
+                    let mut out = Vec::with_capacity(heads);
+                    for (h, x) in current.iter().enumerate() {
+                        out.push(net.concat(&format!("{p}_{name}{h}"), &[cache[l * heads + h].clone(), x.clone()], 2)?);
+                    }
+                    Ok(out)
+                };
+                let ks = with_current(&mut net, "keys", key_heads, &k)?;
+                let vs = with_current(&mut net, "values", value_heads, &v)?;
+                new_keys.push(k);
+                new_values.push(v);
+                (ks, vs)
             }
-            Ok(out)
+            Cache::States { key, value, column_begin, key_now, value_now } => {
+                let at = net.cache_column(&p, l, d, t, column_begin)?;
+                *key_now = net.write_column(&format!("{p}_key_cache"), key, key_now, &k, &at)?;
+                *value_now = net.write_column(&format!("{p}_value_cache"), value, value_now, &v, &at)?;
+                let ks = net.layer_heads(&format!("{p}_keys"), key_now, &at, heads)?;
+                let vs = net.layer_heads(&format!("{p}_values"), value_now, &at, heads)?;
+                (ks, vs)
+            }
         };
-        let ks = with_current(&mut net, "keys", &key_heads, &k)?;
-        let vs = with_current(&mut net, "values", &value_heads, &v)?;
-        new_keys.push(k);
-        new_values.push(v);
         let o = net.attention(&format!("{p}_self"), &q, &ks, &vs, Some(&keep))?;
         let o = net.linear(&format!("{p}_self_o"), &o, &a.at("out_proj"), d, d, true, 1.0)?;
         h = net.binary(&ew::ADD, &format!("{p}_self_res"), &h, &o)?;
@@ -741,9 +800,83 @@ fn text_decoder(c: &Config, folder: &Folder, model: &Scope, options: &Options) -
     };
     let logits = net.conv("logits_bc1s", &h, &proj, None, 1, 0)?;
     let logits = net.reshape("logits_flat", &logits, &[BATCH, c.vocab])?;
+    if stateful {
+        return net.finish(&[(LOGITS, logits)]);
+    }
     let new_keys = net.concat("new_keys", &new_keys, 0)?;
     let new_values = net.concat("new_values", &new_values, 0)?;
     net.finish(&[(LOGITS, logits), (KEY_CACHE_UPDATES, new_keys), (VALUE_CACHE_UPDATES, new_values)])
+}
+
+/// How a TextDecoder holds its self-attention cache (see [`text_decoder`]).
+enum Cache {
+    /// Before iOS18: the cache inputs, already split per layer and head (entry l·H + h).
+    Inputs { key_heads: Vec<Var>, value_heads: Vec<Var> },
+    /// From iOS18: the two state inputs; `column_begin` = [0, 0, 0, cache_length] (the index of
+    /// this token's column in layer 0); `key_now`/`value_now` the states' current values.
+    States { key: Var, value: Var, column_begin: Var, key_now: Var, value_now: Var },
+}
+
+/// Where a stateful decoder layer writes its column in a cache (L, d, 1, t): `begin` =
+/// [layer, 0, 0, cache_length] and `end` = [layer + 1, d, 1, cache_length + 1].
+struct CacheColumn {
+    layer: usize,
+    d: usize,
+    t: usize,
+    begin: Var,
+    end: Var,
+}
+
+impl Net {
+    /// The [`CacheColumn`] of layer `layer`, from `column_begin` = [0, 0, 0, cache_length]; its
+    /// keys and values share it.
+    fn cache_column(&mut self, hint: &str, layer: usize, d: usize, t: usize, column_begin: &Var) -> R<CacheColumn> {
+        let l = layer as i32;
+        let begin = match l {
+            0 => column_begin.clone(),
+            _ => self.b.op(&ew::ADD, &format!("{hint}_column_begin")).arg("x", column_begin).konst("y", Tensor::i32_vec(&[l, 0, 0, 0])).build1()?,
+        };
+        let end = self
+            .b
+            .op(&ew::ADD, &format!("{hint}_column_end"))
+            .arg("x", column_begin)
+            .konst("y", Tensor::i32_vec(&[l + 1, d as i32, 1, 1]))
+            .build1()?;
+        Ok(CacheColumn { layer, d, t, begin, end })
+    }
+
+    /// Writes `x` (1, d, 1, 1), this token's keys or values of layer `at.layer`, into column
+    /// `cache_length` of `cache` (the state's current value): `slice_update`, then `write_state`
+    /// into `state` and `read_state` back, coremltools' on-disk `coreml_update_state`. Returns
+    /// the updated value (the state's new current value).
+    fn write_column(&mut self, hint: &str, state: &Var, cache: &Var, x: &Var, at: &CacheColumn) -> R<Var> {
+        let x = if self.dtype == STATE_DTYPE { x.clone() } else { self.cast(x, STATE_DTYPE)? };
+        let updated = self
+            .b
+            .op(&shape::SLICE_UPDATE, &format!("{hint}_updated"))
+            .arg("x", cache)
+            .arg("update", &x)
+            .arg("begin", &at.begin)
+            .arg("end", &at.end)
+            .build1()?;
+        self.b.op(&state::WRITE_STATE, &format!("{hint}_write_state")).arg("input", state).arg("data", &updated).build()?;
+        Ok(self.b.op(&state::READ_STATE, hint).arg("input", state).build1()?)
+    }
+
+    /// The per-head slices (1, d/H, t) of layer `at.layer` of a cache value (layers, d, 1, t),
+    /// in the compute dtype.
+    fn layer_heads(&mut self, hint: &str, cache: &Var, at: &CacheColumn, heads: usize) -> R<Vec<Var>> {
+        let l = at.layer as i32;
+        let layer = self
+            .b
+            .op(&shape::SLICE_BY_INDEX, &format!("{hint}_layer"))
+            .arg("x", cache)
+            .konst("begin", Tensor::i32_vec(&[l, 0, 0, 0]))
+            .konst("end", Tensor::i32_vec(&[l + 1, at.d as i32, 1, at.t as i32]))
+            .build1()?;
+        let layer = if self.dtype == STATE_DTYPE { layer } else { self.cast(&layer, self.dtype)? };
+        self.cache_heads(hint, &layer, 1, at.d, at.t, heads)
+    }
 }
 
 #[cfg(test)]

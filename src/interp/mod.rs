@@ -1,6 +1,7 @@
 //! Runs a MIL function on concrete inputs: binds the inputs, executes ops in block order through
 //! each op's `eval` kernel (`mil::ops`), frees every value after its last use, and returns the
-//! block outputs. fp16 emulation: every fp16 output is rounded to fp16 after its op (kernels
+//! block outputs; [`run_stateful`] also binds iOS18 state inputs and hands back their final
+//! values. fp16 emulation: every fp16 output is rounded to fp16 after its op (kernels
 //! accumulate in f32), so drift reported against torch is the drift a device computing in fp16
 //! shows; [`Compute::Fp32`] skips the rounding to get the same program's fp32 answer (the
 //! `validate --per-op` baseline). Called by `validate` and by tests; uses `mil` and `numeric`.
@@ -31,6 +32,8 @@ pub enum Error {
     Unsupported(Vec<String>),
     #[error("missing input `{0}`")]
     MissingInput(String),
+    #[error("missing state `{0}` (a stateful function runs through `run_stateful`)")]
+    MissingState(String),
     #[error("unknown input `{0}` (the function takes: {1})")]
     UnknownInput(String, String),
     #[error("input `{name}`: expected {expected}, got {got}")]
@@ -62,7 +65,20 @@ pub fn run_with(
     compute: Compute,
     observe: &mut dyn FnMut(&str, &Array),
 ) -> Result<Vec<(String, Array)>, Error> {
-    run_known(function, inputs, compute, observe, &Known::default())
+    run_known(function, inputs, &mut [], compute, observe, &Known::default())
+}
+
+/// Runs a function with iOS18 state inputs. `states` holds each state's value by name (the
+/// caller's `MLState`; Core ML starts one at zeros): `read_state` reads it, `write_state`
+/// replaces it, and on success `states` holds the values the run left, for the next run. On
+/// error `states` is unchanged. Tensor inputs and outputs as in [`run`]. Called by
+/// `speech::packages` for the iOS18 Whisper decoder and by tests.
+pub fn run_stateful(
+    function: &Function,
+    inputs: &[(String, Array)],
+    states: &mut [(String, Array)],
+) -> Result<Vec<(String, Array)>, Error> {
+    run_known(function, inputs, states, Compute::AsDeclared, &mut |_, _| {}, &Known::default())
 }
 
 /// A function prepared for many runs (a decoder called once per token): the values of its
@@ -145,8 +161,13 @@ impl Prepared {
 
     /// [`run`] with the prepared constants and fixed inputs; `inputs` are the others.
     pub fn run(&self, inputs: &[(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
+        self.run_stateful(inputs, &mut [])
+    }
+
+    /// [`run_stateful`] with the prepared constants and fixed inputs.
+    pub fn run_stateful(&self, inputs: &[(String, Array)], states: &mut [(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
         let known = Known { consts: Some(&self.consts), fixed: Some(&self.fixed), done: &self.done, fixed_inputs: &self.fixed_inputs };
-        run_known(&self.function, inputs, Compute::AsDeclared, &mut |_, _| {}, &known)
+        run_known(&self.function, inputs, states, Compute::AsDeclared, &mut |_, _| {}, &known)
     }
 
     fn unknown_input(&self, name: &str) -> Error {
@@ -173,10 +194,12 @@ impl Known<'_> {
 
 /// [`run_with`], reading `known` values by reference, and the inputs from `inputs` where they
 /// need no conversion (never copied into the value environment: a decoder step reads tens of
-/// MB of caches it does not change).
+/// MB of caches it does not change). State values live in the environment under the state's
+/// name, are never freed, and are copied back into `states` at the end.
 fn run_known(
     function: &Function,
     inputs: &[(String, Array)],
+    states: &mut [(String, Array)],
     compute: Compute,
     observe: &mut dyn FnMut(&str, &Array),
     known: &Known,
@@ -188,6 +211,9 @@ fn run_known(
     }
     let mut bound = bind_inputs(function, inputs, compute, known.fixed_inputs)?;
     let mut env: HashMap<String, Array> = HashMap::new();
+    for (name, value) in bind_states(function, states, compute)? {
+        env.insert(name, value);
+    }
 
     // Last op index reading each value; block outputs are never freed.
     let mut last_use: HashMap<&str, usize> = HashMap::new();
@@ -203,18 +229,25 @@ fn run_known(
     for o in &block.outputs {
         last_use.insert(o.as_str(), usize::MAX);
     }
+    let state_names: Vec<&str> =
+        function.inputs.iter().filter(|i| matches!(i.ty, ValueType::State(_))).map(|i| i.name.as_str()).collect();
+    for s in &state_names {
+        last_use.insert(s, usize::MAX);
+    }
 
     for (i, op) in block.operations.iter().enumerate() {
         if known.done.get(i).copied().unwrap_or(false) {
             continue;
         }
-        let outputs = match reshape_in_place(op, i, &last_use, &mut env, &mut bound) {
+        let mut outputs = match reshape_in_place(op, i, &last_use, &mut env, &mut bound) {
             Some(value) => vec![value],
             None => {
                 let lookup = |n: &str| env.get(n).or_else(|| bound.get(n).map(|c| c.as_ref())).or_else(|| known.get(n));
                 eval_op_with(op, function.opset, &lookup, compute)?
             }
         };
+        let written = outputs.split_off(op.outputs.len());
+        store_written_states(op, function.opset, written, &mut env);
         for (value, decl) in outputs.into_iter().zip(&op.outputs) {
             observe(&decl.name, &value);
             env.insert(decl.name.clone(), value);
@@ -229,14 +262,31 @@ fn run_known(
             }
         }
     }
-    block
+    let outputs = block
         .outputs
         .iter()
         .map(|o| {
             let value = env.remove(o).or_else(|| bound.get(o.as_str()).map(|c| c.as_ref().clone())).or_else(|| known.get(o).cloned());
             value.map(|v| (o.clone(), v)).ok_or_else(|| Error::UndefinedOutput(o.clone()))
         })
-        .collect()
+        .collect::<Result<Vec<_>, Error>>()?;
+    for (name, value) in states.iter_mut() {
+        if let Some(v) = env.remove(name.as_str()) {
+            *value = v;
+        }
+    }
+    Ok(outputs)
+}
+
+/// Makes the values an op's kernel returned after its declared outputs (one per `written`
+/// state param, in param order) the new values of the states bound to those params.
+fn store_written_states(op: &Operation, opset: Opset, written: Vec<Array>, env: &mut HashMap<String, Array>) {
+    let Some(def) = ops::lookup(&op.op_type, opset) else { return };
+    for (param, value) in def.params.iter().filter(|p| p.writes).zip(written) {
+        if let Some([Argument::Name(state)]) = op.input(param.name) {
+            env.insert(state.clone(), value);
+        }
+    }
 }
 
 /// A reshape-like op (`mil::ops::shape::RESHAPES`) whose input this op reads last and this run
@@ -271,7 +321,8 @@ fn reshape_in_place(
 }
 
 /// Runs one op on values looked up in `env` (by name), checks its outputs against the declared
-/// types, and rounds fp16 outputs unless `compute` is `Fp32`. Used by [`run_with`] and by
+/// types, and rounds fp16 outputs unless `compute` is `Fp32`. An op that writes a state
+/// (`write_state`) returns the state's new value after its declared outputs. Used by [`run_with`] and by
 /// `validate --per-op`, which feeds each op the fp32 values of its inputs.
 pub fn eval_op(op: &Operation, opset: Opset, env: &HashMap<String, Array>, compute: Compute) -> Result<Vec<Array>, Error> {
     eval_op_with(op, opset, &|n| env.get(n), compute)
@@ -315,7 +366,8 @@ fn eval_op_with<'e>(op: &Operation, opset: Opset, lookup: &dyn Fn(&str) -> Optio
         let eval_args = EvalArgs { op: &op.op_type, opset, args, attributes: &op.attributes };
         (def.eval)(&eval_args).map_err(|source| Error::Eval { op: op.name.clone(), source })?
     };
-    if outputs.len() != op.outputs.len() {
+    let written = def.params.iter().filter(|p| p.writes).count();
+    if outputs.len() != op.outputs.len() + written {
         return Err(Error::OutputMismatch {
             op: op.name.clone(),
             op_type: op.op_type.clone(),
@@ -370,7 +422,7 @@ fn bind_inputs<'i>(
     compute: Compute,
     fixed: &[String],
 ) -> Result<HashMap<&'i str, Cow<'i, Array>>, Error> {
-    let expected = || function.inputs.iter().filter(|i| !fixed.contains(&i.name));
+    let expected = || function.inputs.iter().filter(|i| matches!(i.ty, ValueType::Tensor(_)) && !fixed.contains(&i.name));
     for (name, _) in inputs {
         if !expected().any(|i| &i.name == name) {
             let names: Vec<&str> = expected().map(|i| i.name.as_str()).collect();
@@ -386,14 +438,29 @@ fn bind_inputs<'i>(
     Ok(bound)
 }
 
-/// Checks one input against its declaration. fp32 data is accepted for an fp16 input (rounded,
+/// Checks each given state against the function's state inputs; returns owned copies for the
+/// run to update (`states` itself changes only when the run succeeds).
+fn bind_states(function: &Function, states: &[(String, Array)], compute: Compute) -> Result<Vec<(String, Array)>, Error> {
+    let declared = || function.inputs.iter().filter(|i| matches!(i.ty, ValueType::State(_)));
+    for (name, _) in states {
+        if !declared().any(|i| &i.name == name) {
+            let names: Vec<&str> = declared().map(|i| i.name.as_str()).collect();
+            return Err(Error::UnknownInput(name.clone(), names.join(", ")));
+        }
+    }
+    declared()
+        .map(|decl| {
+            let (_, given) = states.iter().find(|(n, _)| n == &decl.name).ok_or_else(|| Error::MissingState(decl.name.clone()))?;
+            Ok((decl.name.clone(), bind_input(decl, given, compute)?.into_owned()))
+        })
+        .collect()
+}
+
+/// Checks one input (or state) against its declaration. fp32 data is accepted for an fp16 input (rounded,
 /// as Core ML converts an fp32 MLMultiArray, into a new array) and the reverse; an input of the
 /// declared dtype is borrowed (an fp16 [`Array`] holds fp16 values already).
 fn bind_input<'i>(decl: &NamedType, given: &'i Array, compute: Compute) -> Result<Cow<'i, Array>, Error> {
-    let ty = match &decl.ty {
-        ValueType::Tensor(t) => t,
-        ValueType::State(_) => return Err(Error::Unsupported(vec![format!("state input `{}`", decl.name)])),
-    };
+    let ty = decl.ty.tensor();
     let bad = || Error::BadInput {
         name: decl.name.clone(),
         expected: ty.to_string(),
@@ -497,6 +564,33 @@ mod tests {
         assert!(matches!(run(&f, &[("x".into(), ints)]), Err(Error::BadInput { .. })));
         let extra = Array::float(DType::F32, vec![2], vec![0.0; 2]);
         assert!(matches!(run(&f, &[("x".into(), extra.clone()), ("q".into(), extra)]), Err(Error::UnknownInput(..))));
+    }
+
+    #[test]
+    fn stateful_runs_read_write_and_hand_back_states() {
+        use crate::mil::ops::state::{READ_STATE, WRITE_STATE};
+        // y = 2·(acc + x) with acc += x: coremltools' accumulator example of stateful models.
+        let mut b = Builder::new(Opset::Ios18);
+        let x = b.input("x", TensorType::new(DType::F16, &[2]));
+        let acc = b.state_input("acc", TensorType::new(DType::F16, &[2]));
+        let old = b.op(&READ_STATE, "old").arg("input", &acc).build1().unwrap();
+        let sum = b.op(&elementwise::ADD, "sum").arg("x", &old).arg("y", &x).build1().unwrap();
+        b.op(&WRITE_STATE, "store").arg("input", &acc).arg("data", &sum).build().unwrap();
+        let new = b.op(&READ_STATE, "new").arg("input", &acc).build1().unwrap();
+        let y = b.op(&elementwise::MUL, "y").arg("x", &new).konst("y", Tensor::float_scalar(DType::F16, 2.0)).build1().unwrap();
+        let f = b.finish(&[y]);
+        let mut states = vec![("acc".to_string(), Array::float(DType::F16, vec![2], vec![0.0, 1.0]))];
+        for (x, acc, y) in [([1.0, 2.0], [1.0, 3.0], [2.0, 6.0]), ([0.5, -3.0], [1.5, 0.0], [3.0, 0.0])] {
+            let inputs = [("x".to_string(), Array::float(DType::F16, vec![2], x.to_vec()))];
+            let out = run_stateful(&f, &inputs, &mut states).unwrap();
+            assert_eq!(out[0].1.floats().unwrap(), &y);
+            assert_eq!(states[0].1.floats().unwrap(), &acc);
+        }
+        let x = [("x".to_string(), Array::float(DType::F16, vec![2], vec![0.0; 2]))];
+        assert_eq!(run(&f, &x), Err(Error::MissingState("acc".into())));
+        let mut wrong = vec![("acc".to_string(), Array::float(DType::F16, vec![3], vec![0.0; 3]))];
+        assert!(matches!(run_stateful(&f, &x, &mut wrong), Err(Error::BadInput { .. })));
+        assert_eq!(wrong[0].1.len(), 3, "a failed run leaves the states as they were");
     }
 
     #[test]

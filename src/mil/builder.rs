@@ -37,11 +37,13 @@ pub enum CheckError {
     UndefinedOutput(String),
 }
 
-/// Types and const values of the names defined so far in a function.
+/// Types and const values of the names defined so far in a function, and which names are
+/// states (typed by the tensor they wrap).
 #[derive(Default)]
 struct Env {
     types: HashMap<String, TensorType>,
     consts: HashMap<String, Tensor>,
+    states: HashSet<String>,
 }
 
 impl Env {
@@ -64,9 +66,9 @@ impl Env {
                 list.push(match b {
                     Argument::Name(n) => {
                         let ty = self.types.get(n).ok_or_else(|| CheckError::Undefined { op: op.name.clone(), value: n.clone() })?;
-                        Arg { ty: ty.clone(), value: self.consts.get(n) }
+                        Arg { ty: ty.clone(), value: self.consts.get(n), state: self.states.contains(n) }
                     }
-                    Argument::Value(t) => Arg { ty: t.tensor_type(), value: Some(t) },
+                    Argument::Value(t) => Arg { ty: t.tensor_type(), value: Some(t), state: false },
                 });
             }
             args.push((param.as_str(), list));
@@ -99,6 +101,9 @@ pub fn check_function(f: &Function) -> Result<(), CheckError> {
     let mut env = Env::default();
     for i in &f.inputs {
         env.define(&i.name, i.ty.tensor().clone())?;
+        if matches!(i.ty, ValueType::State(_)) {
+            env.states.insert(i.name.clone());
+        }
     }
     check_block(&mut env, &f.block, f.opset)
 }
@@ -188,6 +193,9 @@ impl Builder {
         for i in &f.inputs {
             b.used.insert(i.name.clone());
             b.env.types.insert(i.name.clone(), i.ty.tensor().clone());
+            if matches!(i.ty, ValueType::State(_)) {
+                b.env.states.insert(i.name.clone());
+            }
             b.inputs.push(i.clone());
         }
         for op in f.block.walk_ops() {
@@ -243,6 +251,18 @@ impl Builder {
         let name = self.unique(name);
         self.env.types.insert(name.clone(), ty.clone());
         self.inputs.push(NamedType { name: name.clone(), ty: ValueType::Tensor(ty) });
+        Var(name)
+    }
+
+    /// Adds an iOS18 state input (Core ML `StateType`; coremltools allows only fp16) wrapping
+    /// `ty`; [`Builder::finish`] lists states after the tensor inputs, as coremltools orders
+    /// function inputs. Only state params
+    /// (`read_state`, `write_state`) accept it. The name is kept if valid and free.
+    pub fn state_input(&mut self, name: &str, ty: TensorType) -> Var {
+        let name = self.unique(name);
+        self.env.types.insert(name.clone(), ty.clone());
+        self.env.states.insert(name.clone());
+        self.inputs.push(NamedType { name: name.clone(), ty: ValueType::State(ty) });
         Var(name)
     }
 
@@ -333,7 +353,9 @@ impl Builder {
     }
 
     /// Finishes the function; `outputs` become the block outputs (model outputs), in order.
-    pub fn finish(self, outputs: &[Var]) -> Function {
+    /// Inputs keep their order, except that states follow the tensor inputs.
+    pub fn finish(mut self, outputs: &[Var]) -> Function {
+        self.inputs.sort_by_key(|i| matches!(i.ty, ValueType::State(_)));
         Function {
             inputs: self.inputs,
             opset: self.opset,

@@ -9,6 +9,9 @@
 //!   this token), `key_cache`, `value_cache` (layers, d, 1, positions), `cross_key_cache`,
 //!   `cross_value_cache` → `logits` (1, vocab), `key_cache_updates`, `value_cache_updates`
 //!   (layers, d, 1, 1), which the caller (here) writes into column `cache_length` of its caches.
+//!   A TextDecoder converted for iOS18+ declares `key_cache`/`value_cache` as states instead and
+//!   returns only `logits`; here the states are kept between steps as Core ML's `MLState` would
+//!   keep them (zeros at the start of each window). The form is read from the signature.
 //!
 //! Outputs are matched by name, else by position in the order listed above (as `validate`
 //! matches arrays), so packages whose outputs kept generic names (a traced module converted by
@@ -38,11 +41,19 @@ pub struct Packages {
     decoder: (PathBuf, Prepared),
     /// Shape of `key_cache` / `value_cache`: (layers, d, 1, positions).
     cache_shape: Vec<usize>,
-    key_cache: Vec<f32>,
-    value_cache: Vec<f32>,
+    cache: DecoderCache,
     /// The encoder has run: the decoder holds this window's cross-attention caches as fixed
     /// inputs (`interp::Prepared::fix_inputs`), so per-head slicing of them happens once.
     encoded: bool,
+}
+
+/// How the TextDecoder's self-attention cache lives between steps, as its signature says.
+enum DecoderCache {
+    /// `key_cache`/`value_cache` inputs (targets before iOS18): our copies, which the step's
+    /// `*_cache_updates` outputs are written into, column t = position t.
+    Inputs { key: Vec<f32>, value: Vec<f32> },
+    /// `key_cache`/`value_cache` states (iOS18+): their values by name, updated by each step.
+    States(Vec<(String, Array)>),
 }
 
 /// True when `dir` holds the three Whisper packages: how `validate` tells a Whisper output
@@ -51,11 +62,16 @@ pub fn is_whisper_dir(dir: &Path) -> bool {
     [MEL_PACKAGE, ENCODER_PACKAGE, DECODER_PACKAGE].iter().all(|p| dir.join(p).is_dir())
 }
 
-
-/// Runs a package on `inputs` and returns its outputs in the order of `names` (matched by
-/// name, else by position when the package names none of them).
-fn run<const N: usize>(package: &(PathBuf, Prepared), inputs: &[(String, Array)], names: [&str; N]) -> Result<[Array; N], Error> {
-    let outputs = package.1.run(inputs).map_err(|source| Error::Run { path: package.0.clone(), source: Box::new(source) })?;
+/// Runs a package on `inputs` (and `states`, updated in place; empty for stateless packages)
+/// and returns its outputs in the order of `names` (matched by name, else by position when the
+/// package names none of them).
+fn run<const N: usize>(
+    package: &(PathBuf, Prepared),
+    inputs: &[(String, Array)],
+    states: &mut [(String, Array)],
+    names: [&str; N],
+) -> Result<[Array; N], Error> {
+    let outputs = package.1.run_stateful(inputs, states).map_err(|source| Error::Run { path: package.0.clone(), source: Box::new(source) })?;
     if outputs.len() != N {
         return Err(Error::file(&package.0, format!("the package has {} outputs, expected {N}: {}", outputs.len(), names.join(", "))));
     }
@@ -83,26 +99,25 @@ impl Packages {
             Ok((path, prepared))
         };
         let decoder = load(DECODER_PACKAGE)?;
-        let cache_shape = decoder
-            .1
-            .function()
-            .inputs
-            .iter()
-            .find(|i| i.name == "key_cache")
-            .and_then(|i| match &i.ty {
-                ValueType::Tensor(t) => t.fixed_shape(),
-                ValueType::State(_) => None,
-            })
+        let key_cache = decoder.1.function().inputs.iter().find(|i| i.name == "key_cache");
+        let cache_shape = key_cache
+            .and_then(|i| i.ty.tensor().fixed_shape())
             .filter(|s| s.len() == 4)
-            .ok_or_else(|| Error::file(&decoder.0, "no `key_cache` input of fixed shape (layers, d, 1, positions)"))?;
+            .ok_or_else(|| Error::file(&decoder.0, "no `key_cache` input or state of fixed shape (layers, d, 1, positions)"))?;
         let n: usize = cache_shape.iter().product();
+        let cache = match key_cache.map(|i| &i.ty) {
+            Some(ValueType::State(t)) => {
+                let zeros = Array::float(t.dtype, cache_shape.clone(), vec![0.0; n]);
+                DecoderCache::States(vec![("key_cache".to_string(), zeros.clone()), ("value_cache".to_string(), zeros)])
+            }
+            _ => DecoderCache::Inputs { key: vec![0.0; n], value: vec![0.0; n] },
+        };
         Ok(Packages {
             mel: load(MEL_PACKAGE)?,
             encoder: load(ENCODER_PACKAGE)?,
             decoder,
             cache_shape,
-            key_cache: vec![0.0; n],
-            value_cache: vec![0.0; n],
+            cache,
             encoded: false,
         })
     }
@@ -113,7 +128,7 @@ impl Backend for Packages {
 
     fn features(&mut self, window: &[f32]) -> Result<Vec<f32>, Error> {
         let input = Array::float(DType::F32, vec![window.len()], window.to_vec());
-        let [features] = run(&self.mel, &[("audio".to_string(), input)], ["melspectrogram_features"])?;
+        let [features] = run(&self.mel, &[("audio".to_string(), input)], &mut [], ["melspectrogram_features"])?;
         Ok(features.to_f32_vec().unwrap_or_default())
     }
 
@@ -121,7 +136,7 @@ impl Backend for Packages {
         let mels = features.len() / super::mel::N_FRAMES;
         let input = Array::float(DType::F32, vec![1, mels, 1, super::mel::N_FRAMES], features.to_vec());
         let names = ["encoder_output_embeds", "cross_key_cache", "cross_value_cache"];
-        let [embeds, cross_key, cross_value] = run(&self.encoder, &[("melspectrogram_features".to_string(), input)], names)?;
+        let [embeds, cross_key, cross_value] = run(&self.encoder, &[("melspectrogram_features".to_string(), input)], &mut [], names)?;
         let fixed = vec![("cross_key_cache".to_string(), cross_key), ("cross_value_cache".to_string(), cross_value)];
         self.decoder.1.fix_inputs(fixed).map_err(|source| Error::Run { path: self.decoder.0.clone(), source: Box::new(source) })?;
         self.encoded = true;
@@ -137,18 +152,30 @@ impl Backend for Packages {
             return Err(Error::file(&self.decoder.0, format!("position {position} is past the decoder's {positions} cache columns")));
         }
         if position == 0 {
-            self.key_cache.fill(0.0);
-            self.value_cache.fill(0.0);
+            match &mut self.cache {
+                DecoderCache::Inputs { key, value } => {
+                    key.fill(0.0);
+                    value.fill(0.0);
+                }
+                DecoderCache::States(states) => states.iter_mut().for_each(|(_, a)| *a = Array::float(a.dtype, a.shape.clone(), vec![0.0; a.len()])),
+            }
         }
-        let inputs = vec![
+        let mut inputs = vec![
             ("input_ids".to_string(), Array::int(vec![1], vec![token as i32])),
             ("cache_length".to_string(), Array::int(vec![1], vec![position as i32])),
-            ("key_cache".to_string(), Array::float(DType::F32, self.cache_shape.clone(), self.key_cache.clone())),
-            ("value_cache".to_string(), Array::float(DType::F32, self.cache_shape.clone(), self.value_cache.clone())),
         ];
+        let (key, value) = match &mut self.cache {
+            DecoderCache::States(states) => {
+                let [logits] = run(&self.decoder, &inputs, states, ["logits"])?;
+                return Ok(logits.to_f32_vec().unwrap_or_default());
+            }
+            DecoderCache::Inputs { key, value } => (key, value),
+        };
+        inputs.push(("key_cache".to_string(), Array::float(DType::F32, self.cache_shape.clone(), key.clone())));
+        inputs.push(("value_cache".to_string(), Array::float(DType::F32, self.cache_shape.clone(), value.clone())));
         let names = ["logits", "key_cache_updates", "value_cache_updates"];
-        let [logits, key_update, value_update] = run(&self.decoder, &inputs, names)?;
-        for (name, update, cache) in [(names[1], key_update, &mut self.key_cache), (names[2], value_update, &mut self.value_cache)] {
+        let [logits, key_update, value_update] = run(&self.decoder, &inputs, &mut [], names)?;
+        for (name, update, cache) in [(names[1], key_update, key), (names[2], value_update, value)] {
             let values = update.floats().unwrap_or_default();
             if values.len() * positions != cache.len() {
                 return Err(Error::file(&self.decoder.0, format!("output `{name}` has shape {:?}, not (layers, d, 1, 1)", update.shape)));

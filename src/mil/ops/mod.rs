@@ -15,6 +15,7 @@ pub mod linear;
 pub mod norm;
 pub mod reduce;
 pub mod shape;
+pub mod state;
 
 use std::collections::BTreeMap;
 
@@ -51,12 +52,27 @@ pub struct Param {
     pub variadic: bool,
     /// Params with the same non-zero tag must share one dtype (coremltools' type domain `T`).
     pub same_as: u8,
+    /// Bound to an iOS18 state (a function input of state type, coremltools' `StateInputType`)
+    /// rather than a tensor; `dtypes` then constrains the wrapped tensor. Only state params
+    /// accept states, so a state reaches tensor ops only through `read_state`.
+    pub state: bool,
+    /// The op stores a new value into this state param. Its kernel returns that value after the
+    /// op's declared outputs, and `interp` makes it the state's value for the rest of the run.
+    pub writes: bool,
 }
 
 impl Param {
     /// A required tensor parameter with its own dtype.
     pub const fn new(name: &'static str, dtypes: &'static [DType]) -> Param {
-        Param { name, dtypes, konst: false, optional: false, variadic: false, same_as: 0 }
+        Param { name, dtypes, konst: false, optional: false, variadic: false, same_as: 0, state: false, writes: false }
+    }
+    /// A required parameter bound to a state whose wrapped tensor has one of `dtypes`.
+    pub const fn state(name: &'static str, dtypes: &'static [DType]) -> Param {
+        Param { state: true, ..Param::new(name, dtypes) }
+    }
+    /// This state parameter is written by the op (see [`Param::writes`]).
+    pub const fn written(self) -> Param {
+        Param { writes: true, ..self }
     }
     /// A required tensor parameter in type domain `T` (all `T` params share a dtype).
     pub const fn t(name: &'static str, dtypes: &'static [DType]) -> Param {
@@ -173,7 +189,10 @@ pub const OPS: &[&OpDef] = &[
     &shape::BAND_PART,
     &shape::CUMSUM,
     &shape::UPSAMPLE_NEAREST_NEIGHBOR,
+    &shape::SLICE_UPDATE,
     &attention::SCALED_DOT_PRODUCT_ATTENTION,
+    &state::READ_STATE,
+    &state::WRITE_STATE,
 ];
 
 /// The newest declaration of `name` usable in `opset`, or `None` for ops we do not know
@@ -205,15 +224,19 @@ pub enum TypeError {
     DType { op: String, param: String, got: DType, allowed: String },
     #[error("{op}: {message}")]
     Invalid { op: String, message: String },
+    #[error("{op}: parameter `{param}` {}", if *.expected { "must be bound to a state" } else { "is bound to a state; read it with `read_state` first" })]
+    State { op: String, param: String, expected: bool },
     #[error("{op}: not available before {since:?} (program op set {opset:?})")]
     TooNew { op: String, since: Opset, opset: Opset },
 }
 
-/// One bound argument as type inference sees it: its type, and its value when it is a const.
+/// One bound argument as type inference sees it: its type (for a state, the wrapped tensor
+/// type), its value when it is a const, and whether it is a state.
 #[derive(Clone, Debug)]
 pub struct Arg<'a> {
     pub ty: TensorType,
     pub value: Option<&'a Tensor>,
+    pub state: bool,
 }
 
 /// The arguments of one op, by parameter, as given to an [`InferFn`].
@@ -311,7 +334,8 @@ pub fn check(def: &OpDef, args: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
             return Err(TypeError::Unknown { op: op(), param: name.to_string() });
         }
     }
-    let mut shared: Option<DType> = None;
+    // The dtype each type-domain tag (`same_as`) is bound to so far.
+    let mut shared: Vec<(u8, DType)> = Vec::new();
     for p in def.params {
         let bound = args.get(p.name).unwrap_or(&[]);
         if bound.is_empty() && !p.optional {
@@ -320,6 +344,9 @@ pub fn check(def: &OpDef, args: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
         for a in bound {
             if p.konst && a.value.is_none() {
                 return Err(TypeError::NotConst { op: op(), param: p.name.to_string() });
+            }
+            if p.state != a.state {
+                return Err(TypeError::State { op: op(), param: p.name.to_string(), expected: p.state });
             }
             let allowed = || p.dtypes.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ");
             if !p.dtypes.contains(&a.ty.dtype) {
@@ -331,7 +358,7 @@ pub fn check(def: &OpDef, args: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
                 });
             }
             if p.same_as != 0 {
-                match shared {
+                match shared.iter().find(|(tag, _)| *tag == p.same_as).map(|&(_, d)| d) {
                     Some(d) if d != a.ty.dtype => {
                         return Err(TypeError::DType {
                             op: op(),
@@ -340,7 +367,8 @@ pub fn check(def: &OpDef, args: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
                             allowed: d.name().to_string(),
                         })
                     }
-                    _ => shared = Some(a.ty.dtype),
+                    Some(_) => {}
+                    None => shared.push((p.same_as, a.ty.dtype)),
                 }
             }
         }

@@ -376,6 +376,44 @@ fn infer_slice_by_index(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     Ok(vec![TensorType { dtype: x.dtype, shape }])
 }
 
+/// Index dtypes of `slice_update`'s `begin`/`end`/`stride` (its type domain `U`).
+const SLICE_UPDATE_INDEX: &[DType] = &[DType::I32, DType::I16, DType::I8];
+
+/// `slice_update` (iOS18): `x` with the slice `slice_by_index` would read (same `begin`, `end`,
+/// `stride` and masks) overwritten by `update`, which must have the slice's shape (rank ≥ 1).
+/// `begin`/`end` may be computed (a KV cache written at a runtime position). Semantics:
+/// coremltools `defs/iOS18/tensor_transformation.py`. Made by `hf::whisper`'s stateful decoder.
+pub const SLICE_UPDATE: OpDef = OpDef {
+    name: "slice_update",
+    since: Opset::Ios18,
+    params: &[
+        Param::t("x", ANY_TENSOR),
+        Param::t("update", ANY_TENSOR),
+        Param { same_as: b'U', ..Param::new("begin", SLICE_UPDATE_INDEX) },
+        Param { same_as: b'U', ..Param::new("end", SLICE_UPDATE_INDEX) },
+        Param { same_as: b'U', ..Param::new("stride", SLICE_UPDATE_INDEX).konst().optional() },
+        Param::new("begin_mask", BOOL).konst().optional(),
+        Param::new("end_mask", BOOL).konst().optional(),
+        Param::new("squeeze_mask", BOOL).konst().optional(),
+    ],
+    infer: infer_slice_update,
+    eval: eval_slice_update,
+};
+
+fn infer_slice_update(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let (x, update) = (a.tensor("x")?, a.tensor("update")?);
+    let [slice] = infer_slice_by_index(a)?.try_into().map_err(|_| a.invalid("slice has no single type"))?;
+    let fits = slice.rank() == update.rank()
+        && slice.shape.iter().zip(&update.shape).all(|(s, u)| !matches!((s, u), (Dim::Fixed(p), Dim::Fixed(q)) if p != q));
+    if !fits {
+        return Err(a.invalid(format!("update {update} does not have the slice's shape {slice}")));
+    }
+    if update.rank() == 0 {
+        return Err(a.invalid("a rank-0 update is not supported (coremltools rejects it)"));
+    }
+    Ok(vec![x.clone()])
+}
+
 const GATHER_X: &[DType] =
     &[DType::F16, DType::F32, DType::I32, DType::Bool, DType::I8, DType::U8, DType::I16, DType::U16];
 
@@ -582,7 +620,14 @@ fn py_slice(n: usize, begin: Option<i64>, end: Option<i64>, step: i64) -> (i64, 
 /// squeezed axis is `slice(begin, None, INT32_MAX)` (one element) and is then dropped.
 fn eval_slice_by_index(a: &EvalArgs) -> Eval {
     let x = a.array("x")?;
-    let r = x.shape.len();
+    let (idx, shape) = slice_index_map(a, &x.shape)?;
+    Ok(vec![moved(x, shape, &idx)])
+}
+
+/// The flat indices into a tensor of `shape` that `slice_by_index`'s arguments select (in the
+/// slice's row-major order) and the slice's shape; shared by `slice_by_index` and `slice_update`.
+fn slice_index_map(a: &EvalArgs, shape: &[usize]) -> Result<(Vec<usize>, Vec<usize>), EvalError> {
+    let r = shape.len();
     let begin = a.ints("begin")?.ok_or_else(|| a.invalid("missing begin"))?;
     let end = a.ints("end")?.ok_or_else(|| a.invalid("missing end"))?;
     let stride = a.ints("stride")?.unwrap_or_else(|| vec![1; r]);
@@ -599,7 +644,7 @@ fn eval_slice_by_index(a: &EvalArgs) -> Eval {
     for i in 0..r {
         let b = (!bm[i]).then_some(begin[i]);
         let (e, st) = if sm[i] { (None, i64::from(i32::MAX)) } else { ((!em[i]).then_some(end[i]), stride[i]) };
-        let (s0, l) = py_slice(x.shape[i], b, e, st);
+        let (s0, l) = py_slice(shape[i], b, e, st);
         if sm[i] && l != 1 {
             return Err(a.invalid(format!("squeezed axis {i} selects {l} elements")));
         }
@@ -607,9 +652,26 @@ fn eval_slice_by_index(a: &EvalArgs) -> Eval {
         step.push(st as isize);
         len.push(l);
     }
-    let idx = numeric::layout::slice(&iota(x.len()), &x.shape, &start, &step, &len);
-    let shape = (0..r).filter(|&i| !sm[i]).map(|i| len[i]).collect();
-    Ok(vec![moved(x, shape, &idx)])
+    let idx = numeric::layout::slice(&iota(numeric::numel(shape)), shape, &start, &step, &len);
+    Ok((idx, (0..r).filter(|&i| !sm[i]).map(|i| len[i]).collect()))
+}
+
+/// `x` with the elements `slice_by_index` would select replaced by `update`, in order: the
+/// numpy/torch assignment `x[begin:end:stride] = update` on a copy.
+fn eval_slice_update(a: &EvalArgs) -> Eval {
+    let (x, update) = (a.array("x")?, a.array("update")?);
+    let (idx, shape) = slice_index_map(a, &x.shape)?;
+    if update.shape != shape {
+        return Err(a.shape_error(&format!("update must have the slice's shape {shape:?}")));
+    }
+    let mut out = x.clone();
+    match (&mut out.data, &update.data) {
+        (Data::F32(o), Data::F32(u)) => idx.iter().zip(u).for_each(|(&i, &v)| o[i] = v),
+        (Data::I32(o), Data::I32(u)) => idx.iter().zip(u).for_each(|(&i, &v)| o[i] = v),
+        (Data::Bool(o), Data::Bool(u)) => idx.iter().zip(u).for_each(|(&i, &v)| o[i] = v),
+        _ => return Err(a.invalid("x and update hold different kinds of values")),
+    }
+    Ok(vec![out])
 }
 
 fn eval_gather(a: &EvalArgs) -> Eval {
