@@ -26,7 +26,8 @@ PRECISIONS = ["fp16", "fp32"]
 # Timed runs per measurement (median reported), after WARMUP untimed ones.
 RUNS = 5
 WARMUP = 1
-# libtorch threads of the goal; a 1-thread time is shown too, since the interpreter uses one.
+# libtorch threads of the goal (the machine's 2 cores, which the interpreter's kernels use too);
+# a 1-thread time is shown as well.
 TORCH_THREADS = 2
 GOAL_RATIO = 2.0
 

@@ -94,11 +94,12 @@ Speedups divide by our median. MB = 10^6 bytes.
 ## 2. Interpreter vs libtorch CPU
 
 Median of {interp_bench.RUNS} runs after warm-up. Interpreter: `examples/bench_interp.rs`
-(`interp::run`, one thread) on our package at `--precision fp16` (every op output rounded to
+(`interp::run`; large GEMMs, softmax rows and element-wise maps are split over all cores,
+`T2C_THREADS` caps them) on our package at `--precision fp16` (every op output rounded to
 fp16) and `--precision fp32`. libtorch: `torch.jit.load` of the same `.pt`, `torch.set_num_threads`,
 `torch.inference_mode`. The goal divides by libtorch with {interp_bench.TORCH_THREADS} threads;
-the 1-thread ratios compare like with like (the interpreter uses one thread) and hold up better
-when the load average exceeds the CPU count, where multi-threaded libtorch slows down most.
+the 1-thread ratios are shown too because they hold up better when the load average exceeds
+the CPU count, where multi-threaded libtorch slows down most.
 Inputs: resnet18 [1, 3, 224, 224]; whisper-tiny encoder [1, 80, 3000].
 
 {interp_bench.table(interp_rows)}
@@ -106,7 +107,7 @@ Inputs: resnet18 [1, 3, 224, 224]; whisper-tiny encoder [1, 80, 3000].
 ## 3. Whisper tiny.en transcription: interpreter vs PyTorch CPU
 
 One ~30 s window ({speech_bench.UTTERANCE}, the test bed's longest utterance), greedy, English, no
-timestamps. Interpreter: `examples/bench_speech.rs` (one thread, one run) on the package interface
+timestamps. Interpreter: `examples/bench_speech.rs` (one run, kernels on all cores) on the package interface
 traced from the real weights and converted by `torch2coreml convert` (encoder and decoder at
 fp16 or fp32; the mel front end fp32). PyTorch: transformers' feature extractor + `generate`,
 median of {speech_bench.RUNS} after a warm-up. "transcribe" is log-mel + encoder + every decoder step.

@@ -1,9 +1,10 @@
 //! Times Whisper transcription by converted packages in the MIL interpreter: reads a WAV, runs
 //! the greedy loop (`speech::greedy::transcribe`) over `speech::packages::Packages` with each
 //! backend call timed, and prints one JSON line: `{"audio_s", "tokens", "mel_s", "encoder_s",
-//! "decode_s", "total_s", "ms_per_token", "load_s", "text"}` (seconds; `load_s` is reading the
+//! "decode_s", "total_s", "ms_per_token", "load_s", "threads", "text"}` (seconds; `load_s` is reading the
 //! three packages, which `total_s` excludes; `decode_s` covers every decoder step, prompt
-//! included; `ms_per_token` divides it by the generated tokens plus the prompt). Called by
+//! included; `ms_per_token` divides it by the generated tokens plus the prompt; `threads` is what
+//! the kernels may use, `numeric::par::threads`). Called by
 //! `bench/speech_bench.py` (`make bench`); build with `cargo build --release --example bench_speech`.
 
 use std::path::PathBuf;
@@ -81,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         "total_s": total_s,
         "ms_per_token": 1000.0 * decode_s / timed.steps.max(1) as f64,
         "load_s": load_s,
+        "threads": torch2coreml::numeric::par::threads(),
         "text": text.decode(&transcript.tokens, generation.eos)?,
     });
     println!("{line}");
