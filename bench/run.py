@@ -94,7 +94,7 @@ Speedups divide by our median. MB = 10^6 bytes.
 ## 2. Interpreter vs libtorch CPU
 
 Median of {interp_bench.RUNS} runs after warm-up. Interpreter: `examples/bench_interp.rs`
-(`interp::run`; large GEMMs, softmax rows and element-wise maps are split over all cores,
+(`interp::Prepared`: constants converted once; large GEMMs, softmax rows and element-wise maps are split over all cores,
 `T2C_THREADS` caps them) on our package at `--precision fp16` (every op output rounded to
 fp16) and `--precision fp32`. libtorch: `torch.jit.load` of the same `.pt`, `torch.set_num_threads`,
 `torch.inference_mode`. The goal divides by libtorch with {interp_bench.TORCH_THREADS} threads;

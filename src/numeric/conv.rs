@@ -60,24 +60,36 @@ pub fn out_size(
 /// index read from the input, or −1 where the window falls into padding or past the end.
 /// Also serves col2im (inputs and outputs swap roles) and pooling.
 fn window_table(input: &[usize], output: &[usize], w: &Window) -> Vec<isize> {
-    let (pk, po) = (numel(&w.kernel), numel(output));
-    let (ks, os, is) = (strides(&w.kernel), strides(output), strides(input));
-    let mut table = Vec::with_capacity(pk * po);
-    for kk in 0..pk {
-        for oo in 0..po {
-            let mut flat = 0isize;
-            for r in 0..input.len() {
-                let k = (kk / ks[r]) % w.kernel[r];
-                let o = (oo / os[r]) % output[r];
-                let p = (o * w.strides[r] + k * w.dilations[r]) as isize - w.pad_before[r] as isize;
-                if p < 0 || p >= input[r] as isize {
-                    flat = -1;
-                    break;
+    let is = strides(input);
+    // Built axis by axis: each step makes every (kernel, output) pair of the axes so far one
+    // finer, adding this axis's offset (or −1 when it falls outside the input).
+    let mut table = vec![0isize];
+    let (mut pk, mut po) = (1, 1);
+    for r in 0..input.len() {
+        let (kr, or, step) = (w.kernel[r], output[r], is[r] as isize);
+        let along: Vec<isize> = (0..kr)
+            .flat_map(|k| {
+                (0..or).map(move |o| {
+                    let p = (o * w.strides[r] + k * w.dilations[r]) as isize - w.pad_before[r] as isize;
+                    if p < 0 || p >= input[r] as isize {
+                        -1
+                    } else {
+                        p * step
+                    }
+                })
+            })
+            .collect();
+        let mut next = Vec::with_capacity(pk * kr * po * or);
+        for kk in 0..pk {
+            for k in 0..kr {
+                for oo in 0..po {
+                    let base = table[kk * po + oo];
+                    next.extend(along[k * or..(k + 1) * or].iter().map(|&a| if base < 0 || a < 0 { -1 } else { base + a }));
                 }
-                flat += p * is[r] as isize;
             }
-            table.push(flat);
         }
+        table = next;
+        (pk, po) = (pk * kr, po * or);
     }
     table
 }
@@ -283,6 +295,40 @@ mod tests {
 
     fn win(k: usize, s: usize, d: usize, pb: usize, pa: usize) -> Window {
         Window { kernel: vec![k], strides: vec![s], dilations: vec![d], pad_before: vec![pb], pad_after: vec![pa] }
+    }
+
+    #[test]
+    fn window_table_matches_the_per_element_definition() {
+        // 3-D input 4×5×6, kernel 2×3×2, strides 1/2/3, dilations 2/1/1, padding on every side.
+        let w = Window {
+            kernel: vec![2, 3, 2],
+            strides: vec![1, 2, 3],
+            dilations: vec![2, 1, 1],
+            pad_before: vec![1, 1, 0],
+            pad_after: vec![0, 2, 1],
+        };
+        let input = [4, 5, 6];
+        let output: Vec<usize> = (0..3)
+            .map(|r| out_size(input[r], w.kernel[r], w.strides[r], w.dilations[r], w.pad_before[r] + w.pad_after[r], false).unwrap())
+            .collect();
+        let (ks, os, is) = (strides(&w.kernel), strides(&output), strides(&input));
+        let mut want = Vec::new();
+        for kk in 0..numel(&w.kernel) {
+            for oo in 0..numel(&output) {
+                let mut flat = 0isize;
+                for r in 0..3 {
+                    let (k, o) = ((kk / ks[r]) % w.kernel[r], (oo / os[r]) % output[r]);
+                    let p = (o * w.strides[r] + k * w.dilations[r]) as isize - w.pad_before[r] as isize;
+                    if p < 0 || p >= input[r] as isize {
+                        flat = -1;
+                        break;
+                    }
+                    flat += p * is[r] as isize;
+                }
+                want.push(flat);
+            }
+        }
+        assert_eq!(window_table(&input, &output, &w), want);
     }
 
     #[test]

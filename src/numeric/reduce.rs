@@ -72,23 +72,41 @@ pub fn argmax<T: Copy + PartialOrd>(x: &[T], shape: &[usize], axis: usize, want_
 /// attention case) are contiguous and run in parallel (`numeric::par`).
 pub fn softmax(x: &mut [f32], shape: &[usize], axis: usize) {
     let (outer, n, inner) = around(shape, axis);
+    if x.is_empty() {
+        return;
+    }
     if inner == 1 {
         let work = x.len() * SOFTMAX_COST;
         par::for_rows(x, n, work, |_, rows| rows.chunks_mut(n.max(1)).for_each(softmax_row));
         return;
     }
-    let mut row = vec![0.0; n];
-    for o in 0..outer {
-        for i in 0..inner {
-            let idx = |j: usize| (o * n + j) * inner + i;
-            for (j, r) in row.iter_mut().enumerate() {
-                *r = x[idx(j)];
-            }
-            softmax_row(&mut row);
-            for (j, r) in row.iter().enumerate() {
-                x[idx(j)] = *r;
+    // Along a middle axis: rows j of `inner` contiguous elements; every column i is one softmax.
+    // Maxima in one sweep, then exp and column sums by row blocks in parallel, then the scaling.
+    for block in x.chunks_mut(n * inner).take(outer) {
+        let mut max = vec![f32::NEG_INFINITY; inner];
+        for row in block.chunks(inner) {
+            for (m, &v) in max.iter_mut().zip(row) {
+                *m = if v > *m { v } else { *m };
             }
         }
+        let sums = std::sync::Mutex::new(vec![0.0f32; inner]);
+        par::for_rows(block, inner, n * inner * SOFTMAX_COST, |_, rows| {
+            let mut part = vec![0.0f32; inner];
+            for row in rows.chunks_mut(inner) {
+                for ((v, &m), s) in row.iter_mut().zip(&max).zip(&mut part) {
+                    *v = approx::exp(*v - m);
+                    *s += *v;
+                }
+            }
+            let mut sums = sums.lock().unwrap_or_else(|e| e.into_inner());
+            sums.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
+        });
+        let inv: Vec<f32> = sums.into_inner().unwrap_or_else(|e| e.into_inner()).iter().map(|s| 1.0 / s).collect();
+        par::for_rows(block, inner, n * inner, |_, rows| {
+            for row in rows.chunks_mut(inner) {
+                row.iter_mut().zip(&inv).for_each(|(v, i)| *v *= i);
+            }
+        });
     }
 }
 
@@ -150,6 +168,28 @@ pub fn cumsum<T: Copy + Default + std::ops::Add<Output = T>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_along_every_axis_matches_the_definition() {
+        let shape = [2, 3, 70]; // 70: rows of full vector lanes plus a tail
+        let x: Vec<f32> = (0..2 * 3 * 70).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        for axis in 0..3 {
+            let mut got = x.clone();
+            softmax(&mut got, &shape, axis);
+            let (outer, n, inner) = around(&shape, axis);
+            for o in 0..outer {
+                for i in 0..inner {
+                    let at = |j: usize| (o * n + j) * inner + i;
+                    let m = (0..n).map(|j| f64::from(x[at(j)])).fold(f64::MIN, f64::max);
+                    let sum: f64 = (0..n).map(|j| (f64::from(x[at(j)]) - m).exp()).sum();
+                    for j in 0..n {
+                        let want = (f64::from(x[at(j)]) - m).exp() / sum;
+                        assert!((f64::from(got[at(j)]) - want).abs() <= 1e-6 * want.max(1e-3), "axis {axis}: {} vs {want}", got[at(j)]);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn folds_over_any_axes() {

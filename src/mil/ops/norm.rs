@@ -158,22 +158,16 @@ fn eval_batch_norm(a: &EvalArgs) -> Eval {
         check_len(a, v, c, what)?;
     }
     let eps = f64::from(a.float_or("epsilon", NORM_EPSILON)?);
-    let ch = numeric::offsets(&x.shape, &channel_strides(x.shape.len()), 0);
-    let y = a
-        .floats("x")?
-        .iter()
-        .zip(ch)
-        .map(|(&v, k)| {
-            let mut y = (f64::from(v) - f64::from(mean[k])) / (f64::from(var[k]) + eps).sqrt();
-            if let Some(g) = gamma {
-                y *= f64::from(g[k]);
-            }
-            if let Some(b) = beta {
-                y += f64::from(b[k]);
-            }
-            y as f32
-        })
-        .collect();
+    // Per channel: y = (x − mean)·scale + shift, scale = gamma/√(var + eps) (computed in f64).
+    let scale: Vec<f32> =
+        (0..c).map(|k| (gamma.map_or(1.0, |g| f64::from(g[k])) / (f64::from(var[k]) + eps).sqrt()) as f32).collect();
+    let shift: Vec<f32> = (0..c).map(|k| beta.map_or(0.0, |b| b[k])).collect();
+    let inner: usize = x.shape[2..].iter().product();
+    let mut y = a.floats("x")?.to_vec();
+    for (i, plane) in y.chunks_mut(inner.max(1)).enumerate() {
+        let k = i % c;
+        plane.iter_mut().for_each(|v| *v = (*v - mean[k]) * scale[k] + shift[k]);
+    }
     Ok(vec![Array::float(x.dtype, x.shape.clone(), y)])
 }
 
