@@ -185,18 +185,8 @@ mod torch {
         let o = bin().arg("convert").arg(whisper_dir()).arg("-o").arg(&out).output().unwrap();
         assert!(o.status.success(), "convert: {}", String::from_utf8_lossy(&o.stderr));
         let ids = ["real_arctic_a0007", "espeak_harvard05"];
-        let o = bin()
-            .arg("validate")
-            .arg(&out)
-            .arg("--reference")
-            .arg(whisper_dir())
-            .arg("--audio")
-            .args(ids.iter().map(|id| audio_dir().join(format!("{id}.wav"))))
-            .arg("--text")
-            .arg(audio_dir().join("refs.tsv"))
-            .args(["--format", "json"])
-            .output()
-            .unwrap();
+        let refs = audio_dir().join("refs.tsv");
+        let o = validate(&out, &whisper_dir(), &ids, &["--text", refs.to_str().unwrap(), "--format", "json"]);
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
         let report: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!((report["pass"].as_bool(), report["wer_converted_vs_reference"].as_f64()), (Some(true), Some(0.0)));
@@ -221,16 +211,7 @@ mod torch {
         let mut gen: Value = serde_json::from_str(&std::fs::read_to_string(whisper_dir().join("generation_config.json")).unwrap()).unwrap();
         gen["suppress_tokens"].as_array_mut().unwrap().extend(tokens);
         std::fs::write(other.path().join("generation_config.json"), gen.to_string()).unwrap();
-        let o = bin()
-            .arg("validate")
-            .arg(&out)
-            .arg("--reference")
-            .arg(other.path())
-            .arg("--audio")
-            .arg(audio_dir().join(format!("{}.wav", ids[0])))
-            .args(["--max-wer", "0.05", "--format", "json"])
-            .output()
-            .unwrap();
+        let o = validate(&out, other.path(), &ids[..1], &["--max-wer", "0.05", "--format", "json"]);
         assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
         let report: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(report["pass"], false);
@@ -247,16 +228,7 @@ mod torch {
         let o = bin().arg("convert").arg(whisper_dir()).arg("-o").arg(&out).args(["--target", "iOS18"]).output().unwrap();
         assert!(o.status.success(), "convert: {}", String::from_utf8_lossy(&o.stderr));
         let id = "real_arctic_a0007";
-        let o = bin()
-            .arg("validate")
-            .arg(&out)
-            .arg("--reference")
-            .arg(whisper_dir())
-            .arg("--audio")
-            .arg(audio_dir().join(format!("{id}.wav")))
-            .args(["--format", "json"])
-            .output()
-            .unwrap();
+        let o = validate(&out, &whisper_dir(), &[id], &["--format", "json"]);
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
         let report: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!((report["pass"].as_bool(), report["wer_converted_vs_reference"].as_f64()), (Some(true), Some(0.0)));
@@ -288,6 +260,12 @@ mod torch {
 
     fn bin() -> Command {
         Command::new(env!("CARGO_BIN_EXE_torch2coreml"))
+    }
+
+    /// `validate OUT --reference REFERENCE --audio <test-bed file per id> EXTRA…`.
+    fn validate(out: &Path, reference: &Path, ids: &[&str], extra: &[&str]) -> std::process::Output {
+        let wavs = ids.iter().map(|id| audio_dir().join(format!("{id}.wav")));
+        bin().arg("validate").arg(out).arg("--reference").arg(reference).arg("--audio").args(wavs).args(extra).output().unwrap()
     }
 
     /// A folder that looks like `convert WHISPER_DIR`'s output by name only.
