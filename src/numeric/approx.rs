@@ -18,7 +18,7 @@ const EXP_MIN: f32 = -87.336_55;
 /// Above this 2^n overflows the exponent field; the result is clamped to exp(EXP_MAX).
 const EXP_MAX: f32 = 88.0;
 /// Minimax polynomial for e^r on [−ln2/2, ln2/2] (Cephes `expf`), highest degree first.
-const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 /// f32 exponent bias.
 const EXP_BIAS: i32 = 127;
 /// f32 mantissa width: where the exponent field starts.
@@ -54,8 +54,8 @@ const ERFC_POLY: [f32; 10] = [
     0.096_784_18,
     -0.186_288_06,
     0.278_868_07,
-    -1.135_203_98,
-    1.488_515_87,
+    -1.135_204,
+    1.488_515_9,
     -0.822_152_23,
     0.170_872_77,
 ];
