@@ -49,20 +49,27 @@ pub fn expand<T: Copy>(x: &[T], from: &[usize], to: &[usize]) -> Option<Vec<T>> 
     Some(offsets(to, &s, 0).into_iter().map(|o| x[o]).collect())
 }
 
-/// `f(a, b)` elementwise over the broadcast of the two shapes; returns values and shape.
-pub fn binary<A: Copy, B: Copy, O>(
+/// `f(a, b)` elementwise over the broadcast of the two shapes; returns values and shape. Equal
+/// shapes (residual adds, gates) run split over the cores (`numeric::par`).
+pub fn binary<A: Copy + Sync, B: Copy + Sync, O: Copy + Default + Send>(
     a: &[A],
     a_shape: &[usize],
     b: &[B],
     b_shape: &[usize],
-    f: impl Fn(A, B) -> O,
+    f: impl Fn(A, B) -> O + Sync,
 ) -> Option<(Vec<O>, Vec<usize>)> {
     let out = shape(a_shape, b_shape)?;
     if a.len() != numel(a_shape) || b.len() != numel(b_shape) {
         return None;
     }
     if a_shape == b_shape {
-        return Some((a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect(), out));
+        let mut values = vec![O::default(); a.len()];
+        super::par::for_rows(&mut values, 1, a.len(), |first, part| {
+            for ((o, &x), &y) in part.iter_mut().zip(&a[first..]).zip(&b[first..]) {
+                *o = f(x, y);
+            }
+        });
+        return Some((values, out));
     }
     if b.len() == 1 && a_shape == out.as_slice() {
         let y = b[0];

@@ -134,15 +134,16 @@ pub fn conv(x: &[f32], x_shape: &[usize], filter: &Filter, win: &Window) -> Opti
         for g in 0..groups {
             let xg = &x[(b * c_in + g * cg) * ps..(b * c_in + (g + 1) * cg) * ps];
             if !direct {
-                for c in 0..cg {
-                    let xc = &xg[c * ps..(c + 1) * ps];
-                    for kk in 0..pk {
-                        let row = &mut col[(c * pk + kk) * po..(c * pk + kk + 1) * po];
+                // im2col: row (c, kk) of `col` gathers channel c at kernel offset kk.
+                super::par::for_rows(&mut col, po, cg * pk * po, |first, rows| {
+                    for (i, row) in rows.chunks_mut(po.max(1)).enumerate() {
+                        let (c, kk) = ((first + i) / pk, (first + i) % pk);
+                        let xc = &xg[c * ps..(c + 1) * ps];
                         for (dst, &t) in row.iter_mut().zip(&table[kk * po..(kk + 1) * po]) {
                             *dst = if t >= 0 { xc[t as usize] } else { 0.0 };
                         }
                     }
-                }
+                });
             }
             let cols = if direct { xg } else { &col[..] };
             let dst = &mut out[(b * c_out + g * cog) * po..(b * c_out + (g + 1) * cog) * po];
