@@ -121,6 +121,59 @@ fn normalize(
         .collect()
 }
 
+/// [`normalize`] when the normalized axes are consecutive: x is (outer, n, inner), each
+/// (outer, inner) column is normalized over its n rows, and gamma/beta are indexed by the row.
+/// Rows are read contiguously (the (B, C, 1, S) layer norm reduces over C with S-long rows);
+/// the arithmetic is [`normalize`]'s, so the results are the same.
+fn normalize_block(
+    x: &[f32],
+    (outer, n, inner): (usize, usize, usize),
+    eps: f32,
+    scale: Option<&[f32]>,
+    shift: Option<&[f32]>,
+) -> Vec<f32> {
+    let count = n.max(1) as f64;
+    let mut y = vec![0.0f32; x.len()];
+    let affine = |t: f64, j: usize| {
+        let t = scale.map_or(t, |g| t * f64::from(g[j]));
+        shift.map_or(t, |b| t + f64::from(b[j]))
+    };
+    if inner == 1 {
+        // Normalizing the last axis: each row is one contiguous group.
+        for (row, out) in x.chunks(n.max(1)).zip(y.chunks_mut(n.max(1))) {
+            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / count;
+            let var = row.iter().map(|&v| (f64::from(v) - mean) * (f64::from(v) - mean)).sum::<f64>();
+            let inv = 1.0 / (var / count + f64::from(eps)).sqrt();
+            for (j, (o, &v)) in out.iter_mut().zip(row).enumerate() {
+                *o = affine((f64::from(v) - mean) * inv, j) as f32;
+            }
+        }
+        return y;
+    }
+    let (mut mean, mut var) = (vec![0.0f64; inner], vec![0.0f64; inner]);
+    for (xo, yo) in x.chunks(n * inner).zip(y.chunks_mut(n * inner)).take(outer) {
+        mean.fill(0.0);
+        var.fill(0.0);
+        for row in xo.chunks(inner) {
+            mean.iter_mut().zip(row).for_each(|(m, &v)| *m += f64::from(v));
+        }
+        mean.iter_mut().for_each(|m| *m /= count);
+        for row in xo.chunks(inner) {
+            for ((s, &v), m) in var.iter_mut().zip(row).zip(&mean) {
+                let d = f64::from(v) - m;
+                *s += d * d;
+            }
+        }
+        let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v / count + f64::from(eps)).sqrt()).collect();
+        for (j, (row, out)) in xo.chunks(inner).zip(yo.chunks_mut(inner)).enumerate() {
+            for (((o, &v), m), k) in out.iter_mut().zip(row).zip(&mean).zip(&inv) {
+                *o = affine((f64::from(v) - m) * k, j) as f32;
+            }
+        }
+    }
+    y
+}
+
 fn check_len(a: &EvalArgs, v: Option<&[f32]>, n: usize, what: &str) -> Result<(), EvalError> {
     match v {
         Some(v) if v.len() != n => Err(a.invalid(format!("{what} has {} values, expected {n}", v.len()))),
@@ -135,12 +188,19 @@ fn eval_layer_norm(a: &EvalArgs) -> Eval {
     let n: usize = axes.iter().map(|&i| x.shape[i]).product();
     check_len(a, gamma, n, "gamma")?;
     check_len(a, beta, n, "beta")?;
+    let eps = a.float_or("epsilon", NORM_EPSILON)?;
+    if axes.windows(2).all(|w| w[1] == w[0] + 1) && !axes.is_empty() {
+        let outer: usize = x.shape[..axes[0]].iter().product();
+        let inner: usize = x.shape[axes[axes.len() - 1] + 1..].iter().product();
+        let y = normalize_block(a.floats("x")?, (outer, n, inner), eps, gamma, beta);
+        return Ok(vec![Array::float(x.dtype, x.shape.clone(), y)]);
+    }
     // gamma/beta are laid out over the normalized axes in order.
     let normalized: Vec<usize> = axes.iter().map(|&i| x.shape[i]).collect();
     let ns = numeric::strides(&normalized);
     let ps: Vec<isize> =
         (0..x.shape.len()).map(|i| axes.iter().position(|&ax| ax == i).map_or(0, |j| ns[j] as isize)).collect();
-    let y = normalize(a.floats("x")?, &x.shape, &axes, a.float_or("epsilon", NORM_EPSILON)?, gamma, beta, &ps);
+    let y = normalize(a.floats("x")?, &x.shape, &axes, eps, gamma, beta, &ps);
     Ok(vec![Array::float(x.dtype, x.shape.clone(), y)])
 }
 
@@ -211,4 +271,27 @@ fn eval_instance_norm(a: &EvalArgs) -> Eval {
     let ps = channel_strides(x.shape.len());
     let y = normalize(a.floats("x")?, &x.shape, &axes, a.float_or("epsilon", NORM_EPSILON)?, gamma, beta, &ps);
     Ok(vec![Array::float(x.dtype, x.shape.clone(), y)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_layer_norm_equals_the_general_one() {
+        let shape = [2, 3, 4, 5];
+        let x: Vec<f32> = (0..120).map(|i| ((i * 29 % 31) as f32 - 15.0) / 4.0).collect();
+        for axes in [vec![1usize, 2], vec![3], vec![1, 2, 3]] {
+            let n: usize = axes.iter().map(|&i| shape[i]).product();
+            let g: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 / 10.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| i as f32 / 3.0 - 1.0).collect();
+            let normalized: Vec<usize> = axes.iter().map(|&i| shape[i]).collect();
+            let ns = numeric::strides(&normalized);
+            let ps: Vec<isize> = (0..4).map(|i| axes.iter().position(|&ax| ax == i).map_or(0, |j| ns[j] as isize)).collect();
+            let general = normalize(&x, &shape, &axes, 1e-5, Some(&g), Some(&b), &ps);
+            let outer: usize = shape[..axes[0]].iter().product();
+            let inner: usize = shape[axes[axes.len() - 1] + 1..].iter().product();
+            assert_eq!(normalize_block(&x, (outer, n, inner), 1e-5, Some(&g), Some(&b)), general, "axes {axes:?}");
+        }
+    }
 }
