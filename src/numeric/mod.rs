@@ -1,7 +1,8 @@
 //! Pure math on flat row-major buffers (`&[f32]`, `&[i32]`, `&[bool]`) plus shapes, knowing
 //! nothing of MIL: broadcasting, batched GEMM, im2col convolution, pooling, reductions over any
-//! axes, permutes, fp16 rounding. The interpreter kernels in `mil::ops::*` call it; it calls only
-//! `matrixmultiply`, `half` and `libm`. Shapes are `&[usize]`, rank 0 is a one-element scalar.
+//! axes, permutes, fp16 rounding, vectorizable `exp`/`erfc` ([`approx`]), and splitting large
+//! kernels over the cores ([`par`], scoped threads). The interpreter kernels in `mil::ops::*`
+//! call it; it calls only `matrixmultiply`, `half`, `libm` and `std::thread`. Shapes are `&[usize]`, rank 0 is a one-element scalar.
 //! Functions return `None` (never panic) when shapes do not fit; callers turn that into an error.
 
 pub mod approx;
