@@ -1,8 +1,8 @@
 //! Splitting one kernel's output over the machine's cores with scoped threads: a GEMM's rows,
-//! softmax rows, an element-wise map. No pool and no queue: each call spawns at most
+//! softmax rows, im2col rows, an element-wise map, fp16 rounding. No pool and no queue: each call spawns at most
 //! [`threads`] − 1 workers and only when the work is large enough to repay the spawn (tens of
-//! microseconds), so a decoder step's many tiny ops stay on one thread. Called by
-//! `numeric::gemm`, `numeric::reduce` and the element-wise kernels in `mil::ops::elementwise`.
+//! microseconds), so a decoder step's many tiny ops stay on one thread. Called by the kernels in
+//! `numeric` (gemm, conv, reduce, broadcast, fp16) and `mil::ops::elementwise`.
 
 use std::sync::OnceLock;
 
