@@ -119,21 +119,25 @@ impl Prepared {
     /// Fixes `inputs` for the coming runs (a Whisper decoder's cross-attention caches, the same
     /// for every token of an audio window): every op that depends only on them and on constants
     /// runs now, once, and [`Prepared::run`] then takes the remaining inputs only. Replaces the
-    /// inputs fixed before.
+    /// inputs fixed before (on error they stay as they were). States cannot be fixed.
     pub fn fix_inputs(&mut self, inputs: Vec<(String, Array)>) -> Result<(), Error> {
-        self.fixed.clear();
-        self.fixed_inputs.clear();
         let ops = &self.function.block.operations;
-        self.done = ops.iter().map(|o| o.op_type == "const").collect();
+        let mut done: Vec<bool> = ops.iter().map(|o| o.op_type == "const").collect();
         let mut fixed: HashMap<String, Array> = HashMap::new();
+        let mut fixed_inputs = Vec::new();
         for (name, given) in inputs {
-            let decl = self.function.inputs.iter().find(|i| i.name == name).ok_or_else(|| self.unknown_input(&name))?;
+            let decl = self
+                .function
+                .inputs
+                .iter()
+                .find(|i| i.name == name && matches!(i.ty, ValueType::Tensor(_)))
+                .ok_or_else(|| self.unknown_input(&name))?;
             fixed.insert(name.clone(), bind_input(decl, &given, Compute::AsDeclared)?.into_owned());
-            self.fixed_inputs.push(name);
+            fixed_inputs.push(name);
         }
         for (i, op) in ops.iter().enumerate() {
             let ready = |n: &str| self.consts.contains_key(n) || fixed.contains_key(n);
-            if self.done[i] || !op.blocks.is_empty() || !op.inputs.iter().flat_map(|(_, a)| a).all(|a| match a {
+            if done[i] || !op.blocks.is_empty() || !op.inputs.iter().flat_map(|(_, a)| a).all(|a| match a {
                 Argument::Name(n) => ready(n),
                 Argument::Value(_) => true,
             }) {
@@ -144,18 +148,19 @@ impl Prepared {
             for (value, decl) in values.into_iter().zip(&op.outputs) {
                 fixed.insert(decl.name.clone(), value);
             }
-            self.done[i] = true;
+            done[i] = true;
         }
         // Keep what the other ops and the outputs read.
         let mut read: std::collections::HashSet<&str> = self.function.block.outputs.iter().map(|o| o.as_str()).collect();
-        for (op, _) in ops.iter().zip(&self.done).filter(|(_, &d)| !d) {
+        for (op, _) in ops.iter().zip(&done).filter(|(_, &d)| !d) {
             read.extend(op.inputs.iter().flat_map(|(_, a)| a).filter_map(|a| match a {
                 Argument::Name(n) => Some(n.as_str()),
                 Argument::Value(_) => None,
             }));
         }
         fixed.retain(|n, _| read.contains(n.as_str()));
-        self.fixed = fixed;
+        // Only now, so a failure leaves the previous inputs fixed.
+        (self.fixed, self.done, self.fixed_inputs) = (fixed, done, fixed_inputs);
         Ok(())
     }
 
@@ -538,8 +543,12 @@ mod tests {
         prepared.fix_inputs(vec![("c".into(), c)]).unwrap();
         assert_eq!(prepared.fixed.keys().collect::<Vec<_>>(), vec!["c2"], "only what later ops read is kept");
         assert_eq!(prepared.run(&[("x".into(), x.clone())]).unwrap(), plain);
-        let again = prepared.run(&[("x".into(), x.clone()), ("c".into(), x)]);
+        let again = prepared.run(&[("x".into(), x.clone()), ("c".into(), x.clone())]);
         assert!(matches!(again, Err(Error::UnknownInput(n, _)) if n == "c"));
+        // A failed fix keeps the inputs fixed before.
+        let refix = prepared.fix_inputs(vec![("c".into(), x.clone())]);
+        assert!(matches!(refix, Err(Error::BadInput { .. })), "{refix:?}");
+        assert_eq!(prepared.run(&[("x".into(), x)]).unwrap(), plain);
     }
 
     #[test]
