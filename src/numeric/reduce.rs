@@ -89,8 +89,10 @@ pub fn softmax(x: &mut [f32], shape: &[usize], axis: usize) {
                 *m = if v > *m { v } else { *m };
             }
         }
-        let sums = std::sync::Mutex::new(vec![0.0f32; inner]);
-        par::for_rows(block, inner, n * inner * SOFTMAX_COST, |_, rows| {
+        // Partial column sums per block of rows, added in row order so the result does not
+        // depend on which thread finishes first.
+        let parts = std::sync::Mutex::new(Vec::new());
+        par::for_rows(block, inner, n * inner * SOFTMAX_COST, |first, rows| {
             let mut part = vec![0.0f32; inner];
             for row in rows.chunks_mut(inner) {
                 for ((v, &m), s) in row.iter_mut().zip(&max).zip(&mut part) {
@@ -98,10 +100,15 @@ pub fn softmax(x: &mut [f32], shape: &[usize], axis: usize) {
                     *s += *v;
                 }
             }
-            let mut sums = sums.lock().unwrap_or_else(|e| e.into_inner());
-            sums.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
+            parts.lock().unwrap_or_else(|e| e.into_inner()).push((first, part));
         });
-        let inv: Vec<f32> = sums.into_inner().unwrap_or_else(|e| e.into_inner()).iter().map(|s| 1.0 / s).collect();
+        let mut parts = parts.into_inner().unwrap_or_else(|e| e.into_inner());
+        parts.sort_by_key(|(first, _)| *first);
+        let mut sums = vec![0.0f32; inner];
+        for (_, part) in &parts {
+            sums.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+        }
+        let inv: Vec<f32> = sums.iter().map(|s| 1.0 / s).collect();
         par::for_rows(block, inner, n * inner, |_, rows| {
             for row in rows.chunks_mut(inner) {
                 row.iter_mut().zip(&inv).for_each(|(v, i)| *v *= i);
