@@ -4,33 +4,17 @@
 //! test (`tests/zoo.rs`) converts the same models the same way and checks them with coremltools'
 //! type-checker and against PyTorch's outputs.
 
+mod zoo_dir;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use torch2coreml::mil::Operation;
 
-fn zoo() -> PathBuf {
-    let dir = std::env::var_os("T2C_ZOO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/torch2coreml/zoo"));
-    assert!(dir.join("bert.pt").is_file(), "{} is missing: run `make setup` (make test does)", dir.display());
-    dir
-}
 
 fn convert(m: &str, out: &Path, extra: &[&str]) -> torch2coreml::mil::Model {
-    let zoo = zoo();
-    let c = Command::new(env!("CARGO_BIN_EXE_torch2coreml"))
-        .arg("convert")
-        .arg(zoo.join(format!("{m}.pt")))
-        .arg("-o")
-        .arg(out)
-        .arg("--example")
-        .arg(zoo.join(format!("{m}.inputs.npz")))
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(c.status.success(), "{m}: {}", String::from_utf8_lossy(&c.stderr));
+    zoo_dir::convert(m, out, extra);
     torch2coreml::package::read(out).unwrap()
 }
 

@@ -4,6 +4,9 @@
 //! rules off, and bad input exits 2 with one line. The zoo test (ignored by default) converts the
 //! transformer models and checks ANE002/ANE003 fire on each.
 
+mod zoo_dir;
+use zoo_dir::zoo;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -251,36 +254,16 @@ fn sarif_is_valid_sarif_2_1_0() {
     assert_eq!(sarif_violations(&bad).len(), 3, "{:#?}", sarif_violations(&bad));
 }
 
-fn zoo() -> PathBuf {
-    let dir = std::env::var_os("T2C_ZOO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/torch2coreml/zoo"));
-    assert!(dir.join("bert.pt").is_file(), "{} is missing: run `make setup` (make test does)", dir.display());
-    dir
-}
 
 #[test]
 #[ignore = "needs the zoo from `make setup`; `make test` runs it"]
 fn layout_and_attention_rules_fire_as_traced_and_are_quiet_after_the_ane_passes() {
     let zoo = zoo();
     let out = tempfile::tempdir().unwrap();
-    let convert = |m: &str, pkg: &Path, extra: &[&str]| {
-        let c = Command::new(env!("CARGO_BIN_EXE_torch2coreml"))
-            .arg("convert")
-            .arg(zoo.join(format!("{m}.pt")))
-            .arg("-o")
-            .arg(pkg)
-            .arg("--example")
-            .arg(zoo.join(format!("{m}.inputs.npz")))
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(c.status.success(), "{m}: convert: {}", String::from_utf8_lossy(&c.stderr));
-    };
     for m in ["bert", "distilbert", "minilm", "roberta", "gpt2", "whisper_encoder", "vit_hf", "t5_encoder", "llama"] {
         let (traced, ane) = (out.path().join(format!("{m}_traced.mlpackage")), out.path().join(format!("{m}.mlpackage")));
-        convert(m, &traced, &["--no-ane"]);
-        convert(m, &ane, &[]);
+        zoo_dir::convert(m, &traced, &["--no-ane"]);
+        zoo_dir::convert(m, &ane, &[]);
         let from_traced = codes(&json(&lint(&[traced.to_str().unwrap(), "--format", "json"])));
         let inputs = zoo.join(format!("{m}.inputs.npz"));
         let from_pt = codes(&json(&lint(&[zoo.join(format!("{m}.pt")).to_str().unwrap(), "--example", inputs.to_str().unwrap(), "--format", "json"])));

@@ -5,7 +5,10 @@
 
 #![cfg(feature = "torch")]
 
-use std::path::{Path, PathBuf};
+mod zoo_dir;
+use zoo_dir::zoo;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use torch2coreml::interp::Array;
@@ -19,13 +22,6 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn zoo() -> PathBuf {
-    let dir = std::env::var_os("T2C_ZOO").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/torch2coreml/zoo")
-    });
-    assert!(dir.is_dir(), "{} is missing: run `make setup` (make test does)", dir.display());
-    dir
-}
 
 /// Every model name in the zoo (`NAME.pt` beside `NAME.inputs.npz` and `NAME.outputs.npz`).
 fn zoo_models(zoo: &Path) -> Vec<String> {

@@ -3,16 +3,12 @@
 //! passes coremltools 9.0's type-check, and every package run in our interpreter agrees with the
 //! outputs PyTorch saved for the same inputs (`validate --expected`).
 
-use std::path::{Path, PathBuf};
+mod zoo_dir;
+use zoo_dir::zoo;
+
+use std::path::Path;
 use std::process::Command;
 
-fn zoo() -> PathBuf {
-    let dir = std::env::var_os("T2C_ZOO").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/torch2coreml/zoo")
-    });
-    assert!(dir.is_dir(), "{} is missing: run `make setup` (make test does)", dir.display());
-    dir
-}
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_torch2coreml"))

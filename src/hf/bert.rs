@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Built, Family, Folder, HfError, Options, Output, Scope};
 use crate::mil::builder::{Builder, Var};
-use crate::mil::ops::{elementwise as ew, linear, norm, reduce, shape};
+use crate::mil::ops::{elementwise as ew, linear, reduce, shape};
 use crate::mil::{DType, Model, Opset, Program, Tensor, TensorType};
 
 /// The family entry for `hf::FAMILIES`.
@@ -532,15 +532,7 @@ impl<'e> Net<'e> {
         let gamma = self.weight(&format!("{hint}_gamma"), &n.weight);
         let beta = self.weight(&format!("{hint}_beta"), &n.bias);
         let eps = self.scalar(self.enc.config.eps as f32);
-        Ok(self
-            .b
-            .op(&norm::LAYER_NORM, hint)
-            .arg("x", x)
-            .konst("axes", Tensor::i32_vec(&[1]))
-            .arg("gamma", &gamma)
-            .arg("beta", &beta)
-            .konst("epsilon", eps)
-            .build1()?)
+        Ok(super::channel_layer_norm(&mut self.b, hint, x, &gamma, &beta, eps)?)
     }
 
     fn binary(&mut self, def: &'static crate::mil::ops::OpDef, hint: &str, x: &Var, y: &Var) -> Result<Var, HfError> {
@@ -764,21 +756,9 @@ mod tests {
     use super::*;
     use crate::hf::weights::SINGLE_FILE;
     use crate::interp::{self, Array};
+    use crate::passes::testing::values;
     use safetensors::tensor::TensorView;
     use safetensors::Dtype;
-
-    /// Deterministic values in [-0.5, 0.5) (xorshift).
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
 
     /// A tiny DistilBERT folder (C 8, 2 heads, 1 layer) with a task head, written by hand.
     fn tiny_distilbert(dir: &Path, extra: &[(&str, &[usize])]) {
@@ -809,7 +789,7 @@ mod tests {
         let bytes: Vec<Vec<u8>> = shapes
             .iter()
             .enumerate()
-            .map(|(k, (_, s))| rand(s.iter().product(), k as u64 + 1).iter().flat_map(|v| v.to_le_bytes()).collect())
+            .map(|(k, (_, s))| values(s.iter().product(), k as u32 + 1).iter().flat_map(|v| (v / 2.0).to_le_bytes()).collect())
             .collect();
         let views = shapes.iter().zip(&bytes).map(|((n, s), b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()));
         safetensors::serialize_to_file(views, None, &dir.join(SINGLE_FILE)).unwrap();

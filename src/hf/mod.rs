@@ -11,7 +11,9 @@ pub mod whisper;
 
 use std::path::{Path, PathBuf};
 
-use crate::mil::{DType, Model, Opset};
+use crate::mil::builder::{Builder, Var};
+use crate::mil::ops::{norm, TypeError};
+use crate::mil::{DType, Model, Opset, Tensor};
 pub use weights::{Scope, Weights};
 
 /// Why a folder could not be built. Every variant names the file or tensor at fault.
@@ -163,4 +165,16 @@ pub fn open(dir: &Path) -> Result<Folder, HfError> {
     let (config, _) = read_config(dir)?;
     let weights = Weights::open(dir)?;
     Ok(Folder { dir: dir.to_path_buf(), config, weights })
+}
+
+/// LayerNorm over the channel axis of a (B, C, 1, S) activation, `gamma`/`beta` already consts
+/// and `epsilon` in the compute dtype: the one layer norm both families build (`bert`, `whisper`).
+fn channel_layer_norm(b: &mut Builder, hint: &str, x: &Var, gamma: &Var, beta: &Var, epsilon: Tensor) -> Result<Var, TypeError> {
+    b.op(&norm::LAYER_NORM, hint)
+        .arg("x", x)
+        .konst("axes", Tensor::i32_vec(&[1]))
+        .arg("gamma", gamma)
+        .arg("beta", beta)
+        .konst("epsilon", epsilon)
+        .build1()
 }

@@ -26,7 +26,7 @@ use std::path::Path;
 
 use super::{Built, Folder, HfError, Options, Output, Scope};
 use crate::mil::builder::{Builder, Var};
-use crate::mil::ops::{elementwise as ew, linear, norm, reduce, shape, state};
+use crate::mil::ops::{elementwise as ew, linear, reduce, shape, state};
 use crate::mil::{DType, Function, Model, Opset, Program, Tensor, TensorType};
 
 /// `config.json` `model_type` values this family builds.
@@ -354,15 +354,7 @@ impl Net {
         let gamma = self.param(&format!("{hint}_gamma"), m, "weight", &[c], &[c])?;
         let beta = self.param(&format!("{hint}_beta"), m, "bias", &[c], &[c])?;
         let eps = self.scalar(LAYER_NORM_EPS);
-        Ok(self
-            .b
-            .op(&norm::LAYER_NORM, hint)
-            .arg("x", x)
-            .konst("axes", Tensor::i32_vec(&[1]))
-            .arg("gamma", &gamma)
-            .arg("beta", &beta)
-            .konst("epsilon", eps)
-            .build1()?)
+        Ok(super::channel_layer_norm(&mut self.b, hint, x, &gamma, &beta, eps)?)
     }
 
     fn gelu(&mut self, hint: &str, x: &Var) -> R<Var> {
