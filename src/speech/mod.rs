@@ -32,11 +32,12 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
     /// A package that `package::read` refuses (its error already names the file inside it).
-    #[error("{source}")]
-    Package { path: PathBuf, source: Box<crate::package::Error> },
+    /// The cause is part of the message, not a `source`, so error chains print it once.
+    #[error("{error}")]
+    Package { path: PathBuf, error: Box<crate::package::Error> },
     /// A package that loads but fails in the interpreter.
-    #[error("{}: {source}", path.display())]
-    Run { path: PathBuf, source: Box<crate::interp::Error> },
+    #[error("{}: {error}", path.display())]
+    Run { path: PathBuf, error: Box<crate::interp::Error> },
 }
 
 impl Error {

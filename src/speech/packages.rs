@@ -71,7 +71,7 @@ fn run<const N: usize>(
     states: &mut [(String, Array)],
     names: [&str; N],
 ) -> Result<[Array; N], Error> {
-    let outputs = package.1.run_stateful(inputs, states).map_err(|source| Error::Run { path: package.0.clone(), source: Box::new(source) })?;
+    let outputs = package.1.run_stateful(inputs, states).map_err(|source| Error::Run { path: package.0.clone(), error: Box::new(source) })?;
     if outputs.len() != N {
         return Err(Error::file(&package.0, format!("the package has {} outputs, expected {N}: {}", outputs.len(), names.join(", "))));
     }
@@ -93,9 +93,9 @@ impl Packages {
     pub fn open(dir: &Path) -> Result<Packages, Error> {
         let load = |name: &str| -> Result<(PathBuf, Prepared), Error> {
             let path = dir.join(name);
-            let mut model = package::read(&path).map_err(|source| Error::Package { path: path.clone(), source: Box::new(source) })?;
+            let mut model = package::read(&path).map_err(|source| Error::Package { path: path.clone(), error: Box::new(source) })?;
             let main = model.program.functions.remove(MAIN_FUNCTION).ok_or_else(|| Error::file(&path, "the package has no main function"))?;
-            let prepared = Prepared::new(main).map_err(|source| Error::Run { path: path.clone(), source: Box::new(source) })?;
+            let prepared = Prepared::new(main).map_err(|source| Error::Run { path: path.clone(), error: Box::new(source) })?;
             Ok((path, prepared))
         };
         let decoder = load(DECODER_PACKAGE)?;
@@ -138,7 +138,7 @@ impl Backend for Packages {
         let names = ["encoder_output_embeds", "cross_key_cache", "cross_value_cache"];
         let [embeds, cross_key, cross_value] = run(&self.encoder, &[("melspectrogram_features".to_string(), input)], &mut [], names)?;
         let fixed = vec![("cross_key_cache".to_string(), cross_key), ("cross_value_cache".to_string(), cross_value)];
-        self.decoder.1.fix_inputs(fixed).map_err(|source| Error::Run { path: self.decoder.0.clone(), source: Box::new(source) })?;
+        self.decoder.1.fix_inputs(fixed).map_err(|source| Error::Run { path: self.decoder.0.clone(), error: Box::new(source) })?;
         self.encoded = true;
         Ok(embeds.to_f32_vec().unwrap_or_default())
     }
