@@ -6,6 +6,7 @@
 //! [`interp::run`] executes a function (kernels in `mil::ops`, math in [`numeric`]).
 //! The `cli` module (binary only) is the only place that prints.
 
+pub mod files;
 pub mod numeric;
 pub mod mil;
 pub mod package;
