@@ -7,6 +7,7 @@
 //! The `cli` module (binary only) is the only place that prints.
 
 pub mod files;
+pub mod staging;
 pub mod numeric;
 pub mod mil;
 pub mod package;
@@ -15,6 +16,7 @@ pub mod hf;
 pub mod torchscript;
 pub mod interp;
 pub mod lint;
+pub mod pipeline;
 pub mod validate;
 pub mod speech;
 #[cfg(feature = "torch")]

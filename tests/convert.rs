@@ -74,11 +74,12 @@ fn json_summary_reports_the_conversion() {
     let out = convert(&root().join("fixtures/torchscript/mlp.pt"), &pkg, &["--input", "x:2x8", "--format", "json"]);
     assert!(out.status.success());
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((j["ops"].as_u64(), j["spec_version"].as_u64(), j["precision"].as_str()), (Some(3), Some(7), Some("fp16")));
-    let names: Vec<&str> = j["passes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let p = &j["packages"][0];
+    assert_eq!((p["ops"].as_u64(), j["spec_version"].as_u64(), j["precision"].as_str()), (Some(3), Some(7), Some("fp16")));
+    let names: Vec<&str> = p["passes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["simplify", "split-heads", "ane-layout", "dead-code"]);
     // A rank-2 MLP has no (B, S, C) activations: its linears stay.
-    assert_eq!(j["passes"][2]["changes"]["linears_rewritten"], 0);
+    assert_eq!(p["passes"][2]["changes"]["linears_rewritten"], 0);
 }
 
 #[test]

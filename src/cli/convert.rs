@@ -1,8 +1,9 @@
-//! `torch2coreml convert MODEL.pt -o OUT.mlpackage`: reads a traced TorchScript archive (pure
-//! Rust: no Python, no libtorch), lowers it to MIL with the given input shapes, and writes the
-//! package (temp dir + rename: a failure leaves nothing). Used in build scripts.
+//! `torch2coreml convert MODEL -o OUT`: a traced TorchScript archive (with input shapes) or a
+//! Hugging Face folder in, Core ML package(s) out, through `pipeline::load` and
+//! `pipeline::write` (pure Rust: no Python, no libtorch; temp dir + rename, never over data the
+//! tool did not write). Used in build scripts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -11,11 +12,9 @@ use serde_json::json;
 use super::output::{self, Format};
 use super::progress::Progress;
 use super::ExitStatus;
-use torch2coreml::mil::{DType, Model, Opset, Program, TensorType};
-use torch2coreml::hf;
-use torch2coreml::package;
-use torch2coreml::passes;
-use torch2coreml::torchscript::{self, graph};
+use torch2coreml::mil::{DType, Model, Opset, TensorType};
+use torch2coreml::pipeline;
+use torch2coreml::staging::Replace;
 use torch2coreml::validate::npz;
 
 /// Arguments of `convert`.
@@ -25,9 +24,14 @@ pub struct Args {
     /// (config.json + model.safetensors) of a known family.
     pub model: PathBuf,
     /// Where to write: a .mlpackage for a .pt file or a one-package folder; a directory for
-    /// folders that make several packages (Whisper). Replaced whole if it exists.
+    /// folders that make several packages (Whisper). An existing output is replaced only if
+    /// torch2coreml wrote it; the input itself or a folder containing it is never replaced.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Replace an existing output even if torch2coreml did not write it (a file, a folder, a
+    /// package from another tool). Never the input or a folder containing it.
+    #[arg(long)]
+    pub force: bool,
     /// A model input as NAME:DIMS:DTYPE, e.g. `x:1x3x224x224:fp32` or `input_ids:1x128:int64`;
     /// one per forward() argument, matched by name, else by position. DTYPE defaults to fp32.
     #[arg(long = "input", value_name = "NAME:DIMS:DTYPE")]
@@ -60,7 +64,7 @@ pub enum Precision {
 }
 
 /// Parses one `--input` value.
-pub(super) fn parse_input(s: &str) -> anyhow::Result<graph::InputSpec> {
+pub(super) fn parse_input(s: &str) -> anyhow::Result<pipeline::InputSpec> {
     let parts: Vec<&str> = s.split(':').collect();
     let (name, dims, dtype) = match parts.as_slice() {
         [name, dims] => (*name, *dims, "fp32"),
@@ -83,94 +87,26 @@ pub(super) fn parse_input(s: &str) -> anyhow::Result<graph::InputSpec> {
         other => bail!("--input `{s}`: unknown dtype `{other}` (fp32, fp16, int64, int32, bool)"),
     };
     let name = (!name.is_empty()).then(|| name.to_string());
-    Ok(graph::InputSpec { name, ty: TensorType::new(dtype, &shape) })
+    Ok(pipeline::InputSpec { name, ty: TensorType::new(dtype, &shape) })
 }
 
 /// Largest input accepted (2^31 elements): beyond it int32 shape arithmetic in MIL overflows.
 const MAX_INPUT_ELEMENTS: usize = i32::MAX as usize;
-
-/// `convert HF_DIR`: builds the folder's packages, runs the cleanup passes, and writes them.
-/// One package and an `-o` ending in .mlpackage: written there. Otherwise `-o` is a directory
-/// holding `NAME.mlpackage` per package plus the tokenizer and config files, assembled in a
-/// temporary directory beside it and renamed into place (a failure leaves nothing).
-fn run_folder(args: &Args, start: Instant, opset: Opset, precision: DType) -> anyhow::Result<ExitStatus> {
-    let progress = Progress::new();
-    progress.stage("building from safetensors");
-    let options = hf::Options { opset, precision, seq_len: args.seq_len };
-    let mut out = hf::build(&args.model, &options)?;
-    let mut models = Vec::new();
-    let mut pass_reports = Vec::new();
-    for built in &mut out.packages {
-        progress.stage(&format!("optimizing {}", built.name));
-        let mut main = built.model.program.functions.remove("main").context("family built no main function")?;
-        let changes = passes::run(&mut main, !args.no_ane)?;
-        built.model.program.functions.insert("main".into(), main);
-        built.model.metadata.user_defined.insert("torch2coreml.version".into(), env!("CARGO_PKG_VERSION").into());
-        pass_reports.push(json!({"package": built.name, "passes": changes.iter().map(|(name, c)| json!({"name": name, "changes": c})).collect::<Vec<_>>()}));
-    }
-    let single = out.packages.len() == 1 && args.output.extension().is_some_and(|e| e == package::PACKAGE_EXTENSION);
-    if single {
-        progress.stage(&format!("writing {}", out.packages[0].name));
-        let summary = package::write(&out.packages[0].model, &args.output)?;
-        models.push((out.packages[0].name.clone(), args.output.clone(), &out.packages[0].model, summary.weight_bytes));
-    } else {
-        let parent = match args.output.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-        let tmp = tempfile::Builder::new().prefix(".t2c-out.").tempdir_in(&parent).with_context(|| format!("{}: cannot write", parent.display()))?;
-        for built in &out.packages {
-            progress.stage(&format!("writing {}", built.name));
-            let path = tmp.path().join(format!("{}.{}", built.name, package::PACKAGE_EXTENSION));
-            let summary = package::write(&built.model, &path)?;
-            models.push((built.name.clone(), args.output.join(path.file_name().unwrap()), &built.model, summary.weight_bytes));
-        }
-        for f in &out.side_files {
-            let name = f.file_name().context("side file without a name")?;
-            std::fs::copy(f, tmp.path().join(name)).with_context(|| format!("{}: cannot copy", f.display()))?;
-        }
-        if args.output.exists() {
-            let old = tempfile::Builder::new().prefix(".t2c-old.").tempdir_in(&parent)?;
-            std::fs::rename(&args.output, old.path().join("out")).with_context(|| format!("{}: cannot replace", args.output.display()))?;
-        }
-        std::fs::rename(tmp.keep(), &args.output).with_context(|| format!("{}: cannot write", args.output.display()))?;
-    }
-    progress.finish();
-    let seconds = start.elapsed().as_secs_f64();
-    let text = match args.format {
-        Format::Json => output::json(&json!({
-            "output": args.output,
-            "spec_version": opset.spec_version(),
-            "opset": opset.opset_name(),
-            "precision": precision.name(),
-            "packages": models.iter().zip(&pass_reports).map(|((name, path, model, weight_bytes), passes)| json!({
-                "name": name,
-                "path": path,
-                "ops": compute_ops(model),
-                "weight_bytes": weight_bytes,
-                "passes": passes["passes"],
-            })).collect::<Vec<_>>(),
-            "seconds": seconds,
-        })),
-        Format::Text => {
-            let mut s = String::new();
-            for (name, path, model, weight_bytes) in &models {
-                s += &format!("  {name}: {} ({} ops, {} of weights)\n", path.display(), compute_ops(model), output::human_bytes(*weight_bytes));
-            }
-            format!("wrote {} package(s) to {} ({}, {precision}) in {seconds:.2} s\n{s}", models.len(), args.output.display(), opset.target_name())
-        }
-    };
-    output::print(&text)?;
-    Ok(ExitStatus::Success)
-}
 
 /// Non-const ops of `model`'s main function.
 fn compute_ops(model: &Model) -> usize {
     model.program.main().map_or(0, |f| f.block.walk_ops().iter().filter(|o| o.op_type != "const").count())
 }
 
-/// Runs `convert`.
+/// The input specs of `--input` / `--example` (empty when neither is given).
+pub(super) fn input_specs(inputs: &[String], example: Option<&Path>) -> anyhow::Result<Vec<pipeline::InputSpec>> {
+    match example {
+        Some(npz) => Ok(npz::read(npz)?.into_iter().map(|(name, t)| pipeline::InputSpec { name: Some(name), ty: t.tensor_type() }).collect()),
+        None => inputs.iter().map(|s| parse_input(s)).collect(),
+    }
+}
+
+/// Runs `convert`: `pipeline::load` then `pipeline::write`, and prints the summary.
 pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let start = Instant::now();
     let opset = Opset::from_target(&args.target)
@@ -179,59 +115,41 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         Precision::Fp16 => DType::F16,
         Precision::Fp32 => DType::F32,
     };
-    if hf::is_folder(&args.model) {
-        return run_folder(args, start, opset, precision);
-    }
-    if args.model.is_dir() {
-        bail!("{}: is a directory without config.json; expected a traced TorchScript file or a Hugging Face folder", args.model.display());
-    }
-    if args.inputs.is_empty() && args.example.is_none() {
-        bail!("{}: a TorchScript file needs its input shapes: --input NAME:DIMS:DTYPE (one per forward() argument) or --example INPUTS.npz", args.model.display());
-    }
-    let inputs = match &args.example {
-        Some(npz) => npz::read(npz)?
-            .into_iter()
-            .map(|(name, t)| graph::InputSpec { name: Some(name), ty: t.tensor_type() })
-            .collect(),
-        None => args.inputs.iter().map(|s| parse_input(s)).collect::<anyhow::Result<Vec<_>>>()?,
-    };
+    let options = pipeline::Options { opset, precision, ane: !args.no_ane, inputs: input_specs(&args.inputs, args.example.as_deref())?, seq_len: args.seq_len };
     let progress = Progress::new();
-    progress.stage("reading TorchScript");
-    let archive = torchscript::read(&args.model)?;
-    progress.stage("lowering to MIL");
-    let mut main = graph::to_mil(&archive, &inputs, &graph::Options { opset, precision })?;
-    progress.stage("optimizing");
-    let passes = passes::run(&mut main, !args.no_ane)?;
-    let mut model = Model::new(Program::with_main(main));
-    model.metadata.user_defined.insert("torch2coreml.version".into(), env!("CARGO_PKG_VERSION").into());
-    model.metadata.user_defined.insert("torch2coreml.source".into(), args.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-    progress.stage("writing package");
-    let summary = package::write(&model, &args.output)?;
+    progress.stage("loading and optimizing");
+    let loading = pipeline::load(&args.model, &options)?;
+    if matches!(loading.kind, pipeline::Kind::Package) {
+        bail!("{}: is already a Core ML package; convert takes a TorchScript file or a Hugging Face folder", args.model.display());
+    }
+    progress.stage("writing");
+    let replace = if args.force { Replace::Anything } else { Replace::OursOnly };
+    let written = pipeline::write(&loading, &args.model, &args.output, replace)?;
     progress.finish();
-
-    let main = model.program.main().context("no main function")?;
-    let ops = main.block.walk_ops();
-    let compute_ops = ops.iter().filter(|o| o.op_type != "const").count();
     let seconds = start.elapsed().as_secs_f64();
+    let packages: Vec<_> = loading.packages.iter().zip(&written).collect();
     let text = match args.format {
         Format::Json => output::json(&json!({
             "output": args.output,
             "spec_version": opset.spec_version(),
             "opset": opset.opset_name(),
             "precision": precision.name(),
-            "ops": compute_ops,
-            "consts": ops.len() - compute_ops,
-            "weight_bytes": summary.weight_bytes,
+            "packages": packages.iter().map(|(p, w)| json!({
+                "name": p.name,
+                "path": w.path,
+                "ops": compute_ops(&p.model),
+                "weight_bytes": w.weight_bytes,
+                "passes": p.passes.iter().map(|(name, c)| json!({"name": name, "changes": c})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
             "seconds": seconds,
-            "passes": passes.iter().map(|(name, c)| json!({"name": name, "changes": c})).collect::<Vec<_>>(),
         })),
-        Format::Text => format!(
-            "wrote {} ({} ops, {} of weights, {}, {precision}) in {seconds:.2} s\n",
-            args.output.display(),
-            compute_ops,
-            output::human_bytes(summary.weight_bytes),
-            opset.target_name(),
-        ),
+        Format::Text => {
+            let mut s = format!("wrote {} package(s) to {} ({}, {precision}) in {seconds:.2} s\n", written.len(), args.output.display(), opset.target_name());
+            for (p, w) in &packages {
+                s += &format!("  {}: {} ({} ops, {} of weights)\n", p.name, w.path.display(), compute_ops(&p.model), output::human_bytes(w.weight_bytes));
+            }
+            s
+        }
     };
     output::print(&text)?;
     Ok(ExitStatus::Success)

@@ -11,7 +11,8 @@ use serde_json::json;
 use super::output::{self, Format};
 use super::ExitStatus;
 use torch2coreml::mil::{Dim, Model, TensorType, ValueType};
-use torch2coreml::package::{self, blob};
+use torch2coreml::package::blob;
+use torch2coreml::pipeline;
 
 /// Arguments of `inspect`.
 #[derive(clap::Args, Debug)]
@@ -133,7 +134,7 @@ fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
 
 /// Runs `inspect`. Errors (missing, truncated, not a package) come back with the path in them.
 pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
-    let model = package::read(&args.package)?;
+    let model = pipeline::read_package(&args.package)?;
     let r = report(&model)?;
     let text = match args.format {
         Format::Json => {

@@ -1,5 +1,6 @@
-//! `torch2coreml lint-ane MODEL.pt|PACKAGE`: reads a traced TorchScript file (lowered to MIL as
-//! `convert` would, fp16, iOS16) or any `.mlpackage` (ours or third-party), runs the ANE lint
+//! `torch2coreml lint-ane MODEL.pt|HF_DIR|PACKAGE`: loads the model through `pipeline::load` (a
+//! traced TorchScript file lowered as `convert --no-ane` would, fp16, iOS16; a Hugging Face
+//! folder built by its family; any `.mlpackage`, ours or third-party), runs the ANE lint
 //! rules (`torch2coreml::lint::RULES`), prints the findings as text, JSON or SARIF 2.1.0, and
 //! exits 1 when a finding is at or above `--deny` (default: error), 0 otherwise, 2 on bad input.
 //! `--explain CODE` prints one rule's explanation instead.
@@ -8,20 +9,16 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use super::convert::parse_input;
 use super::output;
 use super::ExitStatus;
 use torch2coreml::lint::{self, render, Rule, Severity};
-use torch2coreml::mil::{DType, Opset, Program};
-use torch2coreml::package;
-use torch2coreml::passes;
-use torch2coreml::torchscript::{self, graph};
-use torch2coreml::validate::npz;
+use torch2coreml::mil::{DType, Opset};
+use torch2coreml::pipeline;
 
 /// Arguments of `lint-ane`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A traced TorchScript file (.pt) or a Core ML package (.mlpackage).
+    /// A traced TorchScript file (.pt), a Hugging Face folder, or a Core ML package (.mlpackage).
     #[arg(required_unless_present = "explain")]
     pub model: Option<PathBuf>,
     /// For a .pt: a model input as NAME:DIMS:DTYPE, as in `convert`.
@@ -90,8 +87,23 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         .map(|c| lint::find_rule(c).with_context(|| format!("--allow `{c}`: no such rule")))
         .collect::<anyhow::Result<Vec<&Rule>>>()?;
     let Some(path) = &args.model else { bail!("no model given") };
-    let program = read(path, args)?;
-    let findings = lint::check(&program, &path.display().to_string(), &allowed);
+    // Cleanup passes only: the findings describe the model as traced, which is what
+    // `convert --no-ane` would write and what the ANE passes fix. Built families (Hugging Face
+    // folders) are built in the ANE layout already.
+    let options = pipeline::Options {
+        opset: Opset::Ios16,
+        precision: DType::F16,
+        ane: false,
+        inputs: super::convert::input_specs(&args.inputs, args.example.as_deref())?,
+        seq_len: None,
+    };
+    let loading = pipeline::load(path, &options)?;
+    let several = loading.packages.len() > 1;
+    let mut findings = Vec::new();
+    for p in &loading.packages {
+        let label = if several { format!("{}/{}", path.display(), p.name) } else { path.display().to_string() };
+        findings.extend(lint::check(&p.model.program, &label, &allowed));
+    }
     let text = match args.format {
         LintFormat::Text => render::text::render(&findings),
         LintFormat::Json => output::json(&render::json::render(&findings)),
@@ -100,30 +112,4 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     output::print(&text)?;
     let deny = args.deny.severity();
     Ok(if findings.iter().any(|f| f.severity >= deny) { ExitStatus::Failure } else { ExitStatus::Success })
-}
-
-/// Reads `path` as a package (a directory) or a TorchScript file lowered like `convert` does.
-fn read(path: &std::path::Path, args: &Args) -> anyhow::Result<Program> {
-    if !path.exists() {
-        bail!("{}: no such file or directory", path.display());
-    }
-    if path.is_dir() {
-        if !args.inputs.is_empty() || args.example.is_some() {
-            bail!("{}: --input and --example apply to .pt files only; a package has its own input shapes", path.display());
-        }
-        return Ok(package::read(path)?.program);
-    }
-    let inputs = match &args.example {
-        Some(npz) => npz::read(npz)?.into_iter().map(|(name, t)| graph::InputSpec { name: Some(name), ty: t.tensor_type() }).collect(),
-        None => args.inputs.iter().map(|s| parse_input(s)).collect::<anyhow::Result<Vec<_>>>()?,
-    };
-    if inputs.is_empty() {
-        bail!("{}: a TorchScript model needs its input shapes: --input NAME:DIMS:DTYPE or --example INPUTS.npz", path.display());
-    }
-    let archive = torchscript::read(path)?;
-    let mut main = graph::to_mil(&archive, &inputs, &graph::Options { opset: Opset::Ios16, precision: DType::F16 })?;
-    // Cleanup only: the findings describe the model as traced, which is what `convert --no-ane`
-    // would write and what the ANE passes fix.
-    passes::run(&mut main, false)?;
-    Ok(Program::with_main(main))
 }

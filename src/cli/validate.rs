@@ -12,7 +12,7 @@ use serde_json::json;
 use super::output::{self, Format};
 use super::ExitStatus;
 use torch2coreml::interp;
-use torch2coreml::package;
+use torch2coreml::pipeline;
 use torch2coreml::validate::{self, npz};
 
 /// Arguments of `validate`.
@@ -116,7 +116,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     if !args.per_op && args.reference.is_none() && args.expected.is_none() && args.against.is_none() {
         bail!("give a reference: --expected OUTPUTS.npz (with --inputs), --against OTHER.mlpackage, or --reference MODEL.pt");
     }
-    let model = package::read(&args.package)?;
+    let model = pipeline::read_package(&args.package)?;
     let main = model.program.main().context("the package has no main function")?;
     let inputs = match &args.inputs {
         Some(p) => validate::inputs_from(main, npz::read(p)?).with_context(|| format!("{}", p.display()))?,
@@ -129,7 +129,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let reference = match (&args.reference, &args.expected, &args.against) {
         // The same arrays the package got; `reference::run` gives them torch's dtypes (fp32, int64).
         #[cfg(feature = "torch")]
-        (Some(dir), _, _) if torch2coreml::hf::is_folder(dir) => torch2coreml::reference::bert::run(dir, &inputs)?,
+        (Some(dir), _, _) if dir.is_dir() => torch2coreml::reference::run_folder(dir, &inputs)?,
         #[cfg(feature = "torch")]
         (Some(pt), _, _) => torch2coreml::reference::run(pt, &inputs)?,
         (_, Some(p), _) => npz::read(p)?
@@ -137,7 +137,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
             .map(|(n, t)| interp::Array::from_tensor(&t).map(|a| (n.clone(), a)).map_err(|e| anyhow::anyhow!("{}: array `{n}`: {e}", p.display())))
             .collect::<anyhow::Result<Vec<_>>>()?,
         (_, None, Some(other)) => {
-            let m = package::read(other)?;
+            let m = pipeline::read_package(other)?;
             let f = m.program.main().context("the other package has no main function")?;
             interp::run(f, &inputs).with_context(|| format!("running {}", other.display()))?
         }

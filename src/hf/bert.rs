@@ -24,7 +24,7 @@ use crate::mil::ops::{elementwise as ew, linear, reduce, shape};
 use crate::mil::{DType, Model, Opset, Program, Tensor, TensorType};
 
 /// The family entry for `hf::FAMILIES`.
-pub const FAMILY: Family = Family { model_types: &["bert", "distilbert", "roberta"], build };
+pub const FAMILY: Family = Family { name: "bert", model_types: &["bert", "distilbert", "roberta"], build };
 
 /// Sequence length S of the inputs when `--seq-len` is not given (common BERT serving length).
 pub const DEFAULT_SEQ_LEN: usize = 128;

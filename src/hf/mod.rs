@@ -113,6 +113,8 @@ pub struct Output {
 
 /// A known family: the `model_type` values it accepts and its builder.
 pub struct Family {
+    /// The family's name, which also names its reference runner (`reference::FOLDER_RUNNERS`).
+    pub name: &'static str,
     pub model_types: &'static [&'static str],
     pub build: fn(&Folder, &Options) -> Result<Output, HfError>,
 }
@@ -120,7 +122,7 @@ pub struct Family {
 /// Every family, one line each.
 pub const FAMILIES: &[Family] = &[
     bert::FAMILY,
-    Family { model_types: whisper::MODEL_TYPES, build: whisper::build },
+    Family { name: "whisper", model_types: whisper::MODEL_TYPES, build: whisper::build },
 ];
 
 /// Every `model_type` some family accepts, for the unknown-type message.
@@ -147,13 +149,16 @@ fn read_config(dir: &Path) -> Result<(serde_json::Value, String), HfError> {
     Ok((config, model_type))
 }
 
+/// The family of the folder `dir`, by its config's `model_type`.
+pub fn family_for(dir: &Path) -> Result<&'static Family, HfError> {
+    let (_, model_type) = read_config(dir)?;
+    FAMILIES.iter().find(|f| f.model_types.contains(&model_type.as_str())).ok_or_else(|| HfError::UnknownModelType { path: dir.join(CONFIG_FILE), found: model_type })
+}
+
 /// Reads `dir/config.json`, picks the family by `model_type`, opens the weights and builds.
 pub fn build(dir: &Path, options: &Options) -> Result<Output, HfError> {
-    let (config, model_type) = read_config(dir)?;
-    let family = FAMILIES
-        .iter()
-        .find(|f| f.model_types.contains(&model_type.as_str()))
-        .ok_or_else(|| HfError::UnknownModelType { path: dir.join(CONFIG_FILE), found: model_type })?;
+    let family = family_for(dir)?;
+    let (config, _) = read_config(dir)?;
     let weights = Weights::open(dir)?;
     let folder = Folder { dir: dir.to_path_buf(), config, weights };
     (family.build)(&folder, options)

@@ -12,7 +12,7 @@ mod write;
 use std::path::PathBuf;
 
 pub use read::read;
-pub use write::{write, WriteSummary};
+pub use write::{is_ours, write, write_replacing, WriteSummary};
 
 /// Directory inside `Data/` that holds the model and its weights (the Manifest item author).
 pub const COREML_DIR: &str = "com.apple.CoreML";
@@ -48,6 +48,8 @@ pub enum Error {
     Invalid { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Output(#[from] crate::staging::Error),
 }
 
 impl Error {

@@ -1,7 +1,7 @@
-//! Writes a [`Model`] as an `.mlpackage` directory. Everything goes into a temporary directory
-//! beside the destination, which is renamed into place only when complete: a failure leaves
-//! nothing behind, and an existing package at the destination is replaced whole.
-//! Called by `convert` (and by tests through the Builder).
+//! Writes a [`Model`] as an `.mlpackage` directory, through [`crate::staging`]: everything goes
+//! into a temporary directory beside the destination, renamed into place only when complete (a
+//! failure leaves nothing behind). An existing destination is replaced only if it is a package we
+//! wrote ([`is_ours`]) or the caller forces it. Called by `pipeline::write` (and by tests).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,33 @@ use super::proto::{model_to_proto, Emitter};
 use super::{Error, COREML_DIR, MODEL_FILE, PACKAGE_EXTENSION, WEIGHTS_DIR};
 use crate::mil::builder::check_function;
 use crate::mil::Model;
+use crate::staging::{Replace, Staged};
+
+/// The top-level entries of a package we write; a directory with anything else is not ours.
+const OUR_ENTRIES: &[&str] = &[MANIFEST_FILE, "Data"];
+/// The package manifest's file name.
+const MANIFEST_FILE: &str = "Manifest.json";
+/// Largest Manifest.json read to decide ownership (ours is under 1 KB).
+const MAX_MANIFEST_BYTES: u64 = 1 << 16;
+
+/// Whether `path` is a package torch2coreml wrote, which `write` may replace: a directory holding
+/// only `Manifest.json` and `Data/`, whose manifest is exactly ours (our fixed item identifiers;
+/// coremltools draws random ones). Called by `write` and `pipeline::write`.
+pub fn is_ours(path: &Path) -> bool {
+    let Ok(meta) = fs::symlink_metadata(path) else { return false };
+    if !meta.is_dir() {
+        return false;
+    }
+    let Ok(entries) = fs::read_dir(path) else { return false };
+    for e in entries {
+        let Ok(e) = e else { return false };
+        if !OUR_ENTRIES.iter().any(|n| e.file_name() == *n) {
+            return false;
+        }
+    }
+    let Ok(text) = crate::files::read_text_capped(&path.join(MANIFEST_FILE), MAX_MANIFEST_BYTES) else { return false };
+    serde_json::from_str::<Manifest>(&text).is_ok_and(|m| m == Manifest::ours())
+}
 
 /// What `write` produced, for the CLI's summary.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,8 +51,14 @@ pub struct WriteSummary {
     pub weight_bytes: u64,
 }
 
-/// Type-checks `model` and writes it to `path` (which must end in `.mlpackage`).
+/// Type-checks `model` and writes it to `path` (which must end in `.mlpackage`), replacing an
+/// existing package only if we wrote it ([`is_ours`]).
 pub fn write(model: &Model, path: &Path) -> Result<WriteSummary, Error> {
+    write_replacing(model, path, Replace::OursOnly)
+}
+
+/// [`write`], with the caller's rule for an existing destination (`--force`: anything).
+pub fn write_replacing(model: &Model, path: &Path, replace: Replace) -> Result<WriteSummary, Error> {
     let invalid = |reason: String| Error::Invalid { path: path.to_path_buf(), reason };
     if path.extension().and_then(|e| e.to_str()) != Some(PACKAGE_EXTENSION) {
         return Err(invalid(format!("a Core ML package path must end in .{PACKAGE_EXTENSION}")));
@@ -33,14 +66,17 @@ pub fn write(model: &Model, path: &Path) -> Result<WriteSummary, Error> {
     for f in model.program.functions.values() {
         check_function(f).map_err(|source| Error::Check { path: path.to_path_buf(), source })?;
     }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model.mlpackage");
-    let tmp = tempfile::Builder::new().prefix(&format!(".{file_name}.")).tempdir_in(&parent).map_err(Error::io(&parent))?;
+    let staged = Staged::begin(path, replace, is_ours)?;
+    let summary = write_into(model, staged.path(), path)?;
+    staged.commit()?;
+    Ok(summary)
+}
 
-    let data = tmp.path().join("Data").join(COREML_DIR);
+/// Writes the package files into the empty directory `dir`; `path` is its final name, for
+/// messages and the summary.
+fn write_into(model: &Model, dir: &Path, path: &Path) -> Result<WriteSummary, Error> {
+    let invalid = |reason: String| Error::Invalid { path: path.to_path_buf(), reason };
+    let data = dir.join("Data").join(COREML_DIR);
     let weights = data.join(WEIGHTS_DIR);
     fs::create_dir_all(&weights).map_err(Error::io(&weights))?;
     let main = model.program.main().ok_or_else(|| invalid("the program has no `main` function".into()))?;
@@ -49,15 +85,6 @@ pub fn write(model: &Model, path: &Path) -> Result<WriteSummary, Error> {
     let weight_bytes = emit.finish()?;
     let bytes = proto.encode_to_vec();
     fs::write(data.join(MODEL_FILE), &bytes).map_err(Error::io(data.join(MODEL_FILE)))?;
-    fs::write(tmp.path().join("Manifest.json"), Manifest::ours().to_json()).map_err(Error::io(tmp.path()))?;
-
-    if path.exists() {
-        let old = tempfile::Builder::new().prefix(&format!(".{file_name}.old.")).tempdir_in(&parent).map_err(Error::io(&parent))?;
-        let old_pkg = old.path().join("pkg");
-        fs::rename(path, &old_pkg).map_err(Error::io(path))?;
-        fs::rename(tmp.keep(), path).map_err(Error::io(path))?;
-    } else {
-        fs::rename(tmp.keep(), path).map_err(Error::io(path))?;
-    }
+    fs::write(dir.join(MANIFEST_FILE), Manifest::ours().to_json()).map_err(Error::io(dir))?;
     Ok(WriteSummary { path: path.to_path_buf(), model_bytes: bytes.len() as u64, weight_bytes })
 }

@@ -34,6 +34,26 @@ pub enum Error {
     /// A Hugging Face folder given as the reference could not be read (`bert::run`).
     #[error(transparent)]
     Folder(#[from] crate::hf::HfError),
+    #[error("{path}: the {family} family has no single-package reference; a Whisper conversion is validated as the folder convert wrote, with --audio")]
+    NoRunner { path: PathBuf, family: &'static str },
+}
+
+/// A family's reference runner: the PyTorch forward of a Hugging Face folder on the arrays the
+/// package gets, outputs named as the package names them.
+pub type FolderRunner = fn(&Path, &[(String, Array)]) -> Result<Vec<(String, Array)>, Error>;
+
+/// The reference runner of each built family, by `hf::Family::name`, one line each. Whisper has
+/// none here: its packages are validated together, by transcripts (`speech`).
+pub const FOLDER_RUNNERS: &[(&str, FolderRunner)] = &[("bert", bert::run)];
+
+/// Runs the reference of the Hugging Face folder `dir`: its family's runner from
+/// [`FOLDER_RUNNERS`]. Called by `validate --reference HF_DIR`.
+pub fn run_folder(dir: &Path, inputs: &[(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
+    let family = crate::hf::family_for(dir)?;
+    let Some((_, runner)) = FOLDER_RUNNERS.iter().find(|(name, _)| *name == family.name) else {
+        return Err(Error::NoRunner { path: dir.to_path_buf(), family: family.name });
+    };
+    runner(dir, inputs)
 }
 
 /// Runs `model`'s `forward` on CPU, in eval mode and without autograd, on `inputs` (in the

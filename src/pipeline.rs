@@ -1,0 +1,312 @@
+//! The data-flow picture of DESIGN.md as one library call: [`load`] picks the front end by what
+//! the path is (a traced TorchScript `.pt`, a Hugging Face folder of a known family, or any
+//! `.mlpackage`), builds MIL and runs the passes; [`write`] writes the result atomically, never
+//! over data the tool did not write. Every subcommand (`convert`, `lint-ane`, `validate`,
+//! `inspect`) calls it; `cli/` only parses, calls and prints.
+//! Uses `torchscript`, `hf`, `passes`, `package`, `staging`.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::hf;
+use crate::mil::{DType, Model, Opset, Program};
+use crate::package;
+use crate::passes::{self, Changes};
+use crate::staging::{self, Replace, Staged};
+use crate::torchscript::{self, graph};
+
+pub use graph::InputSpec;
+
+/// Why a model could not be loaded or written. Every variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {message}", path.display())]
+    Input { path: PathBuf, message: String },
+    #[error(transparent)]
+    TorchScript(#[from] torchscript::Error),
+    #[error(transparent)]
+    Hf(#[from] hf::HfError),
+    #[error(transparent)]
+    Package(#[from] package::Error),
+    #[error("{}: {source}", path.display())]
+    Pass { path: PathBuf, source: passes::PassError },
+    #[error(transparent)]
+    Output(#[from] staging::Error),
+    #[error(transparent)]
+    File(#[from] crate::files::Error),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn input_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::Input { path: path.to_path_buf(), message: message.into() }
+}
+
+/// What a model path is, decided by [`kind`].
+#[derive(Clone, Copy)]
+pub enum Kind {
+    /// A traced TorchScript archive (`torch.jit.trace` + `torch.jit.save`).
+    TorchScript,
+    /// A Hugging Face folder (`config.json` + safetensors) of this family.
+    HfFolder(&'static hf::Family),
+    /// A Core ML package (ours or any other ML Program package).
+    Package,
+}
+
+/// Decides which front end reads `path`: a directory is a package when it has `Manifest.json`, a
+/// Hugging Face folder when it has `config.json` (the family is picked from its `model_type`);
+/// a regular file is a TorchScript archive. Anything else (missing, FIFO, device) is an error.
+pub fn kind(path: &Path) -> Result<Kind, Error> {
+    let meta = fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => input_error(path, "no such file or directory"),
+        _ => Error::Io { path: path.to_path_buf(), source: e },
+    })?;
+    if meta.is_dir() {
+        if path.join(MANIFEST_FILE).exists() {
+            return Ok(Kind::Package);
+        }
+        if path.join(hf::CONFIG_FILE).exists() {
+            return Ok(Kind::HfFolder(hf::family_for(path)?));
+        }
+        return Err(input_error(path, "a directory that is neither a Core ML package (no Manifest.json) nor a Hugging Face folder (no config.json)"));
+    }
+    if !meta.is_file() {
+        // Names what it is instead (a FIFO, a device): reading it would block or never end.
+        crate::files::open_regular(path)?;
+    }
+    Ok(Kind::TorchScript)
+}
+
+/// A package's manifest file name (how [`kind`] recognizes a package directory).
+const MANIFEST_FILE: &str = "Manifest.json";
+
+/// What the caller asks of [`load`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Deployment target of built programs (ignored for packages, which carry their own).
+    pub opset: Opset,
+    /// Compute and weight precision of built programs: fp16 or fp32.
+    pub precision: DType,
+    /// Run the ANE rewrite passes after cleanup (`convert` without `--no-ane`). `lint-ane`
+    /// turns them off: findings describe the model as the user wrote it.
+    pub ane: bool,
+    /// TorchScript only: the shapes and dtypes of `forward()`'s arguments.
+    pub inputs: Vec<InputSpec>,
+    /// Hugging Face text families: sequence length of text inputs (BERT: default 128).
+    pub seq_len: Option<usize>,
+}
+
+/// One package of a loaded model: its name (file stem), model, and what each pass changed (empty
+/// for packages read from disk).
+pub struct Loaded {
+    pub name: String,
+    pub model: Model,
+    pub passes: Vec<(&'static str, Changes)>,
+}
+
+/// A loaded model: one package (TorchScript, BERT, any `.mlpackage`) or several (Whisper), plus
+/// the source folder's files an app needs beside them (tokenizer, configs).
+pub struct Loading {
+    pub kind: Kind,
+    pub packages: Vec<Loaded>,
+    pub side_files: Vec<PathBuf>,
+}
+
+/// Loads `path` with the front end [`kind`] picks: TorchScript is lowered with `options.inputs`,
+/// a Hugging Face folder is built by its family; both then run the passes. A package is read as
+/// it is (no passes). Called by every subcommand.
+pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
+    let kind = kind(path)?;
+    if !matches!(kind, Kind::TorchScript) && !options.inputs.is_empty() {
+        return Err(input_error(path, "input shapes (--input, --example) apply to TorchScript files only; packages and Hugging Face folders have their own"));
+    }
+    let stem = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (built, side_files) = match kind {
+        Kind::Package => {
+            let model = package::read(path)?;
+            return Ok(Loading { kind, packages: vec![Loaded { name: stem, model, passes: Vec::new() }], side_files: Vec::new() });
+        }
+        Kind::TorchScript => {
+            if options.inputs.is_empty() {
+                return Err(input_error(path, "a TorchScript file needs its input shapes: --input NAME:DIMS:DTYPE (one per forward() argument) or --example INPUTS.npz"));
+            }
+            let archive = torchscript::read(path)?;
+            let main = graph::to_mil(&archive, &options.inputs, &graph::Options { opset: options.opset, precision: options.precision })?;
+            let mut model = Model::new(Program::with_main(main));
+            let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            model.metadata.user_defined.insert(SOURCE_KEY.into(), source);
+            (vec![(stem, model)], Vec::new())
+        }
+        Kind::HfFolder(family) => {
+            let folder = hf::open(path)?;
+            let built = (family.build)(&folder, &hf::Options { opset: options.opset, precision: options.precision, seq_len: options.seq_len })?;
+            (built.packages.into_iter().map(|b| (b.name, b.model)).collect(), built.side_files)
+        }
+    };
+    finish(path, kind, built, side_files, options.ane)
+}
+
+/// Reads the package at `path` (ours or any ML Program package) for `inspect` and `validate`;
+/// anything that is not a package is refused with what it is.
+pub fn read_package(path: &Path) -> Result<Model, Error> {
+    match kind(path)? {
+        Kind::Package => Ok(package::read(path)?),
+        Kind::TorchScript => Err(input_error(path, "a TorchScript file, not a Core ML package; convert it first")),
+        Kind::HfFolder(_) => Err(input_error(path, "a Hugging Face folder, not a Core ML package; convert it first")),
+    }
+}
+
+/// Metadata key recording the writing version (read back by `inspect`).
+const VERSION_KEY: &str = "torch2coreml.version";
+/// Metadata key recording the source file name of a TorchScript conversion.
+const SOURCE_KEY: &str = "torch2coreml.source";
+
+/// Runs the passes over each built package's `main` function and records our version.
+fn finish(path: &Path, kind: Kind, built: Vec<(String, Model)>, side_files: Vec<PathBuf>, ane: bool) -> Result<Loading, Error> {
+    let mut packages = Vec::new();
+    for (name, mut model) in built {
+        model.metadata.user_defined.insert(VERSION_KEY.into(), env!("CARGO_PKG_VERSION").into());
+        let Some(mut main) = model.program.functions.remove("main") else {
+            return Err(input_error(path, format!("{name}: the built program has no main function")));
+        };
+        let changes = passes::run(&mut main, ane).map_err(|source| Error::Pass { path: path.to_path_buf(), source })?;
+        model.program.functions.insert("main".into(), main);
+        packages.push(Loaded { name, model, passes: changes });
+    }
+    Ok(Loading { kind, packages, side_files })
+}
+
+/// What [`write`] wrote: one path per package, with its weight bytes.
+pub struct Written {
+    pub name: String,
+    pub path: PathBuf,
+    pub weight_bytes: u64,
+}
+
+/// File marking a folder of packages as written by us (the list of what we put there), so a
+/// later `convert` may replace it and nothing else.
+pub const FOLDER_MARKER: &str = ".torch2coreml.json";
+
+/// Contents of [`FOLDER_MARKER`].
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct FolderMarker {
+    writer: String,
+    files: BTreeSet<String>,
+}
+
+/// Our name in [`FolderMarker::writer`].
+const WRITER: &str = "torch2coreml";
+/// Largest marker file read (ours lists a handful of names).
+const MAX_MARKER_BYTES: u64 = 1 << 16;
+
+/// Whether `dir` is a folder of packages we wrote: its marker lists exactly what it holds.
+pub fn is_our_folder(dir: &Path) -> bool {
+    let Ok(text) = crate::files::read_text_capped(&dir.join(FOLDER_MARKER), MAX_MARKER_BYTES) else { return false };
+    let Ok(marker) = serde_json::from_str::<FolderMarker>(&text) else { return false };
+    let Ok(entries) = fs::read_dir(dir) else { return false };
+    let mut found = BTreeSet::new();
+    for e in entries {
+        let Ok(e) = e else { return false };
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != FOLDER_MARKER {
+            found.insert(name);
+        }
+    }
+    marker.writer == WRITER && found == marker.files
+}
+
+/// Writes `loading` (loaded from `input`) to `out`. One package and an `out` ending in
+/// `.mlpackage`: the package is written there. Several packages: `out` is a folder holding
+/// `NAME.mlpackage` per package, the side files and [`FOLDER_MARKER`].
+///
+/// Never destroys what the tool did not write: `out` equal to the input or containing it is
+/// always refused; an existing `out` is replaced only if we wrote it, or with
+/// `Replace::Anything` (`--force`). Everything is staged beside `out` and renamed into place.
+pub fn write(loading: &Loading, input: &Path, out: &Path, replace: Replace) -> Result<Vec<Written>, Error> {
+    check_not_over_input(input, out)?;
+    let single = loading.packages.len() == 1;
+    if single && out.extension().is_some_and(|e| e == package::PACKAGE_EXTENSION) {
+        let p = &loading.packages[0];
+        let summary = package::write_replacing(&p.model, out, replace)?;
+        return Ok(vec![Written { name: p.name.clone(), path: out.to_path_buf(), weight_bytes: summary.weight_bytes }]);
+    }
+    if matches!(loading.kind, Kind::TorchScript | Kind::Package) {
+        return Err(input_error(out, format!("a Core ML package path must end in .{}", package::PACKAGE_EXTENSION)));
+    }
+    let staged = Staged::begin(out, replace, is_our_folder)?;
+    let mut written = Vec::new();
+    let mut files = BTreeSet::new();
+    for p in &loading.packages {
+        let file = format!("{}.{}", p.name, package::PACKAGE_EXTENSION);
+        let summary = package::write(&p.model, &staged.path().join(&file))?;
+        written.push(Written { name: p.name.clone(), path: out.join(&file), weight_bytes: summary.weight_bytes });
+        files.insert(file);
+    }
+    for f in &loading.side_files {
+        let name = f.file_name().ok_or_else(|| input_error(f, "a side file without a name"))?;
+        let (mut from, _) = crate::files::open_regular(f).map_err(|e| input_error(f, e.to_string()))?;
+        let to = staged.path().join(name);
+        let mut dest = fs::File::create(&to).map_err(|source| Error::Io { path: to.clone(), source })?;
+        std::io::copy(&mut from, &mut dest).map_err(|source| Error::Io { path: f.clone(), source })?;
+        files.insert(name.to_string_lossy().into_owned());
+    }
+    let marker = FolderMarker { writer: WRITER.into(), files };
+    let json = serde_json::to_string_pretty(&marker).map_err(|e| input_error(out, e.to_string()))?;
+    let marker_path = staged.path().join(FOLDER_MARKER);
+    fs::write(&marker_path, json + "\n").map_err(|source| Error::Io { path: marker_path, source })?;
+    staged.commit()?;
+    Ok(written)
+}
+
+/// Refuses an output equal to the input or containing it (`-o` naming the model folder or one
+/// of its parents would delete the model; with `--force` too).
+fn check_not_over_input(input: &Path, out: &Path) -> Result<(), Error> {
+    let Ok(input) = input.canonicalize() else { return Ok(()) };
+    let resolved = out.canonicalize().ok().or_else(|| {
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Some(parent.canonicalize().ok()?.join(out.file_name()?))
+    });
+    let Some(out_real) = resolved else { return Ok(()) };
+    if input.starts_with(&out_real) {
+        let what = if input == out_real { "is the input itself" } else { "contains the input" };
+        return Err(input_error(out, format!("the output {what} ({}); writing there would destroy the model: choose another -o", input.display())));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_over_the_input_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("models").join("bert");
+        fs::create_dir_all(&model).unwrap();
+        for out in [model.clone(), dir.path().join("models"), dir.path().to_path_buf(), model.join(".")] {
+            let e = check_not_over_input(&model, &out).unwrap_err().to_string();
+            assert!(e.contains("would destroy the model"), "{e}");
+        }
+        assert!(check_not_over_input(&model, &dir.path().join("models/out")).is_ok());
+        assert!(check_not_over_input(&model, &model.join("Out.mlpackage")).is_ok());
+    }
+
+    #[test]
+    fn a_folder_is_ours_only_when_its_marker_lists_exactly_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert!(!is_our_folder(d));
+        let marker = FolderMarker { writer: WRITER.into(), files: ["A.mlpackage".to_string()].into() };
+        fs::write(d.join(FOLDER_MARKER), serde_json::to_string(&marker).unwrap()).unwrap();
+        fs::create_dir(d.join("A.mlpackage")).unwrap();
+        assert!(is_our_folder(d));
+        fs::write(d.join("thesis.tex"), b"user data").unwrap();
+        assert!(!is_our_folder(d), "a file we did not write makes the folder foreign");
+    }
+}
