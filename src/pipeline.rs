@@ -152,11 +152,10 @@ pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
 /// Reads the package at `path` (ours or any ML Program package) for `inspect` and `validate`;
 /// anything that is not a package is refused with what it is.
 pub fn read_package(path: &Path) -> Result<Model, Error> {
-    match kind(path)? {
-        Kind::Package => Ok(package::read(path)?),
-        Kind::TorchScript => Err(input_error(path, "a TorchScript file, not a Core ML package; convert it first")),
-        Kind::HfFolder(_) => Err(input_error(path, "a Hugging Face folder, not a Core ML package; convert it first")),
+    if path.is_dir() && path.join(hf::CONFIG_FILE).exists() && !path.join(MANIFEST_FILE).exists() {
+        return Err(input_error(path, "not an .mlpackage but a Hugging Face folder; convert it first"));
     }
+    Ok(package::read(path)?)
 }
 
 /// Metadata key recording the writing version (read back by `inspect`).
