@@ -2,7 +2,9 @@
 //! all-MiniLM-L6-v2 built on them) from `config.json` + safetensors, written straight into the
 //! ANE layout: activations (B, C, 1, S), every Linear a 1×1 `conv`, LayerNorm over axis 1, and
 //! attention split per head (`matmul(q_h, k_h, transpose_x)` → softmax on the last axis →
-//! `matmul(v_h, probs, transpose_y)`), so no rewrite pass is needed.
+//! `matmul(v_h, probs, transpose_y)`, padded keys masked by `select`), so no rewrite pass is
+//! needed. The layers come from the shared kit `hf::nn`; this file holds what is BERT's own:
+//! config keys per flavor, module paths, post-norm wiring, RoBERTa positions and pooling.
 //!
 //! The package takes `input_ids` and `attention_mask`, int32 (1, S), and returns
 //! `last_hidden_state` as (1, C, 1, S) — channels on axis 1, tokens last, NOT transformers'

@@ -151,7 +151,8 @@ pub struct Built {
 }
 
 /// What a build returns: the packages, and the folder's files to copy beside them
-/// (tokenizer, configs) so an app can load the set.
+/// (tokenizer, configs) so an app can load the set, as canonical paths checked to lie inside
+/// the folder and to be regular files ([`side_files`]).
 pub struct Output {
     pub packages: Vec<Built>,
     pub side_files: Vec<PathBuf>,
@@ -174,9 +175,11 @@ pub fn supported_model_types() -> Vec<&'static str> {
     FAMILIES.iter().flat_map(|f| f.model_types.iter().copied()).collect()
 }
 
-/// Whether `dir` looks like a Hugging Face folder (has `config.json`).
+/// Whether `dir` looks like a Hugging Face folder (has a `config.json` entry). Any kind of entry
+/// counts, so a FIFO or a dangling link there reaches [`build`] and its one-line error instead of
+/// being taken for another kind of model.
 pub fn is_folder(dir: &Path) -> bool {
-    dir.is_dir() && dir.join(CONFIG_FILE).is_file()
+    dir.is_dir() && std::fs::symlink_metadata(dir.join(CONFIG_FILE)).is_ok()
 }
 
 /// Reads a JSON side file of a folder (`config.json`, `modules.json`, …): a regular file of at

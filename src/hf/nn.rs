@@ -175,10 +175,10 @@ impl Net {
         Ok(op.build1()?)
     }
 
-    /// An `nn.Linear` of module `m` (`weight` (C_out, C_in), `bias` (C_out,) when `bias`) as a
+    /// An `nn.Linear` of module `m` (`weight` [C_out, C_in], `bias` (C_out,) when `bias`) as a
     /// 1×1 `conv` on (B, C_in, 1, S). `scale` multiplies weight and bias (an attention query
     /// scaling folded in once here; 1.0 keeps the mapped weights as they are).
-    pub fn linear(&mut self, hint: &str, x: &Var, m: &Scope, c_out: usize, c_in: usize, bias: bool, scale: f32) -> R<Var> {
+    pub fn linear(&mut self, hint: &str, x: &Var, m: &Scope, [c_out, c_in]: [usize; 2], bias: bool, scale: f32) -> R<Var> {
         let w = m.get("weight", &[c_out, c_in])?;
         let b = if bias { Some(m.get("bias", &[c_out])?) } else { None };
         self.linear_of(hint, x, &w, b.as_ref(), scale, &m.path("weight"))

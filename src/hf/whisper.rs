@@ -16,8 +16,9 @@
 //!   `cache_length`, `write_state`): inputs `input_ids`, `cache_length` and the cross caches,
 //!   output `logits` only (see [`text_decoder`]).
 //!
-//! Mirrors transformers' `modeling_whisper.py` (pre-LN layers, q scaled by head_dim^-0.5, k
-//! projections without bias, exact GELU, tied output projection) and `audio_utils.py`
+//! Mirrors transformers' `modeling_whisper.py` (`WhisperEncoderLayer`, `WhisperDecoderLayer`:
+//! pre-LN layers, q scaled by head_dim^-0.5, k projections without bias, exact GELU, tied output
+//! projection), built from the shared layer kit `hf::nn`, and `audio_utils.py`
 //! (`mel_filter_bank`, `window_function`, `spectrogram`), transformers 5.23. Listed in
 //! `hf::FAMILIES`; called by `hf::build` for `convert WHISPER_DIR -o OUT_DIR`.
 
@@ -239,17 +240,17 @@ fn check_preprocessor(folder: &Folder, c: &Config) -> Result<(), HfError> {
 fn self_attn_qkv(net: &mut Net, p: &str, h: &Var, m: &Scope, d: usize, scale: f32) -> R<(Var, Var, Var)> {
     let a = m.at("self_attn");
     let n = net.layer_norm(&format!("{p}_attn_ln"), h, &m.at("self_attn_layer_norm"), d, LAYER_NORM_EPS)?;
-    let q = net.linear(&format!("{p}_q"), &n, &a.at("q_proj"), d, d, true, scale)?;
-    let k = net.linear(&format!("{p}_k"), &n, &a.at("k_proj"), d, d, false, 1.0)?;
-    let v = net.linear(&format!("{p}_v"), &n, &a.at("v_proj"), d, d, true, 1.0)?;
+    let q = net.linear(&format!("{p}_q"), &n, &a.at("q_proj"), [d, d], true, scale)?;
+    let k = net.linear(&format!("{p}_k"), &n, &a.at("k_proj"), [d, d], false, 1.0)?;
+    let v = net.linear(&format!("{p}_v"), &n, &a.at("v_proj"), [d, d], true, 1.0)?;
     Ok((q, k, v))
 }
 
 /// The feed-forward block of a layer `m`: `fc2(gelu(fc1(x)))`.
 fn mlp(net: &mut Net, hint: &str, x: &Var, m: &Scope, c: usize, ffn: usize) -> R<Var> {
-    let h = net.linear(&format!("{hint}_fc1"), x, &m.at("fc1"), ffn, c, true, 1.0)?;
+    let h = net.linear(&format!("{hint}_fc1"), x, &m.at("fc1"), [ffn, c], true, 1.0)?;
     let h = net.activation(&format!("{hint}_gelu"), &h, Activation::GeluExact)?;
-    net.linear(&format!("{hint}_fc2"), &h, &m.at("fc2"), c, ffn, true, 1.0)
+    net.linear(&format!("{hint}_fc2"), &h, &m.at("fc2"), [c, ffn], true, 1.0)
 }
 
 /// The query scaling of Whisper attention, head_dim^-0.5 (exact in fp16 for head_dim 64).
@@ -411,8 +412,8 @@ fn audio_encoder(c: &Config, model: &Scope, options: &Options) -> R<Function> {
     let (mut ks, mut vs) = (Vec::new(), Vec::new());
     for l in 0..c.decoder_layers {
         let a = dec.at("layers").at(&l.to_string()).at("encoder_attn");
-        ks.push(net.linear(&format!("cross{l}_k"), &out, &a.at("k_proj"), d, d, false, 1.0)?);
-        vs.push(net.linear(&format!("cross{l}_v"), &out, &a.at("v_proj"), d, d, true, 1.0)?);
+        ks.push(net.linear(&format!("cross{l}_k"), &out, &a.at("k_proj"), [d, d], false, 1.0)?);
+        vs.push(net.linear(&format!("cross{l}_v"), &out, &a.at("v_proj"), [d, d], true, 1.0)?);
     }
     let ks = net.concat("cross_keys", &ks, 0)?;
     let vs = net.concat("cross_values", &vs, 0)?;
@@ -428,7 +429,7 @@ fn encoder_layer(net: &mut Net, p: &str, h: &Var, m: &Scope, c: &Config) -> R<Va
     let ks = net.split_heads(&format!("{p}_k"), &k, heads)?;
     let vs = net.split_heads(&format!("{p}_v"), &v, heads)?;
     let o = net.attention(&format!("{p}_attn"), &q, &ks, &vs, None)?;
-    let o = net.linear(&format!("{p}_o"), &o, &a.at("out_proj"), d, d, true, 1.0)?;
+    let o = net.linear(&format!("{p}_o"), &o, &a.at("out_proj"), [d, d], true, 1.0)?;
     let h = net.binary(&ew::ADD, &format!("{p}_attn_res"), h, &o)?;
     let n = net.layer_norm(&format!("{p}_mlp_ln"), &h, &m.at("final_layer_norm"), d, LAYER_NORM_EPS)?;
     let o = mlp(net, &format!("{p}_mlp"), &n, m, d, c.encoder_ffn)?;
@@ -581,12 +582,12 @@ fn decoder_layer(net: &mut Net, l: usize, h: &Var, m: &Scope, c: &Config, step: 
         }
     };
     let o = net.attention(&format!("{p}_self"), &q, &ks, &vs, Some(&step.keep))?;
-    let o = net.linear(&format!("{p}_self_o"), &o, &a.at("out_proj"), d, d, true, 1.0)?;
+    let o = net.linear(&format!("{p}_self_o"), &o, &a.at("out_proj"), [d, d], true, 1.0)?;
     let h = net.binary(&ew::ADD, &format!("{p}_self_res"), h, &o)?;
 
     let a = m.at("encoder_attn");
     let n = net.layer_norm(&format!("{p}_cross_ln"), &h, &m.at("encoder_attn_layer_norm"), d, LAYER_NORM_EPS)?;
-    let q = net.linear(&format!("{p}_cross_q"), &n, &a.at("q_proj"), d, d, true, scale)?;
+    let q = net.linear(&format!("{p}_cross_q"), &n, &a.at("q_proj"), [d, d], true, scale)?;
     // The encoder package computed these from the same weights; mark them used here too so
     // the decoder's own tensors are all accounted for (shape-checked, not read again).
     a.at("k_proj").get("weight", &[d, d])?;
@@ -597,7 +598,7 @@ fn decoder_layer(net: &mut Net, l: usize, h: &Var, m: &Scope, c: &Config, step: 
         return Err(crate::mil::ops::TypeError::Invalid { op: p, message: format!("no cross-attention heads of layer {l}") }.into());
     };
     let o = net.attention(&format!("{p}_cross"), &q, cross_ks, cross_vs, None)?;
-    let o = net.linear(&format!("{p}_cross_o"), &o, &a.at("out_proj"), d, d, true, 1.0)?;
+    let o = net.linear(&format!("{p}_cross_o"), &o, &a.at("out_proj"), [d, d], true, 1.0)?;
     let h = net.binary(&ew::ADD, &format!("{p}_cross_res"), &h, &o)?;
 
     let n = net.layer_norm(&format!("{p}_mlp_ln"), &h, &m.at("final_layer_norm"), d, LAYER_NORM_EPS)?;
