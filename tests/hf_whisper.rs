@@ -206,7 +206,7 @@ fn bad_whisper_folders_fail_with_one_line_and_write_nothing() {
                 let s = std::fs::read_to_string(&p).unwrap().replace("\"d_model\": 32", "\"d_model\": 33");
                 std::fs::write(p, s).unwrap();
             }),
-            "d_model 33 is not a multiple of encoder_attention_heads 2",
+            "`d_model` 33 is not a multiple of `encoder_attention_heads` 2",
         ),
     ];
     for (what, dir, message) in cases {

@@ -2,7 +2,9 @@
 //! all-MiniLM-L6-v2 built on them) from `config.json` + safetensors, written straight into the
 //! ANE layout: activations (B, C, 1, S), every Linear a 1×1 `conv`, LayerNorm over axis 1, and
 //! attention split per head (`matmul(q_h, k_h, transpose_x)` → softmax on the last axis →
-//! `matmul(v_h, probs, transpose_y)`), so no rewrite pass is needed.
+//! `matmul(v_h, probs, transpose_y)`, padded keys masked by `select`), so no rewrite pass is
+//! needed. The layers come from the shared kit `hf::nn`; this file holds what is BERT's own:
+//! config keys per flavor, module paths, post-norm wiring, RoBERTa positions and pooling.
 //!
 //! The package takes `input_ids` and `attention_mask`, int32 (1, S), and returns
 //! `last_hidden_state` as (1, C, 1, S) — channels on axis 1, tokens last, NOT transformers'
@@ -16,12 +18,15 @@
 //! `models/Normalize.py`. Called through [`FAMILY`] (one line of `hf::FAMILIES`) by `hf::build`;
 //! `reference::bert` (feature `torch`) runs the same [`Encoder`] and [`SentenceHead`] in tch.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{Built, Family, Folder, HfError, Options, Output, Scope};
-use crate::mil::builder::{Builder, Var};
-use crate::mil::ops::{elementwise as ew, linear, reduce, shape};
-use crate::mil::{DType, Model, Opset, Program, Tensor, TensorType};
+use super::nn::{Net, R};
+pub use super::nn::{Activation, ACTIVATIONS};
+use super::{Built, Family, Folder, HfError, Options, Output, Scope, MAX_DIM, MAX_HEADS, MAX_LAYERS, MAX_ROWS};
+use crate::files::shown;
+use crate::mil::builder::Var;
+use crate::mil::ops::{elementwise as ew, reduce, shape};
+use crate::mil::{DType, Function, Model, Program, Tensor};
 
 /// The family entry for `hf::FAMILIES`.
 pub const FAMILY: Family = Family { name: "bert", model_types: &["bert", "distilbert", "roberta"], build };
@@ -29,8 +34,8 @@ pub const FAMILY: Family = Family { name: "bert", model_types: &["bert", "distil
 /// Sequence length S of the inputs when `--seq-len` is not given (common BERT serving length).
 pub const DEFAULT_SEQ_LEN: usize = 128;
 
-/// Added to attention scores of masked keys: e^-10000 is 0 after softmax, and unlike
-/// transformers' `finfo.min` it stays finite when added to a score in fp16 (max 65504).
+/// Added to masked tokens before max pooling: below any hidden value a LayerNorm output reaches,
+/// and unlike sentence-transformers' −1e9 it stays finite in fp16 (max 65504).
 pub const MASK_NEG: f32 = -1e4;
 
 /// DistilBERT builds every LayerNorm with this eps (`nn.LayerNorm(dim, eps=1e-12)`); its config
@@ -107,27 +112,6 @@ impl Flavor {
     }
 }
 
-/// The feed-forward activation (`hidden_act`, DistilBERT `activation`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// `gelu`: the exact, erf form.
-    GeluExact,
-    /// `gelu_new`, `gelu_pytorch_tanh`: the tanh approximation.
-    GeluTanh,
-    Relu,
-    Silu,
-}
-
-/// transformers `ACT2FN` names we build, and what each is.
-pub const ACTIVATIONS: &[(&str, Activation)] = &[
-    ("gelu", Activation::GeluExact),
-    ("gelu_new", Activation::GeluTanh),
-    ("gelu_pytorch_tanh", Activation::GeluTanh),
-    ("relu", Activation::Relu),
-    ("silu", Activation::Silu),
-    ("swish", Activation::Silu),
-];
-
 /// The parts of `config.json` the forward pass depends on.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -159,18 +143,18 @@ impl Config {
     /// unsupported setting is a [`HfError::Config`] naming the key.
     pub fn read(folder: &Folder) -> Result<Config, HfError> {
         let model_type = folder.str("model_type").unwrap_or_default();
-        let flavor = Flavor::of(model_type).ok_or_else(|| folder.config_error(format!("model_type `{model_type}` is not a BERT flavor")))?;
+        let flavor = Flavor::of(model_type).ok_or_else(|| folder.config_error(format!("model_type `{}` is not a BERT flavor", shown(model_type))))?;
         let (act_key, c) = match flavor {
             Flavor::DistilBert => (
                 "activation",
                 Config {
                     flavor,
-                    hidden: folder.usize("dim")?,
-                    heads: folder.usize("n_heads")?,
-                    layers: folder.usize("n_layers")?,
-                    intermediate: folder.usize("hidden_dim")?,
-                    vocab: folder.usize("vocab_size")?,
-                    max_positions: folder.usize("max_position_embeddings")?,
+                    hidden: folder.usize("dim", MAX_DIM)?,
+                    heads: folder.usize("n_heads", MAX_HEADS)?,
+                    layers: folder.usize("n_layers", MAX_LAYERS)?,
+                    intermediate: folder.usize("hidden_dim", MAX_DIM)?,
+                    vocab: folder.usize("vocab_size", MAX_ROWS)?,
+                    max_positions: folder.usize("max_position_embeddings", MAX_ROWS)?,
                     type_vocab: 0,
                     eps: DISTILBERT_LAYER_NORM_EPS,
                     activation: Activation::GeluExact,
@@ -179,33 +163,40 @@ impl Config {
             ),
             Flavor::Bert | Flavor::Roberta => {
                 if let Some(p) = folder.str("position_embedding_type").filter(|p| *p != "absolute") {
-                    return Err(folder.config_error(format!("position_embedding_type `{p}` is not supported (only `absolute`)")));
+                    return Err(folder.config_error(format!("position_embedding_type `{}` is not supported (only `absolute`)", shown(p))));
                 }
                 (
                     "hidden_act",
                     Config {
                         flavor,
-                        hidden: folder.usize("hidden_size")?,
-                        heads: folder.usize("num_attention_heads")?,
-                        layers: folder.usize("num_hidden_layers")?,
-                        intermediate: folder.usize("intermediate_size")?,
-                        vocab: folder.usize("vocab_size")?,
-                        max_positions: folder.usize("max_position_embeddings")?,
-                        type_vocab: folder.usize("type_vocab_size")?,
+                        hidden: folder.usize("hidden_size", MAX_DIM)?,
+                        heads: folder.usize("num_attention_heads", MAX_HEADS)?,
+                        layers: folder.usize("num_hidden_layers", MAX_LAYERS)?,
+                        intermediate: folder.usize("intermediate_size", MAX_DIM)?,
+                        vocab: folder.usize("vocab_size", MAX_ROWS)?,
+                        max_positions: folder.usize("max_position_embeddings", MAX_ROWS)?,
+                        type_vocab: folder.usize("type_vocab_size", MAX_ROWS)?,
                         eps: folder.f64("layer_norm_eps")?,
                         activation: Activation::GeluExact,
-                        padding_idx: if flavor == Flavor::Roberta { Some(folder.usize("pad_token_id")?) } else { None },
+                        padding_idx: if flavor == Flavor::Roberta { Some(folder.usize("pad_token_id", MAX_ROWS)?) } else { None },
                     },
                 )
             }
         };
         let act = folder.str(act_key).ok_or_else(|| folder.config_error(format!("`{act_key}` is missing or not a string")))?;
-        let activation = ACTIVATIONS.iter().find(|(n, _)| *n == act).map(|(_, a)| *a).ok_or_else(|| {
-            let known: Vec<&str> = ACTIVATIONS.iter().map(|(n, _)| *n).collect();
-            folder.config_error(format!("`{act_key}` `{act}` is not supported ({})", known.join(", ")))
+        let activation = Activation::named(act).ok_or_else(|| {
+            folder.config_error(format!("`{act_key}` `{}` is not supported ({})", shown(act), Activation::names().join(", ")))
         })?;
+        let (hidden_key, heads_key) = match flavor {
+            Flavor::DistilBert => ("dim", "n_heads"),
+            Flavor::Bert | Flavor::Roberta => ("hidden_size", "num_attention_heads"),
+        };
         if c.heads == 0 || c.hidden == 0 || c.hidden % c.heads != 0 {
-            return Err(folder.config_error(format!("hidden size {} is not a positive multiple of {} attention heads", c.hidden, c.heads)));
+            return Err(folder.config_error(format!("`{hidden_key}` {} is not a positive multiple of `{heads_key}` {}", c.hidden, c.heads)));
+        }
+        // The LayerNorm epsilon is a compute-dtype const: it must be a positive, finite f32.
+        if !(c.eps > 0.0 && (c.eps as f32).is_finite()) {
+            return Err(folder.config_error(format!("`layer_norm_eps` {} is not a positive finite number", c.eps)));
         }
         Ok(Config { activation, ..c })
     }
@@ -221,19 +212,20 @@ impl Config {
     }
 }
 
-/// A Linear layer: weight (C_out, C_in), bias (C_out,), as stored.
+/// An `nn.Linear`: weight (C_out, C_in), bias (C_out,), as stored.
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
 }
 
-/// A LayerNorm's gamma (`weight`) and beta (`bias`), each (C,).
+/// An `nn.LayerNorm`: gamma (`weight`) and beta (`bias`), each (C,).
 pub struct LayerNorm {
     pub weight: Tensor,
     pub bias: Tensor,
 }
 
-/// `embeddings`: word, position and (BERT, RoBERTa) token-type tables, then a LayerNorm.
+/// `BertEmbeddings` / `RobertaEmbeddings` / DistilBERT `Embeddings` (module `embeddings`):
+/// word, position and (BERT, RoBERTa) token-type tables, then a LayerNorm.
 pub struct Embeddings {
     pub word: Tensor,
     pub position: Tensor,
@@ -241,19 +233,30 @@ pub struct Embeddings {
     pub norm: LayerNorm,
 }
 
-/// One encoder layer (post-norm): self-attention + residual + norm, feed-forward + residual + norm.
+/// `BertLayer` (DistilBERT `TransformerBlock`), post-norm: `BertAttention` (`BertSelfAttention`
+/// q/k/v + `BertSelfOutput` dense, residual, LayerNorm), then `BertIntermediate` (dense,
+/// activation) and `BertOutput` (dense, residual, LayerNorm).
 pub struct Layer {
+    /// `attention.self.query` (`attention.q_lin`).
     pub query: Linear,
+    /// `attention.self.key` (`attention.k_lin`).
     pub key: Linear,
+    /// `attention.self.value` (`attention.v_lin`).
     pub value: Linear,
+    /// `attention.output.dense` (`attention.out_lin`).
     pub attention_out: Linear,
+    /// `attention.output.LayerNorm` (`sa_layer_norm`).
     pub attention_norm: LayerNorm,
+    /// `intermediate.dense` (`ffn.lin1`).
     pub ffn_in: Linear,
+    /// `output.dense` (`ffn.lin2`).
     pub ffn_out: Linear,
+    /// `output.LayerNorm` (`output_layer_norm`).
     pub output_norm: LayerNorm,
 }
 
-/// The whole encoder: config and weights (views of the mapped safetensors).
+/// `BertModel` without its pooler (DistilBERT `DistilBertModel`): config, embeddings and the
+/// encoder layers (views of the mapped safetensors).
 pub struct Encoder {
     pub config: Config,
     pub embeddings: Embeddings,
@@ -275,11 +278,125 @@ impl Linear {
     fn load(s: &Scope, c_out: usize, c_in: usize) -> Result<Linear, HfError> {
         Ok(Linear { weight: float(s, "weight", &[c_out, c_in])?, bias: float(s, "bias", &[c_out])? })
     }
+
+    /// This layer as a 1×1 `conv` on (1, C_in, 1, S).
+    fn build(&self, net: &mut Net, hint: &str, x: &Var) -> R<Var> {
+        net.linear_of(hint, x, &self.weight, Some(&self.bias), 1.0, hint)
+    }
 }
 
 impl LayerNorm {
     fn load(s: &Scope, c: usize) -> Result<LayerNorm, HfError> {
         Ok(LayerNorm { weight: float(s, "weight", &[c])?, bias: float(s, "bias", &[c])? })
+    }
+
+    /// This norm over the channel axis of (1, C, 1, S).
+    fn build(&self, net: &mut Net, hint: &str, x: &Var, eps: f64) -> R<Var> {
+        net.layer_norm_of(hint, x, &self.weight, &self.bias, eps as f32, hint)
+    }
+}
+
+impl Embeddings {
+    /// Module `e` (`embeddings`).
+    fn load(e: &Scope, c: &Config) -> Result<Embeddings, HfError> {
+        let h = c.hidden;
+        Ok(Embeddings {
+            word: float(&e.at("word_embeddings"), "weight", &[c.vocab, h])?,
+            position: float(&e.at("position_embeddings"), "weight", &[c.max_positions, h])?,
+            token_type: if c.type_vocab > 0 { Some(float(&e.at("token_type_embeddings"), "weight", &[c.type_vocab, h])?) } else { None },
+            norm: LayerNorm::load(&e.at("LayerNorm"), h)?,
+        })
+    }
+
+    /// The forward pass on `ids` (1, S): word + position + token type 0 as (S, C) rows
+    /// (gathered from the flat ids, so no rank-3 activation has channels last), transposed to
+    /// (C, S), viewed as (1, C, 1, S), then LayerNorm.
+    fn build(&self, net: &mut Net, c: &Config, ids: &Var, seq: usize) -> R<Var> {
+        let ids = net.reshape("input_ids_flat", ids, &[seq])?;
+        let word = net.weight("word_embeddings", self.word.clone(), "word_embeddings")?;
+        let mut x = net.embedding("word_embedded", &word, &ids)?;
+        let table = net.weight("position_embeddings", self.position.clone(), "position_embeddings")?;
+        let position_ids = match c.padding_idx {
+            // RoBERTa `create_position_ids_from_input_ids`: cumsum of non-pad tokens, times the
+            // non-pad mask, plus padding_idx (pads get padding_idx itself).
+            Some(pad) => {
+                let real = net.with_const(&ew::NOT_EQUAL, "not_pad", &ids, Tensor::i32_scalar(pad as i32))?;
+                let real = net.cast_as("not_pad_i32", &real, DType::I32)?;
+                let count = net.b.op(&shape::CUMSUM, "pad_cumsum").arg("x", &real).konst("axis", Tensor::i32_scalar(0)).build1()?;
+                let count = net.binary(&ew::MUL, "pad_cumsum_masked", &count, &real)?;
+                net.with_const(&ew::ADD, "position_ids", &count, Tensor::i32_scalar(pad as i32))?
+            }
+            None => net.b.konst("position_ids", Tensor::i32_vec(&(0..seq as i32).collect::<Vec<_>>())),
+        };
+        let positions = net.embedding("position_embedded", &table, &position_ids)?;
+        x = net.binary(&ew::ADD, "word_position", &x, &positions)?;
+        if let Some(tt) = &self.token_type {
+            let table = net.weight("token_type_embeddings", tt.clone(), "token_type_embeddings")?;
+            let zero = net.b.konst("token_type_ids", Tensor::i32_vec(&[0]));
+            let row = net.embedding("token_type_embedded", &table, &zero)?;
+            x = net.binary(&ew::ADD, "embedded", &x, &row)?;
+        }
+        let x = net.b.op(&shape::TRANSPOSE, "embedded_cs").arg("x", &x).konst("perm", Tensor::i32_vec(&[1, 0])).build1()?;
+        let x = net.reshape("embedded_bc1s", &x, &[1, c.hidden, 1, seq])?;
+        self.norm.build(net, "embeddings_norm", &x, c.eps)
+    }
+}
+
+impl Layer {
+    /// Layer `l` (`encoder.layer.N` or DistilBERT `transformer.layer.N`) of flavor `c.flavor`.
+    fn load(l: &Scope, c: &Config) -> Result<Layer, HfError> {
+        let (h, i) = (c.hidden, c.intermediate);
+        let a = l.at("attention");
+        Ok(match c.flavor {
+            Flavor::Bert | Flavor::Roberta => Layer {
+                query: Linear::load(&a.at("self").at("query"), h, h)?,
+                key: Linear::load(&a.at("self").at("key"), h, h)?,
+                value: Linear::load(&a.at("self").at("value"), h, h)?,
+                attention_out: Linear::load(&a.at("output").at("dense"), h, h)?,
+                attention_norm: LayerNorm::load(&a.at("output").at("LayerNorm"), h)?,
+                ffn_in: Linear::load(&l.at("intermediate").at("dense"), i, h)?,
+                ffn_out: Linear::load(&l.at("output").at("dense"), h, i)?,
+                output_norm: LayerNorm::load(&l.at("output").at("LayerNorm"), h)?,
+            },
+            Flavor::DistilBert => Layer {
+                query: Linear::load(&a.at("q_lin"), h, h)?,
+                key: Linear::load(&a.at("k_lin"), h, h)?,
+                value: Linear::load(&a.at("v_lin"), h, h)?,
+                attention_out: Linear::load(&a.at("out_lin"), h, h)?,
+                attention_norm: LayerNorm::load(&l.at("sa_layer_norm"), h)?,
+                ffn_in: Linear::load(&l.at("ffn").at("lin1"), i, h)?,
+                ffn_out: Linear::load(&l.at("ffn").at("lin2"), h, i)?,
+                output_norm: LayerNorm::load(&l.at("output_layer_norm"), h)?,
+            },
+        })
+    }
+
+    /// `BertSelfAttention` on (1, C, 1, S), split per head; `keep` (1, 1, S) masks padded keys.
+    /// Returns the context (1, C, 1, S) before `BertSelfOutput`.
+    fn self_attention(&self, net: &mut Net, c: &Config, p: &str, x: &Var, keep: &Var) -> R<Var> {
+        let q = self.query.build(net, &format!("{p}_query"), x)?;
+        let q = net.with_scalar(&ew::MUL, &format!("{p}_query_scaled"), &q, 1.0 / (c.head_dim() as f32).sqrt())?;
+        let k = self.key.build(net, &format!("{p}_key"), x)?;
+        let v = self.value.build(net, &format!("{p}_value"), x)?;
+        let ks = net.split_heads(&format!("{p}_k"), &k, c.heads)?;
+        let vs = net.split_heads(&format!("{p}_v"), &v, c.heads)?;
+        net.attention(&format!("{p}_attention"), &q, &ks, &vs, Some(keep))
+    }
+
+    /// The forward pass of this post-norm layer on (1, C, 1, S).
+    fn build(&self, net: &mut Net, c: &Config, p: &str, x: &Var, keep: &Var) -> R<Var> {
+        // BertAttention: self-attention, then BertSelfOutput.
+        let ctx = self.self_attention(net, c, p, x, keep)?;
+        let a = self.attention_out.build(net, &format!("{p}_attention_out"), &ctx)?;
+        let a = net.binary(&ew::ADD, &format!("{p}_attention_residual"), &a, x)?;
+        let x = self.attention_norm.build(net, &format!("{p}_attention_norm"), &a, c.eps)?;
+        // BertIntermediate.
+        let f = self.ffn_in.build(net, &format!("{p}_ffn_in"), &x)?;
+        let f = net.activation(&format!("{p}_ffn_act"), &f, c.activation)?;
+        // BertOutput.
+        let f = self.ffn_out.build(net, &format!("{p}_ffn_out"), &f)?;
+        let f = net.binary(&ew::ADD, &format!("{p}_ffn_residual"), &f, &x)?;
+        self.output_norm.build(net, &format!("{p}_output_norm"), &f, c.eps)
     }
 }
 
@@ -292,58 +409,27 @@ impl Encoder {
         let c = Config::read(folder)?;
         let w = &folder.weights;
         let base = c.flavor.base_prefix();
-        let root = if !w.contains("embeddings.word_embeddings.weight") && w.contains(&format!("{base}.embeddings.word_embeddings.weight")) {
-            w.at(base)
-        } else {
-            w.at("")
+        let probe = |root: &Scope| root.at("embeddings").at("word_embeddings").contains("weight");
+        let root = if !probe(&w.at("")) && probe(&w.at(base)) { w.at(base) } else { w.at("") };
+        let embeddings = Embeddings::load(&root.at("embeddings"), &c)?;
+        let (layers_scope, layers_key) = match c.flavor {
+            Flavor::Bert | Flavor::Roberta => (root.at("encoder").at("layer"), "num_hidden_layers"),
+            Flavor::DistilBert => (root.at("transformer").at("layer"), "n_layers"),
         };
-        let (h, i) = (c.hidden, c.intermediate);
-        let e = root.at("embeddings");
-        let embeddings = Embeddings {
-            word: float(&e.at("word_embeddings"), "weight", &[c.vocab, h])?,
-            position: float(&e.at("position_embeddings"), "weight", &[c.max_positions, h])?,
-            token_type: if c.type_vocab > 0 { Some(float(&e.at("token_type_embeddings"), "weight", &[c.type_vocab, h])?) } else { None },
-            norm: LayerNorm::load(&e.at("LayerNorm"), h)?,
+        let probe = match c.flavor {
+            Flavor::Bert | Flavor::Roberta => "output.dense.weight",
+            Flavor::DistilBert => "ffn.lin2.weight",
         };
+        folder.check_layer_count(layers_key, c.layers, &layers_scope, probe)?;
         let mut layers = Vec::with_capacity(c.layers);
         for n in 0..c.layers {
-            layers.push(match c.flavor {
-                Flavor::Bert | Flavor::Roberta => {
-                    let l = root.at("encoder.layer").at(&n.to_string());
-                    let a = l.at("attention");
-                    Layer {
-                        query: Linear::load(&a.at("self.query"), h, h)?,
-                        key: Linear::load(&a.at("self.key"), h, h)?,
-                        value: Linear::load(&a.at("self.value"), h, h)?,
-                        attention_out: Linear::load(&a.at("output.dense"), h, h)?,
-                        attention_norm: LayerNorm::load(&a.at("output.LayerNorm"), h)?,
-                        ffn_in: Linear::load(&l.at("intermediate.dense"), i, h)?,
-                        ffn_out: Linear::load(&l.at("output.dense"), h, i)?,
-                        output_norm: LayerNorm::load(&l.at("output.LayerNorm"), h)?,
-                    }
-                }
-                Flavor::DistilBert => {
-                    let l = root.at("transformer.layer").at(&n.to_string());
-                    let a = l.at("attention");
-                    Layer {
-                        query: Linear::load(&a.at("q_lin"), h, h)?,
-                        key: Linear::load(&a.at("k_lin"), h, h)?,
-                        value: Linear::load(&a.at("v_lin"), h, h)?,
-                        attention_out: Linear::load(&a.at("out_lin"), h, h)?,
-                        attention_norm: LayerNorm::load(&l.at("sa_layer_norm"), h)?,
-                        ffn_in: Linear::load(&l.at("ffn.lin1"), i, h)?,
-                        ffn_out: Linear::load(&l.at("ffn.lin2"), h, i)?,
-                        output_norm: LayerNorm::load(&l.at("output_layer_norm"), h)?,
-                    }
-                }
-            });
+            layers.push(Layer::load(&layers_scope.at(&n.to_string()), &c)?);
         }
-        let base_dot = format!("{base}.");
         let extra: Vec<String> = w
             .unused()
             .into_iter()
             .filter(|n| {
-                let local = n.strip_prefix(&base_dot).unwrap_or(n);
+                let local = n.strip_prefix(base).and_then(|n| n.strip_prefix('.')).unwrap_or(n);
                 !IGNORED_PREFIXES.iter().any(|p| local.starts_with(p))
             })
             .collect();
@@ -351,6 +437,29 @@ impl Encoder {
             return Err(HfError::ExtraTensors { dir: folder.dir.clone(), names: extra });
         }
         Ok(Encoder { config: c, embeddings, layers })
+    }
+
+    /// The whole `main` function over sequences of `seq` tokens; outputs named
+    /// [`LAST_HIDDEN_STATE`] (and [`SENTENCE_EMBEDDING`] with a sentence-transformers head).
+    fn build(&self, options: &Options, seq: usize, head: Option<SentenceHead>) -> R<Function> {
+        let dtype = if options.precision == DType::F16 { DType::F16 } else { DType::F32 };
+        let mut net = Net::new(options.opset, dtype);
+        // Position ids, the token-type row and mask arithmetic on consts resolve at build time.
+        net.b.fold_constants(true);
+        let ids = net.input(INPUT_IDS, DType::I32, &[1, seq])?;
+        let mask = net.input(ATTENTION_MASK, DType::I32, &[1, seq])?;
+        let mut x = self.embeddings.build(&mut net, &self.config, &ids, seq)?;
+        // Keys with attention_mask 0 are not attended (transformers' extended attention mask).
+        let keep = net.with_const(&ew::NOT_EQUAL, "attention_keep_flat", &mask, Tensor::i32_scalar(0))?;
+        let keep = net.reshape("attention_keep", &keep, &[1, 1, seq])?;
+        for (n, layer) in self.layers.iter().enumerate() {
+            x = layer.build(&mut net, &self.config, &format!("layer{n}"), &x, &keep)?;
+        }
+        let mut outputs = vec![(LAST_HIDDEN_STATE, x.clone())];
+        if let Some(head) = head {
+            outputs.push((SENTENCE_EMBEDDING, head.build(&mut net, self.config.hidden, seq, &x, &mask)?));
+        }
+        net.finish(&outputs)
     }
 }
 
@@ -393,12 +502,11 @@ impl SentenceHead {
     /// Normalize module. Other modules or pooling modes are an error naming the file.
     pub fn read(dir: &Path, hidden: usize) -> Result<Option<SentenceHead>, HfError> {
         let path = dir.join(MODULES_FILE);
-        if !path.is_file() {
+        if std::fs::symlink_metadata(&path).is_err() {
             return Ok(None);
         }
         let bad = |m: String| HfError::file(&path, m);
-        let text = std::fs::read_to_string(&path).map_err(|e| HfError::io(&path, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let json = super::read_json(&crate::files::inside(dir, Path::new(MODULES_FILE))?)?;
         let modules = json.as_array().ok_or_else(|| bad("is not a list of modules".into()))?;
         let (mut pooling, mut normalize) = (None, false);
         for m in modules {
@@ -406,20 +514,71 @@ impl SentenceHead {
             let sub = m.get("path").and_then(|v| v.as_str()).unwrap_or_default();
             match kind.rsplit('.').next().unwrap_or_default() {
                 "Transformer" if sub.is_empty() => {}
-                "Transformer" => return Err(bad(format!("the Transformer module is in `{sub}`; only one at the folder root is supported"))),
-                "Pooling" => pooling = Some(read_pooling(&dir.join(sub).join(super::CONFIG_FILE), hidden)?),
+                "Transformer" => return Err(bad(format!("the Transformer module is in `{}`; only one at the folder root is supported", shown(sub)))),
+                "Pooling" => pooling = Some(read_pooling(&crate::files::inside(dir, &Path::new(sub).join(super::CONFIG_FILE))?, hidden)?),
                 "Normalize" => normalize = true,
-                _ => return Err(bad(format!("module type `{kind}` is not supported (Transformer, Pooling, Normalize)"))),
+                _ => return Err(bad(format!("module type `{}` is not supported (Transformer, Pooling, Normalize)", shown(kind)))),
             }
         }
         let pooling = pooling.ok_or_else(|| bad("lists no Pooling module".into()))?;
         Ok(Some(SentenceHead { pooling, normalize }))
     }
+
+    /// sentence-transformers `Pooling` (+ `Normalize`) of the encoder output h (1, C, 1, S)
+    /// into (1, C); `mask` is the int32 (1, S) attention mask.
+    fn build(self, net: &mut Net, c: usize, seq: usize, h: &Var, mask: &Var) -> R<Var> {
+        let dt = net.dtype;
+        let m = net.cast_as("pool_mask", mask, dt)?;
+        let m = net.reshape("pool_mask_bc1s", &m, &[1, 1, 1, seq])?;
+        let token_axes = Tensor::i32_vec(&[2, 3]);
+        let pooled = match self.pooling {
+            Pooling::Cls => {
+                let first = net
+                    .b
+                    .op(&shape::SLICE_BY_INDEX, "pool_first_token")
+                    .arg("x", h)
+                    .konst("begin", Tensor::i32_vec(&[0, 0, 0, 0]))
+                    .konst("end", Tensor::i32_vec(&[1, c as i32, 1, 1]))
+                    .build1()?;
+                net.reshape("pooled", &first, &[1, c])?
+            }
+            Pooling::Mean => {
+                let masked = net.binary(&ew::MUL, "pool_masked", h, &m)?;
+                let sum = net.b.op(&reduce::REDUCE_SUM, "pool_sum").arg("x", &masked).konst("axes", token_axes.clone()).konst("keep_dims", Tensor::bool_scalar(false)).build1()?;
+                let count = net.b.op(&reduce::REDUCE_SUM, "pool_count").arg("x", &m).konst("axes", token_axes).konst("keep_dims", Tensor::bool_scalar(false)).build1()?;
+                // sentence-transformers clamps the count at 1e-9, which fp16 cannot hold; the
+                // count is a whole number, so clamping at 1 agrees whenever a token is unmasked.
+                let count = net.with_scalar(&ew::MAXIMUM, "pool_count_clamped", &count, 1.0)?;
+                net.binary(&ew::REAL_DIV, "pooled", &sum, &count)?
+            }
+            Pooling::Max => {
+                let one = net.b.konst("pool_one", net.scalar(1.0));
+                let inv = net.binary(&ew::SUB, "pool_mask_inverted", &one, &m)?;
+                let bias = net.with_scalar(&ew::MUL, "pool_mask_bias", &inv, MASK_NEG)?;
+                let masked = net.binary(&ew::ADD, "pool_masked", h, &bias)?;
+                net.b.op(&reduce::REDUCE_MAX, "pooled").arg("x", &masked).konst("axes", token_axes).konst("keep_dims", Tensor::bool_scalar(false)).build1()?
+            }
+        };
+        if !self.normalize {
+            return Ok(pooled);
+        }
+        // x / ‖x‖, computed as y / ‖y‖ with y = x / max|x| so the sum of squares stays ≤ C and
+        // cannot overflow fp16.
+        let abs = net.b.op(&ew::ABS, "norm_abs").arg("x", &pooled).build1()?;
+        let peak = net.b.op(&reduce::REDUCE_MAX, "norm_peak").arg("x", &abs).konst("axes", Tensor::i32_vec(&[1])).konst("keep_dims", Tensor::bool_scalar(true)).build1()?;
+        let peak = net.with_scalar(&ew::MAXIMUM, "norm_peak_clamped", &peak, FP16_MIN_NORMAL)?;
+        let y = net.binary(&ew::REAL_DIV, "norm_scaled", &pooled, &peak)?;
+        let sq = net.binary(&ew::MUL, "norm_square", &y, &y)?;
+        let sum = net.b.op(&reduce::REDUCE_SUM, "norm_sum").arg("x", &sq).konst("axes", Tensor::i32_vec(&[1])).konst("keep_dims", Tensor::bool_scalar(true)).build1()?;
+        let len = net.b.op(&ew::SQRT, "norm_length").arg("x", &sum).build1()?;
+        net.binary(&ew::REAL_DIV, "normalized", &y, &len)
+    }
 }
 
+/// The pooling mode of a Pooling module's `config.json` at `path` (already resolved inside the
+/// folder).
 fn read_pooling(path: &Path, hidden: usize) -> Result<Pooling, HfError> {
-    let text = std::fs::read_to_string(path).map_err(|e| HfError::io(path, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| HfError::file(path, format!("not valid JSON: {e}")))?;
+    let json = super::read_json(path)?;
     if let Some(d) = json.get("word_embedding_dimension").and_then(|v| v.as_u64()) {
         if d != hidden as u64 {
             return Err(HfError::file(path, format!("word_embedding_dimension {d} differs from the model's hidden size {hidden}")));
@@ -442,7 +601,7 @@ fn build(folder: &Folder, options: &Options) -> Result<Output, HfError> {
     if seq == 0 || seq > max {
         return Err(folder.config_error(format!("--seq-len {seq} is outside 1..={max}, the positions max_position_embeddings covers")));
     }
-    let main = Net::new(&encoder, options, seq).build(head)?;
+    let main = encoder.build(options, seq, head)?;
     let mut model = Model::new(Program::with_main(main));
     model.metadata.short_description =
         format!("{} encoder converted from {}", encoder.config.flavor.package_name(), folder.dir.display());
@@ -454,7 +613,7 @@ fn build(folder: &Folder, options: &Options) -> Result<Output, HfError> {
     ] {
         model.feature_descriptions.insert(name.to_string(), what);
     }
-    let side_files = SIDE_FILES.iter().map(|f| folder.dir.join(f)).filter(|p| p.is_file()).collect::<Vec<PathBuf>>();
+    let side_files = super::side_files(&folder.dir, SIDE_FILES)?;
     Ok(Output { packages: vec![Built { name: encoder.config.flavor.package_name().to_string(), model }], side_files })
 }
 
@@ -467,295 +626,12 @@ pub const LAST_HIDDEN_STATE: &str = "last_hidden_state";
 /// Name of the pooled output of sentence-transformers folders, (1, C).
 pub const SENTENCE_EMBEDDING: &str = "sentence_embedding";
 
-/// The MIL being built for one encoder.
-struct Net<'e> {
-    b: Builder,
-    enc: &'e Encoder,
-    /// Compute and weight dtype.
-    dt: DType,
-    seq: usize,
-}
-
-/// `w` in dtype `dt`: fp32 → fp16 stays a lazy view of the mapped file; other mixes are copied.
-fn in_dtype(w: &Tensor, dt: DType) -> Tensor {
-    match (w.dtype(), dt, w.to_f32_vec()) {
-        (from, to, _) if from == to => w.clone(),
-        (DType::F32, DType::F16, _) => Tensor::f16_of(w),
-        (_, DType::F16, Some(v)) => Tensor::from_f32_as_f16(w.shape(), &v),
-        (_, _, Some(v)) => Tensor::from_f32(w.shape(), &v),
-        (_, _, None) => w.clone(),
-    }
-}
-
-impl<'e> Net<'e> {
-    fn new(enc: &'e Encoder, options: &Options, seq: usize) -> Net<'e> {
-        let mut b = Builder::new(options.opset);
-        b.fold_constants(true);
-        let dt = if options.precision == DType::F16 { DType::F16 } else { DType::F32 };
-        Net { b, enc, dt, seq }
-    }
-
-    fn scalar(&self, v: f32) -> Tensor {
-        Tensor::float_scalar(self.dt, v)
-    }
-
-    /// A weight as a `const` in the compute dtype.
-    fn weight(&mut self, hint: &str, w: &Tensor) -> Var {
-        let t = in_dtype(w, self.dt);
-        self.b.konst(hint, t)
-    }
-
-    /// A Linear on (1, C_in, 1, S) as a 1×1 `conv` whose weight views (C_out, C_in) as
-    /// (C_out, C_in, 1, 1).
-    fn conv(&mut self, hint: &str, x: &Var, l: &Linear) -> Result<Var, HfError> {
-        let w = match l.weight.shape() {
-            &[c_out, c_in] => l.weight.reshaped(&[c_out, c_in, 1, 1]).unwrap_or_else(|| l.weight.clone()),
-            _ => l.weight.clone(),
-        };
-        let w = self.weight(&format!("{hint}_weight"), &w);
-        let bias = self.weight(&format!("{hint}_bias"), &l.bias);
-        Ok(self
-            .b
-            .op(&linear::CONV, hint)
-            .arg("x", x)
-            .arg("weight", &w)
-            .arg("bias", &bias)
-            .konst("strides", Tensor::i32_vec(&[1, 1]))
-            .konst("pad_type", Tensor::string("valid"))
-            .konst("dilations", Tensor::i32_vec(&[1, 1]))
-            .konst("groups", Tensor::i32_scalar(1))
-            .build1()?)
-    }
-
-    /// LayerNorm over the channel axis of (1, C, 1, S).
-    fn layer_norm(&mut self, hint: &str, x: &Var, n: &LayerNorm) -> Result<Var, HfError> {
-        let gamma = self.weight(&format!("{hint}_gamma"), &n.weight);
-        let beta = self.weight(&format!("{hint}_beta"), &n.bias);
-        let eps = self.scalar(self.enc.config.eps as f32);
-        Ok(super::channel_layer_norm(&mut self.b, hint, x, &gamma, &beta, eps)?)
-    }
-
-    fn binary(&mut self, def: &'static crate::mil::ops::OpDef, hint: &str, x: &Var, y: &Var) -> Result<Var, HfError> {
-        Ok(self.b.op(def, hint).arg("x", x).arg("y", y).build1()?)
-    }
-
-    fn with_const(&mut self, def: &'static crate::mil::ops::OpDef, hint: &str, x: &Var, y: Tensor) -> Result<Var, HfError> {
-        Ok(self.b.op(def, hint).arg("x", x).konst("y", y).build1()?)
-    }
-
-    fn reshape(&mut self, hint: &str, x: &Var, dims: &[usize]) -> Result<Var, HfError> {
-        let dims: Vec<i32> = dims.iter().map(|&d| d as i32).collect();
-        Ok(self.b.op(&shape::RESHAPE, hint).arg("x", x).konst("shape", Tensor::i32_vec(&dims)).build1()?)
-    }
-
-    fn gather(&mut self, hint: &str, table: &Var, indices: &Var) -> Result<Var, HfError> {
-        Ok(self.b.op(&shape::GATHER, hint).arg("x", table).arg("indices", indices).konst("axis", Tensor::i32_scalar(0)).build1()?)
-    }
-
-    fn cast(&mut self, hint: &str, x: &Var, to: DType) -> Result<Var, HfError> {
-        Ok(self.b.op(&ew::CAST, hint).arg("x", x).konst("dtype", Tensor::string(to.name())).build1()?)
-    }
-
-    /// `embeddings`: word + position + token type 0 as (S, C) rows (gathered from the flat ids,
-    /// so no rank-3 activation has channels last), transposed to (C, S), viewed as (1, C, 1, S),
-    /// then LayerNorm.
-    fn embeddings(&mut self, ids: &Var) -> Result<Var, HfError> {
-        let (enc, seq) = (self.enc, self.seq);
-        let e = &enc.embeddings;
-        let ids = self.reshape("input_ids_flat", ids, &[seq])?;
-        let word = self.weight("word_embeddings", &e.word);
-        let mut x = self.gather("word_embedded", &word, &ids)?;
-        let table = self.weight("position_embeddings", &e.position);
-        let position_ids = match enc.config.padding_idx {
-            // RoBERTa `create_position_ids_from_input_ids`: cumsum of non-pad tokens, times the
-            // non-pad mask, plus padding_idx (pads get padding_idx itself).
-            Some(pad) => {
-                let real = self.b.op(&ew::NOT_EQUAL, "not_pad").arg("x", &ids).konst("y", Tensor::i32_scalar(pad as i32)).build1()?;
-                let real = self.cast("not_pad_i32", &real, DType::I32)?;
-                let count = self.b.op(&shape::CUMSUM, "pad_cumsum").arg("x", &real).konst("axis", Tensor::i32_scalar(0)).build1()?;
-                let count = self.binary(&ew::MUL, "pad_cumsum_masked", &count, &real)?;
-                self.with_const(&ew::ADD, "position_ids", &count, Tensor::i32_scalar(pad as i32))?
-            }
-            None => self.b.konst("position_ids", Tensor::i32_vec(&(0..seq as i32).collect::<Vec<_>>())),
-        };
-        let positions = self.gather("position_embedded", &table, &position_ids)?;
-        x = self.binary(&ew::ADD, "word_position", &x, &positions)?;
-        if let Some(tt) = &e.token_type {
-            let table = self.weight("token_type_embeddings", tt);
-            let zero = self.b.konst("token_type_ids", Tensor::i32_vec(&[0]));
-            let row = self.gather("token_type_embedded", &table, &zero)?;
-            x = self.binary(&ew::ADD, "embedded", &x, &row)?;
-        }
-        let x = self.b.op(&shape::TRANSPOSE, "embedded_cs").arg("x", &x).konst("perm", Tensor::i32_vec(&[1, 0])).build1()?;
-        let x = self.reshape("embedded_bc1s", &x, &[1, enc.config.hidden, 1, seq])?;
-        self.layer_norm("embeddings_norm", &x, &e.norm)
-    }
-
-    /// The additive attention mask (1, 1, S): 0 for real keys, [`MASK_NEG`] for padding;
-    /// it broadcasts over the query axis of (1, S_q, S_k) scores.
-    fn mask_bias(&mut self, mask: &Var) -> Result<Var, HfError> {
-        let m = self.cast("mask_float", mask, self.dt)?;
-        let one = self.b.konst("mask_one", self.scalar(1.0));
-        let inv = self.binary(&ew::SUB, "mask_inverted", &one, &m)?;
-        let bias = self.with_const(&ew::MUL, "mask_bias_flat", &inv, self.scalar(MASK_NEG))?;
-        self.reshape("mask_bias", &bias, &[1, 1, self.seq])
-    }
-
-    /// Self-attention split per head on (1, C, 1, S); returns the context (1, C, 1, S) before
-    /// the output projection.
-    fn attention(&mut self, p: &str, x: &Var, layer: &Layer, mask: &Var) -> Result<Var, HfError> {
-        let (heads, d, seq, c) = (self.enc.config.heads, self.enc.config.head_dim(), self.seq, self.enc.config.hidden);
-        let q = self.conv(&format!("{p}_query"), x, &layer.query)?;
-        let q = self.with_const(&ew::MUL, &format!("{p}_query_scaled"), &q, self.scalar(1.0 / (d as f32).sqrt()))?;
-        let k = self.conv(&format!("{p}_key"), x, &layer.key)?;
-        let v = self.conv(&format!("{p}_value"), x, &layer.value)?;
-        let mut outs = Vec::with_capacity(heads);
-        for h in 0..heads {
-            let mut split = |name: &str, t: &Var| -> Result<Var, HfError> {
-                let hint = format!("{p}_{name}_h{h}");
-                let part = self
-                    .b
-                    .op(&shape::SLICE_BY_INDEX, &hint)
-                    .arg("x", t)
-                    .konst("begin", Tensor::i32_vec(&[0, (h * d) as i32, 0, 0]))
-                    .konst("end", Tensor::i32_vec(&[1, ((h + 1) * d) as i32, 1, seq as i32]))
-                    .build1()?;
-                self.reshape(&format!("{hint}_bds"), &part, &[1, d, seq])
-            };
-            let (qh, kh, vh) = (split("q", &q)?, split("k", &k)?, split("v", &v)?);
-            let scores = self
-                .b
-                .op(&linear::MATMUL, &format!("{p}_scores_h{h}"))
-                .arg("x", &qh)
-                .arg("y", &kh)
-                .konst("transpose_x", Tensor::bool_scalar(true))
-                .konst("transpose_y", Tensor::bool_scalar(false))
-                .build1()?;
-            let scores = self.binary(&ew::ADD, &format!("{p}_scores_masked_h{h}"), &scores, mask)?;
-            let probs = self.b.op(&ew::SOFTMAX, &format!("{p}_probs_h{h}")).arg("x", &scores).konst("axis", Tensor::i32_scalar(-1)).build1()?;
-            let out = self
-                .b
-                .op(&linear::MATMUL, &format!("{p}_context_h{h}"))
-                .arg("x", &vh)
-                .arg("y", &probs)
-                .konst("transpose_x", Tensor::bool_scalar(false))
-                .konst("transpose_y", Tensor::bool_scalar(true))
-                .build1()?;
-            outs.push(out);
-        }
-        let ctx = self.b.op(&shape::CONCAT, &format!("{p}_context")).args("values", &outs).konst("axis", Tensor::i32_scalar(1)).build1()?;
-        self.reshape(&format!("{p}_context_bc1s"), &ctx, &[1, c, 1, seq])
-    }
-
-    fn activation(&mut self, hint: &str, x: &Var) -> Result<Var, HfError> {
-        let op = match self.enc.config.activation {
-            Activation::GeluExact => self.b.op(&ew::GELU, hint).arg("x", x).konst("mode", Tensor::string("EXACT")),
-            Activation::GeluTanh => self.b.op(&ew::GELU, hint).arg("x", x).konst("mode", Tensor::string("TANH_APPROXIMATION")),
-            Activation::Relu => self.b.op(&ew::RELU, hint).arg("x", x),
-            Activation::Silu => self.b.op(&ew::SILU, hint).arg("x", x),
-        };
-        Ok(op.build1()?)
-    }
-
-    /// One post-norm encoder layer on (1, C, 1, S).
-    fn layer(&mut self, n: usize, x: &Var, mask: &Var) -> Result<Var, HfError> {
-        let enc = self.enc;
-        let layer = &enc.layers[n];
-        let p = format!("layer{n}");
-        let ctx = self.attention(&p, x, layer, mask)?;
-        let a = self.conv(&format!("{p}_attention_out"), &ctx, &layer.attention_out)?;
-        let a = self.binary(&ew::ADD, &format!("{p}_attention_residual"), &a, x)?;
-        let x = self.layer_norm(&format!("{p}_attention_norm"), &a, &layer.attention_norm)?;
-        let f = self.conv(&format!("{p}_ffn_in"), &x, &layer.ffn_in)?;
-        let f = self.activation(&format!("{p}_ffn_act"), &f)?;
-        let f = self.conv(&format!("{p}_ffn_out"), &f, &layer.ffn_out)?;
-        let f = self.binary(&ew::ADD, &format!("{p}_ffn_residual"), &f, &x)?;
-        self.layer_norm(&format!("{p}_output_norm"), &f, &layer.output_norm)
-    }
-
-    /// sentence-transformers Pooling (+ Normalize) of (1, C, 1, S) into (1, C).
-    fn sentence(&mut self, h: &Var, mask: &Var, head: SentenceHead) -> Result<Var, HfError> {
-        let (c, seq) = (self.enc.config.hidden, self.seq);
-        let m = self.cast("pool_mask", mask, self.dt)?;
-        let m = self.reshape("pool_mask_bc1s", &m, &[1, 1, 1, seq])?;
-        let token_axes = Tensor::i32_vec(&[2, 3]);
-        let pooled = match head.pooling {
-            Pooling::Cls => {
-                let first = self
-                    .b
-                    .op(&shape::SLICE_BY_INDEX, "pool_first_token")
-                    .arg("x", h)
-                    .konst("begin", Tensor::i32_vec(&[0, 0, 0, 0]))
-                    .konst("end", Tensor::i32_vec(&[1, c as i32, 1, 1]))
-                    .build1()?;
-                self.reshape("pooled", &first, &[1, c])?
-            }
-            Pooling::Mean => {
-                let masked = self.binary(&ew::MUL, "pool_masked", h, &m)?;
-                let sum = self.b.op(&reduce::REDUCE_SUM, "pool_sum").arg("x", &masked).konst("axes", token_axes.clone()).konst("keep_dims", Tensor::bool_scalar(false)).build1()?;
-                let count = self.b.op(&reduce::REDUCE_SUM, "pool_count").arg("x", &m).konst("axes", token_axes).konst("keep_dims", Tensor::bool_scalar(false)).build1()?;
-                // sentence-transformers clamps the count at 1e-9, which fp16 cannot hold; the
-                // count is a whole number, so clamping at 1 agrees whenever a token is unmasked.
-                let count = self.with_const(&ew::MAXIMUM, "pool_count_clamped", &count, self.scalar(1.0))?;
-                self.binary(&ew::REAL_DIV, "pooled", &sum, &count)?
-            }
-            Pooling::Max => {
-                let one = self.b.konst("pool_one", self.scalar(1.0));
-                let inv = self.binary(&ew::SUB, "pool_mask_inverted", &one, &m)?;
-                let bias = self.with_const(&ew::MUL, "pool_mask_bias", &inv, self.scalar(MASK_NEG))?;
-                let masked = self.binary(&ew::ADD, "pool_masked", h, &bias)?;
-                self.b.op(&reduce::REDUCE_MAX, "pooled").arg("x", &masked).konst("axes", token_axes).konst("keep_dims", Tensor::bool_scalar(false)).build1()?
-            }
-        };
-        if !head.normalize {
-            return Ok(pooled);
-        }
-        // x / ‖x‖, computed as y / ‖y‖ with y = x / max|x| so the sum of squares stays ≤ C and
-        // cannot overflow fp16.
-        let abs = self.b.op(&ew::ABS, "norm_abs").arg("x", &pooled).build1()?;
-        let peak = self.b.op(&reduce::REDUCE_MAX, "norm_peak").arg("x", &abs).konst("axes", Tensor::i32_vec(&[1])).konst("keep_dims", Tensor::bool_scalar(true)).build1()?;
-        let peak = self.with_const(&ew::MAXIMUM, "norm_peak_clamped", &peak, self.scalar(FP16_MIN_NORMAL))?;
-        let y = self.binary(&ew::REAL_DIV, "norm_scaled", &pooled, &peak)?;
-        let sq = self.binary(&ew::MUL, "norm_square", &y, &y)?;
-        let sum = self.b.op(&reduce::REDUCE_SUM, "norm_sum").arg("x", &sq).konst("axes", Tensor::i32_vec(&[1])).konst("keep_dims", Tensor::bool_scalar(true)).build1()?;
-        let len = self.b.op(&ew::SQRT, "norm_length").arg("x", &sum).build1()?;
-        self.binary(&ew::REAL_DIV, "normalized", &y, &len)
-    }
-
-    /// The whole `main` function; outputs named [`LAST_HIDDEN_STATE`] (and [`SENTENCE_EMBEDDING`]).
-    fn build(mut self, head: Option<SentenceHead>) -> Result<crate::mil::Function, HfError> {
-        let ids = self.b.input(INPUT_IDS, TensorType::new(DType::I32, &[1, self.seq]));
-        let mask = self.b.input(ATTENTION_MASK, TensorType::new(DType::I32, &[1, self.seq]));
-        let mut x = self.embeddings(&ids)?;
-        let bias = self.mask_bias(&mask)?;
-        for n in 0..self.enc.layers.len() {
-            x = self.layer(n, &x, &bias)?;
-        }
-        let mut outputs = vec![(LAST_HIDDEN_STATE, x.clone())];
-        if let Some(head) = head {
-            outputs.push((SENTENCE_EMBEDDING, self.sentence(&x, &mask, head)?));
-        }
-        // fp16 model I/O needs iOS16 (as coremltools does); before it, outputs are cast to fp32.
-        let fp32_io = self.dt == DType::F16 && self.b.opset() < Opset::Ios16;
-        let mut vars = Vec::with_capacity(outputs.len());
-        for (name, v) in &outputs {
-            vars.push(if fp32_io { self.cast(&format!("{name}_fp32"), v, DType::F32)? } else { v.clone() });
-        }
-        let mut f = self.b.finish(&vars);
-        for ((name, _), v) in outputs.iter().zip(&vars) {
-            if !f.block.defines(name) {
-                f.block.rename(&v.0, name);
-            }
-        }
-        Ok(f)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hf::weights::SINGLE_FILE;
     use crate::interp::{self, Array};
+    use crate::mil::Opset;
     use crate::passes::testing::values;
     use safetensors::tensor::TensorView;
     use safetensors::Dtype;
@@ -824,6 +700,55 @@ mod tests {
         let mask = Array::int(vec![1, 4], vec![1, 1, 1, 0]);
         let y = interp::run(f, &[(INPUT_IDS.into(), ids), (ATTENTION_MASK.into(), mask)]).unwrap();
         assert_eq!(y[0].1.shape, vec![1, 8, 1, 4]);
+    }
+
+    #[test]
+    fn config_layers_beyond_the_weights_are_one_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_distilbert(dir.path(), &[]);
+        let path = dir.path().join("config.json");
+        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config["n_layers"] = serde_json::json!(1000);
+        std::fs::write(&path, config.to_string()).unwrap();
+        let err = crate::hf::build(dir.path(), &options(4)).err().unwrap();
+        let msg = err.to_string();
+        assert!(matches!(err, HfError::Config { .. }) && msg.contains("`n_layers` is 1000") && msg.contains("transformer.layer.999"), "{msg}");
+    }
+
+    #[test]
+    fn side_files_are_resolved_inside_the_folder() {
+        let outer = tempfile::tempdir().unwrap();
+        let dir = outer.path().join("model");
+        std::fs::create_dir(&dir).unwrap();
+        tiny_distilbert(&dir, &[]);
+        std::fs::write(dir.join("vocab.txt"), "[PAD]\n").unwrap();
+        let out = crate::hf::build(&dir, &options(4)).unwrap();
+        let real = dir.canonicalize().unwrap();
+        assert_eq!(out.side_files, vec![real.join("config.json"), real.join("vocab.txt")]);
+        std::fs::write(outer.path().join("passwd"), "root:x:0:0").unwrap();
+        std::os::unix::fs::symlink(outer.path().join("passwd"), dir.join("tokenizer.json")).unwrap();
+        let msg = crate::hf::build(&dir, &options(4)).err().unwrap().to_string();
+        assert!(msg.contains("tokenizer.json") && msg.contains("outside the folder"), "{msg}");
+    }
+
+    #[test]
+    fn pooling_config_must_stay_inside_the_folder() {
+        let outer = tempfile::tempdir().unwrap();
+        let dir = outer.path().join("model");
+        std::fs::create_dir(&dir).unwrap();
+        tiny_distilbert(&dir, &[]);
+        std::fs::create_dir(outer.path().join("pool")).unwrap();
+        std::fs::write(outer.path().join("pool").join("config.json"), r#"{"pooling_mode_mean_tokens": true}"#).unwrap();
+        let modules = r#"[{"type": "sentence_transformers.models.Transformer", "path": ""},
+            {"type": "sentence_transformers.models.Pooling", "path": "../pool"}]"#;
+        std::fs::write(dir.join(MODULES_FILE), modules).unwrap();
+        let msg = crate::hf::build(&dir, &options(4)).err().unwrap().to_string();
+        assert!(msg.contains("outside the folder"), "{msg}");
+        std::fs::create_dir(dir.join("1_Pooling")).unwrap();
+        std::fs::write(dir.join("1_Pooling").join("config.json"), r#"{"pooling_mode_mean_tokens": true}"#).unwrap();
+        std::fs::write(dir.join(MODULES_FILE), modules.replace("../pool", "1_Pooling")).unwrap();
+        let out = crate::hf::build(&dir, &options(4)).unwrap();
+        assert_eq!(out.packages[0].model.program.main().unwrap().block.outputs, vec![LAST_HIDDEN_STATE.to_string(), SENTENCE_EMBEDDING.to_string()]);
     }
 
     #[test]
