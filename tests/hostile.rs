@@ -115,6 +115,9 @@ impl Run {
         if err.iter().filter(|&&b| b == b'\n').count() != 1 || !err.ends_with(b"\n") {
             p.push(format!("stderr is not exactly one line: {shown}"));
         }
+        if err.trim_ascii().is_empty() {
+            p.push("stderr is empty".into());
+        }
         if err.contains(&b'\r') {
             p.push("stderr holds a carriage return".into());
         }
@@ -578,19 +581,33 @@ fn our_own_package_is_replaced_without_force() {
     p.assert_none();
 }
 
-/// `-o` equal to the `.pt` being converted, or to its folder: refused even with `--force`.
+/// `-o` equal to the `.pt` being converted, or to its folder: refused even with `--force`. The
+/// names ending in `.mlpackage` get past the extension check, which is what keeps the plain
+/// `models/mlp.pt` variants safe by accident.
 #[test]
 fn data_loss_output_is_the_pt_input_or_its_parent() {
     let t = tempfile::tempdir().unwrap();
+    let fixture = root().join("fixtures/torchscript/mlp.pt");
     let models = t.path().join("models");
-    std::fs::create_dir(&models).unwrap();
-    let pt = models.join("mlp.pt");
-    std::fs::copy(root().join("fixtures/torchscript/mlp.pt"), &pt).unwrap();
-    put(&models, "train.py", b"# the script that made mlp.pt\n");
+    let exported = t.path().join("Exported.mlpackage");
+    for dir in [&models, &exported] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::copy(&fixture, dir.join("mlp.pt")).unwrap();
+        put(dir, "train.py", b"# the script that made mlp.pt\n");
+    }
+    let named_like_a_package = t.path().join("mlp.mlpackage");
+    std::fs::copy(&fixture, &named_like_a_package).unwrap();
+    let cases = [
+        ("-o the .pt", models.join("mlp.pt"), models.join("mlp.pt"), "mlp.pt"),
+        ("-o the .pt's folder", models.join("mlp.pt"), models.clone(), "models"),
+        ("-o the .pt's folder named .mlpackage", exported.join("mlp.pt"), exported.clone(), "Exported.mlpackage"),
+        ("-o the .pt named .mlpackage", named_like_a_package.clone(), named_like_a_package.clone(), "mlp.mlpackage"),
+    ];
     let mut p = Problems::default();
     for force in [&[][..], &["--force"][..]] {
-        p.add(&format!("-o the .pt {force:?}"), refusal(&convert_pt(&pt, &pt, MLP_PT_INPUT, force), &["mlp.pt"], &[t.path()], MAX_ERROR_LINE));
-        p.add(&format!("-o the .pt's folder {force:?}"), refusal(&convert_pt(&pt, &models, MLP_PT_INPUT, force), &["models"], &[t.path()], MAX_ERROR_LINE));
+        for (case, pt, out, mention) in &cases {
+            p.add(&format!("{case} {force:?}"), refusal(&convert_pt(pt, out, MLP_PT_INPUT, force), &[mention], &[t.path()], MAX_ERROR_LINE));
+        }
     }
     p.assert_none();
 }
