@@ -755,7 +755,8 @@ fn bomb_config_num_mel_bins() {
     put(&dir, "config.json", config.to_string().as_bytes());
     make::write_safetensors(&dir.join("model.safetensors"), &[("model.encoder.conv1.weight".to_string(), vec![8, 80, 3])]);
     let out = t.path().join("out");
-    refused("num_mel_bins 1e6", &convert_bert(&dir, &out, &[]), &["config.json", "num_mel_bins"], &[t.path()]);
+    let args: [&OsStr; 4] = ["convert".as_ref(), dir.as_os_str(), "-o".as_ref(), out.as_os_str()];
+    refused("num_mel_bins 1e6", &args, &["config.json", "num_mel_bins"], &[t.path()]);
 }
 
 /// A coremltools package whose input is [65536, 65536, 65536] fp32 (1 PiB), all types consistent.
