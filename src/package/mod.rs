@@ -11,7 +11,7 @@ mod write;
 
 use std::path::PathBuf;
 
-pub use read::read;
+pub use read::{read, MAX_MANIFEST_BYTES, MAX_MODEL_SPEC_BYTES};
 pub use write::{write, WriteSummary};
 
 /// Directory inside `Data/` that holds the model and its weights (the Manifest item author).
@@ -48,6 +48,9 @@ pub enum Error {
     Invalid { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A package file that is not a regular file, too large, or resolves outside the package.
+    #[error(transparent)]
+    File(#[from] crate::files::Error),
 }
 
 impl Error {
