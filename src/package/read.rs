@@ -38,7 +38,7 @@ pub fn read(path: &Path) -> Result<Model, Error> {
     let not_pkg = |reason: &str| Error::NotAPackage { path: path.to_path_buf(), reason: reason.to_string() };
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => not_pkg("no such file or directory"),
-        _ => Error::Io { path: path.to_path_buf(), source: e },
+        _ => Error::Io { path: path.to_path_buf(), error: e },
     })?;
     if !meta.is_dir() {
         return Err(not_pkg("not an .mlpackage (a package is a directory with Manifest.json)"));
@@ -63,11 +63,11 @@ pub fn read(path: &Path) -> Result<Model, Error> {
     // errors keep naming the path as the package spells it).
     files::inside(path, &Path::new(DATA_DIR).join(item))?;
     let bytes = files::read_capped(&model_path, MAX_MODEL_SPEC_BYTES)?;
-    let proto = spec::Model::decode(bytes.as_slice()).map_err(|source| Error::Decode { path: model_path.clone(), source })?;
+    let proto = spec::Model::decode(bytes.as_slice()).map_err(|error| Error::Decode { path: model_path.clone(), error })?;
     drop(bytes);
     let model = Reader::new(&model_path, path).model(&proto)?;
     for f in model.program.functions.values() {
-        check_function(f).map_err(|source| Error::Check { path: model_path.clone(), source })?;
+        check_function(f).map_err(|error| Error::Check { path: model_path.clone(), error })?;
     }
     Ok(model)
 }

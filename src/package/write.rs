@@ -31,7 +31,7 @@ pub fn write(model: &Model, path: &Path) -> Result<WriteSummary, Error> {
         return Err(invalid(format!("a Core ML package path must end in .{PACKAGE_EXTENSION}")));
     }
     for f in model.program.functions.values() {
-        check_function(f).map_err(|source| Error::Check { path: path.to_path_buf(), source })?;
+        check_function(f).map_err(|error| Error::Check { path: path.to_path_buf(), error })?;
     }
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
