@@ -78,6 +78,75 @@ fn corrupt_manifest_is_one_error_line() {
     assert_one_line_error(&inspect(&[p.to_str().unwrap()]), &["Manifest.json"]);
 }
 
+/// Replaces `file` with a FIFO (no writer ever comes: reading it would block forever).
+fn make_fifo(file: &Path) {
+    std::fs::remove_file(file).unwrap();
+    let status = Command::new("mkfifo").arg(file).status().unwrap();
+    assert!(status.success());
+}
+
+/// Runs `inspect` on `p` with a deadline: a reader that blocks fails the test instead of hanging it.
+fn inspect_within_deadline(p: &Path) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_torch2coreml"))
+        .arg("inspect")
+        .arg(p)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!("inspect {} did not finish within 10 s (blocked on a FIFO?)", p.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn issue_hostile_fifos_in_a_package_are_one_error_line_not_a_hang() {
+    for file in ["Manifest.json", "Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin"] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = written(dir.path());
+        make_fifo(&p.join(file));
+        let name = Path::new(file).file_name().unwrap().to_str().unwrap();
+        assert_one_line_error(&inspect_within_deadline(&p), &[name, "is a FIFO, not a regular file"]);
+    }
+}
+
+#[test]
+fn issue_hostile_symlinks_out_of_a_package_are_refused() {
+    for file in ["Manifest.json", "Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin"] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = written(dir.path());
+        // A copy of the real file outside the package: only where it lives is wrong.
+        let outside = dir.path().join("elsewhere");
+        std::fs::copy(p.join(file), &outside).unwrap();
+        std::fs::remove_file(p.join(file)).unwrap();
+        std::os::unix::fs::symlink(&outside, p.join(file)).unwrap();
+        let name = Path::new(file).file_name().unwrap().to_str().unwrap();
+        assert_one_line_error(&inspect(&[p.to_str().unwrap()]), &[name, "resolves outside the folder"]);
+    }
+    // A link that stays inside the package is fine.
+    let dir = tempfile::tempdir().unwrap();
+    let p = written(dir.path());
+    let w = p.join("Data/com.apple.CoreML/weights/weight.bin");
+    std::fs::rename(&w, p.join("Data/com.apple.CoreML/weights/real.bin")).unwrap();
+    std::os::unix::fs::symlink("real.bin", &w).unwrap();
+    assert!(inspect(&[p.to_str().unwrap()]).status.success());
+}
+
+#[test]
+fn issue_hostile_oversized_manifest_is_refused_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = written(dir.path());
+    let f = std::fs::File::create(p.join("Manifest.json")).unwrap();
+    f.set_len(package::MAX_MANIFEST_BYTES + 1).unwrap();
+    assert_one_line_error(&inspect(&[p.to_str().unwrap()]), &["Manifest.json", "more than the 1048576 bytes allowed"]);
+}
+
 fn json_report(p: &Path) -> serde_json::Value {
     let out = inspect(&["--format", "json", p.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

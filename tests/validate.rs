@@ -114,3 +114,60 @@ fn per_op_names_the_op_where_fp16_overflows() {
     let (code32, j32) = &reports[1];
     assert_eq!((*code32, j32["pass"].as_bool()), (Some(0), Some(true)), "{j32}");
 }
+
+/// Asserts exit code 2 with exactly one stderr line holding every `needles` entry and no stdout.
+fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "want one line, got: {err}");
+    assert!(needles.iter().all(|n| err.contains(n)), "{needles:?} not all in: {err}");
+    assert!(!err.contains("panicked") && out.stdout.is_empty(), "{err}");
+}
+
+/// A package computing `x + 1` over an fp32 input `x` of `dims`.
+fn add_one_package(dir: &Path, name: &str, dims: &[usize]) -> PathBuf {
+    use torch2coreml::mil::builder::Builder;
+    use torch2coreml::mil::ops::elementwise as ew;
+    use torch2coreml::mil::{DType, Model, Opset, Program, Tensor, TensorType};
+    let mut b = Builder::new(Opset::Ios16);
+    let x = b.input("x", TensorType::new(DType::F32, dims));
+    let y = b.op(&ew::ADD, "y").arg("x", &x).konst("y", Tensor::float_scalar(DType::F32, 1.0)).build1().unwrap();
+    let pkg = dir.join(format!("{name}.mlpackage"));
+    torch2coreml::package::write(&Model::new(Program::with_main(b.finish(&[y]))), &pkg).unwrap();
+    pkg
+}
+
+#[test]
+fn issue_hostile_huge_dims_fail_with_one_line_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = add_one_package(dir.path(), "huge", &[65536, 65536, 65536]);
+    let per_op = validate(&[pkg.as_os_str(), "--per-op".as_ref()]);
+    assert_one_line_error(&per_op, &["huge.mlpackage", "input `x`", "memory budget"]);
+    let against = validate(&[pkg.as_os_str(), "--against".as_ref(), pkg.as_os_str()]);
+    assert_one_line_error(&against, &["input `x`", "memory budget"]);
+    // Dimensions whose element count wraps to 0 are refused when the package is read.
+    let wrapping = add_one_package(dir.path(), "wrapping", &[1 << 32, 1 << 32]);
+    let out = validate(&[wrapping.as_os_str(), "--against".as_ref(), wrapping.as_os_str()]);
+    assert_one_line_error(&out, &["model.mlmodel", "more elements or bytes than memory can address"]);
+}
+
+#[test]
+fn issue_hostile_a_nan_reference_fails() {
+    use torch2coreml::mil::builder::Builder;
+    use torch2coreml::mil::ops::elementwise as ew;
+    use torch2coreml::mil::{DType, Model, Opset, Program, Tensor, TensorType};
+    let dir = tempfile::tempdir().unwrap();
+    let good = add_one_package(dir.path(), "good", &[4]);
+    // The same signature, all outputs NaN (x · NaN).
+    let mut b = Builder::new(Opset::Ios16);
+    let x = b.input("x", TensorType::new(DType::F32, &[4]));
+    let y = b.op(&ew::MUL, "y").arg("x", &x).konst("y", Tensor::float_scalar(DType::F32, f32::NAN)).build1().unwrap();
+    let nan = dir.path().join("nan.mlpackage");
+    torch2coreml::package::write(&Model::new(Program::with_main(b.finish(&[y]))), &nan).unwrap();
+    for (pkg, reference) in [(&good, &nan), (&nan, &good)] {
+        let out = validate(&[pkg.as_os_str(), "--against".as_ref(), reference.as_os_str()]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("FAIL") && text.contains("some outputs out of tolerance"), "{text}");
+    }
+}

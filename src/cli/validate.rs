@@ -120,7 +120,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let main = model.program.main().context("the package has no main function")?;
     let inputs = match &args.inputs {
         Some(p) => validate::inputs_from(main, npz::read(p)?).with_context(|| format!("{}", p.display()))?,
-        None => validate::random_inputs(main, args.seed)?,
+        None => validate::random_inputs(main, args.seed).with_context(|| format!("{}", args.package.display()))?,
     };
     if args.per_op {
         return run_per_op(args, main, &inputs);

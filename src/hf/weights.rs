@@ -3,22 +3,36 @@
 //! Family builders (`hf::bert`, `hf::whisper`) look tensors up by module path through
 //! [`Weights::at`], mirroring the upstream module tree; every lookup checks the shape, and
 //! [`Weights::unused`] lists what no lookup touched so a family can refuse extra tensors.
+//!
+//! Hostile folders: files are opened through `crate::files` (regular files only; the index read
+//! with a size cap); shard names from the index must resolve inside the folder (no `..`, no
+//! absolute paths, no symlinks out); a safetensors header is capped at [`MAX_HEADER_BYTES`]
+//! before it is parsed, and the `safetensors` crate then checks what the header claims: offsets
+//! contiguous from 0, each tensor's byte span equal to its dtype × shape (checked arithmetic),
+//! and the last span ending exactly at the end of the file.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
 
 use super::HfError;
+use crate::files::{self, shown};
 use crate::mil::{DType, Tensor};
 
 /// The single-file weights name `save_pretrained` writes.
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// The index `save_pretrained` writes instead when it shards the weights.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// Largest index read. An index maps each tensor name to a shard (about 80 bytes a tensor): a
+/// 70B-parameter Llama's is 60 KB; 16 MiB is 250× that.
+pub const MAX_INDEX_BYTES: u64 = 16 << 20;
+/// Largest safetensors JSON header parsed (the crate itself allows 100 MB). A header entry takes
+/// about 100 bytes, so 16 MiB describes 160k tensors, 100× the largest checkpoints we convert,
+/// while parsing it stays far under 1 GB.
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
 
 /// Where one tensor lives.
 struct Entry {
@@ -45,21 +59,40 @@ impl Weights {
     pub fn open(dir: &Path) -> Result<Weights, HfError> {
         let single = dir.join(SINGLE_FILE);
         let index = dir.join(INDEX_FILE);
-        let shards: Vec<PathBuf> = if single.is_file() {
+        // Present at all (a FIFO or a dangling link too: opening it then says what is wrong).
+        let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+        let shards: Vec<PathBuf> = if exists(&single) {
             vec![single]
-        } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| HfError::io(&index, e))?;
+        } else if exists(&index) {
+            let text = files::read_text_capped(&index, MAX_INDEX_BYTES).map_err(file_error)?;
             let json: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| HfError::file(&index, format!("not valid JSON: {e}")))?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| HfError::file(&index, "has no `weight_map` object"))?;
-            let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+            let mut names = BTreeSet::new();
+            for v in map.values() {
+                let name = v.as_str().ok_or_else(|| HfError::file(&index, format!("`weight_map` holds {}, not a file name", shown(&v.to_string()))))?;
+                names.insert(name);
+            }
             if names.is_empty() {
                 return Err(HfError::file(&index, "`weight_map` names no shard files"));
             }
-            names.into_iter().map(|n| dir.join(n)).collect()
+            let mut shards = Vec::with_capacity(names.len());
+            for n in names {
+                // The shard must lie in this folder: an index naming `../x`, `/etc/passwd` or a
+                // link leading out is refused before anything is opened.
+                files::inside(dir, Path::new(n)).map_err(|e| match e {
+                    files::Error::OutsideFolder { .. } => HfError::file(
+                        &index,
+                        format!("`weight_map` names `{}`, which resolves outside the folder; shards must be files inside it", shown(n)),
+                    ),
+                    other => file_error(other),
+                })?;
+                shards.push(dir.join(n));
+            }
+            shards
         } else {
             return Err(HfError::file(dir, format!("has neither {SINGLE_FILE} nor {INDEX_FILE}")));
         };
@@ -71,20 +104,30 @@ impl Weights {
     }
 
     fn add_file(&mut self, path: PathBuf) -> Result<(), HfError> {
-        let file = File::open(&path).map_err(|e| HfError::io(&path, e))?;
-        // SAFETY: the map is read-only; a file changed under us while converting can give wrong
-        // values but not unsafety in our code (we only read bytes).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| HfError::io(&path, e))?;
+        // A changed file under us while converting can give wrong values but not unsafety in
+        // our code (we only read bytes); see `files::map_regular`.
+        let map = files::map_regular(&path).map_err(file_error)?;
+        let declared = map.get(..HEADER_LEN_BYTES).map(|b| b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)));
+        if let Some(len) = declared.filter(|&len| len > MAX_HEADER_BYTES) {
+            return Err(HfError::file(
+                &path,
+                format!("safetensors header claims {len} bytes, more than the {MAX_HEADER_BYTES} allowed; not a safetensors file, or corrupt"),
+            ));
+        }
         let (header_len, metadata) = SafeTensors::read_metadata(&map)
-            .map_err(|e| HfError::file(&path, format!("not a valid safetensors file ({e}); truncated or corrupt?")))?;
-        let data_start = HEADER_LEN_BYTES + header_len;
+            .map_err(|e| HfError::file(&path, format!("not a valid safetensors file ({}); truncated or corrupt?", shown(&e.to_string()))))?;
         let file_index = self.files.len();
         for (name, info) in metadata.tensors() {
-            let dtype = dtype_of(info.dtype)
-                .ok_or_else(|| HfError::file(&path, format!("tensor `{name}` has dtype {:?}, which is not supported", info.dtype)))?;
-            let entry = Entry { file: file_index, dtype, shape: info.shape.clone(), start: data_start + info.data_offsets.0 };
+            let dtype = dtype_of(info.dtype).ok_or_else(|| {
+                HfError::file(&path, format!("tensor `{}` has dtype {:?}, which is not supported", shown(&name), info.dtype))
+            })?;
+            // The crate checked that every span lies in the file, so these sums fit.
+            let start = (HEADER_LEN_BYTES + header_len)
+                .checked_add(info.data_offsets.0)
+                .ok_or_else(|| HfError::file(&path, format!("tensor `{}` has an offset past the end of memory", shown(&name))))?;
+            let entry = Entry { file: file_index, dtype, shape: info.shape.clone(), start };
             if self.entries.insert(name.clone(), entry).is_some() {
-                return Err(HfError::file(&path, format!("tensor `{name}` appears in more than one shard")));
+                return Err(HfError::file(&path, format!("tensor `{}` appears in more than one shard", shown(&name))));
             }
         }
         self.files.push((path, Arc::new(map)));
@@ -113,15 +156,17 @@ impl Weights {
         let Some(e) = self.entries.get(name) else {
             return Err(HfError::MissingTensor { dir: self.dir(), name: name.to_string() });
         };
-        let (path, map) = &self.files[e.file];
+        let Some((path, map)) = self.files.get(e.file) else {
+            return Err(HfError::MissingTensor { dir: self.dir(), name: name.to_string() });
+        };
         if e.shape != shape {
             return Err(HfError::WrongShape { file: path.clone(), name: name.into(), expected: shape.to_vec(), got: e.shape.clone() });
         }
         let t = Tensor::from_mapped(e.dtype, &e.shape, map.clone(), e.start)
-            .map_err(|err| HfError::file(path, format!("tensor `{name}`: {err}")))?;
+            .map_err(|err| HfError::file(path, format!("tensor `{}`: {err}", shown(name))))?;
         if let Some(values) = t.dtype().is_float().then(|| t.to_f32_vec()).flatten() {
-            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(HfError::file(path, format!("tensor `{name}` holds {} at element {i}", values[i])));
+            if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(HfError::file(path, format!("tensor `{}` holds {v} at element {i}", shown(name))));
             }
         }
         self.used.borrow_mut().insert(name.to_string());
@@ -181,6 +226,14 @@ impl<'w> Scope<'w> {
 
 /// The 8-byte little-endian header length that starts every safetensors file.
 const HEADER_LEN_BYTES: usize = 8;
+
+/// A refused file as an [`HfError`] (the message already names the path).
+fn file_error(e: files::Error) -> HfError {
+    let path = e.path().to_path_buf();
+    let message = e.to_string();
+    let prefix = format!("{}: ", path.display());
+    HfError::file(&path, message.strip_prefix(&prefix).unwrap_or(&message))
+}
 
 /// Our dtype for a safetensors dtype, for the ones Core ML weights can hold.
 fn dtype_of(d: Dtype) -> Option<DType> {
@@ -246,6 +299,81 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let err = Weights::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    }
+
+    /// A safetensors file with a raw JSON header and `payload` bytes, whatever they claim.
+    fn write_raw(path: &Path, header: &str, payload: &[u8]) {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(payload);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn open_err(dir: &Path) -> String {
+        Weights::open(dir).err().expect("the folder should be refused").to_string()
+    }
+
+    #[test]
+    fn issue_hostile_index_shards_must_stay_in_the_folder() {
+        let outer = tempfile::tempdir().unwrap();
+        let dir = outer.path().join("model");
+        std::fs::create_dir(&dir).unwrap();
+        write_safetensors(&outer.path().join("x.safetensors"), &[("a", &[1], &[1.])]);
+        std::os::unix::fs::symlink(outer.path().join("x.safetensors"), dir.join("link.safetensors")).unwrap();
+        let abs = outer.path().join("x.safetensors");
+        for shard in ["../x.safetensors", abs.to_str().unwrap(), "link.safetensors"] {
+            let index = serde_json::json!({"weight_map": {"a": shard}});
+            std::fs::write(dir.join(INDEX_FILE), index.to_string()).unwrap();
+            let e = open_err(&dir);
+            assert!(e.contains(INDEX_FILE) && e.contains("resolves outside the folder") && e.contains(shard), "{shard}: {e}");
+        }
+        std::fs::write(dir.join(INDEX_FILE), r#"{"weight_map": {"a": 7}}"#).unwrap();
+        assert!(open_err(&dir).contains("`weight_map` holds 7, not a file name"));
+        // An index larger than the cap is refused before it is parsed.
+        std::fs::File::create(dir.join(INDEX_FILE)).unwrap().set_len(MAX_INDEX_BYTES + 1).unwrap();
+        assert!(open_err(&dir).contains("bytes allowed for this kind of file"));
+    }
+
+    #[test]
+    fn issue_hostile_fifo_weights_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mkfifo").arg(dir.path().join(SINGLE_FILE)).status().unwrap();
+        assert!(status.success());
+        let e = open_err(dir.path());
+        assert!(e.contains(SINGLE_FILE) && e.ends_with("is a FIFO, not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn issue_hostile_headers_that_lie_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SINGLE_FILE);
+        // A header length of 2^63 in a tiny file.
+        let mut bytes = (1u64 << 63).to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        std::fs::write(&path, bytes).unwrap();
+        assert!(open_err(dir.path()).contains("header claims 9223372036854775808 bytes"));
+        // Just over our cap (the crate alone would accept up to 100 MB).
+        let mut bytes = (MAX_HEADER_BYTES + 1).to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        std::fs::write(&path, bytes).unwrap();
+        assert!(open_err(dir.path()).contains("more than the 16777216 allowed"));
+        let cases = [
+            // Overlapping spans.
+            (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, 12),
+            // A span past the end of the file.
+            (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4),
+            // A span that does not match dtype × shape.
+            (r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8),
+            // A shape whose byte count overflows.
+            (r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,8]}}"#, 8),
+            // Offsets near 2^64.
+            (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[18446744073709551608,0]}}"#, 8),
+        ];
+        for (header, payload) in cases {
+            write_raw(&path, header, &vec![0u8; payload]);
+            let e = open_err(dir.path());
+            assert!(e.contains(SINGLE_FILE) && e.contains("not a valid safetensors file"), "{header}: {e}");
+        }
     }
 
     #[test]

@@ -5,13 +5,30 @@
 //! accumulate in f32), so drift reported against torch is the drift a device computing in fp16
 //! shows; [`Compute::Fp32`] skips the rounding to get the same program's fp32 answer (the
 //! `validate --per-op` baseline). Called by `validate` and by tests; uses `mil` and `numeric`.
+//!
+//! Memory: before a function runs, [`memory_needed`] adds up what its values will take from
+//! their declared types (inputs, states, op outputs, freed after last use as a run frees them)
+//! and refuses a function over [`MEMORY_BUDGET_BYTES`], so a package declaring a
+//! [65536, 65536, 65536] tensor fails with one line instead of allocating. An op whose declared
+//! output has unknown dimensions is checked again just before it runs, from the shapes its
+//! `infer` gives for the actual inputs.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::mil::ops::{self, EvalArgs, EvalError};
-use crate::mil::{Argument, DType, Dim, Function, NamedType, Opset, Operation, ValueType};
+use crate::mil::ops::{self, Arg, EvalArgs, EvalError, OpArgs};
+use crate::mil::{Argument, DType, Dim, Function, NamedType, Opset, Operation, Tensor, TensorType, ValueType};
 use crate::numeric;
+
+/// Most bytes the values of one run may take at once (inputs, states and op outputs; the
+/// program's constants are not counted: they are bounded by the package's own files). Far above
+/// what the models we validate need (the largest, whisper-medium's encoder, peaks near 200 MB
+/// in fp32), and low enough that a hostile package cannot make us allocate past 1 GB: a
+/// declared size beyond it is refused before anything is allocated.
+pub const MEMORY_BUDGET_BYTES: u64 = 768 << 20;
+/// Bytes one element takes in an [`Array`]: its data is f32 or i32 (bools take 1, counted as 4
+/// to keep one rule).
+const ARRAY_ELEMENT_BYTES: u64 = 4;
 
 pub use crate::mil::ops::eval::{Array, Data};
 
@@ -40,32 +57,216 @@ pub enum Error {
     BadInput { name: String, expected: String, got: String },
     #[error("op `{op}` uses `{value}`, which is not defined (or already freed)")]
     Undefined { op: String, value: String },
-    #[error("op `{op}`: {source}")]
-    Eval { op: String, source: EvalError },
+    /// The kernel's error is part of the message, not a chained `source` (printed once by `{:#}`).
+    #[error("op `{op}`: {error}")]
+    Eval { op: String, error: EvalError },
     #[error("op `{op}` ({op_type}) produced {got} for output `{output}` declared {declared}")]
     OutputMismatch { op: String, op_type: String, output: String, declared: String, got: String },
     #[error("op `{0}` has nested blocks (control flow), which the interpreter does not run")]
     ControlFlow(String),
     #[error("function output `{0}` is not defined")]
     UndefinedOutput(String),
+    /// A value whose declared size overflows, or a run whose values would exceed
+    /// [`MEMORY_BUDGET_BYTES`]; found before allocating.
+    #[error("{value} {ty} needs {}{}: more than the interpreter's {} memory budget (is this shape meant?)", bytes_text(*bytes), alive_text(*live), bytes_text(MEMORY_BUDGET_BYTES))]
+    OverBudget { value: String, ty: String, bytes: u64, live: u64 },
+    #[error("{value} is declared {ty}, whose size overflows 64 bits")]
+    SizeOverflow { value: String, ty: String },
+}
+
+/// A byte count for messages: `768 MiB`, `1.0 PiB`.
+fn bytes_text(n: u64) -> String {
+    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} bytes"),
+        _ if v.fract() == 0.0 => format!("{v} {}", UNITS[unit]),
+        _ => format!("{v:.1} {}", UNITS[unit]),
+    }
+}
+
+/// ", with N of other values alive" for [`Error::OverBudget`], empty when nothing else is alive.
+fn alive_text(live: u64) -> String {
+    if live == 0 {
+        String::new()
+    } else {
+        format!(", with {} of other values alive", bytes_text(live))
+    }
+}
+
+/// Bytes an [`Array`] of type `ty` takes, or `None` while a dimension is unknown; an error when
+/// the count overflows. `value` names it for the error.
+fn array_bytes(ty: &TensorType, value: &dyn Fn() -> String) -> Result<Option<u64>, Error> {
+    let Some(shape) = ty.fixed_shape() else { return Ok(None) };
+    let bytes = shape.iter().try_fold(ARRAY_ELEMENT_BYTES, |acc, &d| acc.checked_mul(u64::try_from(d).ok()?));
+    bytes.map(Some).ok_or_else(|| Error::SizeOverflow { value: value(), ty: ty.to_string() })
+}
+
+/// Peak bytes a run of `function` holds in values (inputs, states, op outputs), from declared
+/// types, freeing each value after its last use as a run does (block outputs and states are kept
+/// to the end). Constants are not counted (see [`MEMORY_BUDGET_BYTES`]); values with unknown
+/// dimensions count 0 here and are checked when their op runs. Errors when one value or the peak
+/// exceeds [`MEMORY_BUDGET_BYTES`], naming the value that crosses it. Called before every run
+/// and by `validate` before it draws random inputs.
+pub fn memory_needed(function: &Function) -> Result<u64, Error> {
+    let block = &function.block;
+    let mut size: HashMap<&str, u64> = HashMap::new();
+    let mut live = 0u64;
+    let over = |value: String, ty: &TensorType, bytes: u64, live: u64| Error::OverBudget { value, ty: ty.to_string(), bytes, live };
+    for i in &function.inputs {
+        let ty = i.ty.tensor();
+        let bytes = array_bytes(ty, &|| format!("input `{}`", i.name))?.unwrap_or(0);
+        if live.saturating_add(bytes) > MEMORY_BUDGET_BYTES {
+            return Err(over(format!("input `{}`", i.name), ty, bytes, live));
+        }
+        live += bytes;
+        size.insert(&i.name, bytes);
+    }
+    let mut last_use: HashMap<&str, usize> = HashMap::new();
+    for (i, op) in block.operations.iter().enumerate() {
+        for (_, args) in &op.inputs {
+            for arg in args {
+                if let Argument::Name(n) = arg {
+                    last_use.insert(n.as_str(), i);
+                }
+            }
+        }
+    }
+    for o in &block.outputs {
+        last_use.insert(o.as_str(), usize::MAX);
+    }
+    for i in &function.inputs {
+        if matches!(i.ty, ValueType::State(_)) {
+            last_use.insert(&i.name, usize::MAX);
+        }
+    }
+    let mut peak = live;
+    for (i, op) in block.operations.iter().enumerate() {
+        if op.op_type != "const" {
+            for o in &op.outputs {
+                let ty = o.ty.tensor();
+                let what = || format!("op `{}` output `{}`", op.name, o.name);
+                let bytes = array_bytes(ty, &what)?.unwrap_or(0);
+                if live.saturating_add(bytes) > MEMORY_BUDGET_BYTES {
+                    return Err(over(what(), ty, bytes, live));
+                }
+                live += bytes;
+                size.insert(&o.name, bytes);
+            }
+        }
+        peak = peak.max(live);
+        for (_, args) in &op.inputs {
+            for arg in args {
+                if let Argument::Name(n) = arg {
+                    if last_use.get(n.as_str()) == Some(&i) {
+                        live -= size.remove(n.as_str()).unwrap_or(0);
+                    }
+                }
+            }
+        }
+    }
+    Ok(peak)
+}
+
+/// Longest int32 input that [`check_unknown_outputs`] hands to `infer` as a value: shape-like
+/// vectors (a `fill`'s `shape`, a `tile`'s `reps` computed at run time) are one entry per axis.
+const SHAPE_LIKE_MAX_ELEMENTS: usize = 64;
+
+/// For an op whose declared outputs have unknown dimensions: types its outputs by its `infer` on
+/// the actual input shapes and the values of constants and short int32 inputs (a `tile`'s
+/// `reps`, a `fill`'s `shape`, whether constant or computed), and refuses to run it when they
+/// would take the values already held (`held` bytes) past the budget. When `infer` cannot say,
+/// the op runs.
+fn check_unknown_outputs<'e>(
+    op: &Operation,
+    opset: Opset,
+    lookup: &dyn Fn(&str) -> Option<&'e Array>,
+    consts: &HashMap<&str, &Tensor>,
+    held: u64,
+) -> Result<(), Error> {
+    if op.outputs.iter().all(|o| o.ty.tensor().fixed_shape().is_some()) {
+        return Ok(());
+    }
+    let Some(def) = ops::lookup(&op.op_type, opset) else { return Ok(()) };
+    // Short int32 values computed at run time, as tensors `infer` can read (by argument order).
+    let mut computed: Vec<Option<Tensor>> = Vec::new();
+    for b in op.inputs.iter().flat_map(|(_, bound)| bound) {
+        computed.push(match b {
+            Argument::Name(n) if !consts.contains_key(n.as_str()) => {
+                lookup(n).filter(|a| a.dtype == DType::I32 && a.len() <= SHAPE_LIKE_MAX_ELEMENTS).map(Array::to_tensor)
+            }
+            _ => None,
+        });
+    }
+    let mut computed = computed.iter();
+    let mut args = Vec::with_capacity(op.inputs.len());
+    for (param, bound) in &op.inputs {
+        let mut list = Vec::with_capacity(bound.len());
+        for b in bound {
+            let value = computed.next().and_then(Option::as_ref);
+            list.push(match b {
+                Argument::Name(n) => match (consts.get(n.as_str()).copied(), value, lookup(n)) {
+                    (Some(t), _, _) | (None, Some(t), _) => Arg { ty: t.tensor_type(), value: Some(t), state: false },
+                    (None, None, Some(a)) => Arg { ty: TensorType::new(a.dtype, &a.shape), value: None, state: false },
+                    (None, None, None) => return Ok(()),
+                },
+                Argument::Value(t) => Arg { ty: t.tensor_type(), value: Some(t), state: false },
+            });
+        }
+        args.push((param.as_str(), list));
+    }
+    let op_args = OpArgs { op: &op.op_type, opset, args, attributes: &op.attributes };
+    let Ok(inferred) = ops::check(def, &op_args) else { return Ok(()) };
+    let mut total = held;
+    for (ty, decl) in inferred.iter().zip(&op.outputs) {
+        let what = || format!("op `{}` output `{}`", op.name, decl.name);
+        let bytes = array_bytes(ty, &what)?.unwrap_or(0);
+        if total.saturating_add(bytes) > MEMORY_BUDGET_BYTES {
+            return Err(Error::OverBudget { value: what(), ty: ty.to_string(), bytes, live: total });
+        }
+        total += bytes;
+    }
+    Ok(())
 }
 
 /// Runs `function` on `inputs` (by input name) with the program's declared precision.
 /// Returns the block outputs in order, by name. An fp16 input given as an fp16 [`Array`] is
 /// taken as it is (such an array holds fp16 values); given as fp32 it is rounded first.
 pub fn run(function: &Function, inputs: &[(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
-    run_with(function, inputs, Compute::AsDeclared, &mut |_, _| {})
+    run_known(function, inputs, &mut [], Compute::AsDeclared, None, &Known::default())
 }
 
 /// [`run`] with a precision choice and an observer called with every op output as it is made
-/// (name, value); `validate --per-op` uses it to compare intermediates.
+/// (name, value). Used by tests.
 pub fn run_with(
     function: &Function,
     inputs: &[(String, Array)],
     compute: Compute,
     observe: &mut dyn FnMut(&str, &Array),
 ) -> Result<Vec<(String, Array)>, Error> {
-    run_known(function, inputs, &mut [], compute, observe, &Known::default())
+    let visit: &mut Visit = &mut |op, _, outputs| {
+        for (value, decl) in outputs.iter().zip(&op.outputs) {
+            observe(&decl.name, value);
+        }
+        Ok(())
+    };
+    run_known(function, inputs, &mut [], compute, Some(visit), &Known::default())
+}
+
+/// What [`run_visiting`] calls after each op: the op, a lookup of the values it read (still
+/// held: they are freed after the visit), and its outputs. An error stops the run.
+pub type Visit<'v> = dyn for<'a> FnMut(&Operation, &(dyn Fn(&str) -> Option<&'a Array> + 'a), &[Array]) -> Result<(), Error> + 'v;
+
+/// [`run`] with a precision choice and `visit` called after every op with the op's inputs and
+/// outputs, holding no more than the run holds. `validate --per-op` re-evaluates each op from
+/// its inputs this way. Reshapes are not done in place (the visitor may read their input).
+pub fn run_visiting(function: &Function, inputs: &[(String, Array)], compute: Compute, visit: &mut Visit) -> Result<Vec<(String, Array)>, Error> {
+    run_known(function, inputs, &mut [], compute, Some(visit), &Known::default())
 }
 
 /// Runs a function with iOS18 state inputs. `states` holds each state's value by name (the
@@ -78,7 +279,7 @@ pub fn run_stateful(
     inputs: &[(String, Array)],
     states: &mut [(String, Array)],
 ) -> Result<Vec<(String, Array)>, Error> {
-    run_known(function, inputs, states, Compute::AsDeclared, &mut |_, _| {}, &Known::default())
+    run_known(function, inputs, states, Compute::AsDeclared, None, &Known::default())
 }
 
 /// A function prepared for many runs (a decoder called once per token): the values of its
@@ -99,6 +300,7 @@ pub struct Prepared {
 impl Prepared {
     /// Takes `function` and converts every top-level `const` of it.
     pub fn new(function: Function) -> Result<Prepared, Error> {
+        memory_needed(&function)?;
         let mut consts = HashMap::new();
         let ops = &function.block.operations;
         for op in ops.iter().filter(|o| o.op_type == "const") {
@@ -172,7 +374,7 @@ impl Prepared {
     /// [`run_stateful`] with the prepared constants and fixed inputs.
     pub fn run_stateful(&self, inputs: &[(String, Array)], states: &mut [(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
         let known = Known { consts: Some(&self.consts), fixed: Some(&self.fixed), done: &self.done, fixed_inputs: &self.fixed_inputs };
-        run_known(&self.function, inputs, states, Compute::AsDeclared, &mut |_, _| {}, &known)
+        run_known(&self.function, inputs, states, Compute::AsDeclared, None, &known)
     }
 
     fn unknown_input(&self, name: &str) -> Error {
@@ -197,16 +399,16 @@ impl Known<'_> {
     }
 }
 
-/// [`run_with`], reading `known` values by reference, and the inputs from `inputs` where they
-/// need no conversion (never copied into the value environment: a decoder step reads tens of
-/// MB of caches it does not change). State values live in the environment under the state's
-/// name, are never freed, and are copied back into `states` at the end.
+/// [`run_visiting`] (`visit` optional), reading `known` values by reference, and the inputs from
+/// `inputs` where they need no conversion (never copied into the value environment: a decoder
+/// step reads tens of MB of caches it does not change). State values live in the environment
+/// under the state's name, are never freed, and are copied back into `states` at the end.
 fn run_known(
     function: &Function,
     inputs: &[(String, Array)],
     states: &mut [(String, Array)],
     compute: Compute,
-    observe: &mut dyn FnMut(&str, &Array),
+    mut visit: Option<&mut Visit>,
     known: &Known,
 ) -> Result<Vec<(String, Array)>, Error> {
     let block = &function.block;
@@ -214,6 +416,12 @@ fn run_known(
     if !unsupported.is_empty() {
         return Err(Error::Unsupported(unsupported));
     }
+    if known.consts.is_none() {
+        // A `Prepared` function was checked once, when it was prepared.
+        memory_needed(function)?;
+    }
+    // Constant tensors by output name, for typing ops with unknown output dims; built on first need.
+    let mut const_tensors: Option<HashMap<&str, &Tensor>> = None;
     let mut bound = bind_inputs(function, inputs, compute, known.fixed_inputs)?;
     let mut env: HashMap<String, Array> = HashMap::new();
     for (name, value) in bind_states(function, states, compute)? {
@@ -244,17 +452,28 @@ fn run_known(
         if known.done.get(i).copied().unwrap_or(false) {
             continue;
         }
-        let mut outputs = match reshape_in_place(op, i, &last_use, &mut env, &mut bound) {
+        let in_place = if visit.is_none() { reshape_in_place(op, i, &last_use, &mut env, &mut bound) } else { None };
+        let mut outputs = match in_place {
             Some(value) => vec![value],
             None => {
                 let lookup = |n: &str| env.get(n).or_else(|| bound.get(n).map(|c| c.as_ref())).or_else(|| known.get(n));
+                if op.outputs.iter().any(|o| o.ty.tensor().fixed_shape().is_none()) {
+                    let consts = const_tensors.get_or_insert_with(|| {
+                        block.operations.iter().filter_map(|o| Some((o.outputs.first()?.name.as_str(), o.const_val()?))).collect()
+                    });
+                    let held = env.values().chain(bound.values().map(|c| c.as_ref())).map(|a| a.len() as u64 * ARRAY_ELEMENT_BYTES).sum();
+                    check_unknown_outputs(op, function.opset, &lookup, consts, held)?;
+                }
                 eval_op_with(op, function.opset, &lookup, compute)?
             }
         };
-        let written = outputs.split_off(op.outputs.len());
+        if let Some(visit) = visit.as_deref_mut() {
+            let lookup = |n: &str| env.get(n).or_else(|| bound.get(n).map(|c| c.as_ref())).or_else(|| known.get(n));
+            visit(op, &lookup, &outputs[..op.outputs.len().min(outputs.len())])?;
+        }
+        let written = outputs.split_off(op.outputs.len().min(outputs.len()));
         store_written_states(op, function.opset, written, &mut env);
         for (value, decl) in outputs.into_iter().zip(&op.outputs) {
-            observe(&decl.name, &value);
             env.insert(decl.name.clone(), value);
         }
         for (_, args) in &op.inputs {
@@ -345,7 +564,7 @@ fn eval_op_with<'e>(op: &Operation, opset: Opset, lookup: &dyn Fn(&str) -> Optio
             if let Argument::Value(t) = arg {
                 let a = Array::from_tensor(t).map_err(|m| Error::Eval {
                     op: op.name.clone(),
-                    source: EvalError::Invalid { op: op.op_type.clone(), message: m },
+                    error: EvalError::Invalid { op: op.op_type.clone(), message: m },
                 })?;
                 inline.push(a);
             }
@@ -369,7 +588,7 @@ fn eval_op_with<'e>(op: &Operation, opset: Opset, lookup: &dyn Fn(&str) -> Optio
             args.push((param.as_str(), values));
         }
         let eval_args = EvalArgs { op: &op.op_type, opset, args, attributes: &op.attributes };
-        (def.eval)(&eval_args).map_err(|source| Error::Eval { op: op.name.clone(), source })?
+        (def.eval)(&eval_args).map_err(|error| Error::Eval { op: op.name.clone(), error })?
     };
     let written = def.params.iter().filter(|p| p.writes).count();
     if outputs.len() != op.outputs.len() + written {
@@ -474,7 +693,8 @@ fn bind_input<'i>(decl: &NamedType, given: &'i Array, compute: Compute) -> Resul
     let shape_ok = ty.rank() == given.shape.len()
         && ty.shape.iter().zip(&given.shape).all(|(d, &n)| matches!(d, Dim::Unknown) || *d == Dim::Fixed(n));
     let float_pair = ty.dtype.is_float() && given.dtype.is_float();
-    if !shape_ok || !(ty.dtype == given.dtype || float_pair) || given.len() != numeric::numel(&given.shape) {
+    let elements = given.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if !shape_ok || !(ty.dtype == given.dtype || float_pair) || elements != Some(given.len()) {
         return Err(bad());
     }
     if given.dtype == ty.dtype {
@@ -615,6 +835,66 @@ mod tests {
             run(&f, &[("x".into(), x)]),
             Err(Error::Unsupported(vec!["mystery_add".into(), "mystery_mul".into()]))
         );
+    }
+
+    /// `y = x + 1; z = y + 1` over `n` fp32 elements, returning `z` (and `x` too when `keep_x`).
+    fn chain(n: usize, keep_x: bool) -> Function {
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType::new(DType::F32, &[n]));
+        let one = || Tensor::float_scalar(DType::F32, 1.0);
+        let y = b.op(&elementwise::ADD, "y").arg("x", &x).konst("y", one()).build1().unwrap();
+        let z = b.op(&elementwise::ADD, "z").arg("x", &y).konst("y", one()).build1().unwrap();
+        if keep_x {
+            b.finish(&[z, x])
+        } else {
+            b.finish(&[z])
+        }
+    }
+
+    #[test]
+    fn issue_hostile_huge_declared_inputs_are_refused_before_allocating() {
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType::new(DType::F32, &[65536, 65536, 65536]));
+        let y = b.op(&elementwise::ADD, "y").arg("x", &x).konst("y", Tensor::float_scalar(DType::F32, 1.0)).build1().unwrap();
+        let f = b.finish(&[y]);
+        let tiny = Array::float(DType::F32, vec![1], vec![0.0]);
+        let e = run(&f, &[("x".into(), tiny)]).unwrap_err();
+        assert!(matches!(&e, Error::OverBudget { value, .. } if value == "input `x`"), "{e}");
+        assert!(e.to_string().contains("needs 1 PiB") && e.to_string().contains("768 MiB memory budget"), "{e}");
+        assert!(Prepared::new(f).is_err());
+        // Dimensions whose byte count wraps around (4 · 2^32 · 2^32 = 2^66 ≡ 0) are an error, not 0 bytes.
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType::new(DType::F32, &[1 << 32, 1 << 32]));
+        let f = b.finish(&[x]);
+        assert!(matches!(memory_needed(&f), Err(Error::SizeOverflow { .. })));
+    }
+
+    #[test]
+    fn memory_needed_frees_values_after_their_last_use() {
+        // 200 MiB per value: x and y, then y and z are alive together (400 MiB) …
+        let n = 50 << 20;
+        assert_eq!(memory_needed(&chain(n, false)).unwrap(), 2 * 4 * n as u64);
+        // … but x returned too stays alive to the end: x, y and z (600 MiB) …
+        assert_eq!(memory_needed(&chain(n, true)).unwrap(), 3 * 4 * n as u64);
+        // … which at 300 MiB per value is over the budget, found at `z`.
+        let e = memory_needed(&chain(75 << 20, true)).unwrap_err();
+        assert!(matches!(&e, Error::OverBudget { value, live, .. } if value == "op `z` output `z`" && *live == 600 << 20), "{e}");
+    }
+
+    #[test]
+    fn issue_hostile_outputs_sized_at_run_time_are_checked_before_their_op_runs() {
+        // `fill` with a shape computed from an input: the declared output has unknown dims, so
+        // only the actual shape values can tell its size.
+        let mut b = Builder::new(Opset::Ios16);
+        let s = b.input("s", TensorType::new(DType::I32, &[3]));
+        let shape = b.op(&elementwise::ADD, "shape").arg("x", &s).konst("y", Tensor::from_i32(&[], &[0])).build1().unwrap();
+        let filled = b.op(&shape::FILL, "filled").arg("shape", &shape).build1().unwrap();
+        let f = b.finish(&[filled]);
+        assert!(f.block.operations.iter().any(|o| o.name == "filled" && o.outputs[0].ty.tensor().fixed_shape().is_none()));
+        let small = run(&f, &[("s".into(), Array::int(vec![3], vec![2, 3, 4]))]).unwrap();
+        assert_eq!(small[0].1.shape, vec![2, 3, 4]);
+        let e = run(&f, &[("s".into(), Array::int(vec![3], vec![65536, 65536, 65536]))]).unwrap_err();
+        assert!(matches!(&e, Error::OverBudget { value, .. } if value == "op `filled` output `filled`"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod write;
 
 use std::path::PathBuf;
 
-pub use read::read;
+pub use read::{read, MAX_MANIFEST_BYTES, MAX_MODEL_SPEC_BYTES};
 pub use write::{is_ours, write, write_replacing, WriteSummary};
 
 /// Directory inside `Data/` that holds the model and its weights (the Manifest item author).
@@ -34,27 +34,38 @@ pub enum Error {
     NotAPackage { path: PathBuf, reason: String },
     #[error("{path}: bad Manifest.json: {reason}")]
     Manifest { path: PathBuf, reason: String },
-    #[error("{path}: not a valid Core ML model protobuf (truncated or corrupt?): {source}")]
-    Decode { path: PathBuf, source: prost::DecodeError },
+    #[error("{path}: not a valid Core ML model protobuf (truncated or corrupt?): {error}")]
+    Decode { path: PathBuf, error: prost::DecodeError },
     #[error("{path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
     #[error("{path}: malformed model: {reason}")]
     Malformed { path: PathBuf, reason: String },
     #[error("{path}: bad weight blob at offset {offset}: {reason}")]
     BadBlob { path: PathBuf, offset: u64, reason: String },
-    #[error("{path}: program does not type-check: {source}")]
-    Check { path: PathBuf, source: crate::mil::builder::CheckError },
+    #[error("{path}: program does not type-check: {error}")]
+    Check { path: PathBuf, error: crate::mil::builder::CheckError },
     #[error("{path}: cannot write this model: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error(transparent)]
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    /// A package file that is not a regular file, too large, or resolves outside the package.
+    #[error("{0}")]
+    File(crate::files::Error),
+    #[error("{0}")]
     Output(#[from] crate::staging::Error),
+}
+
+// Causes are part of each message, not chained `source`s, so `{:#}` prints them once.
+
+impl From<crate::files::Error> for Error {
+    fn from(e: crate::files::Error) -> Error {
+        Error::File(e)
+    }
 }
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { path, source }
+        move |error| Error::Io { path, error }
     }
 }

@@ -21,6 +21,7 @@ use spec::mil_spec as pb;
 
 use super::blob::{self, BlobWriter};
 use super::{Error, BLOB_PATH_PREFIX, WEIGHTS_DIR, WEIGHT_FILE};
+use crate::files::{self, shown};
 use crate::mil::{
     ops, Argument, Block, DType, Dim, Function, Metadata, Model, NamedType, Operation, Opset, Program, Tensor, TensorType,
     ValueType,
@@ -101,12 +102,16 @@ fn value_type_to_proto(v: &ValueType) -> pb::ValueType {
     }
 }
 
+/// A tensor type read from a package. Its known dimensions must multiply to an element count,
+/// and that count to a byte size, that fit in a `usize` (a declared [2^32, 2^32] would wrap to 0
+/// elements in unchecked arithmetic): every later size computation (blob reads, the
+/// interpreter's memory budget, `inspect`) can then multiply without overflowing.
 fn tensor_type_from_proto(t: &pb::TensorType) -> Result<TensorType, String> {
     let dtype = dtype_from_proto(t.data_type).ok_or_else(|| format!("unknown DataType {}", t.data_type))?;
     if t.rank != t.dimensions.len() as i64 {
         return Err(format!("tensor rank {} but {} dimensions", t.rank, t.dimensions.len()));
     }
-    let shape = t
+    let shape: Vec<Dim> = t
         .dimensions
         .iter()
         .map(|d| match &d.dimension {
@@ -117,6 +122,16 @@ fn tensor_type_from_proto(t: &pb::TensorType) -> Result<TensorType, String> {
             None => Err("dimension with neither a size nor `unknown`".to_string()),
         })
         .collect::<Result<_, _>>()?;
+    let known = shape.iter().filter_map(|d| match d {
+        Dim::Fixed(n) => Some(*n),
+        Dim::Unknown => None,
+    });
+    let elements = known.clone().try_fold(1usize, usize::checked_mul);
+    let bytes = elements.and_then(|n| if dtype.bits().is_some() { dtype.storage_bytes(n) } else { Some(n) });
+    if bytes.is_none() {
+        let dims: Vec<usize> = known.collect();
+        return Err(format!("{dtype} tensor of dimensions {dims:?} has more elements or bytes than memory can address"));
+    }
     Ok(TensorType { dtype, shape })
 }
 
@@ -379,14 +394,31 @@ pub struct Reader {
     pub model_path: PathBuf,
     /// The directory `@model_path` stands for.
     pub model_dir: PathBuf,
+    /// The package root: weight files must resolve inside it (symlinks followed).
+    pub package_dir: PathBuf,
     maps: HashMap<PathBuf, Arc<memmap2::Mmap>>,
 }
 
 impl Reader {
-    /// A reader resolving blob paths against the directory of `model_path`.
-    pub fn new(model_path: &Path) -> Reader {
+    /// A reader resolving blob paths against the directory of `model_path`, a file inside the
+    /// package `package_dir`.
+    pub fn new(model_path: &Path, package_dir: &Path) -> Reader {
         let model_dir = model_path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Reader { model_path: model_path.to_path_buf(), model_dir, maps: HashMap::new() }
+        Reader { model_path: model_path.to_path_buf(), model_dir, package_dir: package_dir.to_path_buf(), maps: HashMap::new() }
+    }
+
+    /// The mapping of the weight file `path` (`model_dir` joined with a blob's relative name),
+    /// made on first use: it must resolve inside the package and be a regular file (a FIFO
+    /// would block the map).
+    fn weight_map(&mut self, path: &Path) -> Result<Arc<memmap2::Mmap>, Error> {
+        if let Some(m) = self.maps.get(path) {
+            return Ok(Arc::clone(m));
+        }
+        let in_package = path.strip_prefix(&self.package_dir).map_err(|_| self.malformed("weight file outside the package"))?;
+        files::inside(&self.package_dir, in_package)?;
+        let map = Arc::new(files::map_regular(path)?);
+        self.maps.insert(path.to_path_buf(), Arc::clone(&map));
+        Ok(map)
     }
 
     fn malformed(&self, reason: impl Into<String>) -> Error {
@@ -406,21 +438,15 @@ impl Reader {
                 _ => Err(self.malformed(format!("{what}: only tensor literals are supported"))),
             },
             Some(pb::value::Value::BlobFileValue(bf)) => {
+                let file = shown(&bf.file_name);
                 let rel = bf.file_name.strip_prefix(BLOB_PATH_PREFIX).ok_or_else(|| {
-                    self.malformed(format!("{what}: blob file `{}` does not start with {BLOB_PATH_PREFIX}", bf.file_name))
+                    self.malformed(format!("{what}: blob file `{file}` does not start with {BLOB_PATH_PREFIX}"))
                 })?;
-                if Path::new(rel).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-                    return Err(self.malformed(format!("{what}: blob file `{}` leaves the package", bf.file_name)));
+                if rel.is_empty() || Path::new(rel).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+                    return Err(self.malformed(format!("{what}: blob file `{file}` leaves the package")));
                 }
                 let path = self.model_dir.join(rel);
-                let map = match self.maps.get(&path) {
-                    Some(m) => Arc::clone(m),
-                    None => {
-                        let m = blob::map_file(&path)?;
-                        self.maps.insert(path.clone(), Arc::clone(&m));
-                        m
-                    }
-                };
+                let map = self.weight_map(&path)?;
                 let shape = ty.fixed_shape().ok_or_else(|| self.malformed(format!("{what}: blob with unknown shape")))?;
                 blob::read_blob(&path, &map, bf.offset, ty.dtype, &shape)
             }
@@ -429,7 +455,7 @@ impl Reader {
     }
 
     fn named(&self, n: &pb::NamedValueType) -> Result<NamedType, Error> {
-        let ty = value_type_from_proto(n.r#type.as_ref()).map_err(|e| self.malformed(format!("`{}`: {e}", n.name)))?;
+        let ty = value_type_from_proto(n.r#type.as_ref()).map_err(|e| self.malformed(format!("`{}`: {e}", shown(&n.name))))?;
         Ok(NamedType { name: n.name.clone(), ty })
     }
 
@@ -444,8 +470,10 @@ impl Reader {
             for b in &arg.arguments {
                 args.push(match &b.binding {
                     Some(pb::argument::binding::Binding::Name(n)) => Argument::Name(n.clone()),
-                    Some(pb::argument::binding::Binding::Value(v)) => Argument::Value(self.value(v, &format!("op `{name}` input `{param}`"))?),
-                    None => return Err(self.malformed(format!("op `{name}` input `{param}` has an empty binding"))),
+                    Some(pb::argument::binding::Binding::Value(v)) => {
+                        Argument::Value(self.value(v, &format!("op `{}` input `{}`", shown(&name), shown(param)))?)
+                    }
+                    None => return Err(self.malformed(format!("op `{}` input `{}` has an empty binding", shown(&name), shown(param)))),
                 });
             }
             inputs.push((param.clone(), args));
@@ -453,7 +481,7 @@ impl Reader {
         ops::sort_params(&op.r#type, opset, &mut inputs);
         let mut attributes = BTreeMap::new();
         for (k, v) in op.attributes.iter().filter(|(k, _)| k.as_str() != NAME_ATTR) {
-            attributes.insert(k.clone(), self.value(v, &format!("op `{name}` attribute `{k}`"))?);
+            attributes.insert(k.clone(), self.value(v, &format!("op `{}` attribute `{}`", shown(&name), shown(k)))?);
         }
         Ok(Operation {
             op_type: op.r#type.clone(),
@@ -489,11 +517,11 @@ impl Reader {
         }
         let mut functions = BTreeMap::new();
         for (fname, f) in &p.functions {
-            let opset = Opset::from_opset_name(&f.opset).ok_or_else(|| unsupported(format!("function `{fname}` has unknown opset `{}`", f.opset)))?;
+            let opset = Opset::from_opset_name(&f.opset).ok_or_else(|| unsupported(format!("function `{}` has unknown opset `{}`", shown(fname), shown(&f.opset))))?;
             let block = f
                 .block_specializations
                 .get(&f.opset)
-                .ok_or_else(|| self.malformed(format!("function `{fname}` has no block for its opset {}", f.opset)))?;
+                .ok_or_else(|| self.malformed(format!("function `{}` has no block for its opset {}", shown(fname), f.opset)))?;
             let inputs = f.inputs.iter().map(|i| self.named(i)).collect::<Result<_, _>>()?;
             functions.insert(fname.clone(), Function { inputs, opset, block: self.block(block, opset)? });
         }

@@ -64,7 +64,7 @@ pub fn write_replacing(model: &Model, path: &Path, replace: Replace) -> Result<W
         return Err(invalid(format!("a Core ML package path must end in .{PACKAGE_EXTENSION}")));
     }
     for f in model.program.functions.values() {
-        check_function(f).map_err(|source| Error::Check { path: path.to_path_buf(), source })?;
+        check_function(f).map_err(|error| Error::Check { path: path.to_path_buf(), error })?;
     }
     let staged = Staged::begin(path, replace, is_ours)?;
     let summary = write_into(model, staged.path(), path)?;

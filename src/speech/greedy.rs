@@ -29,6 +29,9 @@ use super::{windows, Error};
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 /// The model config; gives `max_target_positions`.
 pub const CONFIG_FILE: &str = "config.json";
+/// Largest `generation_config.json` or `config.json` read: Whisper's are 2–4 KB (the generation
+/// config lists its suppressed tokens and alignment heads); 1 MiB is hundreds of times that.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Token transformers prepends for English with a multilingual model (`generate(language="en")`).
 const ENGLISH_TOKEN: &str = "<|en|>";
 /// Task token key for plain transcription in `task_to_id`.
@@ -55,7 +58,7 @@ impl Generation {
     pub fn open(dir: &Path) -> Result<Generation, Error> {
         let read = |name: &str| -> Result<(std::path::PathBuf, Value), Error> {
             let path = dir.join(name);
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
+            let text = crate::files::read_text_capped(&path, MAX_CONFIG_BYTES)?;
             let value = serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("not valid JSON: {e}")))?;
             Ok((path, value))
         };
@@ -69,9 +72,9 @@ impl Generation {
                 None | Some(Value::Null) => Ok(Vec::new()),
                 Some(Value::Array(a)) => a
                     .iter()
-                    .map(|v| v.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| Error::file(&gen_path, format!("`{key}` holds a non-id {v}"))))
+                    .map(|v| v.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| Error::file(&gen_path, format!("`{key}` holds a non-id {}", crate::files::shown(&v.to_string())))))
                     .collect(),
-                Some(other) => Err(Error::file(&gen_path, format!("`{key}` is {other}, not a list of token ids"))),
+                Some(other) => Err(Error::file(&gen_path, format!("`{key}` is {}, not a list of token ids", crate::files::shown(&other.to_string())))),
             }
         };
         let mut prompt = vec![id("decoder_start_token_id")?];
@@ -98,8 +101,12 @@ impl Generation {
         let positions = config
             .get("max_target_positions")
             .and_then(Value::as_u64)
-            .ok_or_else(|| Error::file(&config_path, "`max_target_positions` is missing"))? as usize;
-        let max_length = gen.get("max_length").and_then(Value::as_u64).map_or(positions, |m| (m as usize + prompt.len()).min(positions));
+            .ok_or_else(|| Error::file(&config_path, "`max_target_positions` is missing"))?;
+        let positions = usize::try_from(positions).unwrap_or(usize::MAX);
+        let max_length = gen
+            .get("max_length")
+            .and_then(Value::as_u64)
+            .map_or(positions, |m| usize::try_from(m).unwrap_or(usize::MAX).saturating_add(prompt.len()).min(positions));
         if max_length <= prompt.len() {
             return Err(Error::file(&config_path, format!("`max_target_positions` {positions} leaves no room after a {}-token prompt", prompt.len())));
         }

@@ -38,6 +38,16 @@ pub enum Error {
     /// A package that loads but fails in the interpreter.
     #[error("{}: {error}", path.display())]
     Run { path: PathBuf, error: Box<crate::interp::Error> },
+    /// A file `crate::files` refused: not a regular file, too large, or unreadable (the message
+    /// names it). The cause is part of the message, not a `source`.
+    #[error("{0}")]
+    Refused(crate::files::Error),
+}
+
+impl From<crate::files::Error> for Error {
+    fn from(e: crate::files::Error) -> Error {
+        Error::Refused(e)
+    }
 }
 
 impl Error {

@@ -41,6 +41,8 @@ pub struct Packages {
     decoder: (PathBuf, Prepared),
     /// Shape of `key_cache` / `value_cache`: (layers, d, 1, positions).
     cache_shape: Vec<usize>,
+    /// Cache columns: the last axis of `cache_shape`, the decoder's position limit.
+    positions: usize,
     cache: DecoderCache,
     /// The encoder has run: the decoder holds this window's cross-attention caches as fixed
     /// inputs (`interp::Prepared::fix_inputs`), so per-head slicing of them happens once.
@@ -104,7 +106,11 @@ impl Packages {
             .and_then(|i| i.ty.tensor().fixed_shape())
             .filter(|s| s.len() == 4)
             .ok_or_else(|| Error::file(&decoder.0, "no `key_cache` input or state of fixed shape (layers, d, 1, positions)"))?;
-        let n: usize = cache_shape.iter().product();
+        // `Prepared::new` held the declared input sizes to the interpreter's memory budget.
+        let n = key_cache
+            .and_then(|i| i.ty.tensor().num_elements())
+            .ok_or_else(|| Error::file(&decoder.0, "`key_cache` has more elements than memory can address"))?;
+        let positions = cache_shape.last().copied().unwrap_or(0);
         let cache = match key_cache.map(|i| &i.ty) {
             Some(ValueType::State(t)) => {
                 let zeros = Array::float(t.dtype, cache_shape.clone(), vec![0.0; n]);
@@ -117,6 +123,7 @@ impl Packages {
             encoder: load(ENCODER_PACKAGE)?,
             decoder,
             cache_shape,
+            positions,
             cache,
             encoded: false,
         })
@@ -147,7 +154,7 @@ impl Backend for Packages {
         if !self.encoded {
             return Err(Error::file(&self.decoder.0, "decoder step before the encoder ran"));
         }
-        let positions = self.cache_shape[3];
+        let positions = self.positions;
         if position >= positions {
             return Err(Error::file(&self.decoder.0, format!("position {position} is past the decoder's {positions} cache columns")));
         }
@@ -167,7 +174,7 @@ impl Backend for Packages {
         let (key, value) = match &mut self.cache {
             DecoderCache::States(states) => {
                 let [logits] = run(&self.decoder, &inputs, states, ["logits"])?;
-                return Ok(logits.to_f32_vec().unwrap_or_default());
+                return self.non_empty(logits);
             }
             DecoderCache::Inputs { key, value } => (key, value),
         };
@@ -181,9 +188,22 @@ impl Backend for Packages {
                 return Err(Error::file(&self.decoder.0, format!("output `{name}` has shape {:?}, not (layers, d, 1, 1)", update.shape)));
             }
             for (row, &v) in values.iter().enumerate() {
-                cache[row * positions + position] = v;
+                if let Some(slot) = cache.get_mut(row * positions + position) {
+                    *slot = v;
+                }
             }
         }
-        Ok(logits.to_f32_vec().unwrap_or_default())
+        self.non_empty(logits)
+    }
+}
+
+impl Packages {
+    /// The values of a `logits` output, which must hold at least one token's score (greedy
+    /// decoding would otherwise pick token 0 from nothing).
+    fn non_empty(&self, logits: Array) -> Result<Vec<f32>, Error> {
+        match logits.to_f32_vec() {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(Error::file(&self.decoder.0, format!("output `logits` has shape {:?}: no token scores", logits.shape))),
+        }
     }
 }

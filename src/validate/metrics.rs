@@ -18,18 +18,31 @@ pub struct Drift {
     pub psnr_db: f64,
     /// Elements where the converted output is NaN or infinite but the reference is finite.
     pub non_finite: usize,
-    /// numpy.allclose(actual, expected, rtol, atol), with non-finite values failing.
+    /// Elements where the reference itself is NaN or infinite: nothing can be checked against
+    /// them, so they fail too (an all-NaN reference must not pass everything).
+    pub reference_non_finite: usize,
+    /// numpy.allclose(actual, expected, rtol, atol), except that every non-finite value fails
+    /// (numpy lets equal infinities pass; a reference that overflowed proves nothing), and so do
+    /// empty outputs and outputs of different lengths (nothing compared proves nothing).
     pub pass: bool,
 }
 
-/// Compares `actual` against `expected` (same length; the caller checks shapes).
+/// Compares `actual` against `expected`, element by element. Non-finite values on either side
+/// are counted and fail; they are left out of the error statistics, which cover the finite pairs.
+/// Empty or different-length inputs fail (the statistics then cover the common prefix).
 pub fn compare(expected: &[f64], actual: &[f64], atol: f64, rtol: f64) -> Drift {
-    let n = expected.len().max(1) as f64;
+    let n = expected.len().min(actual.len()).max(1) as f64;
     let (mut max_abs, mut max_rel, mut sum_abs, mut sq_err) = (0f64, 0f64, 0f64, 0f64);
     let (mut dot, mut ne, mut na, mut peak) = (0f64, 0f64, 0f64, 0f64);
-    let (mut non_finite, mut pass) = (0usize, true);
+    let (mut non_finite, mut reference_non_finite) = (0usize, 0usize);
+    let mut pass = !expected.is_empty() && expected.len() == actual.len();
     for (&e, &a) in expected.iter().zip(actual) {
-        if !a.is_finite() && e.is_finite() {
+        if !e.is_finite() {
+            reference_non_finite += 1;
+            pass = false;
+            continue;
+        }
+        if !a.is_finite() {
             non_finite += 1;
             pass = false;
             continue;
@@ -50,7 +63,7 @@ pub fn compare(expected: &[f64], actual: &[f64], atol: f64, rtol: f64) -> Drift 
     let cosine = if ne == 0.0 && na == 0.0 { 1.0 } else { dot / (ne.sqrt() * na.sqrt()).max(f64::MIN_POSITIVE) };
     let mse = sq_err / n;
     let psnr_db = if mse == 0.0 { PSNR_IDENTICAL_DB } else { (20.0 * (peak.max(REL_EPS) / mse.sqrt()).log10()).min(PSNR_IDENTICAL_DB) };
-    Drift { max_abs, max_rel, mean_abs: sum_abs / n, cosine, psnr_db, non_finite, pass }
+    Drift { max_abs, max_rel, mean_abs: sum_abs / n, cosine, psnr_db, non_finite, reference_non_finite, pass }
 }
 
 #[cfg(test)]
@@ -77,5 +90,29 @@ mod tests {
     fn nan_in_output_fails_and_is_counted() {
         let d = compare(&[1.0, 2.0], &[f64::NAN, 2.0], 1e9, 1e9);
         assert_eq!((d.non_finite, d.pass), (1, false));
+    }
+
+    #[test]
+    fn issue_hostile_non_finite_references_fail() {
+        // An all-NaN reference used to pass: NaN comparisons are never "greater than tolerance".
+        let d = compare(&[f64::NAN; 3], &[1.0, 2.0, 3.0], 1e-3, 1e-3);
+        assert_eq!((d.reference_non_finite, d.pass), (3, false));
+        let d = compare(&[f64::NAN; 3], &[f64::NAN; 3], 1e-3, 1e-3);
+        assert_eq!((d.reference_non_finite, d.non_finite, d.pass), (3, 0, false));
+        // An infinite reference has an infinite tolerance under the allclose formula.
+        let d = compare(&[f64::INFINITY, 1.0], &[0.0, 1.0], 1e-3, 1e-3);
+        assert_eq!((d.reference_non_finite, d.pass), (1, false));
+        let d = compare(&[f64::NEG_INFINITY], &[f64::NEG_INFINITY], 1e-3, 1e-3);
+        assert!(!d.pass);
+        let d = compare(&[1.0], &[f64::INFINITY], 1e9, 1e9);
+        assert_eq!((d.non_finite, d.pass), (1, false));
+        assert!(d.max_abs.is_finite() && d.psnr_db.is_finite(), "{d:?}");
+    }
+
+    #[test]
+    fn issue_hostile_empty_or_unequal_lengths_fail() {
+        assert!(!compare(&[], &[], 1.0, 1.0).pass);
+        assert!(!compare(&[1.0, 2.0], &[1.0], 1.0, 1.0).pass);
+        assert!(!compare(&[1.0], &[1.0, 2.0], 1.0, 1.0).pass);
     }
 }

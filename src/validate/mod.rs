@@ -16,11 +16,18 @@ pub const RANDOM_TOKEN_ID_LIMIT: u64 = 100;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
-    Interp(#[from] interp::Error),
+    Interp(interp::Error),
     #[error("input `{name}`: {reason}")]
     Input { name: String, reason: String },
     #[error("output `{name}`: {reason}")]
     Output { name: String, reason: String },
+}
+
+// The interpreter's message is this error's message, not a chained `source`, so `{:#}` prints it once.
+impl From<interp::Error> for Error {
+    fn from(e: interp::Error) -> Error {
+        Error::Interp(e)
+    }
 }
 
 /// One output's comparison, as reported.
@@ -69,6 +76,8 @@ pub fn inputs_from(function: &Function, given: Vec<(String, Tensor)>) -> Result<
 /// Random inputs drawn from the signature with `seed`: floats uniform in [-1, 1), integers
 /// (token ids) in [0, RANDOM_TOKEN_ID_LIMIT), except inputs named like a mask, which are all 1.
 pub fn random_inputs(function: &Function, seed: u64) -> Result<Vec<(String, Array)>, Error> {
+    // Declared input sizes are checked against the interpreter's budget before any is drawn.
+    interp::memory_needed(function)?;
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         state ^= state << 13;
@@ -80,7 +89,7 @@ pub fn random_inputs(function: &Function, seed: u64) -> Result<Vec<(String, Arra
     for i in &function.inputs {
         let ValueType::Tensor(t) = &i.ty else { continue };
         let shape = t.fixed_shape().ok_or_else(|| Error::Input { name: i.name.clone(), reason: "flexible shape: give --inputs".into() })?;
-        let n: usize = shape.iter().product();
+        let n = t.num_elements().ok_or_else(|| Error::Input { name: i.name.clone(), reason: format!("declared {t}: too many elements") })?;
         let data = match t.dtype {
             d if d.is_float() => Data::F32((0..n).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()),
             DType::Bool => Data::Bool((0..n).map(|_| next() & 1 == 1).collect()),
@@ -102,20 +111,39 @@ fn as_f64(a: &Array) -> Vec<f64> {
     }
 }
 
-/// Compares `actual` outputs with `expected` ones (matched by name, else by position).
+/// Most reference names listed when an output is missing from the reference.
+const NAMES_SHOWN: usize = 8;
+
+/// Compares `actual` outputs with `expected` ones: matched by name when the reference uses the
+/// package's output names (then every output must be there), else by position (a reference with
+/// generic names, `output_0`, …). Each pair must have the same shape up to axes of size 1 (torch
+/// may keep a unit axis the package drops; the element order is the same), and at least one
+/// element. Values are judged by [`metrics::compare`]: NaN or infinity on either side fails.
 pub fn compare(actual: &[(String, Array)], expected: &[(String, Array)], atol: f64, rtol: f64) -> Result<Vec<OutputReport>, Error> {
     if actual.len() != expected.len() {
         return Err(Error::Output { name: "*".into(), reason: format!("the package has {} outputs, the reference {}", actual.len(), expected.len()) });
     }
-    let by_name = actual.iter().all(|(n, _)| expected.iter().any(|(e, _)| e == n));
+    let by_name = actual.iter().any(|(n, _)| expected.iter().any(|(e, _)| e == n));
     actual
         .iter()
         .enumerate()
         .map(|(i, (name, a))| {
+            let output = || crate::files::shown(name);
             let e = if by_name { expected.iter().find(|(n, _)| n == name) } else { expected.get(i) };
-            let (_, e) = e.ok_or_else(|| Error::Output { name: name.clone(), reason: "no reference output".into() })?;
-            if a.len() != e.len() {
-                return Err(Error::Output { name: name.clone(), reason: format!("shape {:?} but the reference has {:?}", a.shape, e.shape) });
+            let Some((_, e)) = e else {
+                let names: Vec<String> = expected.iter().take(NAMES_SHOWN).map(|(n, _)| crate::files::shown(n)).collect();
+                let more = if expected.len() > NAMES_SHOWN { ", …" } else { "" };
+                return Err(Error::Output { name: output(), reason: format!("missing from the reference, which has: {}{more}", names.join(", ")) });
+            };
+            let squeezed = |s: &[usize]| -> Vec<usize> { s.iter().copied().filter(|&d| d != 1).collect() };
+            if a.len() != e.len() || squeezed(&a.shape) != squeezed(&e.shape) {
+                return Err(Error::Output { name: output(), reason: format!("shape {:?} but the reference has {:?}", a.shape, e.shape) });
+            }
+            if a.len() == 0 {
+                return Err(Error::Output { name: output(), reason: format!("shape {:?} has no elements: there is nothing to compare", a.shape) });
+            }
+            if matches!(a.data, Data::Str(_)) || matches!(e.data, Data::Str(_)) {
+                return Err(Error::Output { name: output(), reason: "string outputs cannot be compared numerically".into() });
             }
             Ok(OutputReport { name: name.clone(), shape: a.shape.clone(), drift: metrics::compare(&as_f64(e), &as_f64(a), atol, rtol) })
         })
@@ -155,32 +183,32 @@ pub struct OpDrift {
     pub fp32_peak: f64,
     /// Elements that became inf or NaN at package precision while finite in fp32.
     pub non_finite: usize,
+    /// Elements already inf or NaN in the fp32 result (the program overflows even in fp32).
+    pub fp32_non_finite: usize,
 }
 
 /// Largest finite fp16 value; fp32 intermediates beyond it overflow to inf on an fp16 device.
 pub const FP16_MAX: f64 = 65504.0;
 
-/// `validate --per-op`: runs `function` once in fp32, then re-evaluates every op at the declared
-/// precision on the fp32 values of its inputs (rounded to fp16 where the input is fp16), and
-/// returns the ops whose outputs fail allclose(atol, rtol), overflow fp16, or turn non-finite,
-/// in program order. Isolating each op this way names where drift starts, not where it shows.
+/// `validate --per-op`: runs `function` once in fp32 and, as each op finishes, re-evaluates it
+/// at the declared precision on the fp32 values of its inputs (rounded to fp16 where the input
+/// is fp16); returns the ops whose outputs fail allclose(atol, rtol), overflow fp16, or hold
+/// inf/NaN, in program order. Isolating each op this way names where drift starts, not where it
+/// shows. Memory: what one run holds (values are freed after their last use) plus one op's
+/// inputs again; outputs with no elements are skipped (nothing to compare).
 pub fn per_op(function: &Function, inputs: &[(String, Array)], atol: f64, rtol: f64) -> Result<Vec<OpDrift>, Error> {
     use std::collections::HashMap;
-    let mut fp32: HashMap<String, Array> = inputs.iter().cloned().collect();
-    interp::run_with(function, inputs, interp::Compute::Fp32, &mut |name, a| {
-        fp32.insert(name.to_string(), a.clone());
-    })?;
     let mut found = Vec::new();
-    for op in &function.block.operations {
+    let visit: &mut interp::Visit = &mut |op, fp32, outputs| {
         let float_out = op.outputs.iter().any(|o| o.ty.tensor().dtype.is_float());
         if op.op_type == "const" || !float_out {
-            continue;
+            return Ok(());
         }
         let mut local: HashMap<String, Array> = HashMap::new();
         for (_, args) in &op.inputs {
             for a in args {
                 let crate::mil::Argument::Name(n) = a else { continue };
-                let Some(v) = fp32.get(n) else { continue };
+                let Some(v) = fp32(n) else { continue };
                 let mut v = v.clone();
                 if let (DType::F16, Data::F32(x)) = (v.dtype, &mut v.data) {
                     crate::numeric::fp16::round_slice(x);
@@ -189,11 +217,13 @@ pub fn per_op(function: &Function, inputs: &[(String, Array)], atol: f64, rtol: 
             }
         }
         let outs = interp::eval_op(op, function.opset, &local, interp::Compute::AsDeclared)?;
-        for (got, decl) in outs.iter().zip(&op.outputs) {
-            let Some(want) = fp32.get(&decl.name) else { continue };
+        for ((got, want), decl) in outs.iter().zip(outputs).zip(&op.outputs) {
+            if want.len() == 0 {
+                continue;
+            }
             let (e, a) = (as_f64(want), as_f64(got));
             let d = metrics::compare(&e, &a, atol, rtol);
-            let peak = e.iter().fold(0f64, |m, x| m.max(x.abs()));
+            let peak = e.iter().filter(|x| x.is_finite()).fold(0f64, |m, x| m.max(x.abs()));
             if !d.pass || (got.dtype == DType::F16 && peak > FP16_MAX) {
                 found.push(OpDrift {
                     op: op.name.clone(),
@@ -203,9 +233,53 @@ pub fn per_op(function: &Function, inputs: &[(String, Array)], atol: f64, rtol: 
                     max_rel: d.max_rel,
                     fp32_peak: peak,
                     non_finite: d.non_finite,
+                    fp32_non_finite: d.reference_non_finite,
                 });
             }
         }
-    }
+        Ok(())
+    };
+    interp::run_visiting(function, inputs, interp::Compute::Fp32, visit)?;
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(name: &str, shape: &[usize], values: &[f32]) -> (String, Array) {
+        (name.to_string(), Array::float(DType::F32, shape.to_vec(), values.to_vec()))
+    }
+
+    #[test]
+    fn issue_hostile_nan_or_inf_references_fail() {
+        let actual = [out("y", &[2], &[1.0, 2.0])];
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let r = compare(&actual, &[out("y", &[2], &[bad, 2.0])], FP32_ATOL, FP32_RTOL).unwrap();
+            assert_eq!((r[0].drift.pass, r[0].drift.reference_non_finite), (false, 1), "{bad}");
+        }
+        let r = compare(&[out("y", &[2], &[f32::NAN, f32::INFINITY])], &[out("y", &[2], &[1.0, 2.0])], 1.0, 1.0).unwrap();
+        assert_eq!((r[0].drift.pass, r[0].drift.non_finite), (false, 2));
+    }
+
+    #[test]
+    fn issue_hostile_shapes_must_agree_and_hold_elements() {
+        let actual = [out("y", &[2, 3], &[0.0; 6])];
+        let e = compare(&actual, &[out("y", &[3, 2], &[0.0; 6])], 1.0, 1.0).unwrap_err().to_string();
+        assert!(e.contains("shape [2, 3] but the reference has [3, 2]"), "{e}");
+        // Unit axes may differ (same element order).
+        assert!(compare(&actual, &[out("y", &[1, 2, 1, 3], &[0.0; 6])], 1.0, 1.0).unwrap()[0].drift.pass);
+        let e = compare(&[out("y", &[0, 4], &[])], &[out("y", &[0, 4], &[])], 1.0, 1.0).unwrap_err().to_string();
+        assert!(e.contains("no elements"), "{e}");
+    }
+
+    #[test]
+    fn issue_hostile_an_output_missing_from_the_reference_is_an_error() {
+        let actual = [out("a", &[1], &[1.0]), out("b", &[1], &[1.0])];
+        let e = compare(&actual, &[out("a", &[1], &[1.0]), out("c", &[1], &[1.0])], 1.0, 1.0).unwrap_err().to_string();
+        assert!(e.starts_with("output `b`: missing from the reference, which has: a, c"), "{e}");
+        // Generic reference names match by position.
+        let r = compare(&actual, &[out("output_0", &[1], &[1.0]), out("output_1", &[1], &[1.0])], 1.0, 1.0).unwrap();
+        assert!(r.iter().all(|r| r.drift.pass));
+    }
 }
