@@ -491,6 +491,35 @@ mod tests {
     }
 
     #[test]
+    fn outputs_beyond_the_size_ceilings_are_type_errors() {
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType::new(DType::F32, &[1]));
+        let huge = [1 << 20, 1 << 20, 1 << 20, 1 << 20];
+        let r = b.op(&shape::TILE, "t").arg("x", &x).konst("reps", Tensor::i32_vec(&[i32::MAX])).build1().map(|_| ());
+        assert_eq!(r, Ok(()), "2^31 − 1 elements is within the ceilings");
+        let shape_of = |dims: &[i32]| Tensor::i32_vec(dims);
+        let e = b.op(&shape::FILL, "f").konst("shape", shape_of(&huge)).build1().unwrap_err().to_string();
+        assert!(e.contains("fill: output") && e.contains("elements"), "{e}");
+        let e = b.op(&shape::FILL, "f").konst("shape", shape_of(&[1; 1000])).build1().unwrap_err().to_string();
+        assert!(e.contains("1000 dims"), "{e}");
+        let t = b.op(&shape::TILE, "t").arg("x", &x).konst("reps", Tensor::i32_vec(&[i32::MAX])).build1().unwrap();
+        let e = b.op(&shape::TILE, "t2").arg("x", &t).konst("reps", Tensor::i32_vec(&[i32::MAX])).build1().unwrap_err();
+        assert!(e.to_string().contains("int32 limit"), "{e}");
+        let e = b.op(&shape::SPLIT, "s").arg("x", &x).konst("num_splits", Tensor::i32_scalar(i32::MAX)).konst("axis", Tensor::i32_scalar(0));
+        assert!(e.build().unwrap_err().to_string().contains("more than the 65536"));
+    }
+
+    #[test]
+    fn declared_types_beyond_the_ceilings_fail_the_package_check() {
+        let mut b = Builder::new(Opset::Ios15);
+        let x = b.input("x", TensorType::new(DType::F32, &[2]));
+        let y = b.op(&elementwise::RELU, "r").arg("x", &x).build1().unwrap();
+        let mut f = b.finish(&[y]);
+        f.inputs[0].ty = ValueType::Tensor(TensorType::new(DType::F32, &[65536, 65536, 65536, 65536]));
+        assert!(matches!(check_function(&f), Err(CheckError::TooLarge { .. })));
+    }
+
+    #[test]
     fn names_are_made_unique_and_valid() {
         let mut b = Builder::new(Opset::Ios15);
         let a = b.input("fp16", TensorType::new(DType::F32, &[1]));

@@ -379,6 +379,16 @@ mod tests {
     }
 
     #[test]
+    fn a_mapped_range_past_the_end_is_an_error() {
+        let map = Arc::new(memmap2::MmapMut::map_anon(16).unwrap().make_read_only().unwrap());
+        assert!(Tensor::from_mapped(DType::F32, &[0], map.clone(), 100).is_err(), "an empty tensor past the end");
+        assert!(Tensor::from_mapped(DType::F32, &[4], map.clone(), 4).is_err());
+        assert!(Tensor::from_mapped(DType::F32, &[1 << 40, 1 << 40], map.clone(), 0).is_err());
+        assert_eq!(Tensor::from_mapped(DType::F32, &[4], map, 0).unwrap().bytes().len(), 16);
+        assert_eq!(Tensor::from_f32(&[2], &[1.0, 2.0]).reshaped(&[usize::MAX, 2]), None);
+    }
+
+    #[test]
     fn equality_ignores_storage() {
         let a = Tensor::from_i32(&[2], &[1, -1]);
         let b = Tensor::from_bytes(DType::I32, &[2], vec![1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).unwrap();

@@ -45,7 +45,7 @@ impl Value {
             Value::None => "None".into(),
             Value::Bool(b) => format!("bool {b}"),
             Value::Int(i) => format!("int {i}"),
-            Value::Float(x) => format!("float {x}"),
+            Value::Float(x) => format!("float {x:?}"),
             Value::Str(s) => format!("string \"{}\"", crate::files::shown(s)),
             Value::Device => "a device".into(),
             Value::Tensor(v) => format!("tensor `{}`", crate::files::shown(&v.0)),

@@ -213,13 +213,13 @@ pub fn arange(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
         return Err("arange step is 0".into());
     }
     if ![start, end, step].iter().all(|v| v.is_finite()) {
-        return Err(format!("arange({start}, {end}, {step}) has a bound that is not a finite number"));
+        return Err(format!("arange({start:?}, {end:?}, {step:?}) has a bound that is not a finite number"));
     }
     // numpy's length ⌈(end − start)/step⌉, checked in floating point before any allocation
     // (the quotient of two finite numbers may still be infinite).
     let len = ((end - start) / step).ceil().max(0.0);
     if !(len <= super::MAX_CONST_ELEMENTS as f64) {
-        return Err(format!("arange({start}, {end}, {step}) would have {len} elements, more than the {} allowed", super::MAX_CONST_ELEMENTS));
+        return Err(format!("arange({start:?}, {end:?}, {step:?}) would have {len:?} elements, more than the {} allowed", super::MAX_CONST_ELEMENTS));
     }
     let n = len as usize;
     let hint = l.hint.clone();
