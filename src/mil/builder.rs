@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::ops::{self, Arg, OpArgs, OpDef, TypeError};
+use crate::files::shown;
 use std::sync::Arc;
 
 use super::{Argument, Block, Function, NamedType, Opset, Operation, Source, Tensor, TensorType, ValueType};
@@ -15,6 +16,9 @@ pub const RESERVED_NAMES: &[&str] = &[
     "any", "bool", "program", "func", "tensor", "list", "dict", "tuple", "true", "false", "string", "bf16", "fp16",
     "fp32", "fp64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "state",
 ];
+
+/// Most output types a type-mismatch message lists per side.
+const MAX_TYPES_SHOWN: usize = 8;
 
 /// A value in a function being built: its SSA name. Cheap to clone.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -35,6 +39,8 @@ pub enum CheckError {
     Mismatch { op: String, declared: String, inferred: String },
     #[error("block output `{0}` is not defined")]
     UndefinedOutput(String),
+    #[error("value `{value}`: {problem}")]
+    TooLarge { value: String, problem: String },
 }
 
 /// Types and const values of the names defined so far in a function, and which names are
@@ -47,12 +53,17 @@ struct Env {
 }
 
 impl Env {
+    /// Records a value read from a package: its name must be a fresh MIL identifier and its
+    /// declared type within the size ceilings (`TensorType::size_problem`).
     fn define(&mut self, name: &str, ty: TensorType) -> Result<(), CheckError> {
         if !is_identifier(name) {
-            return Err(CheckError::BadName(name.to_string()));
+            return Err(CheckError::BadName(shown(name)));
+        }
+        if let Some(problem) = ty.size_problem() {
+            return Err(CheckError::TooLarge { value: shown(name), problem });
         }
         match self.types.insert(name.to_string(), ty) {
-            Some(_) => Err(CheckError::Redefined(name.to_string())),
+            Some(_) => Err(CheckError::Redefined(shown(name))),
             None => Ok(()),
         }
     }
@@ -65,7 +76,7 @@ impl Env {
             for b in bound {
                 list.push(match b {
                     Argument::Name(n) => {
-                        let ty = self.types.get(n).ok_or_else(|| CheckError::Undefined { op: op.name.clone(), value: n.clone() })?;
+                        let ty = self.types.get(n).ok_or_else(|| CheckError::Undefined { op: shown(&op.name), value: shown(n) })?;
                         Arg { ty: ty.clone(), value: self.consts.get(n), state: self.states.contains(n) }
                     }
                     Argument::Value(t) => Arg { ty: t.tensor_type(), value: Some(t), state: false },
@@ -116,13 +127,21 @@ fn check_block(env: &mut Env, block: &Block, opset: Opset) -> Result<(), CheckEr
         if let Some(def) = ops::lookup(&op.op_type, opset) {
             let inferred = {
                 let args = env.args(op, opset)?;
-                ops::check(def, &args).map_err(|source| CheckError::Type { op: op.name.clone(), source })?
+                ops::check(def, &args).map_err(|source| CheckError::Type { op: shown(&op.name), source })?
             };
             let declared: Vec<&TensorType> = op.outputs.iter().map(|o| o.ty.tensor()).collect();
             if declared.len() != inferred.len() || declared.iter().zip(&inferred).any(|(d, i)| !compatible(d, i)) {
-                let show = |v: Vec<String>| v.join(", ");
+                // A package op may declare any number of outputs; the message names a few.
+                let show = |v: Vec<String>| {
+                    let more = v.len().saturating_sub(MAX_TYPES_SHOWN);
+                    let mut s = v.into_iter().take(MAX_TYPES_SHOWN).collect::<Vec<_>>().join(", ");
+                    if more > 0 {
+                        s += &format!(", … ({more} more)");
+                    }
+                    s
+                };
                 return Err(CheckError::Mismatch {
-                    op: op.name.clone(),
+                    op: shown(&op.name),
                     declared: show(declared.iter().map(|t| t.to_string()).collect()),
                     inferred: show(inferred.iter().map(|t| t.to_string()).collect()),
                 });
@@ -132,7 +151,7 @@ fn check_block(env: &mut Env, block: &Block, opset: Opset) -> Result<(), CheckEr
                 for b in bound {
                     if let Argument::Name(n) = b {
                         if !env.types.contains_key(n) {
-                            return Err(CheckError::Undefined { op: op.name.clone(), value: n.clone() });
+                            return Err(CheckError::Undefined { op: shown(&op.name), value: shown(n) });
                         }
                     }
                 }
@@ -149,7 +168,7 @@ fn check_block(env: &mut Env, block: &Block, opset: Opset) -> Result<(), CheckEr
         }
     }
     match block.outputs.iter().find(|o| !env.types.contains_key(*o)) {
-        Some(o) => Err(CheckError::UndefinedOutput(o.clone())),
+        Some(o) => Err(CheckError::UndefinedOutput(shown(o))),
         None => Ok(()),
     }
 }
@@ -163,6 +182,9 @@ pub struct Builder {
     ops: Vec<Operation>,
     env: Env,
     used: HashSet<String>,
+    /// Per sanitized hint, the last suffix `unique` handed out: a hint used k times (a traced
+    /// `x = f(x)` repeated) then costs one probe, not k, so naming stays linear in the ops.
+    suffixes: HashMap<String, usize>,
     fold: bool,
     source: Option<Arc<Source>>,
 }
@@ -174,7 +196,7 @@ pub const FOLD_MAX_ELEMENTS: usize = 1 << 22;
 impl Builder {
     /// An empty function for `opset`.
     pub fn new(opset: Opset) -> Builder {
-        Builder { opset, inputs: Vec::new(), ops: Vec::new(), env: Env::default(), used: HashSet::new(), fold: false, source: None }
+        Builder { opset, inputs: Vec::new(), ops: Vec::new(), env: Env::default(), used: HashSet::new(), suffixes: HashMap::new(), fold: false, source: None }
     }
 
     /// Sets the source location that ops created from now on record (`None`: no location).
@@ -231,18 +253,27 @@ impl Builder {
         self.opset
     }
 
+    /// A valid, unused value name from `hint`: `hint` itself if free, else `hint_N` for the
+    /// smallest N above every suffix this hint was given before.
     fn unique(&mut self, hint: &str) -> String {
         let mut base: String = hint.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
         if !base.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
             base.insert_str(0, "var_");
         }
-        let mut name = base.clone();
-        let mut n = 0;
-        while self.used.contains(&name) || RESERVED_NAMES.contains(&name.as_str()) {
-            n += 1;
-            name = format!("{base}_{n}");
+        if !self.used.contains(&base) && !RESERVED_NAMES.contains(&base.as_str()) {
+            self.used.insert(base.clone());
+            return base;
         }
+        let mut n = self.suffixes.get(&base).copied().unwrap_or(0);
+        let name = loop {
+            n += 1;
+            let name = format!("{base}_{n}");
+            if !self.used.contains(&name) {
+                break name;
+            }
+        };
         self.used.insert(name.clone());
+        self.suffixes.insert(base, n);
         name
     }
 
@@ -457,6 +488,35 @@ mod tests {
         assert_eq!(parts.len(), 2);
         let f = b.finish(&[y]);
         check_function(&f).unwrap();
+    }
+
+    #[test]
+    fn outputs_beyond_the_size_ceilings_are_type_errors() {
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType::new(DType::F32, &[1]));
+        let huge = [1 << 20, 1 << 20, 1 << 20, 1 << 20];
+        let r = b.op(&shape::TILE, "t").arg("x", &x).konst("reps", Tensor::i32_vec(&[i32::MAX])).build1().map(|_| ());
+        assert_eq!(r, Ok(()), "2^31 − 1 elements is within the ceilings");
+        let shape_of = |dims: &[i32]| Tensor::i32_vec(dims);
+        let e = b.op(&shape::FILL, "f").konst("shape", shape_of(&huge)).build1().unwrap_err().to_string();
+        assert!(e.contains("fill: output") && e.contains("elements"), "{e}");
+        let e = b.op(&shape::FILL, "f").konst("shape", shape_of(&[1; 1000])).build1().unwrap_err().to_string();
+        assert!(e.contains("1000 dims"), "{e}");
+        let t = b.op(&shape::TILE, "t").arg("x", &x).konst("reps", Tensor::i32_vec(&[i32::MAX])).build1().unwrap();
+        let e = b.op(&shape::TILE, "t2").arg("x", &t).konst("reps", Tensor::i32_vec(&[i32::MAX])).build1().unwrap_err();
+        assert!(e.to_string().contains("int32 limit"), "{e}");
+        let e = b.op(&shape::SPLIT, "s").arg("x", &x).konst("num_splits", Tensor::i32_scalar(i32::MAX)).konst("axis", Tensor::i32_scalar(0));
+        assert!(e.build().unwrap_err().to_string().contains("more than the 65536"));
+    }
+
+    #[test]
+    fn declared_types_beyond_the_ceilings_fail_the_package_check() {
+        let mut b = Builder::new(Opset::Ios15);
+        let x = b.input("x", TensorType::new(DType::F32, &[2]));
+        let y = b.op(&elementwise::RELU, "r").arg("x", &x).build1().unwrap();
+        let mut f = b.finish(&[y]);
+        f.inputs[0].ty = ValueType::Tensor(TensorType::new(DType::F32, &[65536, 65536, 65536, 65536]));
+        assert!(matches!(check_function(&f), Err(CheckError::TooLarge { .. })));
     }
 
     #[test]

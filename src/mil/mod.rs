@@ -13,7 +13,7 @@ pub mod tensor;
 pub mod text;
 pub mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -206,6 +206,39 @@ impl Block {
         }
     }
 
+    /// Renames every value named by a key of `names` to its value, everywhere in this block (as
+    /// [`Block::rename`] does for one), in one walk whatever the number of names. The caller
+    /// makes sure the new names are not already defined. Used by loaders to name many outputs.
+    pub fn rename_all(&mut self, names: &HashMap<String, String>) {
+        if names.is_empty() {
+            return;
+        }
+        let renamed = |n: &mut String| {
+            if let Some(new) = names.get(n.as_str()) {
+                new.clone_into(n);
+            }
+        };
+        for op in &mut self.operations {
+            op.outputs.iter_mut().for_each(|o| renamed(&mut o.name));
+            for (_, args) in &mut op.inputs {
+                for a in args.iter_mut() {
+                    if let Argument::Name(n) = a {
+                        renamed(n);
+                    }
+                }
+            }
+            for b in &mut op.blocks {
+                b.rename_all(names);
+            }
+        }
+        self.outputs.iter_mut().for_each(renamed);
+    }
+
+    /// Every value name defined by an op of this block (nested blocks included).
+    pub fn defined_names(&self) -> HashSet<&str> {
+        self.walk_ops().into_iter().flat_map(|op| op.outputs.iter().map(|o| o.name.as_str())).collect()
+    }
+
     /// True when some op in this block (or a nested one) defines `name`.
     pub fn defines(&self, name: &str) -> bool {
         self.walk_ops().iter().any(|op| op.outputs.iter().any(|o| o.name == name))
@@ -284,6 +317,21 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rename_all_renames_definitions_uses_and_outputs_in_one_walk() {
+        let mut b = builder::Builder::new(Opset::Ios15);
+        let x = b.input("x", TensorType::new(DType::F32, &[2]));
+        let y = b.op(&ops::elementwise::RELU, "y").arg("x", &x).build1().unwrap();
+        let z = b.op(&ops::elementwise::RELU, "z").arg("x", &y).build1().unwrap();
+        let mut f = b.finish(&[y.clone(), z.clone(), y]);
+        let names = HashMap::from([("y".to_string(), "output_0".to_string()), ("z".to_string(), "output_1".to_string())]);
+        f.block.rename_all(&names);
+        assert_eq!(f.block.outputs, ["output_0", "output_1", "output_0"]);
+        assert!(f.block.defines("output_0") && f.block.defines("output_1") && !f.block.defines("y"));
+        assert_eq!(f.block.operations[1].input("x"), Some(&[Argument::Name("output_0".into())][..]));
+        builder::check_function(&f).unwrap();
+    }
 
     #[test]
     fn targets_map_to_spec_version_and_opset_like_coremltools() {

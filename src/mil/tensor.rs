@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use half::f16;
 
-use super::types::{DType, TensorType};
+use super::types::{checked_elements, DType, TensorType};
 
 /// Where a tensor's bytes live.
 #[derive(Clone)]
@@ -23,6 +23,9 @@ enum Bytes {
     /// fp16 values computed on demand from an fp32 tensor (round to nearest even).
     F16Of(Arc<Tensor>),
 }
+
+/// Most dims of a shape an error message lists (a shape read from a file can have any rank).
+const MAX_DIMS_SHOWN: usize = 16;
 
 /// Elements converted per step when streaming a lazy fp16 cast (64 K elements = 128 KB out).
 const CAST_CHUNK_ELEMENTS: usize = 1 << 16;
@@ -55,8 +58,8 @@ pub enum TensorError {
 }
 
 fn expected_len(dtype: DType, shape: &[usize]) -> Result<usize, TensorError> {
-    let too_large = || TensorError::TooLarge { dtype, shape: shape.to_vec() };
-    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(too_large)?;
+    let too_large = || TensorError::TooLarge { dtype, shape: shape.iter().take(MAX_DIMS_SHOWN).copied().collect() };
+    let n = checked_elements(shape).ok_or_else(too_large)?;
     match dtype {
         DType::String => Err(TensorError::StringFromBytes),
         _ => dtype.storage_bytes(n).ok_or_else(too_large),
@@ -68,7 +71,8 @@ impl Tensor {
     pub fn from_bytes(dtype: DType, shape: &[usize], bytes: Vec<u8>) -> Result<Tensor, TensorError> {
         let expected = expected_len(dtype, shape)?;
         if bytes.len() != expected {
-            return Err(TensorError::WrongLength { dtype, shape: shape.to_vec(), expected, got: bytes.len() });
+            let shape = shape.iter().take(MAX_DIMS_SHOWN).copied().collect();
+            return Err(TensorError::WrongLength { dtype, shape, expected, got: bytes.len() });
         }
         Ok(Tensor { dtype, shape: shape.to_vec(), data: Data::Raw(Bytes::Owned(Arc::new(bytes))) })
     }
@@ -82,9 +86,11 @@ impl Tensor {
         start: usize,
     ) -> Result<Tensor, TensorError> {
         let len = expected_len(dtype, shape)?;
-        let available = map.len().saturating_sub(start);
+        // `start` past the end of the map counts as nothing available (never a slice panic).
+        let available = map.len().checked_sub(start).ok_or(TensorError::WrongLength { dtype, shape: Vec::new(), expected: len, got: 0 })?;
         if available < len {
-            return Err(TensorError::WrongLength { dtype, shape: shape.to_vec(), expected: len, got: available });
+            let shape = shape.iter().take(MAX_DIMS_SHOWN).copied().collect();
+            return Err(TensorError::WrongLength { dtype, shape, expected: len, got: available });
         }
         Ok(Tensor { dtype, shape: shape.to_vec(), data: Data::Raw(Bytes::Mapped { map, start, len }) })
     }
@@ -148,7 +154,7 @@ impl Tensor {
 
     /// A string tensor of any shape; `None` if the count disagrees with the shape.
     pub fn from_strings(shape: &[usize], values: Vec<String>) -> Option<Tensor> {
-        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+        let n = checked_elements(shape)?;
         (n == values.len()).then(|| Tensor { dtype: DType::String, shape: shape.to_vec(), data: Data::Strings(values) })
     }
 
@@ -169,9 +175,10 @@ impl Tensor {
         &self.shape
     }
 
-    /// Number of elements.
+    /// Number of elements. Every constructor checked that the count fits (`expected_len`,
+    /// `from_strings`), so this product cannot overflow; it saturates rather than wrap anyway.
     pub fn len(&self) -> usize {
-        self.shape.iter().product()
+        checked_elements(&self.shape).unwrap_or(usize::MAX)
     }
 
     /// True when the tensor has no elements (a 0 in its shape).
@@ -183,7 +190,7 @@ impl Tensor {
     /// mapped or lazily cast weight stays so); `None` when the counts differ. Used to view a
     /// (C_out, C_in) `linear` weight as a (C_out, C_in, 1, 1) `conv` weight.
     pub fn reshaped(&self, shape: &[usize]) -> Option<Tensor> {
-        (shape.iter().product::<usize>() == self.len())
+        (checked_elements(shape) == Some(self.len()))
             .then(|| Tensor { dtype: self.dtype, shape: shape.to_vec(), data: self.data.clone() })
     }
 
@@ -196,7 +203,10 @@ impl Tensor {
     pub fn bytes(&self) -> Cow<'_, [u8]> {
         match &self.data {
             Data::Raw(Bytes::Owned(v)) => Cow::Borrowed(v.as_slice()),
-            Data::Raw(Bytes::Mapped { map, start, len }) => Cow::Borrowed(&map[*start..*start + *len]),
+            // `from_mapped` checked the range; `get` keeps a bad one from ever panicking.
+            Data::Raw(Bytes::Mapped { map, start, len }) => {
+                Cow::Borrowed(start.checked_add(*len).and_then(|end| map.get(*start..end)).unwrap_or_default())
+            }
             Data::Raw(Bytes::F16Of(src)) => Cow::Owned(f16_bytes(&src.bytes())),
             Data::Strings(_) => Cow::Borrowed(&[]),
         }
@@ -366,6 +376,16 @@ mod tests {
         let e = Tensor::from_bytes(DType::F32, &[2, 2], vec![0; 12]).unwrap_err();
         assert_eq!(e, TensorError::WrongLength { dtype: DType::F32, shape: vec![2, 2], expected: 16, got: 12 });
         assert!(matches!(Tensor::from_bytes(DType::F32, &[usize::MAX, 4], vec![]), Err(TensorError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_mapped_range_past_the_end_is_an_error() {
+        let map = Arc::new(memmap2::MmapMut::map_anon(16).unwrap().make_read_only().unwrap());
+        assert!(Tensor::from_mapped(DType::F32, &[0], map.clone(), 100).is_err(), "an empty tensor past the end");
+        assert!(Tensor::from_mapped(DType::F32, &[4], map.clone(), 4).is_err());
+        assert!(Tensor::from_mapped(DType::F32, &[1 << 40, 1 << 40], map.clone(), 0).is_err());
+        assert_eq!(Tensor::from_mapped(DType::F32, &[4], map, 0).unwrap().bytes().len(), 16);
+        assert_eq!(Tensor::from_f32(&[2], &[1.0, 2.0]).reshaped(&[usize::MAX, 2]), None);
     }
 
     #[test]

@@ -127,6 +127,24 @@ impl fmt::Display for DType {
     }
 }
 
+/// Largest size of one axis: MIL describes shapes to its own ops in int32 (`shape`, the
+/// `shape` of `reshape`, slice bounds), so a longer axis could not be read back by the program.
+pub const MAX_DIM: usize = i32::MAX as usize;
+/// Largest element count of one tensor type: 2^40 (4 TiB of fp32), far past any real model,
+/// and small enough that byte sizes (up to 8 bytes per element) and index arithmetic on it
+/// never overflow 64 bits.
+pub const MAX_ELEMENTS: usize = 1 << 40;
+/// Most axes a tensor type may have: numpy's limit (torch models stay under 8); per-op work
+/// on shapes is linear in the rank, so an unbounded rank read from a file would be a bomb.
+pub const MAX_RANK: usize = 64;
+
+/// Element count of a tensor of shape `dims` (1 for rank 0), `None` when the product
+/// overflows `usize`. Every element count computed from file- or model-controlled dims goes
+/// through this (or [`TensorType::num_elements`]) instead of `product()`, which wraps.
+pub fn checked_elements(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n))
+}
+
 /// One dimension of a tensor type: a known size, or unknown (a flexible input dimension).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dim {
@@ -178,9 +196,32 @@ impl TensorType {
             .collect()
     }
 
-    /// Element count of a fully known shape.
+    /// Element count of a fully known shape; `None` when a dim is unknown or the count
+    /// overflows.
     pub fn num_elements(&self) -> Option<usize> {
-        self.fixed_shape()?.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n))
+        checked_elements(&self.fixed_shape()?)
+    }
+
+    /// Why this type is beyond what a tensor may be (rank over [`MAX_RANK`], a dim over
+    /// [`MAX_DIM`], known dims multiplying past [`MAX_ELEMENTS`]), or `None` when it is fine.
+    /// Unknown dims count as 1. `ops::check` asks this of every inferred output type, so a file
+    /// cannot make the IR hold a shape whose element count wraps.
+    pub fn size_problem(&self) -> Option<String> {
+        if self.rank() > MAX_RANK {
+            return Some(format!("rank {} is more than the {MAX_RANK} axes allowed", self.rank()));
+        }
+        let mut count = 1usize;
+        for d in &self.shape {
+            let Dim::Fixed(n) = *d else { continue };
+            if n > MAX_DIM {
+                return Some(format!("{self} has a dim of {n}, more than the int32 limit {MAX_DIM}"));
+            }
+            count = match count.checked_mul(n) {
+                Some(c) if c <= MAX_ELEMENTS => c,
+                _ => return Some(format!("{self} has more than {MAX_ELEMENTS} elements")),
+            };
+        }
+        None
     }
 
     /// Same shape, another dtype (what `cast` and comparisons infer).
@@ -234,6 +275,26 @@ mod tests {
         for d in DType::ALL {
             assert_eq!(DType::from_name(d.name()), Some(d));
         }
+    }
+
+    #[test]
+    fn element_counts_never_wrap() {
+        assert_eq!(checked_elements(&[]), Some(1));
+        assert_eq!(checked_elements(&[2, 3, 0]), Some(0));
+        assert_eq!(checked_elements(&[1 << 32, 1 << 32]), None);
+        assert_eq!(checked_elements(&[usize::MAX, 2]), None);
+        assert_eq!(TensorType::new(DType::F32, &[1 << 32, 1 << 32]).num_elements(), None);
+    }
+
+    #[test]
+    fn sizes_beyond_the_ceilings_are_named() {
+        assert_eq!(TensorType::new(DType::F32, &[2, 3]).size_problem(), None);
+        assert_eq!(TensorType { dtype: DType::F32, shape: vec![Dim::Unknown, Dim::Fixed(MAX_DIM)] }.size_problem(), None);
+        let wrap = TensorType::new(DType::F32, &[65536, 65536, 65536, 65536]).size_problem().unwrap();
+        assert!(wrap.contains("more than 1099511627776 elements"), "{wrap}");
+        let dim = TensorType::new(DType::F32, &[MAX_DIM + 1]).size_problem().unwrap();
+        assert!(dim.contains("int32 limit"), "{dim}");
+        assert!(TensorType::new(DType::F32, &[1; MAX_RANK + 1]).size_problem().unwrap().starts_with("rank 65"));
     }
 
     #[test]

@@ -14,9 +14,11 @@ pub mod layout;
 pub mod par;
 pub mod reduce;
 
-/// Element count of `shape` (1 for rank 0).
+/// Element count of `shape` (1 for rank 0). Callers pass shapes of arrays that exist (or
+/// types `mil::ops::check` bounded), so the product fits; it saturates instead of wrapping so
+/// a mistake can never turn a huge shape into a small count.
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)).unwrap_or(usize::MAX)
 }
 
 /// Row-major (C order) element strides of `shape`.

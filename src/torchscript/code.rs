@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::files::shown;
+
 /// A parse failure at `line` of the file being parsed.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("line {line}: {message}")]
@@ -167,10 +169,10 @@ enum Tok {
 impl fmt::Display for Tok {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Tok::Name(n) => write!(f, "`{n}`"),
+            Tok::Name(n) => write!(f, "`{}`", shown(n)),
             Tok::Int(i) => write!(f, "`{i}`"),
             Tok::Float(x) => write!(f, "`{x}`"),
-            Tok::Str(s) => write!(f, "{s:?}"),
+            Tok::Str(s) => write!(f, "\"{}\"", shown(s)),
             Tok::Op(o) => write!(f, "`{o}`"),
             Tok::Newline => f.write_str("end of line"),
             Tok::Indent => f.write_str("indent"),
@@ -253,12 +255,12 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                 let t = &body[s..p];
                 toks.push((
                     if float {
-                        Tok::Float(t.parse().map_err(|_| err(format!("bad number `{t}`")))?)
+                        Tok::Float(t.parse().map_err(|_| err(format!("bad number `{}`", shown(t))))?)
                     } else {
                         // i64::MAX is printed for "to the end"; larger literals do not occur.
                         Tok::Int(
                             t.parse()
-                                .map_err(|_| err(format!("integer `{t}` out of range")))?,
+                                .map_err(|_| err(format!("integer `{}` out of range", shown(t))))?,
                         )
                     },
                     line,
@@ -321,10 +323,17 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
 struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
+    /// Blocks (and `elif` branches) open around the statement being parsed.
+    blocks: usize,
 }
 
-/// Deepest expression nesting accepted; deeper input is rejected instead of overflowing the stack.
+/// Deepest expression nesting accepted (brackets, operands, and `.attr`/call/subscript chains,
+/// which nest the AST just as deeply); deeper input is rejected instead of overflowing the
+/// stack here or in the recursive walks, clones and drops of the AST.
 const MAX_NESTING: usize = 200;
+/// Deepest statement nesting accepted: indented blocks plus `elif` branches, which parse as an
+/// `if` nested in the `else` of the one before. TorchScript prints a few levels at most.
+const MAX_BLOCK_NESTING: usize = 100;
 
 impl Parser {
     fn peek(&self) -> &Tok {
@@ -373,7 +382,23 @@ impl Parser {
         }
     }
 
+    /// Enters one more level of statement nesting, refusing more than [`MAX_BLOCK_NESTING`].
+    fn enter(&mut self) -> Result<(), ParseError> {
+        if self.blocks >= MAX_BLOCK_NESTING {
+            return self.err(format!("statements nested more than {MAX_BLOCK_NESTING} levels deep"));
+        }
+        self.blocks += 1;
+        Ok(())
+    }
+
     fn block(&mut self) -> Result<Vec<Stmt>, ParseError> {
+        self.enter()?;
+        let body = self.block_body();
+        self.blocks -= 1;
+        body
+    }
+
+    fn block_body(&mut self) -> Result<Vec<Stmt>, ParseError> {
         self.expect(":")?;
         if !matches!(self.next(), Tok::Newline) {
             self.pos -= 1;
@@ -485,8 +510,13 @@ impl Parser {
                     self.pos += 1;
                     self.block()?
                 } else if self.is_name("elif") {
-                    self.toks[self.pos].0 = Tok::Name("if".into());
-                    vec![self.stmt()?]
+                    if let Some(t) = self.toks.get_mut(self.pos) {
+                        t.0 = Tok::Name("if".into());
+                    }
+                    self.enter()?;
+                    let branch = self.stmt();
+                    self.blocks -= 1;
+                    vec![branch?]
                 } else {
                     Vec::new()
                 };
@@ -627,7 +657,14 @@ impl Parser {
                 return self.err(format!("expected an expression, found {t}"));
             }
         };
+        let mut depth = depth;
         loop {
+            if matches!(self.peek(), Tok::Op("." | "(" | "[")) {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return self.err("expression nested too deeply");
+                }
+            }
             if self.eat(".") {
                 e = Expr::Attr(Box::new(e), self.name()?);
             } else if self.eat("(") {
@@ -690,6 +727,7 @@ pub fn parse(src: &str) -> Result<Vec<Stmt>, ParseError> {
     let mut p = Parser {
         toks: lex(src)?,
         pos: 0,
+        blocks: 0,
     };
     let mut out = Vec::new();
     loop {
@@ -813,6 +851,16 @@ mod tests {
             ")".repeat(1000)
         );
         assert!(parse(&deep).is_err());
+        let chain = format!("def f(x):\n  return x{}\n", ".a".repeat(100_000));
+        assert!(parse(&chain).unwrap_err().message.contains("nested too deeply"));
+        let calls = format!("def f(x):\n  return x{}\n", "()".repeat(100_000));
+        assert!(parse(&calls).is_err());
+        let elifs = format!("def f(x):\n  if x:\n    pass\n{}", "  elif x:\n    pass\n".repeat(100_000));
+        assert!(parse(&elifs).unwrap_err().message.contains("nested more than"));
+        let blocks: String = (1..2000).map(|i| format!("{}if x:\n", " ".repeat(i))).collect();
+        assert!(parse(&format!("def f(x):\n{blocks}{}pass\n", " ".repeat(2000))).is_err());
+        let long = format!("def f(x):\n  return {}\n", "9".repeat(100_000));
+        assert!(parse(&long).unwrap_err().to_string().len() < 400, "a long literal is not quoted whole");
         for cut in 0..MLP.len() {
             if MLP.is_char_boundary(cut) {
                 let _ = parse(&MLP[..cut]);

@@ -11,14 +11,21 @@ use std::sync::Arc;
 
 use super::code::{self, ClassDef, Expr, FnDef, Stmt, StmtKind};
 use super::lower::{self, Lower, Value};
-use super::source_ranges::SourceRanges;
+use super::source_ranges::{Lines, SourceRanges};
 use super::{Archive, Attribute, Error, Module, PyObject};
 use crate::mil::builder::{Builder, Var};
 use crate::mil::ops::elementwise as ew;
+use crate::files::shown;
 use crate::mil::{DType, Function, Opset, Source, SourceLine, Tensor, TensorType};
 
 /// Most locations listed per unsupported op kind in the error line.
 const MAX_LOCATIONS_SHOWN: usize = 3;
+/// Most unsupported op kinds the error line lists; the rest are counted.
+const MAX_KINDS_SHOWN: usize = 20;
+/// Most statements inlined into one function: every submodule call inlines the callee's body,
+/// so a submodule shared and called from many places at every level multiplies. 2^20 statements
+/// is hundreds of times a traced 24-layer transformer and converts in a few seconds.
+const MAX_INLINED_STATEMENTS: usize = 1 << 20;
 /// Deepest submodule nesting followed; deeper (or recursive) module graphs are rejected.
 const MAX_MODULE_DEPTH: usize = 64;
 
@@ -46,18 +53,26 @@ pub struct UnsupportedOp {
     pub locations: Vec<String>,
 }
 
-/// `aten::foo ×3 (code/a.py:12, code/b.py:7), aten::bar ×1 (code/a.py:30)`.
+/// `aten::foo ×3 (code/a.py:12, code/b.py:7), aten::bar ×1 (code/a.py:30)`: at most
+/// [`MAX_KINDS_SHOWN`] kinds, each name cut by `files::shown`, so the line stays short whatever
+/// the file calls.
 pub fn describe_unsupported(ops: &[UnsupportedOp]) -> String {
-    ops.iter()
+    let mut s = ops
+        .iter()
+        .take(MAX_KINDS_SHOWN)
         .map(|o| {
-            let mut locs = o.locations.iter().take(MAX_LOCATIONS_SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            let mut locs = o.locations.iter().take(MAX_LOCATIONS_SHOWN).map(|l| shown(l)).collect::<Vec<_>>().join(", ");
             if o.locations.len() > MAX_LOCATIONS_SHOWN {
                 locs += ", …";
             }
-            format!("{} ×{} ({locs})", o.kind, o.count)
+            format!("{} ×{} ({locs})", shown(&o.kind), o.count)
         })
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if ops.len() > MAX_KINDS_SHOWN {
+        s += &format!(", and {} more kinds", ops.len() - MAX_KINDS_SHOWN);
+    }
+    s
 }
 
 /// The op kind a called name stands for (`torch.linear` → `aten::linear`), or `None` for names
@@ -75,8 +90,16 @@ fn call_kind(name: &str) -> Option<String> {
     }
 }
 
-/// Parsed classes by qualified name (`__torch__.torch.nn.modules.linear.Linear`), with their file.
-struct Classes(HashMap<String, (String, ClassDef)>);
+/// One parsed class: its code file, its definition, and its methods by name (index into the
+/// body), so a call finds its method in constant time however long the class body is.
+struct Class {
+    file: String,
+    def: ClassDef,
+    methods: HashMap<String, usize>,
+}
+
+/// Parsed classes by qualified name (`__torch__.torch.nn.modules.linear.Linear`).
+struct Classes(HashMap<String, Class>);
 
 impl Classes {
     fn parse(archive: &Archive) -> Result<Classes, Error> {
@@ -84,17 +107,29 @@ impl Classes {
         for (file, text) in &archive.code {
             let Some(module) = file.strip_prefix("code/").and_then(|f| f.strip_suffix(".py")) else { continue };
             let module = module.replace('/', ".");
-            let stmts = code::parse(text).map_err(|source| Error::Parse { path: archive.path.clone(), file: file.clone(), source })?;
-            for c in code::classes(&stmts) {
-                map.insert(format!("{module}.{}", c.name), (file.clone(), c.clone()));
+            let stmts = code::parse(text).map_err(|source| Error::Parse { path: archive.path.clone(), file: shown(file), source })?;
+            for stmt in stmts {
+                let StmtKind::Class(def) = stmt.kind else { continue };
+                let mut methods = HashMap::new();
+                for (i, s) in def.body.iter().enumerate() {
+                    if let StmtKind::Def(f) = &s.kind {
+                        // The first definition wins, as `ClassDef::method` finds it.
+                        methods.entry(f.name.clone()).or_insert(i);
+                    }
+                }
+                map.insert(format!("{module}.{}", def.name), Class { file: file.clone(), def, methods });
             }
         }
         Ok(Classes(map))
     }
 
     fn method(&self, module: &Module, name: &str) -> Option<(&str, &FnDef)> {
-        let (file, class) = self.0.get(&module.class.to_string())?;
-        Some((file.as_str(), class.method(name)?))
+        let class = self.0.get(&module.class.to_string())?;
+        let stmt = class.def.body.get(*class.methods.get(name)?)?;
+        match &stmt.kind {
+            StmtKind::Def(f) => Some((class.file.as_str(), f)),
+            _ => None,
+        }
     }
 }
 
@@ -147,16 +182,22 @@ fn check_supported(archive: &Archive, classes: &Classes) -> Result<(), Error> {
     let mut calls = BTreeMap::new();
     let mut flow = None;
     let mut seen = std::collections::HashSet::new();
+    // Modules already walked, by identity: a pickle may share one submodule under many
+    // attributes at every level, and walking each path would be exponential.
+    let mut walked = std::collections::HashSet::new();
     let mut stack = vec![(Arc::clone(&archive.root), 0usize)];
     while let Some((m, depth)) = stack.pop() {
         if depth > MAX_MODULE_DEPTH {
-            return Err(Error::Lower { path: archive.path.clone(), location: m.class.to_string(), message: "module tree too deep".into() });
+            return Err(Error::Lower { path: archive.path.clone(), location: shown(&m.class.to_string()), message: "module tree too deep".into() });
+        }
+        if !walked.insert(Arc::as_ptr(&m)) {
+            continue;
         }
         if seen.insert(m.class.to_string()) {
-            if let Some((file, class)) = classes.0.get(&m.class.to_string()) {
-                for s in &class.body {
+            if let Some(class) = classes.0.get(&m.class.to_string()) {
+                for s in &class.def.body {
                     if let StmtKind::Def(f) = &s.kind {
-                        scan(&f.body, file, &mut calls, &mut flow);
+                        scan(&f.body, &class.file, &mut calls, &mut flow);
                     }
                 }
             }
@@ -201,25 +242,34 @@ struct Inliner<'a> {
     source: Option<Arc<Source>>,
     /// One `Source` per code line lowered, shared by every op the line makes.
     sources: HashMap<(String, usize), Arc<Source>>,
-    /// Each code file's debug_pkl table, read on first use (`None`: absent or unreadable).
-    ranges: HashMap<String, Option<SourceRanges>>,
+    /// Statements still allowed to be inlined ([`MAX_INLINED_STATEMENTS`] at the start).
+    budget: usize,
+    /// Each code file's line index and debug_pkl table (`None`: absent or unreadable), made on
+    /// first use.
+    files: HashMap<String, (Lines, Option<SourceRanges>)>,
 }
 
 impl Inliner<'_> {
     /// Makes `file:line` the statement being lowered: errors name it and new ops record it.
+    /// Constant time per statement after the first in a file: the file's line index and
+    /// debug_pkl table are built once and kept, so lowering stays linear in the statements.
     fn at(&mut self, file: &str, line: usize) {
         self.location = format!("{file}:{line}");
+        if let Some(source) = self.sources.get(&(file.to_string(), line)) {
+            self.source = Some(Arc::clone(source));
+            self.lower.b.set_source(self.source.clone());
+            return;
+        }
         let archive = self.archive;
-        let ranges = self.ranges.entry(file.to_string()).or_insert_with(|| archive.source_ranges(file));
-        let source = self.sources.entry((file.to_string(), line)).or_insert_with(|| {
-            let code = archive.code.get(file).map(String::as_str).unwrap_or_default();
-            Arc::new(Source {
-                code: SourceLine { file: file.to_string(), line },
-                text: code.lines().nth(line.saturating_sub(1)).unwrap_or_default().trim().to_string(),
-                original: ranges.as_ref().and_then(|r| r.original(code, line)).cloned(),
-            })
+        let code = archive.code.get(file).map(String::as_str).unwrap_or_default();
+        let (lines, ranges) = self.files.entry(file.to_string()).or_insert_with(|| (Lines::new(code), archive.source_ranges(file)));
+        let source = Arc::new(Source {
+            code: SourceLine { file: file.to_string(), line },
+            text: lines.text(code, line).to_string(),
+            original: lines.range(line).and_then(|r| ranges.as_ref()?.original(r)).cloned(),
         });
-        self.source = Some(Arc::clone(source));
+        self.sources.insert((file.to_string(), line), Arc::clone(&source));
+        self.source = Some(source);
         self.lower.b.set_source(self.source.clone());
     }
 
@@ -249,7 +299,7 @@ impl Inliner<'_> {
             PyObject::List(items) => Value::List(items.iter().map(|i| self.py(name, i)).collect::<Result<_, _>>()?),
             PyObject::Tensor(t) => self.weight(name, t)?,
             PyObject::Device(_) => Value::Device,
-            other => return Err(self.err(format!("attribute `{name}` holds {other:?}, which cannot be converted"))),
+            other => return Err(self.err(format!("attribute `{}` holds {}, which cannot be converted", shown(name), super::kind(other)))),
         })
     }
 
@@ -261,15 +311,15 @@ impl Inliner<'_> {
                     Some(Attribute::Module(c)) => Ok(Val::Module(Arc::clone(c), full)),
                     Some(Attribute::Tensor(t)) => Ok(Val::V(self.weight(&full, &Arc::clone(t))?)),
                     Some(Attribute::Value(o)) => Ok(Val::V(self.py(&full, &o.clone())?)),
-                    None => Err(self.err(format!("module `{}` has no attribute `{name}`", m.class))),
+                    None => Err(self.err(format!("module `{}` has no attribute `{}`", shown(&m.class.to_string()), shown(name)))),
                 }
             }
             Val::Constants => {
-                let i: usize = name.strip_prefix('c').and_then(|n| n.parse().ok()).ok_or_else(|| self.err(format!("bad constant `{name}`")))?;
-                let o = self.archive.constants.get(i).cloned().ok_or_else(|| self.err(format!("CONSTANTS.{name} does not exist")))?;
+                let i: usize = name.strip_prefix('c').and_then(|n| n.parse().ok()).ok_or_else(|| self.err(format!("bad constant `{}`", shown(name))))?;
+                let o = self.archive.constants.get(i).cloned().ok_or_else(|| self.err(format!("CONSTANTS.{} does not exist", shown(name))))?;
                 Ok(Val::V(self.py(&format!("constant_{i}"), &o)?))
             }
-            Val::V(v) => Err(self.err(format!("attribute `{name}` of a value ({v:?})"))),
+            Val::V(v) => Err(self.err(format!("attribute `{}` of a value ({})", shown(name), v.describe()))),
         }
     }
 
@@ -288,7 +338,7 @@ impl Inliner<'_> {
     fn value(&self, v: Val) -> Result<Value, Error> {
         match v {
             Val::V(v) => Ok(v),
-            Val::Module(m, _) => Err(self.err(format!("module `{}` used as a value", m.class))),
+            Val::Module(m, _) => Err(self.err(format!("module `{}` used as a value", shown(&m.class.to_string())))),
             Val::Constants => Err(self.err("CONSTANTS used as a value")),
         }
     }
@@ -296,14 +346,14 @@ impl Inliner<'_> {
     fn eval(&mut self, e: &Expr, env: &HashMap<String, Val>, depth: usize) -> Result<Val, Error> {
         Ok(match e {
             Expr::Name(n) if n == "CONSTANTS" => Val::Constants,
-            Expr::Name(n) => env.get(n).cloned().ok_or_else(|| self.err(format!("`{n}` is not defined")))?,
+            Expr::Name(n) => env.get(n).cloned().ok_or_else(|| self.err(format!("`{}` is not defined", shown(n))))?,
             Expr::Int(i) => Val::V(Value::Int(*i)),
             Expr::Float(x) => Val::V(Value::Float(*x)),
             Expr::Str(s) => Val::V(Value::Str(s.clone())),
             Expr::Bool(b) => Val::V(Value::Bool(*b)),
             Expr::None => Val::V(Value::None),
             Expr::Neg(v) => match self.eval(v, env, depth)? {
-                Val::V(Value::Int(i)) => Val::V(Value::Int(-i)),
+                Val::V(Value::Int(i)) => Val::V(Value::Int(i.checked_neg().ok_or_else(|| self.err(format!("-({i}) overflows int64")))?)),
                 Val::V(Value::Float(x)) => Val::V(Value::Float(-x)),
                 _ => return Err(self.err("negation of a non-number")),
             },
@@ -320,9 +370,9 @@ impl Inliner<'_> {
                 let i = self.eval(idx, env, depth).and_then(|v| self.value(v))?;
                 match (b, i) {
                     (Value::List(items) | Value::Tuple(items), Value::Int(i)) => {
-                        let n = items.len() as i64;
-                        let j = if i < 0 { i + n } else { i };
-                        items.get(j as usize).cloned().map(Val::V).ok_or_else(|| self.err(format!("index {i} out of range")))?
+                        let j = if i < 0 { i.checked_add_unsigned(items.len() as u64) } else { Some(i) };
+                        let item = j.and_then(|j| usize::try_from(j).ok()).and_then(|j| items.get(j));
+                        item.cloned().map(Val::V).ok_or_else(|| self.err(format!("index {i} out of range")))?
                     }
                     _ => return Err(self.err("unsupported subscript")),
                 }
@@ -336,7 +386,7 @@ impl Inliner<'_> {
             let is_op = func.dotted().is_some_and(|n| n.starts_with("torch.") || n.starts_with("ops."));
             if !is_op {
                 let Val::Module(m, path) = self.eval(target, env, depth)? else {
-                    return Err(self.err(format!("`.{method}` called on a value, not a module")));
+                    return Err(self.err(format!("`.{}` called on a value, not a module", shown(method))));
                 };
                 let vals = args.iter().map(|a| self.eval(a, env, depth)).collect::<Result<Vec<_>, _>>()?;
                 // The rest of the calling statement is the caller's again.
@@ -351,7 +401,7 @@ impl Inliner<'_> {
         let name = func.dotted().ok_or_else(|| self.err("call of a computed function"))?;
         if name == "annotate" || name == "unchecked_cast" {
             // The first argument is a type (`number`, `List[int]`), not a value.
-            let [_, value] = args else { return Err(self.err(format!("{name} needs 2 arguments"))) };
+            let [_, value] = args else { return Err(self.err(format!("{} needs 2 arguments", shown(&name)))) };
             return self.eval(value, env, depth);
         }
         let mut vals = Vec::with_capacity(args.len());
@@ -375,14 +425,14 @@ impl Inliner<'_> {
                     ("float", Value::Float(x)) => Value::Float(x),
                     ("bool", Value::Bool(b)) => Value::Bool(b),
                     ("bool", Value::Int(i)) => Value::Bool(i != 0),
-                    (_, v) => return Err(self.err(format!("{name}() of a computed value {v:?}: the model depends on data at conversion time"))),
+                    (_, v) => return Err(self.err(format!("{name}() of a computed value ({}): the model depends on data at conversion time", v.describe()))),
                 }));
             }
             "torch.device" => return Ok(Val::V(Value::Device)),
             _ => {}
         }
-        let kind = call_kind(&name).ok_or_else(|| self.err(format!("cannot call `{name}`")))?;
-        let lowering = lower::lookup(&kind).ok_or_else(|| self.err(format!("{kind} is not supported")))?;
+        let kind = call_kind(&name).ok_or_else(|| self.err(format!("cannot call `{}`", shown(&name))))?;
+        let lowering = lower::lookup(&kind).ok_or_else(|| self.err(format!("{} is not supported", shown(&kind))))?;
         let values = vals.into_iter().map(|v| self.value(v)).collect::<Result<Vec<_>, _>>()?;
         let mut kw = Vec::with_capacity(kwargs.len());
         for (k, e) in kwargs {
@@ -397,18 +447,22 @@ impl Inliner<'_> {
         if depth > MAX_MODULE_DEPTH {
             return Err(self.err("submodule calls nest too deeply"));
         }
-        let (file, f) = self.classes.method(m, name).ok_or_else(|| self.err(format!("class `{}` has no method `{name}` in code/", m.class)))?;
-        if f.params.len() != args.len() + 1 {
-            return Err(self.err(format!("{}.{name} takes {} arguments, got {}", m.class, f.params.len().saturating_sub(1), args.len())));
-        }
+        let class = || shown(&m.class.to_string());
+        let (file, f) = self.classes.method(m, name).ok_or_else(|| self.err(format!("class `{}` has no method `{}` in code/", class(), shown(name))))?;
+        let Some((this, params)) = f.params.split_first().filter(|(_, p)| p.len() == args.len()) else {
+            return Err(self.err(format!("{}.{} takes {} arguments, got {}", class(), shown(name), f.params.len().saturating_sub(1), args.len())));
+        };
         let mut env = HashMap::new();
-        env.insert(f.params[0].name.clone(), Val::Module(Arc::clone(m), path.to_string()));
-        for (p, a) in f.params[1..].iter().zip(args) {
+        env.insert(this.name.clone(), Val::Module(Arc::clone(m), path.to_string()));
+        for (p, a) in params.iter().zip(args) {
             env.insert(p.name.clone(), a);
         }
         let prefix = path.replace('.', "_");
         for s in &f.body {
             self.at(file, s.line);
+            self.budget = self.budget.checked_sub(1).ok_or_else(|| {
+                self.err(format!("inlining submodule calls makes more statements than the {MAX_INLINED_STATEMENTS} allowed (a submodule called from many places at every level?)"))
+            })?;
             match &s.kind {
                 StmtKind::Assign { targets, value: Some(v), .. } => {
                     let hint = match targets.first() {
@@ -448,7 +502,7 @@ impl Inliner<'_> {
                 }
             }
         }
-        Err(self.err(format!("{}.{name} does not return", m.class)))
+        Err(self.err(format!("{}.{} does not return", class(), shown(name))))
     }
 }
 
@@ -487,13 +541,18 @@ fn input_dtype(d: DType, opts: &Options) -> Result<DType, String> {
 
 /// Converts the archive's root `forward` into a MIL `main` function.
 pub fn to_mil(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result<Function, Error> {
+    inline_root(archive, inputs, opts, MAX_INLINED_STATEMENTS)
+}
+
+/// [`to_mil`] with a budget of `statements` inlined statements (tests use a small one).
+fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statements: usize) -> Result<Function, Error> {
     let classes = Classes::parse(archive)?;
     check_supported(archive, &classes)?;
     let bad_inputs = |message: String| Error::Inputs { path: archive.path.clone(), message };
-    let (_, root_forward) = classes.method(&archive.root, "forward").ok_or_else(|| bad_inputs(format!("root class `{}` has no forward", archive.root.class)))?;
+    let (_, root_forward) = classes.method(&archive.root, "forward").ok_or_else(|| bad_inputs(format!("root class `{}` has no forward", shown(&archive.root.class.to_string()))))?;
     let params: Vec<&str> = root_forward.params.iter().skip(1).map(|p| p.name.as_str()).collect();
     if inputs.len() != params.len() {
-        return Err(bad_inputs(format!("forward({}) takes {} inputs, {} given", params.join(", "), params.len(), inputs.len())));
+        return Err(bad_inputs(format!("forward({}) takes {} inputs, {} given", shown(&params.join(", ")), params.len(), inputs.len())));
     }
     let mut ordered: Vec<Option<&InputSpec>> = vec![None; params.len()];
     for (i, spec) in inputs.iter().enumerate() {
@@ -503,7 +562,7 @@ pub fn to_mil(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result
         };
         let slot = slot.ok_or_else(|| bad_inputs(format!("no forward() parameter matches input `{}`", spec.name.as_deref().unwrap_or("?"))))?;
         if ordered[slot].replace(spec).is_some() {
-            return Err(bad_inputs(format!("two inputs given for forward() parameter `{}`", params[slot])));
+            return Err(bad_inputs(format!("two inputs given for forward() parameter `{}`", shown(params.get(slot).copied().unwrap_or_default()))));
         }
     }
     let mut lower = Lower { b: Builder::new(opts.opset), dtype: opts.precision, hint: String::new() };
@@ -529,7 +588,8 @@ pub fn to_mil(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result
         location: String::new(),
         source: None,
         sources: HashMap::new(),
-        ranges: HashMap::new(),
+        files: HashMap::new(),
+        budget: statements,
     };
     let result = inliner.method(&archive.root, "", "forward", args, 0)?;
     let mut outputs = Vec::new();
@@ -549,13 +609,20 @@ pub fn to_mil(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result
         named.push(v);
     }
     let mut f = inliner.lower.b.finish(&named);
-    let outputs = f.block.outputs.clone();
-    for (i, old) in outputs.iter().enumerate() {
-        let new = if outputs.len() == 1 { OUTPUT_NAME.to_string() } else { format!("{OUTPUT_NAME}_{i}") };
-        if !f.block.defines(&new) && !f.inputs.iter().any(|x| x.name == new) {
-            f.block.rename(old, &new);
+    // One walk for all outputs (a model may return a tuple of thousands of tensors).
+    let mut renames = HashMap::new();
+    {
+        let defined = f.block.defined_names();
+        let inputs: std::collections::HashSet<&str> = f.inputs.iter().map(|x| x.name.as_str()).collect();
+        let count = f.block.outputs.len();
+        for (i, old) in f.block.outputs.iter().enumerate() {
+            let new = if count == 1 { OUTPUT_NAME.to_string() } else { format!("{OUTPUT_NAME}_{i}") };
+            if !defined.contains(new.as_str()) && !inputs.contains(new.as_str()) {
+                renames.entry(old.clone()).or_insert(new);
+            }
         }
     }
+    f.block.rename_all(&renames);
     Ok(f)
 }
 
@@ -571,7 +638,7 @@ fn flatten(v: Value, out: &mut Vec<Var>) -> Result<(), String> {
                 flatten(i, out)?;
             }
         }
-        other => return Err(format!("the model returns {other:?}, not tensors")),
+        other => return Err(format!("the model returns {}, not tensors", other.describe())),
     }
     Ok(())
 }
@@ -616,6 +683,108 @@ mod tests {
         for op in convs {
             assert!(call_line(op).contains("torch.linear("), "{}: {:?}", op.name, op.source);
         }
+    }
+
+    /// The MLP fixture with its root `forward` replaced by `body` (4-space indented
+    /// statements); the submodules `fc1`, `act`, `fc2` stay callable.
+    fn mlp_with_forward(body: &str) -> Archive {
+        let mut a = super::super::read(&fixture("mlp.pt")).unwrap();
+        let src = format!(
+            "class MLP(Module):\n  __parameters__ = []\n  __buffers__ = []\n  training : bool\n  \
+             fc1 : __torch__.torch.nn.modules.linear.Linear\n  \
+             act : __torch__.torch.nn.modules.activation.GELU\n  \
+             fc2 : __torch__.torch.nn.modules.linear.___torch_mangle_0.Linear\n  \
+             def forward(self: __torch__.MLP,\n    x: Tensor) -> Tensor:\n{body}"
+        );
+        a.code.insert("code/__torch__.py".into(), src);
+        a
+    }
+
+    fn convert(a: &Archive) -> Result<Function, Error> {
+        to_mil(a, &[InputSpec { name: None, ty: TensorType::new(DType::F32, &[2, 8]) }], &opts())
+    }
+
+    /// Regression (fuzzing campaign, quadratic front end): 8k statements took 48 s in a debug
+    /// build because every op named `x` probed `x_1`, `x_2`, … and every statement rescanned its
+    /// code file for its line. 200k statements now take about 25 s in a debug build on a loaded
+    /// 2-core machine (about 1 s in release); the bound is far below the hours the quadratic
+    /// version needs and far above noise.
+    #[test]
+    fn issue_quadratic_front_end_200k_statements_convert_in_linear_time() {
+        const STATEMENTS: usize = 200_000;
+        let mut body = "    x = torch.relu(x)\n".repeat(STATEMENTS);
+        body += "    return x\n";
+        let a = mlp_with_forward(&body);
+        let start = std::time::Instant::now();
+        let f = convert(&a).unwrap();
+        let took = start.elapsed();
+        assert_eq!(f.block.operations.iter().filter(|o| o.op_type == "relu").count(), STATEMENTS);
+        let last = f.block.operations.last().unwrap();
+        assert_eq!(last.source.as_ref().unwrap().code.line, STATEMENTS + 9, "ops still record their own line");
+        assert!(took < std::time::Duration::from_secs(150), "{STATEMENTS} statements took {took:?}");
+    }
+
+    #[test]
+    fn calls_fanning_out_at_every_level_hit_the_inlining_budget_not_the_clock() {
+        // forward calls f1 ten times, f1 calls f2 ten times, …: 10^6 inlined calls of f6.
+        let mut body = format!("{}    return x\n", "    x = (self).f1(x, )\n".repeat(10));
+        for level in 1..6 {
+            body += &format!("  def f{level}(self: __torch__.MLP,\n    x: Tensor) -> Tensor:\n{}    return x\n", format!("    x = (self).f{}(x, )\n", level + 1).repeat(10));
+        }
+        body += "  def f6(self: __torch__.MLP,\n    x: Tensor) -> Tensor:\n    return torch.relu(x)\n";
+        let a = mlp_with_forward(&body);
+        let spec = [InputSpec { name: None, ty: TensorType::new(DType::F32, &[2, 8]) }];
+        let e = inline_root(&a, &spec, &opts(), 5000).unwrap_err().to_string();
+        assert!(e.contains("inlining submodule calls makes more statements"), "{e}");
+        let one_level = mlp_with_forward(&format!("{}    return x\n  def f6(self: __torch__.MLP,\n    x: Tensor) -> Tensor:\n    return torch.relu(x)\n", "    x = (self).f6(x, )\n".repeat(10)));
+        assert!(inline_root(&one_level, &spec, &opts(), 5000).is_ok(), "21 statements are within the budget");
+    }
+
+    /// Regression (fuzzing campaign, exit 101): sizes and bounds from the code that overflow
+    /// an element count, or are not numbers, are one error naming the op and the line.
+    #[test]
+    fn issue_wrapping_element_counts_are_errors_naming_op_and_line() {
+        let cases = [
+            ("torch.expand(x, [4294967296, 4294967296, 2, 8])", "aten::expand"),
+            ("torch.expand(x, [65536, 65536, 2, 8])", "aten::expand"),
+            ("torch.new_ones(x, [4294967296, 4294967296, 4294967296])", "aten::new_ones"),
+            ("torch.new_ones(x, [-1])", "aten::new_ones"),
+            ("torch.arange(0., 1e400)", "aten::arange"),
+            ("torch.arange(0., 1e300, 1e-300)", "aten::arange"),
+            ("torch.arange(0., 100000000000)", "aten::arange"),
+            ("torch.full_like(torch.expand(x, [9223372036854775807, 2, 8]), 1.)", "aten::expand"),
+            ("torch.reshape(x, [4294967296, 4294967296, 0])", "aten::reshape"),
+            ("torch.reshape(x, [9223372036854775807, 2])", "aten::reshape"),
+            ("torch.slice(x, 1, -9223372036854775807, 9223372036854775807, 9223372036854775807)", "aten::slice"),
+            ("torch.scaled_dot_product_attention(x, torch.slice(x, 0, 0, 1), x, None, 0., True)", "aten::scaled_dot_product_attention"),
+        ];
+        for (call, kind) in cases {
+            let a = mlp_with_forward(&format!("    y = {call}\n    return y\n"));
+            let e = match convert(&a) {
+                Ok(f) => panic!("{call} converted: {:?}", f.block.outputs),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains("code/__torch__.py:10") && e.contains(kind), "{call}: {e}");
+            assert!(!e.contains('\n') && e.len() < 600, "{call}: {e}");
+        }
+        // Extreme but meaningful arguments still convert: one part per element, an empty slice.
+        let a = mlp_with_forward("    y = torch.chunk(x, 9223372036854775807, 1)\n    return y\n");
+        assert_eq!(convert(&a).unwrap().block.outputs.len(), 8);
+        let a = mlp_with_forward("    y = torch.slice(x, 1, 9223372036854775807, -9223372036854775807)\n    return torch.relu(y)\n");
+        assert!(convert(&a).is_ok());
+    }
+
+    #[test]
+    fn names_from_the_file_are_shown_bounded() {
+        let long = "n".repeat(100_000);
+        let a = mlp_with_forward(&format!("    y = torch.{long}(x)\n    return y\n"));
+        let e = convert(&a).unwrap_err().to_string();
+        assert!(e.contains("aten::nnn") && e.len() < 600, "{}", e.len());
+        let many: String = (0..5000).map(|i| format!("    y{i} = torch.op{i}(x)\n")).collect();
+        let e = convert(&mlp_with_forward(&format!("{many}    return x\n"))).unwrap_err().to_string();
+        assert!(e.contains("5000 unsupported") && e.contains("and 4980 more kinds") && e.len() < 4000, "{}", e.len());
+        let e = convert(&mlp_with_forward("    y = -9223372036854775807\n    z = torch.add(y, -1)\n    w = -z\n    return x\n")).unwrap_err().to_string();
+        assert!(e.contains("overflows int64") && e.contains(":12"), "{e}");
     }
 
     #[test]

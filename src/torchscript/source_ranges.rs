@@ -15,6 +15,7 @@
 //! (`python_tracer.cpp`, `getPythonInterpreterSourceRange`), and the filename and starting line
 //! are those of the innermost frame.
 
+use std::ops::Range;
 use std::path::Path;
 
 use super::pickle::{self, PyObject};
@@ -60,18 +61,55 @@ impl SourceRanges {
         Some(SourceRanges { records: out })
     }
 
-    /// The original line behind line `line` (1-based) of `code`, the code file these ranges
-    /// describe: the first record inside the line that names a file, else the record covering the
-    /// line's start. `None` when neither names one (shape arithmetic torch added has none).
-    pub fn original(&self, code: &str, line: usize) -> Option<&SourceLine> {
-        let start: usize = code.split_inclusive('\n').take(line.checked_sub(1)?).map(str::len).sum();
-        let end = start + code.split_inclusive('\n').nth(line - 1)?.len();
-        let first = self.records.partition_point(|(offset, _)| *offset < start);
-        let inside = self.records.get(first..)?.iter().take_while(|(offset, _)| *offset < end);
+    /// The original line behind the code line that spans bytes `line` of the code file these
+    /// ranges describe (a [`Lines::range`]): the first record inside the line that names a
+    /// file, else the record covering the line's start. `None` when neither names one (shape
+    /// arithmetic torch added has none). Two binary searches: no scan of the file or table.
+    pub fn original(&self, line: Range<usize>) -> Option<&SourceLine> {
+        let first = self.records.partition_point(|(offset, _)| *offset < line.start);
+        let inside = self.records.get(first..)?.iter().take_while(|(offset, _)| *offset < line.end);
         inside.filter_map(|(_, l)| l.as_ref()).next().or_else(|| {
-            let covering = self.records.partition_point(|(offset, _)| *offset <= start).checked_sub(1)?;
+            let covering = self.records.partition_point(|(offset, _)| *offset <= line.start).checked_sub(1)?;
             self.records.get(covering)?.1.as_ref()
         })
+    }
+}
+
+/// Where each line of one code file starts, so the text and byte range of a statement's line
+/// are found without rescanning the file (a model has one statement per line, so a scan per
+/// statement would make lowering quadratic). Built once per code file by `torchscript::graph`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Lines {
+    /// Byte offset of the first byte of each line, in order.
+    starts: Vec<usize>,
+    /// Length of the file in bytes: the end of the last line.
+    len: usize,
+}
+
+impl Lines {
+    /// Indexes the lines of `code` as `str::split_inclusive('\n')` cuts them.
+    pub fn new(code: &str) -> Lines {
+        let mut starts = Vec::new();
+        let mut start = 0;
+        for piece in code.split_inclusive('\n') {
+            starts.push(start);
+            start += piece.len();
+        }
+        Lines { starts, len: code.len() }
+    }
+
+    /// The bytes of line `line` (1-based), its line break included; `None` past the end.
+    pub fn range(&self, line: usize) -> Option<Range<usize>> {
+        let index = line.checked_sub(1)?;
+        let start = *self.starts.get(index)?;
+        let end = self.starts.get(index + 1).copied().unwrap_or(self.len);
+        Some(start..end)
+    }
+
+    /// The text of line `line` (1-based) of `code` (the file this index was built from),
+    /// without surrounding white space; empty past the end.
+    pub fn text<'a>(&self, code: &'a str, line: usize) -> &'a str {
+        self.range(line).and_then(|r| code.get(r)).unwrap_or_default().trim()
     }
 }
 
@@ -151,13 +189,27 @@ mod tests {
     fn lines_map_to_the_first_named_record_inside_them() {
         // Lines start at bytes 0, 6, 17 and 24.
         let code = "a = 1\n  b = f(a)\n  c = b\n  d = c\n";
+        let lines = Lines::new(code);
         let ranges = SourceRanges { records: vec![(0, None), (14, Some(line("m.py", 7))), (24, None)] };
-        assert_eq!(ranges.original(code, 1), None);
-        assert_eq!(ranges.original(code, 2), Some(&line("m.py", 7)), "the record at 14 is inside line 2");
-        assert_eq!(ranges.original(code, 3), Some(&line("m.py", 7)), "no record inside: the one covering its start");
-        assert_eq!(ranges.original(code, 4), None, "the record at its first byte names none");
-        assert_eq!(ranges.original(code, 0), None);
-        assert_eq!(ranges.original(code, 9), None);
+        let original = |n: usize| lines.range(n).and_then(|r| ranges.original(r));
+        assert_eq!(original(1), None);
+        assert_eq!(original(2), Some(&line("m.py", 7)), "the record at 14 is inside line 2");
+        assert_eq!(original(3), Some(&line("m.py", 7)), "no record inside: the one covering its start");
+        assert_eq!(original(4), None, "the record at its first byte names none");
+        assert_eq!(original(0), None);
+        assert_eq!(original(9), None);
+    }
+
+    #[test]
+    fn lines_index_like_str_lines() {
+        for code in ["", "a", "a\n", "a\r\n  b \n\nc", "\n\n", "x = 1\n  y = é\n"] {
+            let lines = Lines::new(code);
+            let want: Vec<&str> = code.lines().map(str::trim).collect();
+            let got: Vec<&str> = (1..=want.len()).map(|n| lines.text(code, n)).collect();
+            assert_eq!(got, want, "{code:?}");
+            assert_eq!(lines.range(want.len() + 1), None, "{code:?}");
+            assert_eq!(lines.text(code, 0), "");
+        }
     }
 
     #[test]

@@ -23,6 +23,11 @@ use super::types::{DType, Dim, TensorType};
 use super::{Opset, Tensor};
 pub use eval::{Array, Data, EvalArgs, EvalError, EvalFn};
 
+/// Most outputs one op may have (`split` is the only op with a data-dependent count): real
+/// models split into at most a few hundred parts (heads, chunks); more is a bomb, since every
+/// output is a value the program must name, type and write.
+pub const MAX_OUTPUTS: usize = 1 << 16;
+
 /// Output type inference: given the typed (and, where const, valued) arguments, the output types.
 pub type InferFn = fn(&OpArgs) -> Result<Vec<TensorType>, TypeError>;
 
@@ -323,7 +328,8 @@ impl<'a> OpArgs<'a> {
 }
 
 /// Checks one op's arguments against `def` (required/unknown params, const-ness, dtypes, shared
-/// dtypes) and returns the inferred output types. Callers: `Builder::build`, `package::read`.
+/// dtypes) and returns the inferred output types, refusing any beyond the size ceilings of
+/// [`TensorType::size_problem`]. Callers: `Builder::build`, `package::read`.
 pub fn check(def: &OpDef, args: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     let op = || def.name.to_string();
     if def.since > args.opset {
@@ -373,7 +379,14 @@ pub fn check(def: &OpDef, args: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
             }
         }
     }
-    (def.infer)(args)
+    let out = (def.infer)(args)?;
+    if out.len() > MAX_OUTPUTS {
+        return Err(TypeError::Invalid { op: op(), message: format!("{} outputs, more than the {MAX_OUTPUTS} allowed", out.len()) });
+    }
+    if let Some(problem) = out.iter().find_map(TensorType::size_problem) {
+        return Err(TypeError::Invalid { op: op(), message: format!("output {problem}") });
+    }
+    Ok(out)
 }
 
 /// Numpy broadcasting of two shapes; unknown dims broadcast to unknown. Used by elementwise ops.

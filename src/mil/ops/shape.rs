@@ -9,7 +9,7 @@
 use super::{
     Array, Data, EvalArgs, EvalError, OpArgs, OpDef, Param, TypeError, ANY_TENSOR, BOOL, INT, INT32, NUMERIC, STRING,
 };
-use crate::mil::types::{DType, Dim, TensorType};
+use crate::mil::types::{checked_elements, DType, Dim, TensorType, MAX_RANK};
 use crate::mil::Opset;
 use crate::numeric;
 
@@ -85,6 +85,15 @@ pub const RESHAPE: OpDef = OpDef {
     eval: eval_reshape,
 };
 
+/// `n` as the rank of an output whose shape comes from a value's length (a `shape` vector),
+/// refused past [`MAX_RANK`] before a shape of that many dims is allocated.
+fn out_rank(a: &OpArgs, n: usize) -> Result<usize, TypeError> {
+    if n > MAX_RANK {
+        return Err(a.invalid(format!("a shape of {n} dims is more than the {MAX_RANK} allowed")));
+    }
+    Ok(n)
+}
+
 fn infer_reshape(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     let x = a.tensor("x")?;
     let Some(target) = a.ints("shape")? else {
@@ -92,8 +101,9 @@ fn infer_reshape(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
         let [Dim::Fixed(n)] = st.shape[..] else {
             return Err(a.invalid("`shape` must be rank 1 with a static length"));
         };
-        return Ok(vec![TensorType { dtype: x.dtype, shape: vec![Dim::Unknown; n] }]);
+        return Ok(vec![TensorType { dtype: x.dtype, shape: vec![Dim::Unknown; out_rank(a, n)?] }]);
     };
+    out_rank(a, target.len())?;
     let rank = x.rank();
     if a.opset < Opset::Ios17 && target.contains(&0) && rank != target.len() {
         return Err(a.invalid(format!(
@@ -133,17 +143,18 @@ fn infer_reshape(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
             shape: dims.iter().map(|d| d.map_or(Dim::Unknown, Dim::Fixed)).collect(),
         }]);
     };
-    let known: usize = dims.iter().flatten().product();
+    let bad = || a.invalid(format!("cannot reshape {x} to {target:?}"));
+    let known = checked_elements(&dims.iter().flatten().copied().collect::<Vec<_>>()).ok_or_else(bad)?;
     let shape: Vec<usize> = if unknowns == 1 {
         if known == 0 || total % known != 0 {
-            return Err(a.invalid(format!("cannot reshape {x} to {target:?}")));
+            return Err(bad());
         }
         dims.iter().map(|d| d.unwrap_or(total / known)).collect()
     } else {
         dims.iter().flatten().copied().collect()
     };
-    if shape.iter().product::<usize>() != total {
-        return Err(a.invalid(format!("cannot reshape {x} to {target:?}")));
+    if checked_elements(&shape) != Some(total) {
+        return Err(bad());
     }
     Ok(vec![TensorType::new(x.dtype, &shape)])
 }
@@ -242,7 +253,7 @@ fn infer_concat(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
         }
         for (i, (s, d)) in shape.iter_mut().zip(&v.ty.shape).enumerate() {
             *s = match (i == axis, *s, *d) {
-                (true, Dim::Fixed(x), Dim::Fixed(y)) => Dim::Fixed(x + y),
+                (true, Dim::Fixed(x), Dim::Fixed(y)) => Dim::Fixed(x.saturating_add(y)),
                 (true, _, _) => Dim::Unknown,
                 (false, Dim::Fixed(x), Dim::Fixed(y)) if x != y => {
                     return Err(a.invalid(format!("values differ on axis {i} ({x} vs {y})")))
@@ -272,19 +283,22 @@ fn infer_split(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     let x = a.tensor("x")?;
     let axis = a.axis(a.int_or("axis", 0)?, x.rank())?;
     let Dim::Fixed(n) = x.shape[axis] else { return Err(a.invalid("split axis must be static")) };
+    let too_many = |k: usize| a.invalid(format!("{k} parts are more than the {} an op may output", super::MAX_OUTPUTS));
     let sizes: Vec<usize> = match (a.ints("split_sizes")?, a.ints("num_splits")?) {
+        (Some(s), _) if s.len() > super::MAX_OUTPUTS => return Err(too_many(s.len())),
         (Some(s), _) => s
             .iter()
             .map(|&v| usize::try_from(v).map_err(|_| a.invalid("negative split size")))
             .collect::<Result<_, _>>()?,
-        (None, Some(k)) => match k.as_slice() {
-            [k] if *k > 0 && n % (*k as usize) == 0 => vec![n / *k as usize; *k as usize],
+        (None, Some(k)) => match usize::try_from(k.first().copied().unwrap_or(0)) {
+            Ok(k) if k > super::MAX_OUTPUTS => return Err(too_many(k)),
+            Ok(k) if k > 0 && n % k == 0 => vec![n / k; k],
             _ => return Err(a.invalid(format!("cannot split {n} into {k:?} equal parts"))),
         },
         (None, None) => return Err(a.invalid("give num_splits or split_sizes")),
     };
-    if sizes.iter().sum::<usize>() != n {
-        return Err(a.invalid(format!("split sizes {sizes:?} do not add up to {n}")));
+    if sizes.iter().try_fold(0usize, |acc, &s| acc.checked_add(s)) != Some(n) {
+        return Err(a.invalid(format!("split sizes do not add up to {n}")));
     }
     Ok(sizes
         .iter()
@@ -313,9 +327,17 @@ pub const SLICE_BY_INDEX: OpDef = OpDef {
     eval: eval_slice_by_index,
 };
 
+/// A dim as i64 (dims are at most `MAX_DIM`, so this never saturates in a checked program).
+fn dim_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// Length of the Python slice `begin:end:stride` over `n` elements, masks applied.
 pub fn slice_len(n: i64, begin: i64, end: i64, stride: i64, begin_mask: bool, end_mask: bool) -> i64 {
-    let clamp = |v: i64| {
+    // In i128: `begin`, `end` and `stride` are any int64 a file holds (i64::MIN included), and
+    // none of the sums below may wrap. The result is at most `n`, so it fits back.
+    let (n, begin, end, stride) = (i128::from(n), i128::from(begin), i128::from(end), i128::from(stride));
+    let clamp = |v: i128| {
         let v = if v < 0 { v + n } else { v };
         if stride > 0 {
             v.clamp(0, n)
@@ -342,8 +364,8 @@ pub fn slice_len(n: i64, begin: i64, end: i64, stride: i64, begin_mask: bool, en
         clamp(end)
     };
     let span = if stride > 0 { e - b } else { b - e };
-    let s = stride.abs();
-    ((span + s - 1) / s).max(0)
+    let s = stride.abs().max(1);
+    i64::try_from(((span + s - 1) / s).max(0)).unwrap_or(i64::MAX)
 }
 
 fn infer_slice_by_index(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -365,10 +387,10 @@ fn infer_slice_by_index(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
         }
         shape.push(match (x.shape[i], &begin, &end) {
             (Dim::Fixed(n), Some(b), Some(e)) if b.len() == r && e.len() == r => {
-                Dim::Fixed(slice_len(n as i64, b[i], e[i], stride[i], bm[i], em[i]) as usize)
+                Dim::Fixed(slice_len(dim_i64(n), b[i], e[i], stride[i], bm[i], em[i]).unsigned_abs() as usize)
             }
             (Dim::Fixed(n), _, _) if bm[i] && em[i] => {
-                Dim::Fixed(slice_len(n as i64, 0, 0, stride[i], true, true) as usize)
+                Dim::Fixed(slice_len(dim_i64(n), 0, 0, stride[i], true, true).unsigned_abs() as usize)
             }
             _ => Dim::Unknown,
         });
@@ -489,8 +511,8 @@ fn reshape_target(a: &EvalArgs, x: &[usize], target: &[i64]) -> Result<Vec<usize
             t => return Err(a.invalid(format!("invalid target dim {t}"))),
         });
     }
-    let known: usize = dims.iter().flatten().product();
     let bad = || a.invalid(format!("cannot reshape {x:?} to {target:?}"));
+    let known = checked_elements(&dims.iter().flatten().copied().collect::<Vec<_>>()).ok_or_else(bad)?;
     let shape: Vec<usize> = match dims.iter().filter(|d| d.is_none()).count() {
         0 => dims.iter().flatten().copied().collect(),
         1 if known > 0 && total % known == 0 => dims.iter().map(|d| d.unwrap_or(total / known)).collect(),
@@ -596,7 +618,9 @@ fn eval_split(a: &EvalArgs) -> Eval {
 
 /// Python's `slice(begin, end, step).indices(n)` (None = masked): returns (start, len).
 fn py_slice(n: usize, begin: Option<i64>, end: Option<i64>, step: i64) -> (i64, usize) {
-    let n = n as i64;
+    let n = dim_i64(n);
+    // i64::MIN has no negation; a step that large selects one element either way.
+    let step = step.max(-i64::MAX);
     let fix = |v: i64, lo: i64, hi: i64| {
         let v = if v < 0 { v + n } else { v };
         v.clamp(lo, hi)
@@ -606,6 +630,7 @@ fn py_slice(n: usize, begin: Option<i64>, end: Option<i64>, step: i64) -> (i64, 
     } else {
         (begin.map_or(n - 1, |b| fix(b, -1, n - 1)), end.map_or(-1, |e| fix(e, -1, n - 1)))
     };
+    // start and stop are clamped to [-1, n], so these differences cannot overflow.
     let len = if step > 0 && stop > start {
         (stop - start - 1) / step + 1
     } else if step < 0 && start > stop {
@@ -838,8 +863,11 @@ fn infer_tile(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
         .shape
         .iter()
         .zip(&reps)
-        .map(|(d, &r)| if let Dim::Fixed(n) = d { Dim::Fixed(n * r as usize) } else { Dim::Unknown })
-        .collect();
+        .map(|(d, &r)| match d {
+            Dim::Fixed(n) => usize::try_from(r).ok().and_then(|r| n.checked_mul(r)).map(Dim::Fixed).ok_or_else(|| a.invalid(format!("tiling {n} by {r} overflows"))),
+            Dim::Unknown => Ok(Dim::Unknown),
+        })
+        .collect::<Result<_, _>>()?;
     Ok(vec![TensorType { dtype: x.dtype, shape }])
 }
 
@@ -892,7 +920,9 @@ fn infer_pad(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     let mut shape = x.shape.clone();
     for (j, d) in shape.iter_mut().enumerate().skip(first) {
         if let Dim::Fixed(n) = d {
-            *n += (pad[2 * (j - first)] + pad[2 * (j - first) + 1]) as usize;
+            let (before, after) = (pad[2 * (j - first)], pad[2 * (j - first) + 1]);
+            let grown = before.checked_add(after).and_then(|p| usize::try_from(p).ok()).and_then(|p| n.checked_add(p));
+            *n = grown.ok_or_else(|| a.invalid(format!("padding {n} by {before} and {after} overflows")))?;
         }
     }
     Ok(vec![TensorType { dtype: x.dtype, shape }])
@@ -943,11 +973,12 @@ fn infer_fill(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     let dtype = a.opt_tensor("value").map_or(DType::F32, |t| t.dtype);
     match a.ints("shape")? {
         Some(s) => {
+            out_rank(a, s.len())?;
             let dims = s.iter().map(|&d| usize::try_from(d).map(Dim::Fixed)).collect::<Result<Vec<_>, _>>();
             Ok(vec![TensorType { dtype, shape: dims.map_err(|_| a.invalid("negative dim in shape"))? }])
         }
         None => match a.tensor("shape")?.shape[..] {
-            [Dim::Fixed(n)] => Ok(vec![TensorType { dtype, shape: vec![Dim::Unknown; n] }]),
+            [Dim::Fixed(n)] => Ok(vec![TensorType { dtype, shape: vec![Dim::Unknown; out_rank(a, n)?] }]),
             _ => Err(a.invalid("`shape` must be rank 1 with a static length")),
         },
     }
@@ -959,7 +990,7 @@ fn eval_fill(a: &EvalArgs) -> Eval {
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| a.invalid("negative dim in shape")))
         .collect::<Result<Vec<_>, _>>()?;
-    let n = numeric::numel(&shape);
+    let n = checked_elements(&shape).ok_or_else(|| a.invalid("shape has too many elements"))?;
     Ok(vec![match a.get("value") {
         None => Array::float(DType::F32, shape, vec![0.0; n]),
         Some(v) => {

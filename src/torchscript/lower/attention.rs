@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use super::{float, Lower, Value};
+use super::{const_elements, dims_shown, float, Lower, Value};
 use crate::mil::builder::Var;
 use crate::mil::ops::{elementwise as ew, linear as lin};
 use crate::mil::{DType, Tensor};
@@ -24,7 +24,7 @@ pub fn sdpa(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let qs = l.shape(&q)?;
     let ks = l.shape(&k)?;
     if qs.len() < 2 || ks.len() != qs.len() {
-        return Err(format!("query {qs:?} and key {ks:?} must have the same rank ≥ 2"));
+        return Err(format!("query {} and key {} must have the same rank ≥ 2", dims_shown(&qs), dims_shown(&ks)));
     }
     if qs[..qs.len() - 2] != ks[..ks.len() - 2] {
         return Err("grouped-query attention (fewer key heads) is not supported yet".into());
@@ -42,7 +42,9 @@ pub fn sdpa(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
         scores = built(l.b.op(&ew::MUL, &format!("{hint}_scaled")).arg("x", &scores).arg("y", &c).build1())?;
     }
     if a[5] == Value::Bool(true) {
-        let causal: Vec<bool> = (0..lq).flat_map(|i| (0..s).map(move |j| j <= i + s - lq)).collect();
+        // Query i may see key j ≤ i + S − L (written without the unsigned underflow when L > S).
+        const_elements(&[lq, s])?;
+        let causal: Vec<bool> = (0..lq).flat_map(|i| (0..s).map(move |j| j + lq <= i + s)).collect();
         let m = l.b.konst(&format!("{hint}_causal"), Tensor::from_bools(&[lq, s], &causal));
         scores = masked(l, &hint, &scores, &m, dt)?;
     }
@@ -78,10 +80,10 @@ pub fn addmm(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
 
 /// A 2-D fp16/fp32 tensor transposed on the host (weights only; done once at conversion).
 fn transpose_2d(t: &Tensor) -> Result<Tensor, String> {
-    let [r, c] = t.shape() else { return Err(format!("addmm weight must be 2-D, got {:?}", t.shape())) };
+    let [r, c] = t.shape() else { return Err(format!("addmm weight must be 2-D, got {}", dims_shown(t.shape()))) };
     let (r, c) = (*r, *c);
     let v = t.to_f32_vec().ok_or("addmm weight is not float")?;
-    let out: Vec<f32> = (0..c).flat_map(|j| (0..r).map(move |i| (i, j))).map(|(i, j)| v[i * c + j]).collect();
+    let out: Vec<f32> = (0..c).flat_map(|j| (0..r).map(move |i| (i, j))).map(|(i, j)| v.get(i * c + j).copied().unwrap_or(0.0)).collect();
     Ok(match t.dtype() {
         DType::F16 => {
             let bytes = out.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect();
@@ -94,10 +96,12 @@ fn transpose_2d(t: &Tensor) -> Result<Tensor, String> {
 /// The first `rows` rows starting at `start` of a const weight, as its own tensor (host slice).
 fn rows(t: &Tensor, start: usize, count: usize) -> Result<Tensor, String> {
     let shape = t.shape();
-    let row: usize = shape.iter().skip(1).product();
+    let Some((_, rest)) = shape.split_first() else { return Err("a packed attention weight must have rows, not be a scalar".into()) };
+    let row = crate::mil::types::checked_elements(rest).ok_or("weight too large")?;
     let bytes_per = t.dtype().storage_bytes(row).ok_or("weight too large")?;
     let all = t.bytes();
-    let b = all.get(start * bytes_per..(start + count) * bytes_per).ok_or("weight rows out of range")?;
+    let range = start.checked_add(count).and_then(|end| Some(start.checked_mul(bytes_per)?..end.checked_mul(bytes_per)?));
+    let b = range.and_then(|r| all.get(r)).ok_or("weight rows out of range")?;
     let mut s = shape.to_vec();
     s[0] = count;
     Tensor::from_bytes(t.dtype(), &s, b.to_vec()).map_err(|e| e.to_string())
@@ -115,8 +119,12 @@ pub fn native_mha(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     if a[9] != Value::None {
         return Err("a mask on the fused attention path is not supported yet".into());
     }
-    let (e, h) = (super::int(&a[3])? as usize, super::int(&a[4])? as usize);
-    if h == 0 || e % h != 0 {
+    let positive = |v: &Value, what: &str| {
+        let i = super::int(v)?;
+        usize::try_from(i).ok().filter(|&n| n > 0 && i32::try_from(n).is_ok()).ok_or_else(|| format!("{what} {i} is not a positive int32"))
+    };
+    let (e, h) = (positive(&a[3], "embed_dim")?, positive(&a[4], "num_head")?);
+    if e % h != 0 {
         return Err(format!("embed_dim {e} is not divisible by {h} heads"));
     }
     let (w, b) = (l.tensor(&a[5])?, l.tensor(&a[6])?);
@@ -126,11 +134,12 @@ pub fn native_mha(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     for (i, name) in ["q", "k", "v"].iter().enumerate() {
         let x = l.tensor(&a[i])?;
         let s = l.shape(&x)?;
-        let [bsz, len, _] = s[..] else { return Err(format!("attention input must be [batch, seq, embed], got {s:?}")) };
+        let [bsz, len, _] = s[..] else { return Err(format!("attention input must be [batch, seq, embed], got {}", dims_shown(&s))) };
+        // i ≤ 2 and e fits in int32: no overflow.
         let wi = l.b.konst(&format!("{hint}_{name}_weight"), rows(&w, i * e, e)?);
         let bi = l.b.konst(&format!("{hint}_{name}_bias"), rows(&b, i * e, e)?);
         let p = built(l.b.op(&lin::LINEAR, &format!("{hint}_{name}")).arg("x", &x).arg("weight", &wi).arg("bias", &bi).build1())?;
-        let shape_v = [bsz as i32, len as i32, h as i32, (e / h) as i32];
+        let shape_v = super::dims_i32(&[bsz, len, h, e / h])?;
         let p = built(l.b.op(&shape::RESHAPE, &format!("{hint}_{name}_heads")).arg("x", &p).konst("shape", Tensor::i32_vec(&shape_v)).build1())?;
         let p = built(l.b.op(&shape::TRANSPOSE, &format!("{hint}_{name}_t")).arg("x", &p).konst("perm", Tensor::i32_vec(&[0, 2, 1, 3])).build1())?;
         heads.push(Value::Tensor(p));
@@ -140,7 +149,8 @@ pub fn native_mha(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let q = l.tensor(&a[0])?;
     let qs = l.shape(&q)?;
     let ctx = built(l.b.op(&shape::TRANSPOSE, &format!("{hint}_ctx_t")).arg("x", &ctx).konst("perm", Tensor::i32_vec(&[0, 2, 1, 3])).build1())?;
-    let merged = [qs[0] as i32, qs[1] as i32, e as i32];
+    let (Some(&b0), Some(&b1)) = (qs.first(), qs.get(1)) else { return Err("attention query lost its batch and sequence axes".into()) };
+    let merged = super::dims_i32(&[b0, b1, e])?;
     let ctx = built(l.b.op(&shape::RESHAPE, &format!("{hint}_ctx")).arg("x", &ctx).konst("shape", Tensor::i32_vec(&merged)).build1())?;
     let (pw, pb) = (l.tensor(&a[7])?, l.tensor(&a[8])?);
     let out = built(l.op(&lin::LINEAR).arg("x", &ctx).arg("weight", &pw).arg("bias", &pb).build1())?;

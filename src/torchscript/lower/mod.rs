@@ -28,6 +28,77 @@ pub enum Value {
     Device,
 }
 
+/// Most items of a list a message quotes; the rest are counted.
+const MAX_ITEMS_SHOWN: usize = 8;
+
+/// Largest element count of a constant a lowering materializes from the trace (`arange`,
+/// `new_ones`, `full_like`, `expand`'s zeros, `index`'s row ids, a causal mask): 2^24 elements
+/// is 64 MiB of fp32, and building one takes about three such buffers, well inside the 1 GiB
+/// a conversion may use. A larger one is refused rather than allocated.
+pub const MAX_CONST_ELEMENTS: usize = 1 << 24;
+
+impl Value {
+    /// A one-line description of this value for error messages, bounded whatever the file
+    /// holds: strings go through `files::shown`, lists show their first few items.
+    pub fn describe(&self) -> String {
+        match self {
+            Value::None => "None".into(),
+            Value::Bool(b) => format!("bool {b}"),
+            Value::Int(i) => format!("int {i}"),
+            Value::Float(x) => format!("float {x:?}"),
+            Value::Str(s) => format!("string \"{}\"", crate::files::shown(s)),
+            Value::Device => "a device".into(),
+            Value::Tensor(v) => format!("tensor `{}`", crate::files::shown(&v.0)),
+            Value::List(items) | Value::Tuple(items) => {
+                let kind = if matches!(self, Value::List(_)) { "list" } else { "tuple" };
+                // Nested lists are not expanded: a hostile nesting stays one short line.
+                let shown: Vec<String> = items
+                    .iter()
+                    .take(MAX_ITEMS_SHOWN)
+                    .map(|v| match v {
+                        Value::List(_) | Value::Tuple(_) => "[…]".to_string(),
+                        v => v.describe(),
+                    })
+                    .collect();
+                let more = items.len().saturating_sub(MAX_ITEMS_SHOWN);
+                let more = if more > 0 { format!(", … ({more} more)") } else { String::new() };
+                format!("{kind} [{}{more}]", shown.join(", "))
+            }
+        }
+    }
+}
+
+/// An int list (sizes, dims) for a message: the first few entries, the rest counted.
+pub fn ints_shown(v: &[i64]) -> String {
+    let mut s = v.iter().take(MAX_ITEMS_SHOWN).map(i64::to_string).collect::<Vec<_>>().join(", ");
+    if v.len() > MAX_ITEMS_SHOWN {
+        s += &format!(", … ({} more)", v.len() - MAX_ITEMS_SHOWN);
+    }
+    format!("[{s}]")
+}
+
+/// A shape for a message, like [`ints_shown`].
+pub fn dims_shown(v: &[usize]) -> String {
+    ints_shown(&v.iter().map(|&d| i64::try_from(d).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+}
+
+/// The element count of a constant of `shape` that a lowering is about to build, or an error
+/// when it overflows or passes [`MAX_CONST_ELEMENTS`] (checked before anything is allocated).
+pub fn const_elements(shape: &[usize]) -> Result<usize, String> {
+    match crate::mil::types::checked_elements(shape) {
+        Some(n) if n <= MAX_CONST_ELEMENTS => Ok(n),
+        _ => Err(format!(
+            "a constant of shape {} would have more than {MAX_CONST_ELEMENTS} elements",
+            dims_shown(shape)
+        )),
+    }
+}
+
+/// `dims` as int32 (MIL's shape type), or an error naming the first that does not fit.
+pub fn dims_i32(dims: &[usize]) -> Result<Vec<i32>, String> {
+    dims.iter().map(|&d| i32::try_from(d).map_err(|_| format!("dimension {d} does not fit in int32"))).collect()
+}
+
 /// A default of one schema argument.
 #[derive(Clone, Copy, Debug)]
 pub enum Default {
@@ -218,7 +289,7 @@ impl Lower {
         let mut out: Vec<Option<Value>> = args.into_iter().map(Some).collect();
         out.resize(l.args.len(), None);
         for (k, v) in kwargs {
-            let i = l.args.iter().position(|(n, _)| *n == k).ok_or_else(|| format!("{} has no argument `{k}`", l.kind))?;
+            let i = l.args.iter().position(|(n, _)| *n == k).ok_or_else(|| format!("{} has no argument `{}`", l.kind, crate::files::shown(&k)))?;
             out[i] = Some(v);
         }
         out.into_iter()
@@ -231,7 +302,7 @@ impl Lower {
     pub fn tensor(&self, v: &Value) -> Result<Var, String> {
         match v {
             Value::Tensor(t) => Ok(t.clone()),
-            other => Err(format!("expected a tensor, got {other:?}")),
+            other => Err(format!("expected a tensor, got {}", other.describe())),
         }
     }
 
@@ -289,7 +360,7 @@ pub fn int(v: &Value) -> Result<i64, String> {
     match v {
         Value::Int(i) => Ok(*i),
         Value::Bool(b) => Ok(i64::from(*b)),
-        other => Err(format!("expected an int, got {other:?}")),
+        other => Err(format!("expected an int, got {}", other.describe())),
     }
 }
 
@@ -298,7 +369,7 @@ pub fn float(v: &Value) -> Result<f64, String> {
     match v {
         Value::Float(x) => Ok(*x),
         Value::Int(i) => Ok(*i as f64),
-        other => Err(format!("expected a number, got {other:?}")),
+        other => Err(format!("expected a number, got {}", other.describe())),
     }
 }
 
@@ -307,7 +378,7 @@ pub fn ints(v: &Value) -> Result<Vec<i64>, String> {
     match v {
         Value::List(items) | Value::Tuple(items) => items.iter().map(int).collect(),
         Value::Int(i) => Ok(vec![*i]),
-        other => Err(format!("expected a list of ints, got {other:?}")),
+        other => Err(format!("expected a list of ints, got {}", other.describe())),
     }
 }
 

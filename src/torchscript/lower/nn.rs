@@ -39,9 +39,12 @@ pub fn matmul(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
 /// Expands a per-axis list (`[2]` for 2 axes means `[2, 2]`).
 fn per_axis(v: &Value, n: usize) -> Result<Vec<i32>, String> {
     let v = ints(v)?;
-    let v = if v.len() == 1 { vec![v[0]; n] } else { v };
+    let v = match v[..] {
+        [one] => vec![one; n],
+        _ => v,
+    };
     if v.len() != n {
-        return Err(format!("expected {n} values, got {v:?}"));
+        return Err(format!("expected {n} values, got {}", super::ints_shown(&v)));
     }
     v.into_iter().map(i32_of).collect()
 }
@@ -99,6 +102,9 @@ pub fn layer_norm(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let x = l.tensor(&a[0])?;
     let ty = l.ty(&x)?;
     let k = ints(&a[1])?.len();
+    if k > ty.rank() {
+        return Err(format!("layer_norm over {k} axes of a rank-{} input", ty.rank()));
+    }
     let rank = ty.rank() as i32;
     let axes: Vec<i32> = (rank - k as i32..rank).collect();
     let eps = float(&a[4])? as f32;
@@ -170,7 +176,7 @@ pub fn adaptive_avg_pool2d(l: &mut Lower, a: &[Value]) -> Result<Value, String> 
     if rank < 2 {
         return Err("adaptive_avg_pool2d needs a rank ≥ 2 input".into());
     }
-    let (h, w) = (shape[rank - 2] as i32, shape[rank - 1] as i32);
+    let [h, w] = super::dims_i32(&shape[rank - 2..])?[..] else { return Err("adaptive_avg_pool2d needs two spatial axes".into()) };
     if out == [1, 1] {
         let op = l.op(&reduce::REDUCE_MEAN).arg("x", &x).konst("axes", Tensor::i32_vec(&[-2, -1])).konst("keep_dims", Tensor::bool_scalar(true));
         return built(op.build1());

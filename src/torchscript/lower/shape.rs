@@ -1,7 +1,7 @@
 //! Lowerings of shape ops: `size` (folds to ints), reshapes, transposes, squeezes, `cat`,
 //! `chunk`, `slice`, `select`.
 
-use super::{dim, float, i32_of, int, ints, Lower, Value};
+use super::{const_elements, dim, dims_i32, dims_shown, float, i32_of, int, ints, ints_shown, Lower, Value};
 use crate::mil::ops::{elementwise as ew, shape};
 use crate::mil::{DType, Tensor};
 
@@ -15,7 +15,7 @@ pub fn size(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let s = l.shape(&x)?;
     match &a[1] {
         Value::None => Ok(Value::List(s.iter().map(|&d| Value::Int(d as i64)).collect())),
-        d => Ok(Value::Int(s[dim(int(d)?, s.len())?] as i64)),
+        d => Ok(Value::Int(s.get(dim(int(d)?, s.len())?).copied().unwrap_or(0) as i64)),
     }
 }
 
@@ -39,9 +39,13 @@ pub fn flatten(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
         return built(l.op(&shape::RESHAPE).arg("x", &x).konst("shape", Tensor::i32_vec(&[1])).build1());
     }
     let (b, e) = (dim(int(&a[1])?, s.len())?, dim(int(&a[2])?, s.len())?);
-    let mut target: Vec<i32> = s[..b].iter().map(|&d| d as i32).collect();
-    target.push(s[b..=e].iter().product::<usize>() as i32);
-    target.extend(s[e + 1..].iter().map(|&d| d as i32));
+    if b > e {
+        return Err(format!("flatten start_dim {b} is after end_dim {e}"));
+    }
+    let mut target = dims_i32(&s[..b])?;
+    let merged = s[b..=e].iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or("flattened size overflows")?;
+    target.extend(dims_i32(&[merged])?);
+    target.extend(dims_i32(&s[e + 1..])?);
     built(l.op(&shape::RESHAPE).arg("x", &x).konst("shape", Tensor::i32_vec(&target)).build1())
 }
 
@@ -111,14 +115,10 @@ pub fn chunk(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     if chunks <= 0 {
         return Err(format!("chunk count {chunks}"));
     }
-    let n = s[d] as i64;
-    let each = (n + chunks - 1) / chunks;
-    let mut sizes = Vec::new();
-    let mut left = n;
-    while left > 0 {
-        sizes.push(i32_of(each.min(left))?);
-        left -= each;
-    }
+    let n = i64::try_from(s[d]).map_err(|_| format!("axis size {} is too large", s[d]))?;
+    // ⌈n / chunks⌉ without overflow: `chunks` is any positive int the file holds.
+    let each = (n / chunks + i64::from(n % chunks != 0)).max(1);
+    let sizes = pieces(n, each)?.into_iter().map(i32_of).collect::<Result<Vec<_>, _>>()?;
     let op = l.op(&shape::SPLIT).arg("x", &x).konst("split_sizes", Tensor::i32_vec(&sizes)).konst("axis", Tensor::i32_scalar(d as i32));
     let parts = op.build().map_err(|e| e.to_string())?;
     Ok(Value::Tuple(parts.into_iter().map(Value::Tensor).collect()))
@@ -153,7 +153,7 @@ pub fn slice(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let x = l.tensor(&a[0])?;
     let s = l.shape(&x)?;
     let d = dim(int(&a[1])?, s.len())?;
-    let n = s[d] as i64;
+    let n = i64::try_from(s[d]).map_err(|_| format!("axis size {} is too large", s[d]))?;
     let clamp = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(n) };
     let start = if a[2] == Value::None { 0 } else { clamp(int(&a[2])?) };
     let end = if a[3] == Value::None { n } else { clamp(int(&a[3])?) };
@@ -172,7 +172,7 @@ pub fn select(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let x = l.tensor(&a[0])?;
     let s = l.shape(&x)?;
     let d = dim(int(&a[1])?, s.len())?;
-    let n = s[d] as i64;
+    let n = i64::try_from(s[d]).map_err(|_| format!("axis size {} is too large", s[d]))?;
     let i = int(&a[2])?;
     let i = if i < 0 { i + n } else { i };
     if !(0..n).contains(&i) {
@@ -187,7 +187,7 @@ const SCALAR_TYPE_BOOL: i64 = 11;
 /// A const of `shape` filled with `x`, as bool (dtype 11), int32 (integer fill, no dtype) or the
 /// compute float dtype.
 fn filled(l: &mut Lower, shape: &[usize], x: f64, dtype: &Value, integer: bool) -> Result<Value, String> {
-    let n: usize = shape.iter().product();
+    let n = const_elements(shape)?;
     let t = match dtype {
         Value::Int(SCALAR_TYPE_BOOL) => Tensor::from_bools(shape, &vec![x != 0.0; n]),
         Value::Int(3 | 4) => Tensor::from_i32(shape, &vec![x as i32; n]),
@@ -212,7 +212,16 @@ pub fn arange(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     if step == 0.0 {
         return Err("arange step is 0".into());
     }
-    let n = ((end - start) / step).ceil().max(0.0) as usize;
+    if ![start, end, step].iter().all(|v| v.is_finite()) {
+        return Err(format!("arange({start:?}, {end:?}, {step:?}) has a bound that is not a finite number"));
+    }
+    // numpy's length ⌈(end − start)/step⌉, checked in floating point before any allocation
+    // (the quotient of two finite numbers may still be infinite).
+    let len = ((end - start) / step).ceil().max(0.0);
+    if !(len <= super::MAX_CONST_ELEMENTS as f64) {
+        return Err(format!("arange({start:?}, {end:?}, {step:?}) would have {len:?} elements, more than the {} allowed", super::MAX_CONST_ELEMENTS));
+    }
+    let n = len as usize;
     let hint = l.hint.clone();
     let integer = all_int && !matches!(a[3], Value::Int(5 | 6 | 7));
     let t = if integer {
@@ -225,7 +234,7 @@ pub fn arange(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
 
 /// `aten::new_ones(self, size, dtype…)`: a const of ones.
 pub fn new_ones(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
-    let shape: Vec<usize> = ints(&a[1])?.into_iter().map(|d| usize::try_from(d).map_err(|_| format!("bad size {d}"))).collect::<Result<_, _>>()?;
+    let shape: Vec<usize> = ints(&a[1])?.into_iter().map(|d| usize::try_from(d).map_err(|_| format!("negative size {d}"))).collect::<Result<_, _>>()?;
     let integer = match &a[0] {
         Value::Tensor(t) => !l.ty(t)?.dtype.is_float(),
         _ => false,
@@ -253,18 +262,21 @@ pub fn expand(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let s = l.shape(&x)?;
     let size = ints(&a[1])?;
     if size.len() < s.len() {
-        return Err(format!("cannot expand {s:?} to {size:?}"));
+        return Err(format!("cannot expand {} to {}", dims_shown(&s), ints_shown(&size)));
     }
     let off = size.len() - s.len();
     let target: Vec<usize> = size
         .iter()
         .enumerate()
-        .map(|(i, &d)| if d == -1 { i.checked_sub(off).map(|j| s[j]).ok_or(format!("-1 in a new dimension of {size:?}")) } else { usize::try_from(d).map_err(|_| format!("bad size {d}")) })
+        .map(|(i, &d)| match d {
+            -1 => i.checked_sub(off).and_then(|j| s.get(j).copied()).ok_or_else(|| format!("-1 in a new dimension of {}", ints_shown(&size))),
+            d => usize::try_from(d).map_err(|_| format!("negative size {d}")),
+        })
         .collect::<Result<_, _>>()?;
     if target == s {
         return Ok(a[0].clone());
     }
-    let n: usize = target.iter().product();
+    let n = const_elements(&target)?;
     let hint = format!("{}_expand", l.hint);
     if ty.dtype == DType::Bool {
         let (t, f) = (l.b.konst(&format!("{hint}_true"), Tensor::from_bools(&target, &vec![true; n])), l.b.konst(&format!("{hint}_false"), Tensor::bool_scalar(false)));
@@ -294,7 +306,7 @@ pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
         let Value::Tensor(v) = it else { return Err("index with None (slices) is not supported yet".into()) };
         let c = l.b.value(v).ok_or("indexing with computed indices is not supported yet")?;
         let vals = c.to_i64_vec().filter(|_| c.dtype() != DType::Bool).ok_or("boolean-mask indexing is not supported yet")?;
-        let n = s[d] as i64;
+        let n = i64::try_from(s[d]).map_err(|_| format!("axis size {} is too large", s[d]))?;
         let vals: Vec<i64> = vals.iter().map(|&i| if i < 0 { i + n } else { i }).collect();
         if vals.iter().any(|&i| !(0..n).contains(&i)) {
             return Err(format!("index out of range for axis {d} of size {n}"));
@@ -314,11 +326,14 @@ pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
             }
         }
     }
-    let total: usize = shape.iter().product();
+    let total = const_elements(&shape)?;
     let mut flat = vec![0i64; total];
     let k = items.len();
+    let too_large = || format!("indexed axes {} are too large to number their rows", dims_shown(&s[..k]));
+    let rows = crate::mil::types::checked_elements(&s[..k]).filter(|&r| i32::try_from(r).is_ok()).ok_or_else(too_large)?;
     for (d, (sh, vals)) in idx.iter().enumerate() {
-        let stride: usize = s[d + 1..k].iter().product();
+        // Below `rows`, which fits in int32, so the row numbers below cannot overflow.
+        let stride = s.get(d + 1..k).map_or(1, |t| t.iter().product::<usize>()) as i64;
         for (o, f) in flat.iter_mut().enumerate() {
             // Map output position `o` to this index tensor's broadcast position.
             let (mut rem, mut pos, mut mul) = (o, 0usize, 1usize);
@@ -332,12 +347,11 @@ pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
                     mul *= sh[j];
                 }
             }
-            *f += vals[pos] * stride as i64;
+            *f += vals.get(pos).copied().unwrap_or(0) * stride;
         }
     }
-    let rows: usize = s[..k].iter().product();
-    let mut flat_shape = vec![rows as i32];
-    flat_shape.extend(s[k..].iter().map(|&d| d as i32));
+    let mut flat_shape = dims_i32(&[rows])?;
+    flat_shape.extend(dims_i32(&s[k..])?);
     let hint = l.hint.clone();
     let flat_x = built(l.b.op(&shape::RESHAPE, &format!("{hint}_rows")).arg("x", &x).konst("shape", Tensor::i32_vec(&flat_shape)).build1())?;
     let Value::Tensor(flat_x) = flat_x else { unreachable!("built returns a tensor") };
@@ -354,22 +368,24 @@ pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     built(l.op(&ew::NOT_EQUAL).arg("x", &gathered).konst("y", Tensor::i32_scalar(0)).build1())
 }
 
+/// Sizes of the parts of an axis of `n` cut every `each` (> 0) elements, the last one shorter,
+/// refused when there would be more than an op may output (`ops::MAX_OUTPUTS`).
+fn pieces(n: i64, each: i64) -> Result<Vec<i64>, String> {
+    let count = n / each + i64::from(n % each != 0);
+    if usize::try_from(count).map_or(true, |c| c > crate::mil::ops::MAX_OUTPUTS) {
+        return Err(format!("cutting {n} elements every {each} makes {count} parts, more than the {} an op may output", crate::mil::ops::MAX_OUTPUTS));
+    }
+    Ok((0..count).map(|i| each.min(n - i * each)).collect())
+}
+
 /// `aten::split(self, split_size | sizes, dim)`.
 pub fn split(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let x = l.tensor(&a[0])?;
     let s = l.shape(&x)?;
     let d = dim(int(&a[2])?, s.len())?;
-    let n = s[d] as i64;
+    let n = i64::try_from(s[d]).map_err(|_| format!("axis size {} is too large", s[d]))?;
     let sizes: Vec<i64> = match &a[1] {
-        Value::Int(each) if *each > 0 => {
-            let mut v = Vec::new();
-            let mut left = n;
-            while left > 0 {
-                v.push((*each).min(left));
-                left -= each;
-            }
-            v
-        }
+        Value::Int(each) if *each > 0 => pieces(n, *each)?,
         other => ints(other)?,
     };
     let sizes: Vec<i32> = sizes.into_iter().map(i32_of).collect::<Result<_, _>>()?;
