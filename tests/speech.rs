@@ -1,5 +1,5 @@
 //! Speech validation (issue 8) on the Whisper test bed `make setup` builds
-//! (`shared/tools/whisper/README.md`): real tiny.en weights (`$T2C_WHISPER_DIR`), espeak/flite and
+//! (`fixtures/whisper/`): real tiny.en weights (`$T2C_WHISPER_DIR`), espeak/flite and
 //! one human recording (`$T2C_WHISPER_AUDIO`, with `refs.tsv`), and beside the audio folder what
 //! transformers computed: `results.json` (run_testbed.py --json: greedy tokens and jiwer WER per
 //! file) and `probes.npz` (fixtures/whisper/make.py: features, encoder output, first logits).

@@ -1,6 +1,6 @@
 //! Word error rate: (substitutions + deletions + insertions) / reference words, from a word-level
 //! Levenshtein alignment of normalized text, as jiwer computes it. The normalization is the one
-//! `shared/tools/whisper/run_testbed.py` (`norm`) applies before jiwer, so our figures match the
+//! `fixtures/whisper/run_testbed.py` (`normalize`) applies before jiwer, so our figures match the
 //! test bed's: lowercase; `’` becomes `'`; every character other than `a-z`, `0-9`, `'` and space
 //! becomes a space; an apostrophe not between two letters becomes a space (`don't` stays,
 //! `'quoted'` loses its quotes); words are split on whitespace. Called by `cli::validate_speech`.
