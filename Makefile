@@ -128,3 +128,24 @@ bench: setup
 	$(PY) bench/make_whisper.py $(CACHE)/bench
 	$(PY) bench/make_resnet.py $(CACHE)/bench
 	$(PY) bench/run.py $(CACHE)/bench
+
+# Fuzzing (fuzz/: its own crate, never built by the package): each libFuzzer target in
+# FUZZ_TARGETS runs FUZZ_SECONDS, seeded from the committed fuzz/corpus/<target>/ and growing a
+# working corpus in fuzz/target/corpus/<target>/ (not committed). cargo-fuzz is installed into
+# ~/.cargo/bin when missing; libFuzzer needs -Zsanitizer flags, which stable Rust accepts with
+# RUSTC_BOOTSTRAP=1. No sanitizer: the only unsafe code is mmap, and without ASan the RSS limit
+# measures the readers (the promise: < 1 GB, < 10 s per input); debug assertions on, so a size
+# computation that wraps panics instead of passing silently. A crash, hang or OOM leaves its
+# input in fuzz/artifacts/<target>/: save it under fuzz/regressions/<target>/, which `make test`
+# replays (tests/fuzz_corpus.rs, also a short mutation pass over the seeds).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= zip pickle code torchscript hf package npz
+.PHONY: fuzz
+fuzz:
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz
+	@cd fuzz && status=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/corpus/$$t artifacts/$$t && \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --debug-assertions $$t target/corpus/$$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=1024 \
+	    -artifact_prefix=artifacts/$$t/ -print_final_stats=1 || status=1; \
+	done; exit $$status
