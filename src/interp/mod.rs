@@ -72,6 +72,10 @@ pub enum Error {
     OverBudget { value: String, ty: String, bytes: u64, live: u64 },
     #[error("{value} is declared {ty}, whose size overflows 64 bits")]
     SizeOverflow { value: String, ty: String },
+    /// The op's types, with the values known at run time, do not check (e.g. a shape computed
+    /// at run time beyond `mil::types::MAX_ELEMENTS`); found before its kernel allocates.
+    #[error("op `{op}` cannot run on these values: {error}")]
+    Refused { op: String, error: crate::mil::ops::TypeError },
 }
 
 /// A byte count for messages: `768 MiB`, `1.0 PiB`.
@@ -221,7 +225,7 @@ fn check_unknown_outputs<'e>(
         args.push((param.as_str(), list));
     }
     let op_args = OpArgs { op: &op.op_type, opset, args, attributes: &op.attributes };
-    let Ok(inferred) = ops::check(def, &op_args) else { return Ok(()) };
+    let inferred = ops::check(def, &op_args).map_err(|error| Error::Refused { op: op.name.clone(), error })?;
     let mut total = held;
     for (ty, decl) in inferred.iter().zip(&op.outputs) {
         let what = || format!("op `{}` output `{}`", op.name, decl.name);
@@ -854,13 +858,14 @@ mod tests {
     #[test]
     fn issue_hostile_huge_declared_inputs_are_refused_before_allocating() {
         let mut b = Builder::new(Opset::Ios16);
-        let x = b.input("x", TensorType::new(DType::F32, &[65536, 65536, 65536]));
+        // 2^40 elements: the most a MIL type may declare (`mil::types::MAX_ELEMENTS`).
+        let x = b.input("x", TensorType::new(DType::F32, &[65536, 65536, 256]));
         let y = b.op(&elementwise::ADD, "y").arg("x", &x).konst("y", Tensor::float_scalar(DType::F32, 1.0)).build1().unwrap();
         let f = b.finish(&[y]);
         let tiny = Array::float(DType::F32, vec![1], vec![0.0]);
         let e = run(&f, &[("x".into(), tiny)]).unwrap_err();
         assert!(matches!(&e, Error::OverBudget { value, .. } if value == "input `x`"), "{e}");
-        assert!(e.to_string().contains("needs 1 PiB") && e.to_string().contains("768 MiB memory budget"), "{e}");
+        assert!(e.to_string().contains("needs 4 TiB") && e.to_string().contains("768 MiB memory budget"), "{e}");
         assert!(Prepared::new(f).is_err());
         // Dimensions whose byte count wraps around (4 · 2^32 · 2^32 = 2^66 ≡ 0) are an error, not 0 bytes.
         let mut b = Builder::new(Opset::Ios16);
@@ -894,6 +899,9 @@ mod tests {
         let small = run(&f, &[("s".into(), Array::int(vec![3], vec![2, 3, 4]))]).unwrap();
         assert_eq!(small[0].1.shape, vec![2, 3, 4]);
         let e = run(&f, &[("s".into(), Array::int(vec![3], vec![65536, 65536, 65536]))]).unwrap_err();
+        // 2^48 elements: beyond what a MIL type may declare, so refused by type checking.
+        assert!(matches!(&e, Error::Refused { op, .. } if op == "filled"), "{e}");
+        let e = run(&f, &[("s".into(), Array::int(vec![3], vec![1024, 1024, 1024]))]).unwrap_err();
         assert!(matches!(&e, Error::OverBudget { value, .. } if value == "op `filled` output `filled`"), "{e}");
     }
 
