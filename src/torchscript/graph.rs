@@ -288,15 +288,26 @@ impl Inliner<'_> {
         Ok(Value::Tensor(var))
     }
 
+    /// A pickled attribute or constant as a lowering value. Pickles share values (memo), but
+    /// `Value` trees do not: a crafted pickle of tuples nesting one shared tuple ("billion laughs")
+    /// would expand exponentially, so the expanded size is counted first, up to [`MAX_PY_VALUES`].
     fn py(&mut self, name: &str, o: &PyObject) -> Result<Value, Error> {
+        let mut left = MAX_PY_VALUES;
+        if !fits_expanded(o, &mut left) {
+            return Err(self.err(format!("attribute `{}` expands to more than {MAX_PY_VALUES} values (shared pickle values nested)", shown(name))));
+        }
+        self.py_tree(name, o)
+    }
+
+    fn py_tree(&mut self, name: &str, o: &PyObject) -> Result<Value, Error> {
         Ok(match o {
             PyObject::None => Value::None,
             PyObject::Bool(b) => Value::Bool(*b),
             PyObject::Int(i) => Value::Int(*i),
             PyObject::Float(x) => Value::Float(*x),
             PyObject::Str(s) => Value::Str(s.to_string()),
-            PyObject::Tuple(items) => Value::Tuple(items.iter().map(|i| self.py(name, i)).collect::<Result<_, _>>()?),
-            PyObject::List(items) => Value::List(items.iter().map(|i| self.py(name, i)).collect::<Result<_, _>>()?),
+            PyObject::Tuple(items) => Value::Tuple(items.iter().map(|i| self.py_tree(name, i)).collect::<Result<_, _>>()?),
+            PyObject::List(items) => Value::List(items.iter().map(|i| self.py_tree(name, i)).collect::<Result<_, _>>()?),
             PyObject::Tensor(t) => self.weight(name, t)?,
             PyObject::Device(_) => Value::Device,
             other => return Err(self.err(format!("attribute `{}` holds {}, which cannot be converted", shown(name), super::kind(other)))),
@@ -641,6 +652,21 @@ fn flatten(v: Value, out: &mut Vec<Var>) -> Result<(), String> {
         other => return Err(format!("the model returns {}, not tensors", other.describe())),
     }
     Ok(())
+}
+
+/// Most values one pickled attribute or constant may expand to as a `Value` tree (tuples and
+/// lists of numbers in real models hold a few thousand at most).
+const MAX_PY_VALUES: usize = 1 << 20;
+
+/// Whether `o`, expanded as a tree (shared values counted each time they appear), has at most
+/// `left` nodes; stops counting as soon as it has not, so the walk itself is bounded.
+fn fits_expanded(o: &PyObject, left: &mut usize) -> bool {
+    let Some(rest) = left.checked_sub(1) else { return false };
+    *left = rest;
+    match o {
+        PyObject::Tuple(items) | PyObject::List(items) => items.iter().all(|i| fits_expanded(i, left)),
+        _ => true,
+    }
 }
 
 #[cfg(test)]

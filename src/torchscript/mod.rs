@@ -229,6 +229,10 @@ pub struct TorchTensor {
     mapped: Option<Tensor>,
 }
 
+/// How much larger than its storage a gathered copy of a strided view may be (256 MiB): enough
+/// for broadcast buffers real models save, far below what a crafted stride-0 view can claim.
+pub const MAX_VIEW_GROWTH_BYTES: usize = 256 << 20;
+
 impl TorchTensor {
     /// Checks the view against its storage; a contiguous view also gets its zero-copy `Tensor`.
     pub(crate) fn new(
@@ -324,8 +328,19 @@ impl TorchTensor {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(too_large)?;
-        let mut out = Vec::with_capacity(count.checked_mul(elem).ok_or_else(too_large)?);
+        let copy_bytes = count.checked_mul(elem).ok_or_else(too_large)?;
         let bytes = storage.bytes();
+        // A strided view (stride 0 repeats elements) may claim far more elements than its
+        // storage holds; its copy may outgrow the storage by at most MAX_VIEW_GROWTH_BYTES.
+        if copy_bytes > bytes.len().saturating_add(MAX_VIEW_GROWTH_BYTES) {
+            return Err(storage.bad(format!(
+                "view of size {:?} (stride {:?}) would expand {} stored bytes into {copy_bytes}; refusing views that grow by more than {MAX_VIEW_GROWTH_BYTES} bytes",
+                self.shape,
+                self.strides,
+                bytes.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(copy_bytes);
         let mut index = vec![0usize; self.shape.len()];
         for _ in 0..count {
             let at = index

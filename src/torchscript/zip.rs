@@ -48,6 +48,14 @@ const ZIP64_MARKER_U32: u32 = 0xffff_ffff;
 const ZIP64_MARKER_U16: u16 = 0xffff;
 /// General-purpose flag bit 0: the entry is encrypted, which torch never does.
 const FLAG_ENCRYPTED: u16 = 0x0001;
+/// Deflate's best case is about 1032:1 (a 258-byte match per ~2 bits); a declared size beyond
+/// that ratio to the compressed bytes cannot be true.
+const MAX_DEFLATE_RATIO: usize = 1032;
+/// Allowance for tiny entries, whose fixed deflate overhead skews the ratio.
+const MAX_DEFLATE_SLACK: usize = 1 << 16;
+/// Largest entry inflated in memory (512 MiB): code, pickles and compressed npz arrays are far
+/// smaller; tensor storages are stored, not deflated, and are memory-mapped.
+pub const MAX_INFLATED_BYTES: usize = 512 << 20;
 /// Compression method 0: the bytes are stored as they are (torch's tensor storages).
 pub const METHOD_STORED: u16 = 0;
 /// Compression method 8: deflate (torch's `code/` entries).
@@ -154,6 +162,15 @@ impl Zip {
                 };
                 let limit = usize::try_from(entry.size)
                     .map_err(|_| inflate_err(format!("size {} is too large", entry.size)))?;
+                // Never trust the declared size for allocation: a small entry claiming gigabytes
+                // is a decompression bomb.
+                let by_ratio = raw.len().saturating_mul(MAX_DEFLATE_RATIO).saturating_add(MAX_DEFLATE_SLACK);
+                if limit > by_ratio || limit > MAX_INFLATED_BYTES {
+                    return Err(inflate_err(format!(
+                        "declares {limit} bytes from {} compressed; deflate cannot expand more than {MAX_DEFLATE_RATIO}:1, and entries over {MAX_INFLATED_BYTES} bytes are refused (a decompression bomb?)",
+                        raw.len()
+                    )));
+                }
                 let out = miniz_oxide::inflate::decompress_to_vec_with_limit(raw, limit)
                     .map_err(|e| inflate_err(format!("{:?}", e.status)))?;
                 if out.len() != limit {
