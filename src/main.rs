@@ -3,6 +3,11 @@
 
 mod cli;
 
+/// mimalloc instead of glibc malloc: conversions make and free millions of small values (op
+/// names, arguments) and glibc's consolidation made large models superlinear.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;
