@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::mil::ops::{self, Arg, EvalArgs, EvalError, OpArgs};
-use crate::mil::{Argument, DType, Dim, Function, NamedType, Opset, Operation, Tensor, TensorType, ValueType};
+use crate::mil::{Argument, Block, DType, Dim, Function, NamedType, Opset, Operation, Tensor, TensorType, ValueType};
 use crate::numeric;
 
 /// Most bytes the values of one run may take at once (inputs, states and op outputs; the
@@ -131,19 +131,7 @@ pub fn memory_needed(function: &Function) -> Result<u64, Error> {
         live += bytes;
         size.insert(&i.name, bytes);
     }
-    let mut last_use: HashMap<&str, usize> = HashMap::new();
-    for (i, op) in block.operations.iter().enumerate() {
-        for (_, args) in &op.inputs {
-            for arg in args {
-                if let Argument::Name(n) = arg {
-                    last_use.insert(n.as_str(), i);
-                }
-            }
-        }
-    }
-    for o in &block.outputs {
-        last_use.insert(o.as_str(), usize::MAX);
-    }
+    let mut last_use = last_uses(block);
     for i in &function.inputs {
         if matches!(i.ty, ValueType::State(_)) {
             last_use.insert(&i.name, usize::MAX);
@@ -236,6 +224,25 @@ fn check_unknown_outputs<'e>(
         total += bytes;
     }
     Ok(())
+}
+
+/// Last op index reading each value of `block`; block outputs (`usize::MAX`) are never freed.
+/// Used by [`memory_needed`] and the run loop.
+fn last_uses(block: &Block) -> HashMap<&str, usize> {
+    let mut last_use: HashMap<&str, usize> = HashMap::new();
+    for (i, op) in block.operations.iter().enumerate() {
+        for (_, args) in &op.inputs {
+            for arg in args {
+                if let Argument::Name(n) = arg {
+                    last_use.insert(n.as_str(), i);
+                }
+            }
+        }
+    }
+    for o in &block.outputs {
+        last_use.insert(o.as_str(), usize::MAX);
+    }
+    last_use
 }
 
 /// Runs `function` on `inputs` (by input name) with the program's declared precision.
@@ -432,20 +439,7 @@ fn run_known(
         env.insert(name, value);
     }
 
-    // Last op index reading each value; block outputs are never freed.
-    let mut last_use: HashMap<&str, usize> = HashMap::new();
-    for (i, op) in block.operations.iter().enumerate() {
-        for (_, args) in &op.inputs {
-            for arg in args {
-                if let Argument::Name(n) = arg {
-                    last_use.insert(n.as_str(), i);
-                }
-            }
-        }
-    }
-    for o in &block.outputs {
-        last_use.insert(o.as_str(), usize::MAX);
-    }
+    let mut last_use = last_uses(block);
     let state_names: Vec<&str> =
         function.inputs.iter().filter(|i| matches!(i.ty, ValueType::State(_))).map(|i| i.name.as_str()).collect();
     for s in &state_names {
