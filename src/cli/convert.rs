@@ -75,7 +75,7 @@ pub(super) fn parse_input(s: &str) -> anyhow::Result<pipeline::InputSpec> {
         .split(['x', ','])
         .map(|d| d.trim().parse::<usize>().with_context(|| format!("--input `{s}`: `{d}` is not a dimension")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if shape.iter().any(|&d| d == 0) || shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_INPUT_ELEMENTS) {
+    if shape.contains(&0) || shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_INPUT_ELEMENTS) {
         bail!("--input `{s}`: dimensions must be positive and at most {MAX_INPUT_ELEMENTS} elements in all");
     }
     let dtype = match dtype.to_ascii_lowercase().as_str() {
