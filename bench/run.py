@@ -87,6 +87,9 @@ Traced Whisper encoders (random weights), input `input_features` [1, 80, 3000], 
 iOS16, fp16. Each conversion is its own process; wall seconds and peak RSS (`ru_maxrss`) are
 the process's. "process" is the coremltools process's wall time including Python and library
 imports (what a build step pays); "convert call" is torch.jit.load + ct.convert + save alone.
+"floor" is `examples/bench_floor.rs`: the least any converter must do, reading the `.pt`'s fp32
+storages, casting them to fp16 and writing them to one file on all cores (the same writer as
+ours), with no parsing, passes or protobuf; it and ours alternate, so both see the same machine.
 Speedups divide by our median. MB = 10^6 bytes.
 
 {convert_bench.table(convert_rows)}

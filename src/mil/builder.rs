@@ -2,7 +2,9 @@
 //! re-checks whole functions read from packages. Loaders (`torchscript::lower`, `hf`) and
 //! tests build with [`Builder`]; `package::read` calls [`check_function`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::ops::{self, Arg, OpArgs, OpDef, TypeError};
 use crate::files::shown;
@@ -212,6 +214,11 @@ impl Builder {
     pub fn rewriting(f: &Function) -> Builder {
         let mut b = Builder::new(f.opset);
         b.fold = true;
+        // Sized for the copy up front: growing tables rehash and reallocate many times over.
+        let values = f.inputs.len() + 2 * f.block.operations.len();
+        b.used.reserve(values);
+        b.env.types.reserve(values);
+        b.ops.reserve(f.block.operations.len());
         for i in &f.inputs {
             b.used.insert(i.name.clone());
             b.env.types.insert(i.name.clone(), i.ty.tensor().clone());

@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::{self, Write};
 use std::sync::Arc;
 
 use half::f16;
@@ -26,9 +25,6 @@ enum Bytes {
 
 /// Most dims of a shape an error message lists (a shape read from a file can have any rank).
 const MAX_DIMS_SHOWN: usize = 16;
-
-/// Elements converted per step when streaming a lazy fp16 cast (64 K elements = 128 KB out).
-const CAST_CHUNK_ELEMENTS: usize = 1 << 16;
 
 /// Element storage: raw bytes for every numeric/bool dtype, or a list of strings.
 #[derive(Clone)]
@@ -222,35 +218,35 @@ impl Tensor {
         }
     }
 
-    /// Streams the element bytes to `w`; a lazy cast converts chunk by chunk. Then tells the OS
-    /// that mapped source pages are no longer needed, so resident memory tracks one tensor.
-    /// Called by `package::blob::BlobWriter`.
-    pub fn write_le(&self, w: &mut dyn Write) -> io::Result<()> {
+    /// Writes bytes `[at, at + out.len())` of this tensor's little-endian encoding into `out`
+    /// (a lazy cast converts just that range, straight into `out`), then tells the OS that the
+    /// mapped source pages of that range are no longer needed, so resident memory tracks the
+    /// ranges in flight. For a lazy cast `at` and `out.len()` must be even (whole fp16 values).
+    /// Called by `package::blob`, which writes weight.bin in parallel ranges.
+    pub fn encode_range(&self, at: usize, out: &mut [u8]) {
+        let end = at + out.len();
         match &self.data {
             Data::Raw(Bytes::F16Of(src)) => {
-                let b = src.bytes();
-                for chunk in b.chunks(CAST_CHUNK_ELEMENTS * 4) {
-                    w.write_all(&f16_bytes(chunk))?;
-                }
-                src.release_pages();
-                Ok(())
+                let (from, to) = (at * 2, end * 2);
+                cast_f32_to_f16(&src.bytes()[from..to], out);
+                src.release_pages(from, to - from);
             }
             _ => {
-                w.write_all(&self.bytes())?;
-                self.release_pages();
-                Ok(())
+                out.copy_from_slice(&self.bytes()[at..end]);
+                self.release_pages(at, out.len());
             }
         }
     }
 
-    /// Drops this tensor's pages of a memory-mapped file from the process (they are read again
-    /// from the file if touched later). A no-op for owned data.
-    fn release_pages(&self) {
+    /// Drops the pages of bytes `[at, at + count)` of a memory-mapped tensor from the process
+    /// (they are read again from the file if touched later). A no-op for owned data.
+    fn release_pages(&self, at: usize, count: usize) {
         if let Data::Raw(Bytes::Mapped { map, start, len }) = &self.data {
+            let count = count.min(len.saturating_sub(at));
             // SAFETY: the mapping is read-only and backed by a file nobody writes while we run;
             // MADV_DONTNEED on it only drops resident pages, and later reads fault them back in
             // with the same contents. Failure is harmless (the pages just stay resident).
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *start, *len) };
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start + at, count) };
         }
     }
 
@@ -337,14 +333,41 @@ impl fmt::Debug for Tensor {
     }
 }
 
-/// fp32 little-endian bytes → fp16 little-endian bytes (round to nearest even). Uses `half`'s
-/// slice conversion, which takes the CPU's F16C instructions when present.
+/// fp32 little-endian bytes → fp16 little-endian bytes (round to nearest even).
 fn f16_bytes(f32_le: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; f32_le.len() / 2];
+    cast_f32_to_f16(f32_le, &mut out);
+    out
+}
+
+/// Values converted per step when a slice cannot be viewed in place (misaligned, or a
+/// big-endian host): 4 K values keep the two scratch buffers in L1.
+const CAST_SCRATCH: usize = 1 << 12;
+
+/// Converts fp32 little-endian bytes to fp16 little-endian bytes (`out` is half as long), round
+/// to nearest even, with `half`'s slice conversion (the CPU's F16C instructions when present).
+/// Aligned slices on a little-endian host are viewed in place, so the cast reads the source once
+/// and writes `out` once.
+fn cast_f32_to_f16(f32_le: &[u8], out: &mut [u8]) {
     use half::slice::HalfFloatSliceExt;
-    let src: Vec<f32> = f32_le.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    let mut dst = vec![f16::ZERO; src.len()];
-    dst.convert_from_f32_slice(&src);
-    dst.iter().flat_map(|h| h.to_le_bytes()).collect()
+    debug_assert_eq!(f32_le.len(), out.len() * 2);
+    if cfg!(target_endian = "little") {
+        if let (Ok(src), Ok(dst)) = (bytemuck::try_cast_slice::<u8, f32>(f32_le), bytemuck::try_cast_slice_mut::<u8, f16>(out)) {
+            dst.convert_from_f32_slice(src);
+            return;
+        }
+    }
+    let (mut src, mut dst) = ([0f32; CAST_SCRATCH], [f16::ZERO; CAST_SCRATCH]);
+    for (i, o) in f32_le.chunks(CAST_SCRATCH * 4).zip(out.chunks_mut(CAST_SCRATCH * 2)) {
+        let n = i.len() / 4;
+        for (v, c) in src.iter_mut().zip(i.chunks_exact(4)) {
+            *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        dst[..n].convert_from_f32_slice(&src[..n]);
+        for (h, c) in dst[..n].iter().zip(o.chunks_exact_mut(2)) {
+            c.copy_from_slice(&h.to_le_bytes());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -359,9 +382,17 @@ mod tests {
         let eager = Tensor::from_f32_as_f16(&[1000, 100], &v);
         assert_eq!(lazy, eager);
         assert_eq!(lazy.byte_len(), 200_000);
-        let mut out = Vec::new();
-        lazy.write_le(&mut out).unwrap();
+        let mut out = vec![0u8; lazy.byte_len()];
+        let (head, tail) = out.split_at_mut(20_002);
+        lazy.encode_range(0, head);
+        lazy.encode_range(20_002, tail);
         assert_eq!(out, eager.bytes().as_ref());
+        // A misaligned source takes the scratch path and gives the same bytes.
+        let mut shifted = vec![0u8; 1 + v.len() * 4];
+        shifted[1..].copy_from_slice(&src.bytes());
+        let mut out2 = vec![0u8; lazy.byte_len()];
+        cast_f32_to_f16(&shifted[1..], &mut out2);
+        assert_eq!(out2, out);
     }
 
     #[test]

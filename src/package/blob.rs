@@ -1,14 +1,16 @@
 //! `weight.bin`: MIL blob storage, format version 2 (coremltools `mlmodel/src/MILBlob/Blob/
 //! StorageFormat.hpp`, coreml-format.md §4), and the rule that decides which consts go there (§5).
-//! [`BlobWriter`] streams payloads straight to the file (no copy of the model in memory);
+//! [`BlobWriter`] lays the file out, then casts and writes payloads on all cores (no copy of
+//! the model in memory);
 //! [`read_blob`] checks one record and returns a zero-copy view of the mapped file.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::mil::{DType, Opset, Tensor};
+use crate::numeric;
 
 use super::Error;
 
@@ -72,70 +74,109 @@ fn padding_bits(dtype: DType, elements: usize) -> u64 {
     }
 }
 
-/// Appends blobs to a weight.bin being written. Created lazily by `package::write` on the
-/// first blob, so packages without blobs get no weight.bin (as coremltools does).
+/// Output bytes one worker casts and writes per step: large enough that a step's syscall and
+/// bookkeeping vanish next to its copy, small enough that the buffer stays in L2 and the source
+/// pages a step maps in are dropped soon after (peak memory: threads × this, plus the map's
+/// in-flight pages). A multiple of [`BLOB_ALIGNMENT`], so steps split fp16 values never.
+const WRITE_STEP_BYTES: usize = 1 << 20;
+
+/// Lays out a weight.bin and then writes it. [`BlobWriter::append`] only assigns each tensor
+/// its offsets (the layout depends on sizes alone), so the protobuf can be built first; then
+/// [`BlobWriter::finish`] writes every payload in [`WRITE_STEP_BYTES`] ranges on all cores,
+/// casting lazy fp16 weights straight into the write buffer (`Tensor::encode_range`) and
+/// placing each range with a positioned write: the model is never held twice. Created lazily by
+/// `proto::Emitter` on the first blob, so packages without blobs get no weight.bin (as
+/// coremltools does).
 pub struct BlobWriter {
-    file: BufWriter<File>,
     path: PathBuf,
+    /// Metadata records and payloads, in file order: (metadata offset, tensor).
+    blobs: Vec<(u64, Tensor)>,
+    /// End of the last payload so far.
     pos: u64,
-    count: u32,
 }
 
 impl BlobWriter {
-    /// Creates `path` and writes a header with count 0.
-    pub fn create(path: &Path) -> Result<BlobWriter, Error> {
-        let file = File::create(path).map_err(Error::io(path))?;
-        let mut w = BlobWriter { file: BufWriter::new(file), path: path.to_path_buf(), pos: 0, count: 0 };
-        w.put(&[0u8; RECORD_BYTES as usize])?;
-        Ok(w)
+    /// A writer for `path`, which `finish` creates.
+    pub fn create(path: &Path) -> BlobWriter {
+        BlobWriter { path: path.to_path_buf(), blobs: Vec::new(), pos: RECORD_BYTES }
     }
 
-    fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.file.write_all(bytes).map_err(Error::io(&self.path))?;
-        self.pos += bytes.len() as u64;
-        Ok(())
-    }
-
-    /// Writes one tensor (64-aligned metadata record, then payload); returns the metadata offset,
-    /// which is what `BlobFileValue.offset` must hold.
+    /// Places one tensor (64-aligned metadata record, then payload); returns the metadata
+    /// offset, which is what `BlobFileValue.offset` must hold. Nothing is written yet.
     pub fn append(&mut self, t: &Tensor) -> Result<u64, Error> {
-        let code = blob_code(t.dtype()).ok_or_else(|| Error::Invalid {
-            path: self.path.clone(),
-            reason: format!("{} tensors cannot be stored in weight.bin", t.dtype()),
-        })?;
-        let pad = align(self.pos) - self.pos;
-        self.put(&vec![0u8; pad as usize])?;
-        let md = self.pos;
-        let size = t.byte_len() as u64;
-        let mut rec = [0u8; RECORD_BYTES as usize];
-        rec[0..4].copy_from_slice(&BLOB_SENTINEL.to_le_bytes());
-        rec[4..8].copy_from_slice(&code.to_le_bytes());
-        rec[8..16].copy_from_slice(&size.to_le_bytes());
-        rec[16..24].copy_from_slice(&(md + RECORD_BYTES).to_le_bytes());
-        rec[24..32].copy_from_slice(&padding_bits(t.dtype(), t.len()).to_le_bytes());
-        self.put(&rec)?;
-        t.write_le(&mut self.file).map_err(Error::io(&self.path))?;
-        self.pos += size;
-        self.count += 1;
+        let invalid = |reason: String| Error::Invalid { path: self.path.clone(), reason };
+        blob_code(t.dtype()).ok_or_else(|| invalid(format!("{} tensors cannot be stored in weight.bin", t.dtype())))?;
+        let md = align(self.pos);
+        self.pos = (md + RECORD_BYTES)
+            .checked_add(t.byte_len() as u64)
+            .ok_or_else(|| invalid("weight.bin would exceed 2^64 bytes".into()))?;
+        self.blobs.push((md, t.clone()));
         Ok(md)
     }
 
-    /// Rewrites the header with the final count and flushes (no fsync, see below). The file ends
-    /// at the last payload byte.
-    pub fn finish(mut self) -> Result<u64, Error> {
+    /// Writes the file: header, records, then payloads in parallel ranges; returns its size,
+    /// which ends at the last payload byte.
+    pub fn finish(self) -> Result<u64, Error> {
+        let path = &self.path;
+        let file = File::create(path).map_err(Error::io(path))?;
         let mut header = [0u8; RECORD_BYTES as usize];
-        header[0..4].copy_from_slice(&self.count.to_le_bytes());
+        let count = u32::try_from(self.blobs.len())
+            .map_err(|_| Error::Invalid { path: path.clone(), reason: "more than 2^32 blobs".into() })?;
+        header[0..4].copy_from_slice(&count.to_le_bytes());
         header[4..8].copy_from_slice(&STORAGE_VERSION.to_le_bytes());
-        let path = self.path.clone();
-        self.file.flush().map_err(Error::io(&path))?;
-        let file = self.file.get_mut();
-        file.seek(std::io::SeekFrom::Start(0)).map_err(Error::io(&path))?;
-        file.write_all(&header).map_err(Error::io(&path))?;
+        file.write_all_at(&header, 0).map_err(Error::io(path))?;
+        let mut steps = Vec::new();
+        for (md, t) in &self.blobs {
+            file.write_all_at(&record(*md, t), *md).map_err(Error::io(path))?;
+            let len = t.byte_len();
+            steps.extend((0..len).step_by(WRITE_STEP_BYTES).map(|at| (md + RECORD_BYTES, t, at, WRITE_STEP_BYTES.min(len - at))));
+        }
+        // Workers take steps in file order from one queue (a step is a millisecond of work; the
+        // lock is not contended), each with its own buffer; the first error stops them all.
+        let queue = Mutex::new(steps.into_iter());
+        let failed: Mutex<Option<std::io::Error>> = Mutex::new(None);
+        let work = || {
+            let mut buf = vec![0u8; WRITE_STEP_BYTES];
+            loop {
+                if failed.lock().is_ok_and(|f| f.is_some()) {
+                    return;
+                }
+                let Some((data, t, at, len)) = queue.lock().ok().and_then(|mut q| q.next()) else { return };
+                t.encode_range(at, &mut buf[..len]);
+                if let Err(e) = file.write_all_at(&buf[..len], data + at as u64) {
+                    if let Ok(mut f) = failed.lock() {
+                        f.get_or_insert(e);
+                    }
+                    return;
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 1..numeric::par::threads() {
+                s.spawn(work);
+            }
+            work();
+        });
+        if let Some(e) = failed.into_inner().ok().flatten() {
+            return Err(Error::io(path)(e));
+        }
         // No fsync: like compilers and coremltools we leave durability to the OS. Writing into a
         // temporary directory renamed into place already keeps failures from leaving partial
         // output; syncing 600 MB of weights would add a third to whisper-medium's convert time.
         Ok(self.pos)
     }
+}
+
+/// The `blob_metadata` record of `t` placed at `md`: sentinel, dtype code, payload size and
+/// offset (right after the record), sub-byte padding.
+fn record(md: u64, t: &Tensor) -> [u8; RECORD_BYTES as usize] {
+    let mut rec = [0u8; RECORD_BYTES as usize];
+    rec[0..4].copy_from_slice(&BLOB_SENTINEL.to_le_bytes());
+    rec[4..8].copy_from_slice(&blob_code(t.dtype()).unwrap_or(0).to_le_bytes());
+    rec[8..16].copy_from_slice(&(t.byte_len() as u64).to_le_bytes());
+    rec[16..24].copy_from_slice(&(md + RECORD_BYTES).to_le_bytes());
+    rec[24..32].copy_from_slice(&padding_bits(t.dtype(), t.len()).to_le_bytes());
+    rec
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -202,7 +243,7 @@ mod tests {
         // coreml-format.md §4.1: fp16[108] then fp16[12] → metadata at 64 and 384, data at 128 and 448, EOF 472.
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("weight.bin");
-        let mut w = BlobWriter::create(&p).unwrap();
+        let mut w = BlobWriter::create(&p);
         let a = Tensor::from_f32_as_f16(&[4, 3, 3, 3], &[0.5; 108]);
         let b = Tensor::from_f32_as_f16(&[3, 4], &[0.25; 12]);
         assert_eq!(w.append(&a).unwrap(), 64);

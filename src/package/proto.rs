@@ -214,8 +214,9 @@ fn from_immediate(ty: &TensorType, tv: &pb::TensorValue) -> Result<Tensor, Strin
     Tensor::from_bytes(ty.dtype, &shape, bytes).map_err(|e| e.to_string())
 }
 
-/// Serializes a model; blobs stream into `weights_dir/weight.bin` as they are met, so the
-/// model is never copied. Called by `package::write`.
+/// Serializes a model; blobs are laid out in `weights_dir/weight.bin` as they are met and
+/// written by `finish` (`blob::BlobWriter`), so the model is never copied. Called by
+/// `package::write`.
 pub struct Emitter {
     opset: Opset,
     weights_dir: PathBuf,
@@ -228,7 +229,7 @@ impl Emitter {
         Emitter { opset, weights_dir: weights_dir.to_path_buf(), blobs: None }
     }
 
-    /// Closes weight.bin if any blob was written; returns its size.
+    /// Writes weight.bin if any const goes there; returns its size.
     pub fn finish(self) -> Result<u64, Error> {
         self.blobs.map_or(Ok(0), |b| b.finish())
     }
@@ -238,7 +239,7 @@ impl Emitter {
         let value = if blob::stored_in_blob(t.dtype(), t.len(), self.opset) {
             let writer = match &mut self.blobs {
                 Some(w) => w,
-                none => none.insert(BlobWriter::create(&self.weights_dir.join(WEIGHT_FILE))?),
+                none => none.insert(BlobWriter::create(&self.weights_dir.join(WEIGHT_FILE))),
             };
             let offset = writer.append(t)?;
             pb::value::Value::BlobFileValue(pb::value::BlobFileValue {

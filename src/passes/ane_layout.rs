@@ -8,7 +8,7 @@
 //! model outputs; `simplify` then cancels the conversions that meet, so the layout changes only
 //! where the model starts and ends (or at an op the ANE layout cannot express).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use super::rewrite::{type_error, Arg, Rewriter};
 use super::simplify::{self, arg_name, const_ints};
@@ -42,8 +42,10 @@ fn run(f: &mut Function) -> Result<Changes, PassError> {
     let transposes_before = transposes(f);
     let err = type_error(NAME);
     let types = f.inputs.iter().chain(f.block.operations.iter().flat_map(|o| &o.outputs)).map(|v| (v.name.clone(), v.ty.tensor().clone())).collect();
-    let mut l = Layout { r: Rewriter::new(f), types, ane: HashMap::new(), to_memo: HashMap::new(), linears: 0, moved: 0 };
-    for op in &f.block.operations {
+    let (r, ops) = Rewriter::new(f);
+    let mut l = Layout { r, types, ane: HashMap::new(), to_memo: HashMap::new(), linears: 0, moved: 0 };
+    for owned in ops {
+        let op = &owned;
         l.r.at(op);
         if op.op_type != "const" && l.convert(op).map_err(&err)? {
             continue;
@@ -55,7 +57,7 @@ fn run(f: &mut Function) -> Result<Changes, PassError> {
         }) {
             l.materialize(&name).map_err(&err)?;
         }
-        l.r.keep(op);
+        l.r.keep(owned);
     }
     l.r.b.set_source(None);
     for o in f.block.outputs.clone() {

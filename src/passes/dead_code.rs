@@ -1,27 +1,28 @@
 //! `dead-code`: removes every op none of whose outputs is read (by a later op, a nested block,
 //! or the function's outputs). One backward sweep suffices because ops are in topological order.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use super::{Changes, Pass, PassError};
-use crate::mil::{Argument, Block, Function};
+use crate::mil::{Argument, Function, Operation};
 
 /// The pass, for `PIPELINE`.
 pub const PASS: Pass = Pass { name: "dead-code", ane: false, run };
 
-fn uses(block: &Block, live: &mut HashSet<String>) {
-    for op in &block.operations {
-        for (_, args) in &op.inputs {
-            for a in args {
-                if let Argument::Name(n) = a {
-                    live.insert(n.clone());
-                }
+/// Marks every value `op` reads (its arguments, and what its nested blocks read or return) live.
+fn uses<'a>(op: &'a Operation, live: &mut HashSet<&'a str>) {
+    for (_, args) in &op.inputs {
+        for a in args {
+            if let Argument::Name(n) = a {
+                live.insert(n);
             }
         }
-        for b in &op.blocks {
-            uses(b, live);
-            live.extend(b.outputs.iter().cloned());
+    }
+    for b in &op.blocks {
+        for inner in &b.operations {
+            uses(inner, live);
         }
+        live.extend(b.outputs.iter().map(String::as_str));
     }
 }
 
@@ -35,17 +36,17 @@ fn run(f: &mut Function) -> Result<Changes, PassError> {
 /// op counts mean something.
 pub fn sweep(f: &mut Function) -> usize {
     let before = f.block.operations.len();
-    let mut live: HashSet<String> = f.block.outputs.iter().cloned().collect();
+    let mut live: HashSet<&str> = f.block.outputs.iter().map(String::as_str).collect();
     let mut keep = vec![false; before];
     for (i, op) in f.block.operations.iter().enumerate().rev() {
         // `write_state` has no outputs and exists for its effect.
         let effect = op.outputs.is_empty();
-        if effect || op.outputs.iter().any(|o| live.contains(&o.name)) {
+        if effect || op.outputs.iter().any(|o| live.contains(o.name.as_str())) {
             keep[i] = true;
-            let single = Block { inputs: Vec::new(), operations: vec![op.clone()], outputs: Vec::new() };
-            uses(&single, &mut live);
+            uses(op, &mut live);
         }
     }
+    drop(live);
     let mut k = keep.into_iter();
     f.block.operations.retain(|_| k.next().unwrap_or(true));
     before - f.block.operations.len()

@@ -4,7 +4,7 @@
 //! its replacement. No index surgery; what becomes unused is left for `dead-code`. Used by every
 //! pass except `dead-code`.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::mil::builder::{Builder, Var};
 use crate::mil::ops::{self, TypeError};
@@ -22,9 +22,12 @@ pub struct Rewriter {
 }
 
 impl Rewriter {
-    /// Starts rewriting `f` (its ops are not copied: the pass walks them and decides).
-    pub fn new(f: &Function) -> Rewriter {
-        Rewriter { b: Builder::rewriting(f), subst: HashMap::new(), outputs: f.block.outputs.clone() }
+    /// Starts rewriting `f`: returns the rewriter and `f`'s ops, taken out of `f` (never
+    /// copied), which the pass walks in order and either keeps ([`Rewriter::keep`] moves them
+    /// over) or replaces.
+    pub fn new(f: &mut Function) -> (Rewriter, Vec<Operation>) {
+        let r = Rewriter { b: Builder::rewriting(f), subst: HashMap::new(), outputs: f.block.outputs.clone() };
+        (r, std::mem::take(&mut f.block.operations))
     }
 
     /// Ops built from now on record `op`'s source: call it before rewriting or keeping `op`, so
@@ -55,9 +58,8 @@ impl Rewriter {
         }
     }
 
-    /// Copies `op` unchanged except that its arguments follow the substitutions.
-    pub fn keep(&mut self, op: &Operation) {
-        let mut op = op.clone();
+    /// Moves `op` over unchanged except that its arguments follow the substitutions.
+    pub fn keep(&mut self, mut op: Operation) {
         for (_, args) in &mut op.inputs {
             for a in args.iter_mut() {
                 if let Argument::Name(n) = a {

@@ -7,7 +7,7 @@
 //! (cleanup, so the ANE rewrites see canonical graphs) and at the end of `ane-layout` (to cancel
 //! the layout changes that meet).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use super::rewrite::{type_error, Arg, Rewriter};
 use super::{Changes, Pass, PassError};
@@ -58,13 +58,15 @@ impl Simplified {
 
 /// Runs the cleanups over `f` (used by this pass and by `ane-layout`), returning counts.
 pub fn apply(f: &mut Function) -> Result<Vec<(&'static str, usize)>, PassError> {
-    let mut r = Rewriter::new(f);
+    let (mut r, ops) = Rewriter::new(f);
     let mut made: HashMap<String, Made> = HashMap::new();
     let mut n = Simplified::default();
     let err = type_error(NAME);
-    for op in &f.block.operations {
+    for owned in ops {
+        let op = &owned;
         r.at(op);
-        let out = op.outputs.first().map(|o| o.name.as_str()).unwrap_or_default();
+        let out = op.outputs.first().map(|o| o.name.clone()).unwrap_or_default();
+        let out = out.as_str();
         let x = arg_name(op, "x").map(|a| r.var(a));
         let out_shape = op.outputs.first().and_then(|o| o.ty.tensor().fixed_shape());
         let x_shape = x.as_ref().and_then(|x| r.b.ty(x)).and_then(|t| t.fixed_shape());
@@ -85,7 +87,7 @@ pub fn apply(f: &mut Function) -> Result<Vec<(&'static str, usize)>, PassError> 
                     "transpose" => match const_ints(&r, op, "perm") {
                         Some(p) => Some(p),
                         None => {
-                            r.keep(op);
+                            r.keep(owned);
                             continue;
                         }
                     },
@@ -116,7 +118,7 @@ pub fn apply(f: &mut Function) -> Result<Vec<(&'static str, usize)>, PassError> 
                 }
                 let unchanged = base == x && matches!((&made_as, op.op_type.as_str()), (Made::Reshape(_), "reshape") | (Made::Transpose(..), "transpose"));
                 let v = if unchanged {
-                    r.keep(op);
+                    r.keep(owned);
                     r.var(out)
                 } else {
                     n.chains_merged += 1;
@@ -155,7 +157,7 @@ pub fn apply(f: &mut Function) -> Result<Vec<(&'static str, usize)>, PassError> 
             n.ops_folded += usize::from(folded);
             continue;
         }
-        r.keep(op);
+        r.keep(owned);
     }
     r.finish(f);
     Ok(n.into_counts())

@@ -14,7 +14,7 @@
 //! batched op is kept too, so a consumer that is not split still reads a correct value;
 //! whatever ends up unread is removed by dead code.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::rewrite::{type_error, Arg, Rewriter};
 use super::simplify::{self, arg_name, const_ints};
@@ -42,9 +42,10 @@ const SLICE_ARRAYS: [&str; 6] = ["begin", "end", "stride", "begin_mask", "end_ma
 fn run(f: &mut Function) -> Result<Changes, PassError> {
     let before = f.block.operations.len();
     let err = type_error(NAME);
-    let mut r = Rewriter::new(f);
+    let (mut r, ops) = Rewriter::new(f);
     let mut s = State::default();
-    for op in &f.block.operations {
+    for owned in ops {
+        let op = &owned;
         r.at(op);
         let out = op.outputs.first().map(|o| o.name.clone()).unwrap_or_default();
         let out_shape = op.outputs.first().and_then(|o| o.ty.tensor().fixed_shape()).unwrap_or_default();
@@ -102,7 +103,7 @@ fn run(f: &mut Function) -> Result<Changes, PassError> {
                 }
             }
         }
-        r.keep(op);
+        r.keep(owned);
     }
     r.finish(f);
     // Merge what the split leaves behind (a flattening before GPT-2's projection) so

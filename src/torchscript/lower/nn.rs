@@ -192,6 +192,13 @@ pub fn adaptive_avg_pool2d(l: &mut Lower, a: &[Value]) -> Result<Value, String> 
 pub fn embedding(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let w = l.tensor(&a[0])?;
     let idx = l.tensor(&a[1])?;
+    // Every row in order (`embed_positions(arange(n))`, as Whisper's encoder does): the table
+    // itself, kept a weight rather than folded into a copy of it.
+    let rows = l.shape(&w)?.first().copied();
+    let all_rows = |v: &[i64]| rows == Some(v.len()) && v.iter().enumerate().all(|(i, &x)| x == i as i64);
+    if l.ty(&idx)?.rank() == 1 && l.b.value(&idx).and_then(|t| t.to_i64_vec()).is_some_and(|v| all_rows(&v)) {
+        return Ok(Value::Tensor(w));
+    }
     let idx = if l.ty(&idx)?.dtype == DType::I32 {
         idx
     } else {

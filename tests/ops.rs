@@ -1,0 +1,79 @@
+//! Lowering tests against torch, one traced torch op (or op mode) per case: every case that
+//! `fixtures/ops/make.py` writes into `$T2C_OPS` (`make setup` does) converts at fp32 and at
+//! fp16, runs in our interpreter through `validate` and matches torch's saved outputs (fp32:
+//! cosine ≥ [`FP32_MIN_COSINE`]; fp16: `validate`'s default criterion), and every package passes
+//! coremltools' type-check. All failures are reported together.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// fp32 kernels agree with torch to float rounding.
+const FP32_MIN_COSINE: f64 = 0.99999;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_torch2coreml"))
+}
+
+/// `$T2C_OPS`, else `~/.cache/torch2coreml/ops`; fails the test when missing.
+fn ops_dir() -> PathBuf {
+    let dir = std::env::var_os("T2C_OPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/torch2coreml/ops"));
+    assert!(dir.join("STAMP").is_file(), "{} is missing: run `make setup` (make test does)", dir.display());
+    dir
+}
+
+/// Converts and validates one case at one precision; `Err` says what failed.
+fn check(dir: &Path, case: &str, precision: &str, pkg: &Path) -> Result<(), String> {
+    let inputs = dir.join(format!("{case}.inputs.npz"));
+    let c = bin().arg("convert").arg(dir.join(format!("{case}.pt"))).arg("-o").arg(pkg).arg("--example").arg(&inputs).args(["--precision", precision]).output().unwrap();
+    if !c.status.success() {
+        return Err(format!("{case} {precision}: convert: {}", String::from_utf8_lossy(&c.stderr).trim()));
+    }
+    let v = bin()
+        .arg("validate")
+        .arg(pkg)
+        .arg("--inputs")
+        .arg(&inputs)
+        .arg("--expected")
+        .arg(dir.join(format!("{case}.outputs.npz")))
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap_or_default();
+    let min_cosine = if precision == "fp32" { FP32_MIN_COSINE } else { 0.0 };
+    let cosine_ok = report["outputs"].as_array().is_some_and(|o| !o.is_empty() && o.iter().all(|r| r["cosine"].as_f64().unwrap_or(0.0) >= min_cosine));
+    if !v.status.success() || report["pass"] != true || !cosine_ok {
+        return Err(format!("{case} {precision}: validate: {} {}", String::from_utf8_lossy(&v.stdout).trim(), String::from_utf8_lossy(&v.stderr).trim()));
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the op cases and coremltools from `make setup`; `make test` runs it"]
+fn every_op_case_converts_type_checks_and_matches_torch() {
+    let dir = ops_dir();
+    let mut cases: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".pt").map(str::to_string))
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "{}: no cases", dir.display());
+    let out = tempfile::tempdir().unwrap();
+    let (mut failures, mut pkgs) = (Vec::new(), Vec::new());
+    for case in &cases {
+        for precision in ["fp32", "fp16"] {
+            let pkg = out.path().join(format!("{case}_{precision}.mlpackage"));
+            match check(&dir, case, precision, &pkg) {
+                Ok(()) => pkgs.push(pkg),
+                Err(e) => failures.push(e),
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(root.join(".venv/bin/python")).arg(root.join("tests/oracle/validate_mlpackage.py")).args(&pkgs).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    failures.extend(text.lines().filter(|l| !l.starts_with("OK:")).map(str::to_string));
+    assert!(o.status.success() || !failures.is_empty(), "coremltools oracle failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(failures.is_empty(), "{} of {} case runs failed:\n{}", failures.len(), cases.len() * 2, failures.join("\n"));
+}
