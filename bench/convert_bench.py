@@ -28,7 +28,9 @@ CT_SCRIPT = os.path.join(REPO, "bench", "ct_convert.py")
 # Our conversion and the floor are timed this many times each, alternating so both see the same
 # machine (median reported), after OURS_WARMUP untimed runs that bring the .pt into the page
 # cache (coremltools, run after ours, finds it there too); coremltools runs once, being slow.
-OURS_RUNS = 3
+# Before each timed run, dirty pages are flushed (untimed), so no run pays for the writeback of
+# the previous run's output.
+OURS_RUNS = 5
 OURS_WARMUP = 1
 # Megabyte as in the goal and the table (10^6 bytes).
 MB = 1_000_000
@@ -54,9 +56,11 @@ def measure_size(bench_dir, size, log=print):
     ours, floor = [], []
     for _ in range(OURS_WARMUP + OURS_RUNS):
         shutil.rmtree(ours_pkg, ignore_errors=True)
+        os.sync()
         ours.append(measure.run([OURS, "convert", pt, "-o", ours_pkg, "--example", npz]))
         if os.path.exists(floor_out):
             os.remove(floor_out)
+        os.sync()
         floor.append(measure.run([FLOOR, pt, floor_out]))
     os.remove(floor_out)
     ours, floor = ours[OURS_WARMUP:], floor[OURS_WARMUP:]
@@ -86,9 +90,9 @@ def measure_all(bench_dir, log=print):
 def table(rows):
     """Markdown table of `measure_all`'s rows, with the goal verdicts under it."""
     lines = [
-        "| encoder | .pt MB | ours s (median of 3) | floor s (median of 3) | ours / floor | "
+        f"| encoder | .pt MB | ours s (median of {OURS_RUNS}) | floor s (median of {OURS_RUNS}) | ours / floor | "
         "coremltools s (process) | coremltools s (convert call) | speedup (process) | "
-        "speedup (convert call) | ours peak MB (max of 3) | coremltools peak MB | "
+        f"speedup (convert call) | ours peak MB (max of {OURS_RUNS}) | coremltools peak MB | "
         f"limit {GOAL_MEMORY_PT_FRACTION}×pt+100 MB | ours peak ≤ limit? |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|",
     ]
