@@ -325,7 +325,7 @@ fn tch_reference_reproduces_transformers_and_validate_reference_folder_passes() 
             let want = arrays(&hf.join(format!("{name}.{i}.outputs.npz")));
             let got = torch2coreml::reference::bert::run(&hf.join(name), &inputs).unwrap();
             assert_eq!(got.len(), want.len(), "{name}.{i}");
-            for r in torch2coreml::validate::compare(&got, &want, TCH_VS_TRANSFORMERS_TOL, TCH_VS_TRANSFORMERS_TOL).unwrap() {
+            for r in torch2coreml::validate::compare(&got, &want, torch2coreml::validate::Criterion::Allclose { atol: TCH_VS_TRANSFORMERS_TOL, rtol: TCH_VS_TRANSFORMERS_TOL }).unwrap() {
                 if !r.drift.pass {
                     failures.push(format!("{name}.{i}: tch vs transformers `{}`: {:?}", r.name, r.drift));
                 }

@@ -97,7 +97,7 @@ fn tch_reproduces_the_outputs_python_torch_saved() {
                 continue;
             }
         };
-        match validate::compare(&got, &read("outputs"), TCH_VS_PYTHON_ATOL, 0.0) {
+        match validate::compare(&got, &read("outputs"), torch2coreml::validate::Criterion::Allclose { atol: TCH_VS_PYTHON_ATOL, rtol: 0.0 }) {
             Ok(reports) => failures.extend(reports.iter().filter(|r| !r.drift.pass).map(|r| format!("{m}: {} max_abs {:.3e}", r.name, r.drift.max_abs))),
             Err(e) => failures.push(format!("{m}: {e}")),
         }
