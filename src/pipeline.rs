@@ -105,6 +105,8 @@ pub struct Loaded {
     pub name: String,
     pub model: Model,
     pub passes: Vec<(&'static str, Changes)>,
+    /// Layers the front end rescaled or kept in fp32 so fp16 loses no value, one line each.
+    pub precision_notes: Vec<String>,
 }
 
 /// A loaded model: one package (TorchScript, BERT, any `.mlpackage`) or several (Whisper), plus
@@ -127,23 +129,23 @@ pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
     let (built, side_files) = match kind {
         Kind::Package => {
             let model = package::read(path)?;
-            return Ok(Loading { kind, packages: vec![Loaded { name: stem, model, passes: Vec::new() }], side_files: Vec::new() });
+            return Ok(Loading { kind, packages: vec![Loaded { name: stem, model, passes: Vec::new(), precision_notes: Vec::new() }], side_files: Vec::new() });
         }
         Kind::TorchScript => {
             if options.inputs.is_empty() {
                 return Err(input_error(path, "a TorchScript file needs its input shapes: --input NAME:DIMS:DTYPE (one per forward() argument) or --example INPUTS.npz"));
             }
             let archive = torchscript::read(path)?;
-            let main = graph::to_mil(&archive, &options.inputs, &graph::Options { opset: options.opset, precision: options.precision })?;
-            let mut model = Model::new(Program::with_main(main));
+            let lowered = graph::lower(&archive, &options.inputs, &graph::Options { opset: options.opset, precision: options.precision })?;
+            let mut model = Model::new(Program::with_main(lowered.function));
             let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             model.metadata.user_defined.insert(SOURCE_KEY.into(), source);
-            (vec![(stem, model)], Vec::new())
+            (vec![(stem, model, lowered.precision_notes)], Vec::new())
         }
         Kind::HfFolder(family) => {
             let folder = hf::open(path)?;
             let built = (family.build)(&folder, &hf::Options { opset: options.opset, precision: options.precision, seq_len: options.seq_len })?;
-            (built.packages.into_iter().map(|b| (b.name, b.model)).collect(), built.side_files)
+            (built.packages.into_iter().map(|b| (b.name, b.model, Vec::new())).collect(), built.side_files)
         }
     };
     finish(path, kind, built, side_files, options.ane)
@@ -164,16 +166,16 @@ const VERSION_KEY: &str = "torch2coreml.version";
 const SOURCE_KEY: &str = "torch2coreml.source";
 
 /// Runs the passes over each built package's `main` function and records our version.
-fn finish(path: &Path, kind: Kind, built: Vec<(String, Model)>, side_files: Vec<PathBuf>, ane: bool) -> Result<Loading, Error> {
+fn finish(path: &Path, kind: Kind, built: Vec<(String, Model, Vec<String>)>, side_files: Vec<PathBuf>, ane: bool) -> Result<Loading, Error> {
     let mut packages = Vec::new();
-    for (name, mut model) in built {
+    for (name, mut model, precision_notes) in built {
         model.metadata.user_defined.insert(VERSION_KEY.into(), env!("CARGO_PKG_VERSION").into());
         let Some(mut main) = model.program.functions.remove("main") else {
             return Err(input_error(path, format!("{name}: the built program has no main function")));
         };
         let changes = passes::run(&mut main, ane).map_err(|source| Error::Pass { path: path.to_path_buf(), source })?;
         model.program.functions.insert("main".into(), main);
-        packages.push(Loaded { name, model, passes: changes });
+        packages.push(Loaded { name, model, passes: changes, precision_notes });
     }
     Ok(Loading { kind, packages, side_files })
 }

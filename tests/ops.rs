@@ -77,3 +77,26 @@ fn every_op_case_converts_type_checks_and_matches_torch() {
     assert!(o.status.success() || !failures.is_empty(), "coremltools oracle failed: {}", String::from_utf8_lossy(&o.stderr));
     assert!(failures.is_empty(), "{} of {} case runs failed:\n{}", failures.len(), cases.len() * 2, failures.join("\n"));
 }
+
+/// Issue 14: a BatchNorm whose running variances exceed fp16's range converts at fp16, matches
+/// torch (cosine ≥ 0.9999), and `convert` names the layer it rescaled, in text and JSON.
+#[test]
+#[ignore = "needs the op cases from `make setup`; `make test` runs it"]
+fn batch_norm_beyond_fp16_range_is_rescaled_reported_and_right() {
+    let dir = ops_dir();
+    let case = "batch_norm_fp16_overflow";
+    let out = tempfile::tempdir().unwrap();
+    let pkg = out.path().join("bn.mlpackage");
+    let inputs = dir.join(format!("{case}.inputs.npz"));
+    let c = bin().arg("convert").arg(dir.join(format!("{case}.pt"))).arg("-o").arg(&pkg).arg("--example").arg(&inputs).args(["--format", "json"]).output().unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    let notes = report["packages"][0]["precision_notes"].as_array().unwrap();
+    assert!(notes.len() == 1 && notes[0].as_str().unwrap().contains("batch_norm") && notes[0].as_str().unwrap().contains("fp16"), "{notes:?}");
+    let v = bin().arg("validate").arg(&pkg).arg("--inputs").arg(&inputs).arg("--expected").arg(dir.join(format!("{case}.outputs.npz"))).args(["--format", "json"]).output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    let cosine = r["outputs"][0]["cosine"].as_f64().unwrap();
+    assert!(v.status.success() && r["pass"] == true && cosine >= 0.9999, "{r}");
+    let text = bin().arg("convert").arg(dir.join(format!("{case}.pt"))).arg("-o").arg(&pkg).arg("--example").arg(&inputs).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("fp16: batch_norm"), "{}", String::from_utf8_lossy(&text.stdout));
+}

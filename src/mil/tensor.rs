@@ -120,6 +120,16 @@ impl Tensor {
         Tensor { dtype: DType::F16, shape: src.shape.clone(), data: Data::Raw(Bytes::F16Of(Arc::new(src.clone()))) }
     }
 
+    /// The fp32 values behind a float tensor, at full precision: a lazy fp16 cast's source
+    /// ([`Tensor::f16_of`]) rather than its rounded values. Lowerings use it to see what an
+    /// fp16 weight would lose (overflow) before deciding how to compute with it.
+    pub fn to_f32_vec_exact(&self) -> Option<Vec<f32>> {
+        match &self.data {
+            Data::Raw(Bytes::F16Of(src)) => src.to_f32_vec(),
+            _ => self.to_f32_vec(),
+        }
+    }
+
     /// A rank-1 int32 tensor: the usual form of `axes`, `perm`, `shape`, `strides`.
     pub fn i32_vec(values: &[i32]) -> Tensor {
         Self::from_i32(&[values.len()], values)

@@ -552,11 +552,24 @@ fn input_dtype(d: DType, opts: &Options) -> Result<DType, String> {
 
 /// Converts the archive's root `forward` into a MIL `main` function.
 pub fn to_mil(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result<Function, Error> {
+    lower(archive, inputs, opts).map(|l| l.function)
+}
+
+/// A lowered model: the MIL function and what the lowering did to keep fp16 from losing values.
+#[derive(Debug)]
+pub struct Lowered {
+    pub function: Function,
+    /// One line per layer rescaled or kept in fp32 for fp16's range (`Lower::precision_notes`).
+    pub precision_notes: Vec<String>,
+}
+
+/// [`to_mil`] with the precision notes: what `pipeline::load` calls, so `convert` reports them.
+pub fn lower(archive: &Archive, inputs: &[InputSpec], opts: &Options) -> Result<Lowered, Error> {
     inline_root(archive, inputs, opts, MAX_INLINED_STATEMENTS)
 }
 
 /// [`to_mil`] with a budget of `statements` inlined statements (tests use a small one).
-fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statements: usize) -> Result<Function, Error> {
+fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statements: usize) -> Result<Lowered, Error> {
     let classes = Classes::parse(archive)?;
     check_supported(archive, &classes)?;
     let bad_inputs = |message: String| Error::Inputs { path: archive.path.clone(), message };
@@ -576,7 +589,7 @@ fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statemen
             return Err(bad_inputs(format!("two inputs given for forward() parameter `{}`", shown(params.get(slot).copied().unwrap_or_default()))));
         }
     }
-    let mut lower = Lower { b: Builder::new(opts.opset), dtype: opts.precision, hint: String::new() };
+    let mut lower = Lower { b: Builder::new(opts.opset), dtype: opts.precision, hint: String::new(), precision_notes: Vec::new() };
     lower.b.fold_constants(true);
     let mut args = Vec::with_capacity(params.len());
     for (p, spec) in params.iter().zip(ordered) {
@@ -634,7 +647,7 @@ fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statemen
         }
     }
     f.block.rename_all(&renames);
-    Ok(f)
+    Ok(Lowered { function: f, precision_notes: std::mem::take(&mut inliner.lower.precision_notes) })
 }
 
 /// Name of a model's single output (`output_0`, `output_1`, … when it has several), as the

@@ -278,6 +278,9 @@ pub struct Lower {
     pub b: Builder,
     pub dtype: DType,
     pub hint: String,
+    /// What the lowering did to keep fp16 from losing values (a layer rescaled or kept in
+    /// fp32), one line each; `convert` reports them.
+    pub precision_notes: Vec<String>,
 }
 
 impl Lower {

@@ -84,6 +84,11 @@ pub fn batch_norm(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let dt = l.ty(&x)?.dtype;
     let (mean, var) = (l.tensor(&a[3])?, l.tensor(&a[4])?);
     let eps = float(&a[7])? as f32;
+    if dt == DType::F16 {
+        if let Some(v) = fp16_safe_batch_norm(l, &x, a, f64::from(eps))? {
+            return Ok(v);
+        }
+    }
     let mut op = l.op(&norm::BATCH_NORM).arg("x", &x).arg("mean", &mean).arg("variance", &var);
     let (g, b);
     if let Value::Tensor(v) = &a[1] {
@@ -95,6 +100,61 @@ pub fn batch_norm(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
         op = op.arg("beta", &b);
     }
     built(op.konst("epsilon", Tensor::float_scalar(dt, eps)).build1())
+}
+
+/// Largest finite fp16 magnitude: a const beyond it becomes infinity when cast.
+const FP16_MAX: f64 = 65504.0;
+
+/// An fp16 `batch_norm` whose running statistics or affine parameters exceed fp16's range (a
+/// pitch CNN's variances reach 10^6): written as it would overflow, every output of the layer
+/// would be wrong. Its parameters fold exactly into one per-channel scale and shift, computed in
+/// f64 from the fp32 weights (`scale = gamma / sqrt(var + eps)`, `shift = beta - mean · scale`):
+/// when those fit fp16, the layer is `x · scale + shift` in fp16; otherwise it runs in fp32
+/// between casts. Either way a precision note says so. `None` when every parameter fits fp16
+/// (the plain `batch_norm`) or one is not a const.
+fn fp16_safe_batch_norm(l: &mut Lower, x: &crate::mil::builder::Var, a: &[Value], eps: f64) -> Result<Option<Value>, String> {
+    let exact = |l: &Lower, v: &Value| -> Option<Vec<f64>> {
+        let Value::Tensor(t) = v else { return None };
+        Some(l.b.value(t)?.to_f32_vec_exact()?.into_iter().map(f64::from).collect())
+    };
+    let (Some(mean), Some(var)) = (exact(l, &a[3]), exact(l, &a[4])) else { return Ok(None) };
+    let c = mean.len();
+    let optional = |l: &Lower, v: &Value, default: f64| match v {
+        Value::Tensor(_) => exact(l, v),
+        _ => Some(vec![default; c]),
+    };
+    let (Some(gamma), Some(beta)) = (optional(l, &a[1], 1.0), optional(l, &a[2], 0.0)) else { return Ok(None) };
+    if var.len() != c || gamma.len() != c || beta.len() != c {
+        return Ok(None);
+    }
+    let params = [&mean, &var, &gamma, &beta];
+    let peak = params.iter().flat_map(|p| p.iter()).fold(0f64, |m, v| m.max(v.abs()));
+    if peak <= FP16_MAX {
+        return Ok(None);
+    }
+    let scale: Vec<f64> = (0..c).map(|i| gamma[i] / (var[i] + eps).sqrt()).collect();
+    let shift: Vec<f64> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+    // Per-channel values broadcast over the axes after the channel axis (1).
+    let rank = l.shape(x)?.len();
+    let shape: Vec<usize> = std::iter::once(c).chain(std::iter::repeat_n(1, rank.saturating_sub(2))).collect();
+    let fits = scale.iter().chain(&shift).all(|v| v.is_finite() && v.abs() <= FP16_MAX);
+    let compute = if fits { DType::F16 } else { DType::F32 };
+    let konst = |v: &[f64]| {
+        let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        if fits { Tensor::from_f32_as_f16(&shape, &v) } else { Tensor::from_f32(&shape, &v) }
+    };
+    let (scale, shift) = (konst(&scale), konst(&shift));
+    let err = |e: crate::mil::ops::TypeError| e.to_string();
+    let cast = |l: &mut Lower, v: &crate::mil::builder::Var, to: DType| l.op(&ew::CAST).arg("x", v).konst("dtype", Tensor::string(to.name())).build1().map_err(err);
+    let input = if fits { x.clone() } else { cast(l, x, compute)? };
+    let scaled = l.op(&ew::MUL).arg("x", &input).konst("y", scale).build1().map_err(err)?;
+    let mut y = l.op(&ew::ADD).arg("x", &scaled).konst("y", shift).build1().map_err(err)?;
+    if !fits {
+        y = cast(l, &y, DType::F16)?;
+    }
+    let how = if fits { "folded into an fp16 per-channel scale and shift" } else { "kept in fp32 (its folded scale or shift exceeds fp16 too), with casts around it" };
+    l.precision_notes.push(format!("batch_norm `{}`: running statistics or affine parameters reach {peak:.3e}, beyond fp16's {FP16_MAX}; {how}", l.hint));
+    Ok(Some(Value::Tensor(y)))
 }
 
 /// `aten::layer_norm` over the trailing `normalized_shape` axes.
