@@ -16,6 +16,10 @@ pub struct ParseError {
     pub message: String,
 }
 
+/// Statement keywords of Python that TorchScript's serialized code may hold (scripted models) but
+/// that no traced graph contains; each parses as [`StmtKind::Unsupported`].
+pub const UNSUPPORTED_STATEMENTS: &[&str] = &["with", "try", "except", "finally", "raise", "assert", "del", "global", "nonlocal", "async", "await", "yield", "break", "continue"];
+
 /// An expression. Types in annotations (`List[int]`, `Optional[Tensor]`) parse as expressions too.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
@@ -86,6 +90,10 @@ pub enum StmtKind {
         body: Vec<Stmt>,
     },
     Pass,
+    /// A Python statement TorchScript can hold but a traced model never does (`with`, `try`,
+    /// `raise`, …): kept only so the converter can name it and its line; its block, if any, is
+    /// parsed and dropped.
+    Unsupported(&'static str),
     Def(FnDef),
     Class(ClassDef),
 }
@@ -438,6 +446,8 @@ impl Parser {
         }
     }
 
+    /// Parses one statement; an [`UNSUPPORTED_STATEMENTS`] keyword becomes
+    /// [`StmtKind::Unsupported`] (with its block skipped) so the caller can refuse it by name.
     fn stmt(&mut self) -> Result<Stmt, ParseError> {
         let line = self.line();
         let kind = match self.peek().clone() {
@@ -502,6 +512,25 @@ impl Parser {
                 let v = self.expr_list()?;
                 self.end_of_line()?;
                 StmtKind::Return(v)
+            }
+            Tok::Name(k) if UNSUPPORTED_STATEMENTS.contains(&k.as_str()) => {
+                let keyword = UNSUPPORTED_STATEMENTS.iter().copied().find(|u| *u == k).unwrap_or("statement");
+                self.pos += 1;
+                // Skip the header up to its end of line, or to the `:` that opens its block.
+                loop {
+                    match self.peek() {
+                        Tok::Newline | Tok::End => {
+                            self.pos += 1;
+                            break;
+                        }
+                        Tok::Op(":") if matches!(self.toks.get(self.pos + 1).map(|t| &t.0), Some(Tok::Newline)) => {
+                            self.block()?;
+                            break;
+                        }
+                        _ => self.pos += 1,
+                    }
+                }
+                StmtKind::Unsupported(keyword)
             }
             Tok::Name(k) if k == "pass" => {
                 self.pos += 1;
@@ -618,6 +647,9 @@ impl Parser {
                 "True" => Expr::Bool(true),
                 "False" => Expr::Bool(false),
                 "None" => Expr::None,
+                // torch prints float infinities and NaN as bare names (`ord=inf`, `-inf`).
+                "inf" => Expr::Float(f64::INFINITY),
+                "nan" => Expr::Float(f64::NAN),
                 _ => Expr::Name(n),
             },
             Tok::Int(i) => Expr::Int(i),
@@ -756,6 +788,27 @@ pub fn classes(stmts: &[Stmt]) -> impl Iterator<Item = &ClassDef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue_14_with_try_and_raise_parse_as_named_unsupported_statements() {
+        // A scripted forward with a `with` block used to fail as "unexpected `_22`".
+        let src = "def forward(self, x: Tensor) -> Tensor:\n  with torch.no_grad():\n    _22 = torch.relu(x)\n  try:\n    y = x\n  except:\n    pass\n  if bool(x):\n    raise Exception(\"bad\")\n  return x\n";
+        let stmts = parse(src).unwrap();
+        let StmtKind::Def(f) = &stmts[0].kind else { panic!("{stmts:?}") };
+        let kinds: Vec<_> = f.body.iter().map(|s| (s.line, match &s.kind { StmtKind::Unsupported(k) => *k, StmtKind::If { .. } => "if", StmtKind::Return(_) => "return", _ => "?" })).collect();
+        assert_eq!(kinds, [(2, "with"), (4, "try"), (6, "except"), (8, "if"), (10, "return")]);
+        let StmtKind::If { then, .. } = &f.body[3].kind else { unreachable!() };
+        assert_eq!(then[0].kind, StmtKind::Unsupported("raise"));
+    }
+
+    #[test]
+    fn bare_inf_is_a_float() {
+        let stmts = parse("y = torch.linalg_vector_norm(x, inf)\nz = -inf\n").unwrap();
+        let StmtKind::Assign { value: Some(Expr::Call { args, .. }), .. } = &stmts[0].kind else { panic!("{stmts:?}") };
+        assert_eq!(args[1], Expr::Float(f64::INFINITY));
+        let StmtKind::Assign { value: Some(v), .. } = &stmts[1].kind else { panic!() };
+        assert_eq!(*v, Expr::Float(f64::NEG_INFINITY));
+    }
 
     /// The MLP example printed by torch 2.13 (torchscript-format.md §3 (a)).
     const MLP: &str = r#"class MLP(Module):

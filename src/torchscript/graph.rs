@@ -163,10 +163,11 @@ fn scan(stmts: &[Stmt], file: &str, calls: &mut BTreeMap<String, Vec<String>>, f
         let loc = format!("{file}:{}", s.line);
         match &s.kind {
             StmtKind::Assign { value: Some(v), .. } | StmtKind::Return(v) | StmtKind::Expr(v) => expr(v, &loc, calls),
-            StmtKind::If { .. } | StmtKind::While { .. } | StmtKind::For { .. } if flow.is_none() => {
+            StmtKind::If { .. } | StmtKind::While { .. } | StmtKind::For { .. } | StmtKind::Unsupported(_) if flow.is_none() => {
                 let kw = match s.kind {
                     StmtKind::If { .. } => "if",
                     StmtKind::While { .. } => "while",
+                    StmtKind::Unsupported(keyword) => keyword,
                     _ => "for",
                 };
                 *flow = Some((kw, loc));
@@ -508,6 +509,9 @@ impl Inliner<'_> {
                     rebind_in_place(v, &val, &mut env);
                 }
                 StmtKind::Pass | StmtKind::Assign { value: None, .. } => {}
+                StmtKind::Unsupported(keyword) => {
+                    return Err(self.err(format!("`{keyword}` statement in forward: convert a model made with torch.jit.trace")));
+                }
                 StmtKind::If { .. } | StmtKind::While { .. } | StmtKind::For { .. } | StmtKind::Def(_) | StmtKind::Class(_) => {
                     return Err(self.err("control flow or nested definitions in forward"));
                 }
