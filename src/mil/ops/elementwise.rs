@@ -291,6 +291,9 @@ fn eval_cos(a: &EvalArgs) -> Eval {
 fn eval_floor(a: &EvalArgs) -> Eval {
     map_float(a, f32::floor)
 }
+fn eval_atan(a: &EvalArgs) -> Eval {
+    map_float(a, |v| wide(v, f64::atan))
+}
 fn eval_ceil(a: &EvalArgs) -> Eval {
     map_float(a, f32::ceil)
 }
@@ -354,6 +357,9 @@ pub const COS: OpDef =
 /// `floor`: largest integer ≤ x.
 pub const FLOOR: OpDef =
     OpDef { name: "floor", since: Opset::Ios15, params: UNARY_FLOAT, infer: infer_same, eval: eval_floor };
+/// `atan`: inverse tangent, in (−π/2, π/2).
+pub const ATAN: OpDef =
+    OpDef { name: "atan", since: Opset::Ios15, params: UNARY_FLOAT, infer: infer_same, eval: eval_atan };
 /// `ceil`: smallest integer ≥ x.
 pub const CEIL: OpDef =
     OpDef { name: "ceil", since: Opset::Ios15, params: UNARY_FLOAT, infer: infer_same, eval: eval_ceil };

@@ -146,6 +146,7 @@ pub const OPS: &[&OpDef] = &[
     &elementwise::ROUND,
     &elementwise::SIN,
     &elementwise::COS,
+    &elementwise::ATAN,
     &elementwise::TANH,
     &elementwise::SIGMOID,
     &elementwise::RELU,

@@ -130,8 +130,11 @@ fn eval_reduce_prod(a: &EvalArgs) -> Eval {
     reduce(a, 1.0, |s, v| s * v, 1, i64::wrapping_mul, false)
 }
 
+/// `x`, its values in f64, the reduced axes and the output shape.
+type WideInput<'a> = (&'a Array, Vec<f64>, Vec<usize>, Vec<usize>);
+
 /// `x` (float or int32) widened to f64 with its shape, the reduced `axes` and the output shape.
-fn wide_input<'a>(a: &EvalArgs<'a>) -> Result<(&'a Array, Vec<f64>, Vec<usize>, Vec<usize>), EvalError> {
+fn wide_input<'a>(a: &EvalArgs<'a>) -> Result<WideInput<'a>, EvalError> {
     let x = a.array("x")?;
     let wide: Vec<f64> = match &x.data {
         Data::F32(v) => v.iter().map(|&e| f64::from(e)).collect(),

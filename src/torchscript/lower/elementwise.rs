@@ -690,6 +690,33 @@ pub fn fmod(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     binary(l, &a[0], &back, &ew::SUB, |p, q| p - q)
 }
 
+/// `aten::atan(self)` → `atan`.
+pub fn atan(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = to_float(l, &a[0])?;
+    unary(l, &x, &ew::ATAN)
+}
+
+/// `aten::atan2(self, other)`: the angle of the point (other, self) = atan(self/other), shifted
+/// by +π (self ≥ 0) or −π (self < 0) where other < 0; 0 at the origin, as torch gives.
+pub fn atan2(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if let (Some((y, _)), Some((x, _))) = (scalar_of(l, &a[0]), scalar_of(l, &a[1])) {
+        return Ok(Value::Float(y.atan2(x)));
+    }
+    let (y, x) = (to_float(l, &a[0])?, to_float(l, &a[1])?);
+    let pi = std::f64::consts::PI;
+    // At the origin y/x is 0/0: divide by 1 there instead (atan(0) = 0, no shift).
+    let (x_zero, y_zero) = (eq(l, &[x.clone(), Value::Float(0.0)])?, eq(l, &[y.clone(), Value::Float(0.0)])?);
+    let origin = logical(l, &[x_zero, y_zero], &ew::LOGICAL_AND, |p, q| p && q)?;
+    let divisor = where_(l, &[origin, Value::Float(1.0), x.clone()])?;
+    let ratio = binary(l, &y, &divisor, &ew::REAL_DIV, |p, q| p / q)?;
+    let base = unary(l, &ratio, &ew::ATAN)?;
+    let y_nonneg = ge(l, &[y, Value::Float(0.0)])?;
+    let half_turn = where_(l, &[y_nonneg, Value::Float(pi), Value::Float(-pi)])?;
+    let x_neg = lt(l, &[x, Value::Float(0.0)])?;
+    let shift = where_(l, &[x_neg, half_turn, Value::Float(0.0)])?;
+    binary(l, &base, &shift, &ew::ADD, |p, q| p + q)
+}
+
 /// A value as a bool mask: bool tensors as they are, others `!= 0` (torch's truthiness).
 fn as_bool(l: &mut Lower, v: &Value) -> Result<Value, String> {
     match v {

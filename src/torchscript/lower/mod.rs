@@ -202,6 +202,8 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::sign", args: &[("self", R)], lower: elementwise::sign },
     Lowering { kind: "aten::remainder", args: &[("self", R), ("other", R)], lower: elementwise::remainder },
     Lowering { kind: "aten::fmod", args: &[("self", R), ("other", R)], lower: elementwise::fmod },
+    Lowering { kind: "aten::atan", args: &[("self", R)], lower: elementwise::atan },
+    Lowering { kind: "aten::atan2", args: &[("self", R), ("other", R)], lower: elementwise::atan2 },
     Lowering { kind: "aten::maximum", args: &[("self", R), ("other", R)], lower: elementwise::maximum },
     Lowering { kind: "aten::minimum", args: &[("self", R), ("other", R)], lower: elementwise::minimum },
     Lowering { kind: "aten::logical_not", args: &[("self", R)], lower: elementwise::logical_not },
