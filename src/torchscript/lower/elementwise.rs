@@ -583,7 +583,7 @@ pub fn glu(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let x = l.tensor(&a[0])?;
     let shape = l.shape(&x)?;
     let axis = super::dim(int(&a[1])?, shape.len())?;
-    if shape[axis] % 2 != 0 {
+    if !shape[axis].is_multiple_of(2) {
         return Err(format!("aten::glu halves dim {axis} of shape {}, which is odd", super::dims_shown(&shape)));
     }
     let op = l.op(&crate::mil::ops::shape::SPLIT).arg("x", &x).konst("num_splits", Tensor::i32_scalar(2)).konst("axis", Tensor::i32_scalar(super::i32_of(axis as i64)?));
