@@ -173,6 +173,9 @@ fn eval_greater(a: &EvalArgs) -> Eval {
 fn eval_greater_equal(a: &EvalArgs) -> Eval {
     compare(a, |x, y| x >= y, |x, y| x >= y)
 }
+fn eval_logical_xor(a: &EvalArgs) -> Eval {
+    logical(a, |x, y| x != y)
+}
 fn eval_logical_and(a: &EvalArgs) -> Eval {
     logical(a, |x, y| x && y)
 }
@@ -233,6 +236,10 @@ pub const LOGICAL_AND: OpDef =
 pub const LOGICAL_OR: OpDef =
     OpDef { name: "logical_or", since: Opset::Ios15, params: LOGICAL, infer: infer_compare, eval: eval_logical_or };
 
+/// `logical_xor`: x ⊕ y on bools, broadcast.
+pub const LOGICAL_XOR: OpDef =
+    OpDef { name: "logical_xor", since: Opset::Ios15, params: LOGICAL, infer: infer_compare, eval: eval_logical_xor };
+
 /// `logical_not`: ¬x on bools.
 pub const LOGICAL_NOT: OpDef = OpDef {
     name: "logical_not",
@@ -283,6 +290,12 @@ fn eval_cos(a: &EvalArgs) -> Eval {
 }
 fn eval_floor(a: &EvalArgs) -> Eval {
     map_float(a, f32::floor)
+}
+fn eval_atan(a: &EvalArgs) -> Eval {
+    map_float(a, |v| wide(v, f64::atan))
+}
+fn eval_ceil(a: &EvalArgs) -> Eval {
+    map_float(a, f32::ceil)
 }
 /// numpy `round`: halves go to the even neighbour (0.5 → 0, 1.5 → 2).
 fn eval_round(a: &EvalArgs) -> Eval {
@@ -344,6 +357,12 @@ pub const COS: OpDef =
 /// `floor`: largest integer ≤ x.
 pub const FLOOR: OpDef =
     OpDef { name: "floor", since: Opset::Ios15, params: UNARY_FLOAT, infer: infer_same, eval: eval_floor };
+/// `atan`: inverse tangent, in (−π/2, π/2).
+pub const ATAN: OpDef =
+    OpDef { name: "atan", since: Opset::Ios15, params: UNARY_FLOAT, infer: infer_same, eval: eval_atan };
+/// `ceil`: smallest integer ≥ x.
+pub const CEIL: OpDef =
+    OpDef { name: "ceil", since: Opset::Ios15, params: UNARY_FLOAT, infer: infer_same, eval: eval_ceil };
 /// `round`: nearest integer, halves to even.
 pub const ROUND: OpDef =
     OpDef { name: "round", since: Opset::Ios15, params: UNARY_FLOAT, infer: infer_same, eval: eval_round };
@@ -447,6 +466,62 @@ pub const LEAKY_RELU: OpDef = OpDef {
 fn eval_leaky_relu(a: &EvalArgs) -> Eval {
     let alpha = a.float_or("alpha", 0.0)?;
     map_float(a, |v| if v < 0.0 { v * alpha } else { v })
+}
+
+/// `elu`: x where x > 0, else alpha·(eˣ − 1).
+pub const ELU: OpDef = OpDef {
+    name: "elu",
+    since: Opset::Ios15,
+    params: &[Param::t("x", FLOAT), Param::t("alpha", FLOAT).konst()],
+    infer: infer_same,
+    eval: eval_elu,
+};
+
+fn eval_elu(a: &EvalArgs) -> Eval {
+    let alpha = f64::from(a.float_or("alpha", 1.0)?);
+    map_float(a, |v| if v > 0.0 { v } else { (alpha * f64::from(v).exp_m1()) as f32 })
+}
+
+/// `prelu`: x where x > 0, else alpha[c]·x, c the channel (axis 1) of a rank-3 to 5 `x`;
+/// `alpha` has one value per channel, all equal unless `x` has rank 4 (coremltools' rule).
+pub const PRELU: OpDef = OpDef {
+    name: "prelu",
+    since: Opset::Ios15,
+    params: &[Param::t("x", FLOAT), Param::t("alpha", FLOAT).konst()],
+    infer: infer_prelu,
+    eval: eval_prelu,
+};
+
+fn infer_prelu(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let (x, alpha) = (a.tensor("x")?, a.tensor("alpha")?);
+    if !(3..=5).contains(&x.rank()) {
+        return Err(a.invalid(format!("x must be rank 3 to 5, got {x}")));
+    }
+    if alpha.rank() != 1 || (alpha.shape[0] != x.shape[1] && x.shape[1] != crate::mil::types::Dim::Unknown) {
+        return Err(a.invalid(format!("alpha {alpha} must be [C], C the size of x's axis 1 ({x})")));
+    }
+    if x.rank() != 4 {
+        let v = a.value("alpha").and_then(|t| t.to_f32_vec()).unwrap_or_default();
+        if v.iter().any(|&e| e != v[0]) {
+            return Err(a.invalid(format!("per-channel alpha needs a rank-4 x, got {x}")));
+        }
+    }
+    Ok(vec![x.clone()])
+}
+
+fn eval_prelu(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let (v, alpha) = (a.floats("x")?, a.floats("alpha")?);
+    let (channels, inner) = (x.shape.get(1).copied().unwrap_or(0), x.shape.iter().skip(2).product::<usize>());
+    if alpha.len() != channels || x.shape.len() < 2 {
+        return Err(a.shape_error("alpha must have one value per channel of x"));
+    }
+    let out = v
+        .iter()
+        .enumerate()
+        .map(|(i, &e)| if e > 0.0 || e.is_nan() { e } else { e * alpha[(i / inner.max(1)) % channels] })
+        .collect();
+    Ok(vec![Array::float(x.dtype, x.shape.clone(), out)])
 }
 
 /// `sigmoid_hard`: min(max(alpha·x + beta, 0), 1); coremltools writes hardsigmoid/hardswish with it.
@@ -632,7 +707,7 @@ mod tests {
 }
 
 /// The ops of this family that act on each element on its own (numpy broadcasting among their
-/// tensor inputs, no axis parameter): every op here but `softmax`. Passes use it to know an op
+/// tensor inputs, no axis parameter): every op here but `softmax` and `prelu` (per channel). Passes use it to know an op
 /// commutes with any change of layout (`passes::split_heads`, `passes::ane_layout`).
 pub const POINTWISE: &[&OpDef] = &[
     &ADD, &SUB, &MUL, &REAL_DIV, &FLOOR_DIV, &POW, &MAXIMUM, &MINIMUM, &EQUAL, &NOT_EQUAL, &LESS, &LESS_EQUAL,

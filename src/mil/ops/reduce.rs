@@ -1,7 +1,9 @@
 //! Reductions: `reduce_mean`, `reduce_sum`, `reduce_max`, `reduce_min`, `reduce_prod`,
-//! `reduce_argmax`. Semantics: coremltools `defs/iOS15/reduction.py` (axes default to all;
-//! `keep_dims` keeps size-1 axes; argmax takes one `axis`, default −1, and returns int32).
-//! Float sums and means accumulate in f64.
+//! `reduce_l1_norm`, `reduce_l2_norm`, `reduce_sum_square`, `reduce_log_sum_exp`,
+//! `reduce_argmax`, `reduce_argmin`. Semantics: coremltools `defs/iOS15/reduction.py` (axes
+//! default to all; `keep_dims` keeps size-1 axes; argmax/argmin take one `axis`, default −1,
+//! and return int32). Float sums and means accumulate in f64; the norms and log-sum-exp are
+//! computed in f64 and rounded once (on int32 input, truncated like numpy's `astype(int32)`).
 
 use super::{Array, Data, EvalArgs, EvalError, OpArgs, OpDef, Param, TypeError, BOOL, INT32, NUMERIC};
 use crate::mil::types::{DType, Dim, TensorType};
@@ -31,6 +33,29 @@ pub const REDUCE_MIN: OpDef =
 /// `reduce_prod`: product over `axes`.
 pub const REDUCE_PROD: OpDef =
     OpDef { name: "reduce_prod", since: Opset::Ios15, params: REDUCE, infer: infer_reduce, eval: eval_reduce_prod };
+
+/// `reduce_l1_norm`: Σ|x| over `axes`.
+pub const REDUCE_L1_NORM: OpDef =
+    OpDef { name: "reduce_l1_norm", since: Opset::Ios15, params: REDUCE, infer: infer_reduce, eval: eval_reduce_l1_norm };
+/// `reduce_l2_norm`: √Σx² over `axes`.
+pub const REDUCE_L2_NORM: OpDef =
+    OpDef { name: "reduce_l2_norm", since: Opset::Ios15, params: REDUCE, infer: infer_reduce, eval: eval_reduce_l2_norm };
+/// `reduce_sum_square`: Σx² over `axes`.
+pub const REDUCE_SUM_SQUARE: OpDef = OpDef {
+    name: "reduce_sum_square",
+    since: Opset::Ios15,
+    params: REDUCE,
+    infer: infer_reduce,
+    eval: eval_reduce_sum_square,
+};
+/// `reduce_log_sum_exp`: ln Σeˣ over `axes`, computed as m + ln Σe^(x−m) with m the maximum.
+pub const REDUCE_LOG_SUM_EXP: OpDef = OpDef {
+    name: "reduce_log_sum_exp",
+    since: Opset::Ios15,
+    params: REDUCE,
+    infer: infer_reduce,
+    eval: eval_reduce_log_sum_exp,
+};
 
 fn infer_reduce(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     let x = a.tensor("x")?;
@@ -105,17 +130,83 @@ fn eval_reduce_prod(a: &EvalArgs) -> Eval {
     reduce(a, 1.0, |s, v| s * v, 1, i64::wrapping_mul, false)
 }
 
+/// `x`, its values in f64, the reduced axes and the output shape.
+type WideInput<'a> = (&'a Array, Vec<f64>, Vec<usize>, Vec<usize>);
+
+/// `x` (float or int32) widened to f64 with its shape, the reduced `axes` and the output shape.
+fn wide_input<'a>(a: &EvalArgs<'a>) -> Result<WideInput<'a>, EvalError> {
+    let x = a.array("x")?;
+    let wide: Vec<f64> = match &x.data {
+        Data::F32(v) => v.iter().map(|&e| f64::from(e)).collect(),
+        Data::I32(v) => v.iter().map(|&e| f64::from(e)).collect(),
+        _ => return Err(a.invalid(format!("cannot reduce {} values", x.dtype))),
+    };
+    let axes = a.axes(a.ints("axes")?, x.shape.len())?;
+    let shape = numeric::reduce::reduced_shape(&x.shape, &axes, a.bool_or("keep_dims", false)?);
+    Ok((x, wide, axes, shape))
+}
+
+/// One reduced value per cell in f64, back in `x`'s dtype (int32 truncates toward zero).
+fn narrowed(x: &Array, shape: Vec<usize>, out: Vec<f64>) -> Eval {
+    Ok(vec![match x.data {
+        Data::I32(_) => Array::int(shape, out.into_iter().map(|v| v as i32).collect()),
+        _ => Array::float(x.dtype, shape, out.into_iter().map(|v| v as f32).collect()),
+    }])
+}
+
+/// Σ pre(x) over the axes, then `post` of each sum, all in f64.
+fn reduce_mapped(a: &EvalArgs, pre: fn(f64) -> f64, post: fn(f64) -> f64) -> Eval {
+    let (x, wide, axes, shape) = wide_input(a)?;
+    let mapped: Vec<f64> = wide.into_iter().map(pre).collect();
+    let sums = numeric::reduce::fold(&mapped, &x.shape, &axes, 0.0, |s, v| s + v);
+    narrowed(x, shape, sums.into_iter().map(post).collect())
+}
+
+fn eval_reduce_l1_norm(a: &EvalArgs) -> Eval {
+    reduce_mapped(a, f64::abs, |s| s)
+}
+fn eval_reduce_l2_norm(a: &EvalArgs) -> Eval {
+    reduce_mapped(a, |v| v * v, f64::sqrt)
+}
+fn eval_reduce_sum_square(a: &EvalArgs) -> Eval {
+    reduce_mapped(a, |v| v * v, |s| s)
+}
+
+/// m + ln Σe^(x−m) per cell, m the cell's maximum; a cell whose maximum is infinite (or NaN)
+/// gives that maximum, as torch's `logsumexp` does.
+fn eval_reduce_log_sum_exp(a: &EvalArgs) -> Eval {
+    let (x, wide, axes, shape) = wide_input(a)?;
+    let max = numeric::reduce::fold(&wide, &x.shape, &axes, f64::NEG_INFINITY, nan_max);
+    let mut sums = vec![0.0f64; max.len()];
+    for (&v, c) in wide.iter().zip(numeric::reduce::cell_of(&x.shape, &axes)) {
+        sums[c] += (v - max[c]).exp();
+    }
+    let out = max.iter().zip(sums).map(|(&m, s)| if m.is_finite() { m + s.ln() } else { m }).collect();
+    narrowed(x, shape, out)
+}
+
+const REDUCE_AXIS: &[Param] = &[
+    Param::new("x", NUMERIC),
+    Param::new("axis", INT32).konst().optional(),
+    Param::new("keep_dims", BOOL).konst().optional(),
+];
+
 /// `reduce_argmax`: index (int32) of the first maximum along `axis` (default −1).
 pub const REDUCE_ARGMAX: OpDef = OpDef {
     name: "reduce_argmax",
     since: Opset::Ios15,
-    params: &[
-        Param::new("x", NUMERIC),
-        Param::new("axis", INT32).konst().optional(),
-        Param::new("keep_dims", BOOL).konst().optional(),
-    ],
+    params: REDUCE_AXIS,
     infer: infer_argmax,
     eval: eval_argmax,
+};
+
+/// `reduce_argmin`: index (int32) of the first minimum along `axis` (default −1).
+pub const REDUCE_ARGMIN: OpDef = OpDef {
+    name: "reduce_argmin",
+    since: Opset::Ios15,
+    params: REDUCE_AXIS,
+    infer: infer_argmax,
+    eval: eval_argmin,
 };
 
 fn infer_argmax(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
@@ -132,15 +223,25 @@ fn infer_argmax(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
 }
 
 fn eval_argmax(a: &EvalArgs) -> Eval {
+    arg_extreme(a, false)
+}
+fn eval_argmin(a: &EvalArgs) -> Eval {
+    arg_extreme(a, true)
+}
+
+/// Index of the first maximum (`want_min`: minimum) along `axis`.
+fn arg_extreme(a: &EvalArgs, want_min: bool) -> Eval {
     let x = a.array("x")?;
     let axis = a.axis(a.int_or("axis", -1)?, x.shape.len())?;
     let out = match &x.data {
-        // NaN compares false both ways; numpy picks the first NaN, torch too: treat NaN as +inf.
+        // NaN compares false both ways; numpy picks the first NaN, torch too: treat NaN as the
+        // extreme sought (+inf for argmax, −inf for argmin).
         Data::F32(v) => {
-            let keyed: Vec<f32> = v.iter().map(|&e| if e.is_nan() { f32::INFINITY } else { e }).collect();
-            numeric::reduce::argmax(&keyed, &x.shape, axis, false)
+            let nan = if want_min { f32::NEG_INFINITY } else { f32::INFINITY };
+            let keyed: Vec<f32> = v.iter().map(|&e| if e.is_nan() { nan } else { e }).collect();
+            numeric::reduce::argmax(&keyed, &x.shape, axis, want_min)
         }
-        Data::I32(v) => numeric::reduce::argmax(v, &x.shape, axis, false),
+        Data::I32(v) => numeric::reduce::argmax(v, &x.shape, axis, want_min),
         _ => return Err(a.invalid(format!("cannot argmax {} values", x.dtype))),
     };
     let shape = numeric::reduce::reduced_shape(&x.shape, &[axis], a.bool_or("keep_dims", false)?);

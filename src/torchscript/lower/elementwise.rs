@@ -10,7 +10,7 @@ use crate::mil::{DType, Tensor};
 const SCALAR_TYPE_F16: i64 = 5;
 const SCALAR_TYPE_F32: i64 = 6;
 const SCALAR_TYPE_F64: i64 = 7;
-const SCALAR_TYPE_I32: i64 = 3;
+pub(super) const SCALAR_TYPE_I32: i64 = 3;
 const SCALAR_TYPE_I64: i64 = 4;
 const SCALAR_TYPE_BOOL: i64 = 11;
 
@@ -34,7 +34,9 @@ fn scalar_of(l: &Lower, v: &Value) -> Option<(f64, bool)> {
     }
 }
 
-fn binary(l: &mut Lower, x: &Value, y: &Value, def: &'static OpDef, fold: fn(f64, f64) -> f64) -> Result<Value, String> {
+/// `x ∘ y` through the MIL binary op `def`, scalars broadcast as consts of the tensor's dtype;
+/// `fold` computes it when both sides are numbers known at conversion.
+pub(super) fn binary(l: &mut Lower, x: &Value, y: &Value, def: &'static OpDef, fold: fn(f64, f64) -> f64) -> Result<Value, String> {
     if let (Some((a, ai)), Some((b, bi))) = (scalar_of(l, x), scalar_of(l, y)) {
         let r = fold(a, b);
         return Ok(if ai && bi && def.name != "real_div" { Value::Int(r as i64) } else { Value::Float(r) });
@@ -117,7 +119,8 @@ pub fn neg(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     binary(l, &a[0], &Value::Int(-1), &ew::MUL, |p, q| p * q)
 }
 
-fn unary(l: &mut Lower, x: &Value, def: &'static OpDef) -> Result<Value, String> {
+/// The MIL unary op `def` on a tensor.
+pub(super) fn unary(l: &mut Lower, x: &Value, def: &'static OpDef) -> Result<Value, String> {
     let x = l.tensor(x)?;
     Ok(Value::Tensor(l.op(def).arg("x", &x).build1().map_err(|e| e.to_string())?))
 }
@@ -242,12 +245,12 @@ pub fn log(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     unary(l, &a[0], &ew::LOG)
 }
 
-/// Two-argument `aten::min(self, other)` → `minimum`.
+/// `aten::minimum(self, other)` (and the two-tensor `aten::min`) → `minimum`.
 pub fn minimum(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     binary(l, &a[0], &a[1], &ew::MINIMUM, f64::min)
 }
 
-/// Two-argument `aten::max(self, other)` → `maximum`.
+/// `aten::maximum(self, other)` (and the two-tensor `aten::max`) → `maximum`.
 pub fn maximum(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     binary(l, &a[0], &a[1], &ew::MAXIMUM, f64::max)
 }
@@ -367,8 +370,411 @@ pub fn cos(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     unary(l, &a[0], &ew::COS)
 }
 
+/// Above this `threshold`, torch's `softplus` returns x itself; MIL's softplus differs from x there
+/// by ln(1 + e^−βx)/β < e^−20 ≈ 2·10⁻⁹, below fp32's resolution of any x > 20/β, so the
+/// select that reproduces the switch is left out (20 is torch's default).
+const SOFTPLUS_THRESHOLD_NEGLIGIBLE: f64 = 20.0;
+/// SELU's α (Klambauer et al. 2017, the value torch's `selu` uses).
+const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
+/// SELU's λ, the output scale (same source).
+const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
+
+fn built(r: Result<crate::mil::builder::Var, crate::mil::ops::TypeError>) -> Result<Value, String> {
+    r.map(Value::Tensor).map_err(|e| e.to_string())
+}
+
+fn mul_by(l: &mut Lower, x: &Value, k: f64) -> Result<Value, String> {
+    binary(l, x, &Value::Float(k), &ew::MUL, |p, q| p * q)
+}
+
+fn add_to(l: &mut Lower, x: &Value, k: f64) -> Result<Value, String> {
+    binary(l, x, &Value::Float(k), &ew::ADD, |p, q| p + q)
+}
+
+/// `aten::clamp(self, min, max)` and `aten::clip`: number bounds on a float tensor → `clip`;
+/// one bound, or tensor bounds → `maximum` then `minimum` (torch's order: max wins when min > max).
+pub fn clamp(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let (lo, hi) = (&a[1], &a[2]);
+    if *lo == Value::None && *hi == Value::None {
+        return Err("aten::clamp with neither min nor max: pass at least one bound".into());
+    }
+    let number = |v: &Value| matches!(v, Value::Int(_) | Value::Float(_));
+    if let Value::Tensor(x) = &a[0] {
+        let dt = l.ty(x)?.dtype;
+        if dt.is_float() && number(lo) && number(hi) {
+            let (p, q) = (float(lo)? as f32, float(hi)? as f32);
+            let op = l.op(&ew::CLIP).arg("x", x).konst("alpha", Tensor::float_scalar(dt, p)).konst("beta", Tensor::float_scalar(dt, q));
+            return built(op.build1());
+        }
+    }
+    let mut y = a[0].clone();
+    if *lo != Value::None {
+        y = binary(l, &y, lo, &ew::MAXIMUM, f64::max)?;
+    }
+    if *hi != Value::None {
+        y = binary(l, &y, hi, &ew::MINIMUM, f64::min)?;
+    }
+    Ok(y)
+}
+
+/// `aten::clamp_min(self, min)` → `maximum`.
+pub fn clamp_min(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    clamp(l, &[a[0].clone(), a[1].clone(), Value::None])
+}
+
+/// `aten::clamp_max(self, max)` → `minimum`.
+pub fn clamp_max(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    clamp(l, &[a[0].clone(), Value::None, a[1].clone()])
+}
+
+fn leaky(l: &mut Lower, x: &Value, slope: f64) -> Result<Value, String> {
+    let x = l.tensor(x)?;
+    let dt = l.ty(&x)?.dtype;
+    built(l.op(&ew::LEAKY_RELU).arg("x", &x).konst("alpha", Tensor::float_scalar(dt, slope as f32)).build1())
+}
+
+/// `aten::leaky_relu(self, negative_slope)` → `leaky_relu`.
+pub fn leaky_relu(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    leaky(l, &a[0], float(&a[1])?)
+}
+
+/// `aten::rrelu(self, lower, upper, training, generator)` at inference: a leaky ReLU with slope
+/// (lower + upper)/2, as torch evaluates it.
+pub fn rrelu(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if a[3] == Value::Bool(true) {
+        return Err("aten::rrelu in training mode (random slopes): call model.eval() before tracing".into());
+    }
+    leaky(l, &a[0], (float(&a[1])? + float(&a[2])?) / 2.0)
+}
+
+/// `aten::prelu(self, weight)`: one weight → `leaky_relu`; a weight per channel (axis 1) →
+/// MIL `prelu` on a rank-4 input, else relu(x) + w·min(x, 0) with w along axis 1.
+pub fn prelu(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let (x, w) = (l.tensor(&a[0])?, l.tensor(&a[1])?);
+    let weights = l
+        .b
+        .value(&w)
+        .and_then(|t| t.to_f32_vec())
+        .ok_or("aten::prelu with a computed weight is not supported; only a parameter weight")?;
+    if let [slope] = weights[..] {
+        return leaky(l, &a[0], f64::from(slope));
+    }
+    let shape = l.shape(&x)?;
+    let c = weights.len();
+    if shape.get(1) != Some(&c) {
+        return Err(format!("aten::prelu: {c} weights for an input of shape {}", super::dims_shown(&shape)));
+    }
+    let hint = format!("{}_weight", l.hint);
+    if shape.len() == 4 {
+        let alpha = l.weight(&hint, &Tensor::from_f32(&[c], &weights))?;
+        return built(l.op(&ew::PRELU).arg("x", &x).arg("alpha", &alpha).build1());
+    }
+    let mut along: Vec<usize> = vec![1; shape.len() - 1];
+    along[0] = c;
+    let alpha = l.weight(&hint, &Tensor::from_f32(&along, &weights))?;
+    let pos = unary(l, &a[0], &ew::RELU)?;
+    let neg = binary(l, &a[0], &Value::Float(0.0), &ew::MINIMUM, f64::min)?;
+    let scaled = binary(l, &neg, &Value::Tensor(alpha), &ew::MUL, |p, q| p * q)?;
+    binary(l, &pos, &scaled, &ew::ADD, |p, q| p + q)
+}
+
+/// scale·(x if x > 0 else α·(e^(s·x) − 1)) as (scale/s)·elu(s·x, α·s), torch's `elu` with
+/// `input_scale` s.
+fn elu_scaled(l: &mut Lower, x: &Value, alpha: f64, scale: f64, input_scale: f64) -> Result<Value, String> {
+    if input_scale <= 0.0 {
+        return Err(format!("elu with input_scale {input_scale} is not supported (must be positive)"));
+    }
+    let inner = if input_scale == 1.0 { x.clone() } else { mul_by(l, x, input_scale)? };
+    let t = l.tensor(&inner)?;
+    let dt = l.ty(&t)?.dtype;
+    let y = built(l.op(&ew::ELU).arg("x", &t).konst("alpha", Tensor::float_scalar(dt, (alpha * input_scale) as f32)).build1())?;
+    let outer = scale / input_scale;
+    if outer == 1.0 {
+        Ok(y)
+    } else {
+        mul_by(l, &y, outer)
+    }
+}
+
+/// `aten::elu(self, alpha, scale, input_scale)` → `elu`.
+pub fn elu(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    elu_scaled(l, &a[0], float(&a[1])?, float(&a[2])?, float(&a[3])?)
+}
+
+/// `aten::selu(self)` = λ·elu(x, α).
+pub fn selu(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    elu_scaled(l, &a[0], SELU_ALPHA, SELU_SCALE, 1.0)
+}
+
+/// `aten::celu(self, alpha)` = elu with input scale 1/α.
+pub fn celu(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let alpha = float(&a[1])?;
+    if alpha == 0.0 {
+        return Err("aten::celu with alpha 0 is undefined".into());
+    }
+    elu_scaled(l, &a[0], alpha, 1.0, 1.0 / alpha)
+}
+
+/// `aten::softplus(self, beta, threshold)` = softplus(β·x)/β, and x itself where β·x > threshold
+/// (see [`SOFTPLUS_THRESHOLD_NEGLIGIBLE`]).
+pub fn softplus(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let (beta, threshold) = (float(&a[1])?, float(&a[2])?);
+    if beta == 0.0 {
+        return Err("aten::softplus with beta 0 is undefined".into());
+    }
+    let scaled = if beta == 1.0 { a[0].clone() } else { mul_by(l, &a[0], beta)? };
+    let sp = unary(l, &scaled, &ew::SOFTPLUS)?;
+    let sp = if beta == 1.0 { sp } else { mul_by(l, &sp, 1.0 / beta)? };
+    if threshold >= SOFTPLUS_THRESHOLD_NEGLIGIBLE {
+        return Ok(sp);
+    }
+    let above = gt(l, &[scaled, Value::Float(threshold)])?;
+    where_(l, &[above, a[0].clone(), sp])
+}
+
+/// `aten::mish(self)` = x·tanh(softplus(x)).
+pub fn mish(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let sp = unary(l, &a[0], &ew::SOFTPLUS)?;
+    let t = unary(l, &sp, &ew::TANH)?;
+    binary(l, &a[0], &t, &ew::MUL, |p, q| p * q)
+}
+
+/// `aten::log_sigmoid(self)` = −softplus(−x).
+pub fn log_sigmoid(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let negated = mul_by(l, &a[0], -1.0)?;
+    let sp = unary(l, &negated, &ew::SOFTPLUS)?;
+    mul_by(l, &sp, -1.0)
+}
+
+/// `aten::relu6(self)` = clip(x, 0, 6).
+pub fn relu6(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    hardtanh(l, &[a[0].clone(), Value::Float(0.0), Value::Float(6.0)])
+}
+
+/// `aten::hardshrink(self, lambd)` = x where |x| > λ, else 0.
+pub fn hardshrink(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let abs = unary(l, &a[0], &ew::ABS)?;
+    let keep = gt(l, &[abs, a[1].clone()])?;
+    where_(l, &[keep, a[0].clone(), Value::Float(0.0)])
+}
+
+/// `aten::softshrink(self, lambd)` = x − clip(x, −λ, λ).
+pub fn softshrink(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let lambd = float(&a[1])?;
+    let clipped = hardtanh(l, &[a[0].clone(), Value::Float(-lambd), Value::Float(lambd)])?;
+    binary(l, &a[0], &clipped, &ew::SUB, |p, q| p - q)
+}
+
+/// `aten::threshold(self, threshold, value)` = x where x > threshold, else value
+/// (`thresholded_relu` when value is 0).
+pub fn threshold(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let (th, value) = (float(&a[1])?, float(&a[2])?);
+    if value == 0.0 {
+        let x = l.tensor(&a[0])?;
+        let dt = l.ty(&x)?.dtype;
+        return built(l.op(&ew::THRESHOLDED_RELU).arg("x", &x).konst("alpha", Tensor::float_scalar(dt, th as f32)).build1());
+    }
+    let above = gt(l, &[a[0].clone(), Value::Float(th)])?;
+    where_(l, &[above, a[0].clone(), Value::Float(value)])
+}
+
+/// `aten::glu(self, dim)` = a·sigmoid(b), a and b the two halves of `dim`.
+pub fn glu(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let shape = l.shape(&x)?;
+    let axis = super::dim(int(&a[1])?, shape.len())?;
+    if !shape[axis].is_multiple_of(2) {
+        return Err(format!("aten::glu halves dim {axis} of shape {}, which is odd", super::dims_shown(&shape)));
+    }
+    let op = l.op(&crate::mil::ops::shape::SPLIT).arg("x", &x).konst("num_splits", Tensor::i32_scalar(2)).konst("axis", Tensor::i32_scalar(super::i32_of(axis as i64)?));
+    let halves = op.build().map_err(|e| e.to_string())?;
+    let gate = unary(l, &Value::Tensor(halves[1].clone()), &ew::SIGMOID)?;
+    binary(l, &Value::Tensor(halves[0].clone()), &gate, &ew::MUL, |p, q| p * q)
+}
+
+/// `aten::reciprocal(self)` = 1/x (integer tensors become float, as in torch).
+pub fn reciprocal(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = to_float(l, &a[0])?;
+    binary(l, &Value::Float(1.0), &x, &ew::REAL_DIV, |p, q| p / q)
+}
+
+/// `aten::square(self)` → `square`.
+pub fn square(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if let Some((v, int)) = scalar_of(l, &a[0]) {
+        return Ok(if int { Value::Int((v * v) as i64) } else { Value::Float(v * v) });
+    }
+    unary(l, &a[0], &ew::SQUARE)
+}
+
+/// `aten::log1p(self)` = ln(x + 1).
+pub fn log1p(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = to_float(l, &a[0])?;
+    let shifted = add_to(l, &x, 1.0)?;
+    unary(l, &shifted, &ew::LOG)
+}
+
+/// `aten::expm1(self)` = eˣ − 1.
+pub fn expm1(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = to_float(l, &a[0])?;
+    let e = unary(l, &x, &ew::EXP)?;
+    add_to(l, &e, -1.0)
+}
+
+/// A rounding op on floats; integer tensors are already whole and pass through.
+fn rounding(l: &mut Lower, x: &Value, def: &'static OpDef, fold: fn(f64) -> f64) -> Result<Value, String> {
+    if let Some((v, int)) = scalar_of(l, x) {
+        return Ok(if int { Value::Int(v as i64) } else { Value::Float(fold(v)) });
+    }
+    let t = l.tensor(x)?;
+    if !l.ty(&t)?.dtype.is_float() {
+        return Ok(x.clone());
+    }
+    unary(l, x, def)
+}
+
+/// `aten::floor(self)` → `floor`.
+pub fn floor(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    rounding(l, &a[0], &ew::FLOOR, f64::floor)
+}
+
+/// `aten::ceil(self)` → `ceil`.
+pub fn ceil(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    rounding(l, &a[0], &ew::CEIL, f64::ceil)
+}
+
+/// `aten::round(self, decimals)` → `round` (halves to even, as torch), scaled by 10^decimals.
+pub fn round(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let decimals = int(&a[1])?;
+    if decimals == 0 {
+        return rounding(l, &a[0], &ew::ROUND, f64::round_ties_even);
+    }
+    let k = 10f64.powi(i32::try_from(decimals).map_err(|_| format!("aten::round with {decimals} decimals"))?);
+    let up = mul_by(l, &a[0], k)?;
+    let r = rounding(l, &up, &ew::ROUND, f64::round_ties_even)?;
+    mul_by(l, &r, 1.0 / k)
+}
+
+/// `aten::trunc(self)` = sign(x)·floor(|x|).
+pub fn trunc(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if let Some((v, int)) = scalar_of(l, &a[0]) {
+        return Ok(if int { Value::Int(v as i64) } else { Value::Float(v.trunc()) });
+    }
+    let t = l.tensor(&a[0])?;
+    if !l.ty(&t)?.dtype.is_float() {
+        return Ok(a[0].clone());
+    }
+    let sign = unary(l, &a[0], &ew::SIGN)?;
+    let abs = unary(l, &a[0], &ew::ABS)?;
+    let whole = unary(l, &abs, &ew::FLOOR)?;
+    binary(l, &sign, &whole, &ew::MUL, |p, q| p * q)
+}
+
+/// `aten::sign(self)` → `sign`.
+pub fn sign(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    unary(l, &a[0], &ew::SIGN)
+}
+
+/// `aten::remainder(self, other)` = x − ⌊x/y⌋·y (the sign of the divisor, Python's `%`).
+pub fn remainder(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let q = binary(l, &a[0], &a[1], &ew::FLOOR_DIV, |p, q| (p / q).floor())?;
+    let back = binary(l, &q, &a[1], &ew::MUL, |p, q| p * q)?;
+    binary(l, &a[0], &back, &ew::SUB, |p, q| p - q)
+}
+
+/// `aten::fmod(self, other)` = x − trunc(x/y)·y (the sign of the dividend, C's `fmod`).
+pub fn fmod(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    // int32 `real_div` already truncates toward zero; float quotients are truncated here.
+    let q = binary(l, &a[0], &a[1], &ew::REAL_DIV, |p, q| (p / q).trunc())?;
+    let q = trunc(l, &[q])?;
+    let back = binary(l, &q, &a[1], &ew::MUL, |p, q| p * q)?;
+    binary(l, &a[0], &back, &ew::SUB, |p, q| p - q)
+}
+
+/// `aten::atan(self)` → `atan`.
+pub fn atan(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = to_float(l, &a[0])?;
+    unary(l, &x, &ew::ATAN)
+}
+
+/// `aten::atan2(self, other)`: the angle of the point (other, self) = atan(self/other), shifted
+/// by +π (self ≥ 0) or −π (self < 0) where other < 0; 0 at the origin, as torch gives.
+pub fn atan2(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if let (Some((y, _)), Some((x, _))) = (scalar_of(l, &a[0]), scalar_of(l, &a[1])) {
+        return Ok(Value::Float(y.atan2(x)));
+    }
+    let (y, x) = (to_float(l, &a[0])?, to_float(l, &a[1])?);
+    let pi = std::f64::consts::PI;
+    // At the origin y/x is 0/0: divide by 1 there instead (atan(0) = 0, no shift).
+    let (x_zero, y_zero) = (eq(l, &[x.clone(), Value::Float(0.0)])?, eq(l, &[y.clone(), Value::Float(0.0)])?);
+    let origin = logical(l, &[x_zero, y_zero], &ew::LOGICAL_AND, |p, q| p && q)?;
+    let divisor = where_(l, &[origin, Value::Float(1.0), x.clone()])?;
+    let ratio = binary(l, &y, &divisor, &ew::REAL_DIV, |p, q| p / q)?;
+    let base = unary(l, &ratio, &ew::ATAN)?;
+    let y_nonneg = ge(l, &[y, Value::Float(0.0)])?;
+    let half_turn = where_(l, &[y_nonneg, Value::Float(pi), Value::Float(-pi)])?;
+    let x_neg = lt(l, &[x, Value::Float(0.0)])?;
+    let shift = where_(l, &[x_neg, half_turn, Value::Float(0.0)])?;
+    binary(l, &base, &shift, &ew::ADD, |p, q| p + q)
+}
+
+/// A value as a bool mask: bool tensors as they are, others `!= 0` (torch's truthiness).
+fn as_bool(l: &mut Lower, v: &Value) -> Result<Value, String> {
+    match v {
+        Value::Tensor(t) if l.ty(t)?.dtype != DType::Bool => to(l, &[v.clone(), Value::Int(SCALAR_TYPE_BOOL)]),
+        Value::Int(i) => Ok(Value::Bool(*i != 0)),
+        Value::Float(x) => Ok(Value::Bool(*x != 0.0)),
+        _ => Ok(v.clone()),
+    }
+}
+
+/// `aten::logical_not(self)` → `logical_not` (numbers count as true when non-zero).
+pub fn logical_not(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    match as_bool(l, &a[0])? {
+        Value::Bool(b) => Ok(Value::Bool(!b)),
+        v => unary(l, &v, &ew::LOGICAL_NOT),
+    }
+}
+
+/// `aten::logical_and(self, other)` → `logical_and`.
+pub fn logical_and(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let (x, y) = (as_bool(l, &a[0])?, as_bool(l, &a[1])?);
+    logical(l, &[x, y], &ew::LOGICAL_AND, |x, y| x && y)
+}
+
+/// `aten::logical_or(self, other)` → `logical_or`.
+pub fn logical_or(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let (x, y) = (as_bool(l, &a[0])?, as_bool(l, &a[1])?);
+    logical(l, &[x, y], &ew::LOGICAL_OR, |x, y| x || y)
+}
+
+/// `aten::logical_xor(self, other)` → `logical_xor`.
+pub fn logical_xor(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let (x, y) = (as_bool(l, &a[0])?, as_bool(l, &a[1])?);
+    logical(l, &[x, y], &ew::LOGICAL_XOR, |x, y| x != y)
+}
+
+/// `aten::bitwise_not(self)`: `logical_not` on a mask, −x − 1 (two's complement) on integers.
+pub fn bitwise_not(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    match &a[0] {
+        Value::Bool(b) => Ok(Value::Bool(!b)),
+        Value::Tensor(t) if l.ty(t)?.dtype == DType::Bool => unary(l, &a[0], &ew::LOGICAL_NOT),
+        Value::Tensor(t) if l.ty(t)?.dtype.is_float() => Err("aten::bitwise_not of a float tensor is not defined".into()),
+        v => {
+            let negated = binary(l, v, &Value::Int(-1), &ew::MUL, |p, q| p * q)?;
+            binary(l, &negated, &Value::Int(1), &ew::SUB, |p, q| p - q)
+        }
+    }
+}
+
+/// `aten::expand_as(self, other)`: `self` broadcast to `other`'s shape.
+pub fn expand_as(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let other = l.tensor(&a[1])?;
+    let size: Vec<Value> = l.shape(&other)?.into_iter().map(|d| Value::Int(d as i64)).collect();
+    super::shape::expand(l, &[a[0].clone(), Value::List(size), Value::Bool(false)])
+}
+
 /// An integer/bool tensor cast to the compute float dtype; other values unchanged.
-fn to_float(l: &mut Lower, v: &Value) -> Result<Value, String> {
+pub(super) fn to_float(l: &mut Lower, v: &Value) -> Result<Value, String> {
     let Value::Tensor(t) = v else { return Ok(v.clone()) };
     if l.ty(t)?.dtype.is_float() {
         return Ok(v.clone());
