@@ -7,6 +7,7 @@
 mod attention;
 mod elementwise;
 mod nn;
+mod resample;
 mod shape;
 
 use crate::mil::builder::{Builder, Var};
@@ -310,6 +311,16 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::numel", args: &[("self", R)], lower: shape::numel },
     Lowering { kind: "aten::dim", args: &[("self", R)], lower: shape::rank },
     Lowering { kind: "aten::index_select", args: &[("self", R), ("dim", R), ("index", R)], lower: shape::index_select },
+    // resampling
+    Lowering { kind: "aten::upsample_nearest2d", args: &[("input", R), ("output_size", R), ("a", NONE), ("b", NONE)], lower: resample::upsample_nearest2d },
+    Lowering { kind: "aten::_upsample_nearest_exact2d", args: &[("input", R), ("output_size", R), ("a", NONE), ("b", NONE)], lower: resample::upsample_nearest_exact2d },
+    Lowering {
+        kind: "aten::upsample_bilinear2d",
+        args: &[("input", R), ("output_size", R), ("align_corners", R), ("a", NONE), ("b", NONE)],
+        lower: resample::upsample_bilinear2d,
+    },
+    Lowering { kind: "aten::pixel_shuffle", args: &[("self", R), ("upscale_factor", R)], lower: resample::pixel_shuffle },
+    Lowering { kind: "aten::pixel_unshuffle", args: &[("self", R), ("downscale_factor", R)], lower: resample::pixel_unshuffle },
 ];
 
 /// The table entry for a call name, if we lower it. An in-place variant (`aten::add_`) lowers
