@@ -1401,9 +1401,9 @@ fn shuffled(s: [usize; 4], f: usize, unshuffle: bool) -> Option<[usize; 4]> {
     let [n, c, h, w] = s;
     let ff = f.checked_mul(f)?;
     if unshuffle {
-        (h % f == 0 && w % f == 0).then_some([n, c.checked_mul(ff)?, h / f, w / f])
+        (h.is_multiple_of(f) && w.is_multiple_of(f)).then_some([n, c.checked_mul(ff)?, h / f, w / f])
     } else {
-        (c % ff == 0).then_some([n, c / ff, h.checked_mul(f)?, w.checked_mul(f)?])
+        c.is_multiple_of(ff).then_some([n, c / ff, h.checked_mul(f)?, w.checked_mul(f)?])
     }
 }
 

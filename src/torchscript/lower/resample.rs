@@ -71,7 +71,7 @@ fn nearest(l: &mut Lower, a: &[Value], exact: bool) -> Result<Value, String> {
         return Err(format!("{op} to or from an empty size is not supported"));
     }
     // A whole factor (given or implied by the sizes) is one `upsample_nearest_neighbor`.
-    let whole = |n: usize, o: usize, f: Option<f64>| o % n == 0 && f.is_none_or(|f| f == (o / n) as f64) && !(exact && o != n);
+    let whole = |n: usize, o: usize, f: Option<f64>| o.is_multiple_of(n) && f.is_none_or(|f| f == (o / n) as f64) && !(exact && o != n);
     if l.ty(&x)?.dtype.is_float() && whole(h, out[0], f[0]) && whole(w, out[1], f[1]) {
         let op = l
             .op(&shape::UPSAMPLE_NEAREST_NEIGHBOR)
@@ -111,7 +111,7 @@ pub fn upsample_nearest_exact2d(l: &mut Lower, a: &[Value]) -> Result<Value, Str
 
 /// The scale Core ML's `upsample_bilinear` needs for `n → out` (see [`SCALE_EPSILON`]).
 fn core_ml_scale(n: usize, out: usize) -> f32 {
-    if out % n == 0 {
+    if out.is_multiple_of(n) {
         (out / n) as f32
     } else {
         ((out as f64 + SCALE_EPSILON) / n as f64) as f32

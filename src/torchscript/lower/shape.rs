@@ -464,7 +464,7 @@ const EDGE_PAD_AXES: usize = 2;
 
 /// Torch's pad list (before/after pairs from the last dim backwards) as per-axis (before, after).
 fn pad_pairs(pad: &[i64], rank: usize) -> Result<Vec<(i64, i64)>, String> {
-    if pad.len() % 2 != 0 || pad.len() / 2 > rank {
+    if !pad.len().is_multiple_of(2) || pad.len() / 2 > rank {
         return Err(format!("pad {} must hold before/after pairs for at most {rank} dims", ints_shown(pad)));
     }
     let mut pairs = vec![(0, 0); rank];
@@ -523,16 +523,14 @@ fn pad_tensor(l: &mut Lower, x: &Var, pairs: &[(i64, i64)], mode: &str, value: f
             let mil_mode = mode;
             let tail = r.saturating_sub(EDGE_PAD_AXES);
             // Axes before the last two: moved last, padded, moved back (the runtime rule above).
-            for d in 0..tail {
-                if pairs[d] == (0, 0) {
+            for (d, &pair) in pairs.iter().enumerate().take(tail) {
+                if pair == (0, 0) {
                     continue;
                 }
                 let mut perm: Vec<i32> = (0..r as i32).collect();
                 perm.swap(d, r - 1);
                 let t = var(permute_by(l, &x, &perm))?;
-                let mut one = vec![(0, 0); 1];
-                one[0] = pairs[d];
-                let p = edge_pad(l, &t, &one, mil_mode)?;
+                let p = edge_pad(l, &t, &[pair], mil_mode)?;
                 x = var(permute_by(l, &p, &perm))?;
             }
             if pairs[tail..].iter().any(|&p| p != (0, 0)) {
