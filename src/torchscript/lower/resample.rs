@@ -181,3 +181,46 @@ pub fn pixel_unshuffle(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let op = l.op(&shape::PIXEL_UNSHUFFLE).arg("x", &x).konst("downscale_factor", factor);
     Ok(Value::Tensor(op.build1().map_err(|e| e.to_string())?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mil::builder::Builder;
+    use crate::mil::{Opset, TensorType};
+
+    fn lower(opset: Opset, shape: &[usize]) -> (Lower, Value) {
+        let mut l = Lower { b: Builder::new(opset), dtype: DType::F32, hint: "out".into() };
+        let x = l.b.input("x", TensorType::new(DType::F32, shape));
+        (l, Value::Tensor(x))
+    }
+
+    fn floats(v: &[f64]) -> Value {
+        Value::List(v.iter().map(|&f| Value::Float(f)).collect())
+    }
+
+    #[test]
+    fn bilinear_refuses_a_factor_core_ml_would_sample_differently() {
+        let (mut l, x) = lower(Opset::Ios16, &[1, 2, 4, 5]);
+        let e = upsample_bilinear2d(&mut l, &[x.clone(), Value::None, Value::Bool(false), floats(&[1.5, 1.5]), Value::None]).unwrap_err();
+        assert!(e.contains("upsample_bilinear2d: scale factor 1.5 on size 5"), "{e}");
+        // The same factor with align_corners samples like torch (spacing from the sizes).
+        let y = upsample_bilinear2d(&mut l, &[x, Value::None, Value::Bool(true), floats(&[1.5, 1.5]), Value::None]).unwrap();
+        assert_eq!(l.shape(&l.tensor(&y).unwrap()).unwrap(), [1, 2, 6, 7]);
+    }
+
+    #[test]
+    fn pixel_unshuffle_names_the_op_set_it_needs() {
+        let (mut l, x) = lower(Opset::Ios15, &[1, 2, 4, 4]);
+        let e = pixel_unshuffle(&mut l, &[x, Value::Int(2)]).unwrap_err();
+        assert!(e.contains("pixel_unshuffle") && e.contains("Ios16"), "{e}");
+    }
+
+    #[test]
+    fn nearest_indices_follow_torch() {
+        // torch: F.interpolate(size=6) of 4 → [0, 0, 1, 2, 2, 3]; nearest-exact of 4 → 7 samples
+        // (i + ½)·4/7 → [0, 0, 1, 2, 2, 3, 3]; scale_factor 1.5 of 5 → ⌊i/1.5⌋.
+        assert_eq!((0..6).map(|i| nearest_index(i, 4, 6, None, false)).collect::<Vec<_>>(), [0, 0, 1, 2, 2, 3]);
+        assert_eq!((0..7).map(|i| nearest_index(i, 4, 7, None, true)).collect::<Vec<_>>(), [0, 0, 1, 2, 2, 3, 3]);
+        assert_eq!((0..7).map(|i| nearest_index(i, 5, 7, Some(1.5), false)).collect::<Vec<_>>(), [0, 0, 1, 2, 2, 3, 4]);
+    }
+}

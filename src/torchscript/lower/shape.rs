@@ -1051,3 +1051,47 @@ pub fn index_select(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let idx = int32(l, &a[2])?;
     built(l.op(&shape::GATHER).arg("x", &x).arg("indices", &idx).konst("axis", Tensor::i32_scalar(axis)).build1())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mil::builder::Builder;
+    use crate::mil::{Opset, TensorType};
+
+    fn lower(shape: &[usize]) -> (Lower, Value) {
+        let mut l = Lower { b: Builder::new(Opset::Ios16), dtype: DType::F32, hint: "out".into() };
+        let x = l.b.input("x", TensorType::new(DType::F32, shape));
+        (l, Value::Tensor(x))
+    }
+
+    fn pad_args(x: &Value, pad: &[i64], mode: &str) -> Vec<Value> {
+        vec![x.clone(), Value::List(pad.iter().map(|&p| Value::Int(p)).collect()), Value::Str(mode.into()), Value::None]
+    }
+
+    #[test]
+    fn pad_errors_name_the_mode_and_the_limit() {
+        let (mut l, x) = lower(&[1, 2, 3, 4]);
+        let e = pad(&mut l, &pad_args(&x, &[1, 1], "symmetric")).unwrap_err();
+        assert!(e.contains("mode `symmetric` is not supported"), "{e}");
+        let e = pad(&mut l, &pad_args(&x, &[4, 0], "reflect")).unwrap_err();
+        assert!(e.contains("reflect padding (4, 0) must be below the size 4"), "{e}");
+        let e = pad(&mut l, &pad_args(&x, &[-1, 0], "replicate")).unwrap_err();
+        assert!(e.contains("only supported in constant mode"), "{e}");
+        let e = pad(&mut l, &pad_args(&x, &[1, 1, 1], "constant")).unwrap_err();
+        assert!(e.contains("before/after pairs"), "{e}");
+    }
+
+    #[test]
+    fn edge_pads_outside_the_last_two_axes_are_moved_last() {
+        // Core ML rejects reflect/replicate padding before the last two axes: axis 1 is
+        // transposed last, padded, transposed back; every `pad` sees at most the last two.
+        let (mut l, x) = lower(&[1, 3, 4, 5]);
+        let y = pad(&mut l, &pad_args(&x, &[1, 1, 0, 0, 2, 1], "replicate")).unwrap();
+        assert_eq!(l.shape(&l.tensor(&y).unwrap()).unwrap(), [1, 6, 4, 7]);
+        let out = l.tensor(&y).unwrap();
+        let f = l.b.finish(&[out]);
+        let pads: Vec<_> = f.block.operations.iter().filter(|o| o.op_type == "pad").collect();
+        assert_eq!(pads.len(), 2);
+        assert_eq!(f.block.operations.iter().filter(|o| o.op_type == "transpose").count(), 2);
+    }
+}
