@@ -198,6 +198,7 @@ pub const OPS: &[&OpDef] = &[
     &shape::UPSAMPLE_BILINEAR_IOS16,
     &shape::PIXEL_SHUFFLE,
     &shape::PIXEL_UNSHUFFLE,
+    &shape::SCATTER_ALONG_AXIS,
     &shape::SLICE_UPDATE,
     &attention::SCALED_DOT_PRODUCT_ATTENTION,
     &state::READ_STATE,

@@ -1,7 +1,7 @@
 //! Ops that move data without arithmetic: `const`, `reshape`, `transpose`, `expand_dims`,
 //! `squeeze`, `concat`, `stack`, `split`, `slice_by_index`, `slice_by_size`, `gather`,
 //! `gather_along_axis`, `tile`, `pad`, `identity`, `fill`, `range_1d`, `band_part`, `cumsum`,
-//! `upsample_nearest_neighbor`, `upsample_bilinear`, `pixel_shuffle`, `pixel_unshuffle`. Semantics: coremltools `defs/iOS15/tensor_transformation.py`,
+//! `upsample_nearest_neighbor`, `upsample_bilinear`, `pixel_shuffle`, `pixel_unshuffle`, `scatter_along_axis`. Semantics: coremltools `defs/iOS15/tensor_transformation.py`,
 //! `tensor_operation.py`, `scatter_gather.py`, `image_resizing.py`, and their iOS16/iOS17
 //! revisions. Movement kernels compute an index map (numeric's layout functions applied to
 //! `0..n`) and then [`take`] it from whatever storage the tensor has.
@@ -1444,4 +1444,96 @@ fn eval_pixel_shuffle(a: &EvalArgs) -> Eval {
         }
     }
     Ok(vec![moved(x, out.to_vec(), &idx)])
+}
+
+/// Values `scatter_along_axis.mode` accepts.
+pub const SCATTER_MODES: &[&str] = &["update", "add", "sub", "mul", "div", "max", "min"];
+
+/// `scatter_along_axis` (iOS15; torch `scatter`/`scatter_add`): `data` with
+/// `out[…, indices[…, i, …], …] ∘= updates[…, i, …]` along `axis` (default 0), `∘` set by
+/// `mode` (default `add`); `indices` and `updates` share a shape that equals `data`'s off the
+/// axis. Updates apply in row-major order of `indices` (the last write wins for `update`).
+pub const SCATTER_ALONG_AXIS: OpDef = OpDef {
+    name: "scatter_along_axis",
+    since: Opset::Ios15,
+    params: &[
+        Param::t("data", NUMERIC),
+        Param::new("indices", INT32),
+        Param::t("updates", NUMERIC),
+        Param::new("axis", INT32).konst().optional(),
+        Param::new("mode", STRING).konst().optional(),
+    ],
+    infer: infer_scatter_along_axis,
+    eval: eval_scatter_along_axis,
+};
+
+fn infer_scatter_along_axis(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let (data, idx, upd) = (a.tensor("data")?, a.tensor("indices")?, a.tensor("updates")?);
+    let axis = a.axis(a.int_or("axis", 0)?, data.rank())?;
+    if let Some(m) = a.string("mode").filter(|m| !SCATTER_MODES.contains(m)) {
+        return Err(a.invalid(format!("unknown mode `{m}`")));
+    }
+    if idx.shape != upd.shape || idx.rank() != data.rank() {
+        return Err(a.invalid(format!("indices {idx} and updates {upd} must share a shape of data's rank")));
+    }
+    for i in (0..data.rank()).filter(|&i| i != axis) {
+        if let (Dim::Fixed(p), Dim::Fixed(q)) = (data.shape[i], idx.shape[i]) {
+            if p != q {
+                return Err(a.invalid(format!("indices differ from data on axis {i}")));
+            }
+        }
+    }
+    Ok(vec![data.clone()])
+}
+
+fn eval_scatter_along_axis(a: &EvalArgs) -> Eval {
+    let (data, ind, upd) = (a.array("data")?, a.array("indices")?, a.array("updates")?);
+    let indices = ind.to_i64_vec().ok_or_else(|| a.invalid("indices must be integers"))?;
+    let axis = a.axis(a.int_or("axis", 0)?, data.shape.len())?;
+    let mode = a.string("mode").unwrap_or("add");
+    let r = data.shape.len();
+    if ind.shape != upd.shape || ind.shape.len() != r || (0..r).any(|i| i != axis && ind.shape[i] != data.shape[i]) {
+        return Err(a.shape_error("indices and updates do not fit data"));
+    }
+    let (ds, is) = (numeric::strides(&data.shape), numeric::strides(&ind.shape));
+    let n = data.shape[axis] as i64;
+    let mut targets = Vec::with_capacity(indices.len());
+    for (flat, &k) in indices.iter().enumerate() {
+        let k = if k < 0 { k + n } else { k };
+        if !(0..n).contains(&k) {
+            return Err(a.invalid(format!("index {k} out of range for axis of size {n}")));
+        }
+        targets.push((0..r).map(|i| if i == axis { k as usize * ds[i] } else { (flat / is[i]) % ind.shape[i] * ds[i] }).sum::<usize>());
+    }
+    fn apply<T: Copy>(out: &mut [T], targets: &[usize], upd: &[T], f: impl Fn(T, T) -> T) {
+        for (&t, &u) in targets.iter().zip(upd) {
+            out[t] = f(out[t], u);
+        }
+    }
+    let mut out = data.clone();
+    let bad = || a.invalid(format!("unknown mode `{mode}`"));
+    match (&mut out.data, &upd.data) {
+        (Data::F32(o), Data::F32(u)) => match mode {
+            "update" => apply(o, &targets, u, |_, u| u),
+            "add" => apply(o, &targets, u, |x, u| x + u),
+            "sub" => apply(o, &targets, u, |x, u| x - u),
+            "mul" => apply(o, &targets, u, |x, u| x * u),
+            "div" => apply(o, &targets, u, |x, u| x / u),
+            "max" => apply(o, &targets, u, f32::max),
+            "min" => apply(o, &targets, u, f32::min),
+            _ => return Err(bad()),
+        },
+        (Data::I32(o), Data::I32(u)) => match mode {
+            "update" => apply(o, &targets, u, |_, u| u),
+            "add" => apply(o, &targets, u, i32::wrapping_add),
+            "sub" => apply(o, &targets, u, i32::wrapping_sub),
+            "mul" => apply(o, &targets, u, i32::wrapping_mul),
+            "div" => apply(o, &targets, u, |x, u| x.checked_div(u).unwrap_or(0)),
+            "max" => apply(o, &targets, u, i32::max),
+            "min" => apply(o, &targets, u, i32::min),
+            _ => return Err(bad()),
+        },
+        _ => return Err(a.invalid("data and updates hold different kinds of values")),
+    }
+    Ok(vec![out])
 }

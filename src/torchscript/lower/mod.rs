@@ -311,6 +311,8 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::numel", args: &[("self", R)], lower: shape::numel },
     Lowering { kind: "aten::dim", args: &[("self", R)], lower: shape::rank },
     Lowering { kind: "aten::index_select", args: &[("self", R), ("dim", R), ("index", R)], lower: shape::index_select },
+    Lowering { kind: "aten::scatter", args: &[("self", R), ("dim", R), ("index", R), ("src", R), ("reduce", NONE)], lower: shape::scatter },
+    Lowering { kind: "aten::scatter_add", args: &[("self", R), ("dim", R), ("index", R), ("src", R)], lower: shape::scatter_add },
     // resampling
     Lowering { kind: "aten::upsample_nearest2d", args: &[("input", R), ("output_size", R), ("a", NONE), ("b", NONE)], lower: resample::upsample_nearest2d },
     Lowering { kind: "aten::_upsample_nearest_exact2d", args: &[("input", R), ("output_size", R), ("a", NONE), ("b", NONE)], lower: resample::upsample_nearest_exact2d },

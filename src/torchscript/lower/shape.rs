@@ -1052,6 +1052,59 @@ pub fn index_select(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     built(l.op(&shape::GATHER).arg("x", &x).arg("indices", &idx).konst("axis", Tensor::i32_scalar(axis)).build1())
 }
 
+/// `scatter_along_axis` of `updates` (a tensor, cut to the index's shape, or a scalar) into
+/// `self` at `index` along `dim`, in MIL `mode`.
+fn scatter_with(l: &mut Lower, a: &[Value], mode: &str) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let r = l.shape(&x)?.len();
+    let axis = dim(int(&a[1])?, r)?;
+    let idx = int32(l, &a[2])?;
+    let is = l.shape(&idx)?;
+    let dtype = l.ty(&x)?.dtype;
+    let updates = match &a[3] {
+        Value::Tensor(src) => {
+            let ss = l.shape(src)?;
+            if ss == is {
+                src.clone()
+            } else {
+                // torch reads only the index-shaped corner of a larger `src`.
+                let hint = format!("{}_src", l.hint);
+                let op = l.b.op(&shape::SLICE_BY_SIZE, &hint).arg("x", src).konst("begin", Tensor::i32_vec(&vec![0; ss.len()])).konst("size", Tensor::i32_vec(&dims_i32(&is)?));
+                op.build1().map_err(|e| e.to_string())?
+            }
+        }
+        v => {
+            let Value::Tensor(u) = konst_filled(l, &is, float(v)?, dtype)? else { unreachable!("konst_filled returns a tensor") };
+            u
+        }
+    };
+    let op = l
+        .op(&shape::SCATTER_ALONG_AXIS)
+        .arg("data", &x)
+        .arg("indices", &idx)
+        .arg("updates", &updates)
+        .konst("axis", Tensor::i32_scalar(axis as i32))
+        .konst("mode", Tensor::string(mode));
+    built(op.build1())
+}
+
+/// `aten::scatter(self, dim, index, src | value, reduce)` → `scatter_along_axis` (reduce
+/// none → `update`, `add`, `multiply` → `mul`).
+pub fn scatter(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let mode = match &a[4] {
+        Value::None => "update",
+        Value::Str(s) if s == "add" => "add",
+        Value::Str(s) if s == "multiply" => "mul",
+        other => return Err(format!("scatter: reduce {} is not supported (add, multiply)", other.describe())),
+    };
+    scatter_with(l, a, mode)
+}
+
+/// `aten::scatter_add(self, dim, index, src)` → `scatter_along_axis` in `add` mode.
+pub fn scatter_add(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    scatter_with(l, a, "add")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
