@@ -290,7 +290,7 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::zeros_like", args: &[("self", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE), ("memory_format", NONE)], lower: shape::zeros_like },
     Lowering { kind: "aten::empty_like", args: &[("self", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE), ("memory_format", NONE)], lower: shape::zeros_like },
     Lowering { kind: "aten::ones_like", args: &[("self", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE), ("memory_format", NONE)], lower: shape::ones_like },
-    Lowering { kind: "aten::zero", args: &[("self", R)], lower: shape::zeros_like },
+    Lowering { kind: "aten::zero", args: &[("self", R)], lower: shape::zero },
     Lowering { kind: "aten::fill", args: &[("self", R), ("value", R)], lower: shape::fill },
     Lowering { kind: "aten::new_zeros", args: &[("self", R), ("size", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE)], lower: shape::new_zeros },
     Lowering { kind: "aten::new_empty", args: &[("self", R), ("size", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE)], lower: shape::new_zeros },
@@ -340,6 +340,10 @@ pub struct Lower {
     pub b: Builder,
     pub dtype: DType,
     pub hint: String,
+    /// Tensors a constructor (`zeros`, `empty`, `full`, …) just made: the only ones `fill_` and
+    /// `zero_` may overwrite, since the inliner rebinds an in-place result to its name but
+    /// cannot carry a write through a view (`x[:, 1].fill_(0)`) back to the viewed tensor.
+    pub fresh: std::collections::HashSet<Var>,
 }
 
 impl Lower {

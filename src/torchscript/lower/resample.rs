@@ -189,7 +189,7 @@ mod tests {
     use crate::mil::{Opset, TensorType};
 
     fn lower(opset: Opset, shape: &[usize]) -> (Lower, Value) {
-        let mut l = Lower { b: Builder::new(opset), dtype: DType::F32, hint: "out".into() };
+        let mut l = Lower { b: Builder::new(opset), dtype: DType::F32, hint: "out".into(), fresh: Default::default() };
         let x = l.b.input("x", TensorType::new(DType::F32, shape));
         (l, Value::Tensor(x))
     }

@@ -757,7 +757,25 @@ fn konst_filled(l: &mut Lower, shape: &[usize], x: f64, dt: DType) -> Result<Val
         _ => l.cast_const(&Tensor::from_f32(shape, &vec![x as f32; n]))?,
     };
     let hint = l.hint.clone();
-    Ok(Value::Tensor(l.b.konst(&hint, t)))
+    let v = l.b.konst(&hint, t);
+    l.fresh.insert(v.clone());
+    Ok(Value::Tensor(v))
+}
+
+/// The tensor an in-place `fill_`/`zero_` overwrites, refused unless a constructor just made
+/// it (see `Lower::fresh`): a write into a view or a computed tensor would be lost silently.
+fn overwritable(l: &Lower, v: &Value, op: &str) -> Result<Var, String> {
+    let x = l.tensor(v)?;
+    if !l.fresh.contains(&x) {
+        return Err(format!("{op} of a view or computed tensor (like `x[:, 1] = 0` in the model) is not supported: only tensors fresh from zeros/empty/full… can be overwritten"));
+    }
+    Ok(x)
+}
+
+/// `aten::zero` (`zero_`) of a tensor a constructor just made: zeros like it.
+pub fn zero(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    overwritable(l, &a[0], "zero_")?;
+    zeros_like(l, a)
 }
 
 /// A size-list argument as a shape.
@@ -798,7 +816,7 @@ pub fn full(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     konst_filled(l, &sizes(&a[0])?, float(&a[1])?, dt)
 }
 
-/// `aten::zeros_like(self, dtype…)`, `aten::empty_like`, `aten::zero` (`zero_`).
+/// `aten::zeros_like(self, dtype…)`, `aten::empty_like`.
 pub fn zeros_like(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let default = like_dtype(l, &a[0])?;
     let dt = scalar_type(l, a.get(1).unwrap_or(&Value::None), default)?;
@@ -813,8 +831,10 @@ pub fn ones_like(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     konst_filled(l, &s, 1.0, dt)
 }
 
-/// `aten::fill(self, value)` (`fill_`): a const shaped and typed like `self`.
+/// `aten::fill(self, value)` (`fill_`) of a tensor a constructor just made: a const shaped and
+/// typed like it.
 pub fn fill(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    overwritable(l, &a[0], "fill_")?;
     let dt = like_dtype(l, &a[0])?;
     let s = l.shape(&l.tensor(&a[0])?)?;
     let v = match &a[1] {
@@ -1112,7 +1132,7 @@ mod tests {
     use crate::mil::{Opset, TensorType};
 
     fn lower(shape: &[usize]) -> (Lower, Value) {
-        let mut l = Lower { b: Builder::new(Opset::Ios16), dtype: DType::F32, hint: "out".into() };
+        let mut l = Lower { b: Builder::new(Opset::Ios16), dtype: DType::F32, hint: "out".into(), fresh: Default::default() };
         let x = l.b.input("x", TensorType::new(DType::F32, shape));
         (l, Value::Tensor(x))
     }
@@ -1132,6 +1152,19 @@ mod tests {
         assert!(e.contains("only supported in constant mode"), "{e}");
         let e = pad(&mut l, &pad_args(&x, &[1, 1, 1], "constant")).unwrap_err();
         assert!(e.contains("before/after pairs"), "{e}");
+    }
+
+    #[test]
+    fn fill_overwrites_only_fresh_constructor_results() {
+        let (mut l, x) = lower(&[2, 3]);
+        let e = fill(&mut l, &[x, Value::Float(0.0)]).unwrap_err();
+        assert!(e.contains("fill_ of a view or computed tensor"), "{e}");
+        let fresh = zeros(&mut l, &[Value::List(vec![Value::Int(2), Value::Int(3)]), Value::None]).unwrap();
+        let filled = fill(&mut l, &[fresh.clone(), Value::Float(0.5)]).unwrap();
+        assert_eq!(l.b.value(&l.tensor(&filled).unwrap()).unwrap().to_f32_vec().unwrap(), [0.5; 6]);
+        // A slice of the fresh tensor is a view: writing into it is refused.
+        let view = select(&mut l, &[fresh, Value::Int(1), Value::Int(0)]).unwrap();
+        assert!(zero(&mut l, &[view]).is_err());
     }
 
     #[test]
