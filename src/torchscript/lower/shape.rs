@@ -1,5 +1,8 @@
 //! Lowerings of shape ops: `size` (folds to ints), reshapes, transposes, squeezes, `cat`,
-//! `chunk`, `slice`, `select`.
+//! `chunk`, `slice`, `select`; padding in every torch mode (circular and edge pads outside the
+//! last two axes decomposed); stacking and splitting variants; constructors, which become
+//! constants (shapes are static); `repeat`, `flip`, `roll` and other shape utilities;
+//! `index_select` and `scatter`.
 
 use super::{const_elements, dim, dims_i32, dims_shown, float, i32_of, int, ints, ints_shown, Lower, Value};
 use crate::mil::ops::{elementwise as ew, shape};
@@ -520,7 +523,6 @@ fn pad_tensor(l: &mut Lower, x: &Var, pairs: &[(i64, i64)], mode: &str, value: f
             mil_pad(l, &x, &pairs[first..], "constant", value)
         }
         "reflect" | "replicate" => {
-            let mil_mode = mode;
             let tail = r.saturating_sub(EDGE_PAD_AXES);
             // Axes before the last two: moved last, padded, moved back (the runtime rule above).
             for (d, &pair) in pairs.iter().enumerate().take(tail) {
@@ -530,11 +532,11 @@ fn pad_tensor(l: &mut Lower, x: &Var, pairs: &[(i64, i64)], mode: &str, value: f
                 let mut perm: Vec<i32> = (0..r as i32).collect();
                 perm.swap(d, r - 1);
                 let t = var(permute_by(l, &x, &perm))?;
-                let p = edge_pad(l, &t, &[pair], mil_mode)?;
+                let p = edge_pad(l, &t, &[pair], mode)?;
                 x = var(permute_by(l, &p, &perm))?;
             }
             if pairs[tail..].iter().any(|&p| p != (0, 0)) {
-                x = edge_pad(l, &x, &pairs[tail..], mil_mode)?;
+                x = edge_pad(l, &x, &pairs[tail..], mode)?;
             }
             Ok(x)
         }
