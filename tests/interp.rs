@@ -44,6 +44,7 @@ fn array(v: &Value) -> Array {
     match dtype {
         DType::F16 | DType::F32 => Array::float(dtype, shape, f32s(v)),
         DType::I32 => Array::int(shape, data.iter().map(|d| d.as_i64().unwrap() as i32).collect()),
+        DType::U32 => Array { dtype, shape, data: Data::I32(data.iter().map(|d| d.as_i64().unwrap() as i32).collect()) },
         DType::Bool => Array::bools(shape, data.iter().map(|d| d.as_bool().unwrap()).collect()),
         DType::String => Array { dtype, shape, data: Data::Str(vec![data[0].as_str().unwrap().to_string()]) },
         d => panic!("fixture dtype {d}"),

@@ -138,7 +138,7 @@ pub enum PadMode {
     Replicate,
 }
 
-/// `x` padded by `before[i]`/`after[i]` on each axis. Reflect needs `pad < size` per axis.
+/// `x` padded by `before[i]`/`after[i]` on each axis. Reflect needs `pad < size` per axis, replicate a non-empty axis.
 pub fn pad<T: Copy>(
     x: &[T],
     shape: &[usize],
@@ -152,6 +152,10 @@ pub fn pad<T: Copy>(
         return None;
     }
     if mode == PadMode::Reflect && (0..r).any(|i| before[i] >= shape[i].max(1) || after[i] >= shape[i].max(1)) {
+        return None;
+    }
+    // Replicating needs an edge to copy: an empty axis cannot grow.
+    if mode == PadMode::Replicate && (0..r).any(|i| shape[i] == 0 && before[i] + after[i] > 0) {
         return None;
     }
     let out_shape: Vec<usize> = (0..r).map(|i| shape[i] + before[i] + after[i]).collect();

@@ -593,7 +593,7 @@ fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statemen
             return Err(bad_inputs(format!("two inputs given for forward() parameter `{}`", shown(params.get(slot).copied().unwrap_or_default()))));
         }
     }
-    let mut lower = Lower { b: Builder::new(opts.opset), dtype: opts.precision, hint: String::new(), precision_notes: Vec::new() };
+    let mut lower = Lower { b: Builder::new(opts.opset), dtype: opts.precision, hint: String::new(), precision_notes: Vec::new(), fresh: Default::default() };
     lower.b.fold_constants(true);
     let mut args = Vec::with_capacity(params.len());
     for (p, spec) in params.iter().zip(ordered) {

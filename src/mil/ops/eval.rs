@@ -129,7 +129,8 @@ impl Array {
         };
         let dtype = match t.dtype() {
             DType::F64 => DType::F32,
-            DType::I64 | DType::U32 | DType::U64 => DType::I32,
+            // uint32 stays itself (`pixel_unshuffle.downscale_factor` is typed so), held as i32.
+            DType::I64 | DType::U64 => DType::I32,
             d => d,
         };
         Ok(Array { dtype, shape, data })
@@ -146,6 +147,7 @@ impl Array {
                 let bytes: Vec<u8> = match self.dtype {
                     DType::I8 | DType::U8 => v.iter().map(|&x| x as u8).collect(),
                     DType::I16 | DType::U16 => v.iter().flat_map(|&x| (x as u16).to_le_bytes()).collect(),
+                    DType::U32 => v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect(),
                     _ => return Tensor::from_i32(shape, v),
                 };
                 Tensor::from_bytes(self.dtype, shape, bytes).unwrap_or_else(|_| Tensor::from_i32(shape, v))

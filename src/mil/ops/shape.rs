@@ -1,7 +1,7 @@
 //! Ops that move data without arithmetic: `const`, `reshape`, `transpose`, `expand_dims`,
 //! `squeeze`, `concat`, `stack`, `split`, `slice_by_index`, `slice_by_size`, `gather`,
 //! `gather_along_axis`, `tile`, `pad`, `identity`, `fill`, `range_1d`, `band_part`, `cumsum`,
-//! `upsample_nearest_neighbor`. Semantics: coremltools `defs/iOS15/tensor_transformation.py`,
+//! `upsample_nearest_neighbor`, `upsample_bilinear`, `pixel_shuffle`, `pixel_unshuffle`, `scatter_along_axis`. Semantics: coremltools `defs/iOS15/tensor_transformation.py`,
 //! `tensor_operation.py`, `scatter_gather.py`, `image_resizing.py`, and their iOS16/iOS17
 //! revisions. Movement kernels compute an index map (numeric's layout functions applied to
 //! `0..n`) and then [`take`] it from whatever storage the tensor has.
@@ -1245,7 +1245,8 @@ fn eval_upsample(a: &EvalArgs) -> Eval {
 /// an fp16 output of one of them is already fp16, so `interp::run` skips rounding it.
 pub const MOVES_VALUES: &[&OpDef] = &[
     &CONST, &IDENTITY, &RESHAPE, &TRANSPOSE, &EXPAND_DIMS, &SQUEEZE, &CONCAT, &STACK, &SPLIT, &SLICE_BY_INDEX,
-    &SLICE_BY_SIZE, &GATHER, &GATHER_IOS16, &GATHER_IOS17, &GATHER_ALONG_AXIS, &TILE, &PAD, &BAND_PART,
+    &SLICE_BY_SIZE, &GATHER, &GATHER_IOS16, &GATHER_IOS17, &GATHER_ALONG_AXIS, &TILE, &PAD, &BAND_PART, &PIXEL_SHUFFLE,
+    &PIXEL_UNSHUFFLE,
 ];
 
 /// Whether `op_type` is in [`MOVES_VALUES`].
@@ -1261,4 +1262,278 @@ pub const RESHAPES: &[&OpDef] = &[&RESHAPE, &EXPAND_DIMS, &SQUEEZE, &IDENTITY];
 /// Whether `op_type` is in [`RESHAPES`].
 pub fn is_reshape(op_type: &str) -> bool {
     RESHAPES.iter().any(|d| d.name == op_type)
+}
+
+/// `upsample_bilinear` (iOS15): bilinear resize of the last two axes by `scale_factor_height`
+/// / `scale_factor_width` (default 1; output ⌊size·scale⌋). `align_corners` (default true)
+/// samples `i·(in−1)/(out−1)`; false samples half-pixel centers `(i+½)·in/out − ½`, clamped
+/// to `[0, in−1]` (torch's `align_corners=False` with a recomputed scale).
+pub const UPSAMPLE_BILINEAR: OpDef = OpDef {
+    name: "upsample_bilinear",
+    since: Opset::Ios15,
+    params: &[
+        Param::new("x", super::FLOAT),
+        Param::t("scale_factor_height", &[DType::I32, DType::F32]).konst().optional(),
+        Param::t("scale_factor_width", &[DType::I32, DType::F32]).konst().optional(),
+        Param::new("align_corners", BOOL).konst().optional(),
+    ],
+    infer: infer_upsample_bilinear,
+    eval: eval_upsample_bilinear,
+};
+
+/// `upsample_bilinear` (iOS16): adds fp16 scales and `half_pixel_centers` (default
+/// `!align_corners`); both false samples `i·in/out` (TensorFlow's legacy mode).
+pub const UPSAMPLE_BILINEAR_IOS16: OpDef = OpDef {
+    name: "upsample_bilinear",
+    since: Opset::Ios16,
+    params: &[
+        Param::new("x", super::FLOAT),
+        Param::t("scale_factor_height", &[DType::I32, DType::F16, DType::F32]).konst().optional(),
+        Param::t("scale_factor_width", &[DType::I32, DType::F16, DType::F32]).konst().optional(),
+        Param::new("align_corners", BOOL).konst().optional(),
+        Param::new("half_pixel_centers", BOOL).konst().optional(),
+    ],
+    infer: infer_upsample_bilinear,
+    eval: eval_upsample_bilinear,
+};
+
+fn infer_upsample_bilinear(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let align = a.bool_or("align_corners", true)?;
+    if align && a.bool_or("half_pixel_centers", !align)? {
+        return Err(a.invalid("align_corners and half_pixel_centers cannot both be true"));
+    }
+    infer_upsample(a)
+}
+
+/// Where output `i` of `out` samples an axis of `n`: the two source indices and the weight of
+/// the second, computed in f32 like torch's `upsample_bilinear2d` kernel.
+fn bilinear_taps(n: usize, out: usize, align: bool, half_pixel: bool) -> Vec<(usize, usize, f32)> {
+    (0..out)
+        .map(|i| {
+            let src = if align {
+                if out > 1 {
+                    (n as f32 - 1.0) / (out as f32 - 1.0) * i as f32
+                } else {
+                    0.0
+                }
+            } else {
+                let scale = n as f32 / out as f32;
+                if half_pixel {
+                    (scale * (i as f32 + 0.5) - 0.5).max(0.0)
+                } else {
+                    scale * i as f32
+                }
+            };
+            let src = src.min(n.saturating_sub(1) as f32);
+            let i0 = src.floor() as usize;
+            let i1 = (i0 + 1).min(n.saturating_sub(1));
+            (i0, i1, src - i0 as f32)
+        })
+        .collect()
+}
+
+fn eval_upsample_bilinear(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let v = x.floats().ok_or_else(|| a.invalid("x must be float"))?;
+    let r = x.shape.len();
+    if r < 3 {
+        return Err(a.shape_error("x must be rank ≥ 3"));
+    }
+    let (sh, sw) =
+        (f64::from(a.number_or("scale_factor_height", 1.0)?), f64::from(a.number_or("scale_factor_width", 1.0)?));
+    let align = a.bool_or("align_corners", true)?;
+    let half = a.bool_or("half_pixel_centers", !align)?;
+    let (h, w) = (x.shape[r - 2], x.shape[r - 1]);
+    let (oh, ow) = ((h as f64 * sh).floor() as usize, (w as f64 * sw).floor() as usize);
+    if h == 0 || w == 0 {
+        return Err(a.shape_error("x has an empty spatial axis"));
+    }
+    let (th, tw) = (bilinear_taps(h, oh, align, half), bilinear_taps(w, ow, align, half));
+    let planes = numeric::numel(&x.shape[..r - 2]);
+    let mut out = Vec::with_capacity(planes * oh * ow);
+    for p in 0..planes {
+        let plane = &v[p * h * w..(p + 1) * h * w];
+        for &(y0, y1, ly) in &th {
+            for &(x0, x1, lx) in &tw {
+                let top = plane[y0 * w + x0] * (1.0 - lx) + plane[y0 * w + x1] * lx;
+                let bottom = plane[y1 * w + x0] * (1.0 - lx) + plane[y1 * w + x1] * lx;
+                out.push(top * (1.0 - ly) + bottom * ly);
+            }
+        }
+    }
+    let mut shape = x.shape.clone();
+    (shape[r - 2], shape[r - 1]) = (oh, ow);
+    Ok(vec![Array::float(x.dtype, shape, out)])
+}
+
+/// `pixel_shuffle` (iOS15, torch `pixel_shuffle`): rank 4 `(N, C·f², H, W)` →
+/// `(N, C, H·f, W·f)` with `out[n, c, h·f+i, w·f+j] = x[n, c·f²+i·f+j, h, w]`.
+pub const PIXEL_SHUFFLE: OpDef = OpDef {
+    name: "pixel_shuffle",
+    since: Opset::Ios15,
+    params: &[Param::new("x", super::FLOAT), Param::new("upscale_factor", INT32).konst()],
+    infer: infer_pixel_shuffle,
+    eval: eval_pixel_shuffle,
+};
+
+/// `pixel_unshuffle` (iOS16, torch `pixel_unshuffle`): the inverse, `(N, C, H·f, W·f)` →
+/// `(N, C·f², H, W)`; `downscale_factor` is a uint32 const.
+pub const PIXEL_UNSHUFFLE: OpDef = OpDef {
+    name: "pixel_unshuffle",
+    since: Opset::Ios16,
+    params: &[Param::new("x", super::FLOAT), Param::new("downscale_factor", &[DType::U32]).konst()],
+    infer: infer_pixel_shuffle,
+    eval: eval_pixel_shuffle,
+};
+
+/// The factor of a pixel (un)shuffle and whether it is the unshuffle.
+fn shuffle_factor(a: &OpArgs) -> Result<(usize, bool), TypeError> {
+    let unshuffle = a.opt_tensor("downscale_factor").is_some();
+    let p = if unshuffle { "downscale_factor" } else { "upscale_factor" };
+    match usize::try_from(a.int_or(p, 0)?) {
+        Ok(f) if f > 0 => Ok((f, unshuffle)),
+        _ => Err(a.invalid(format!("`{p}` must be positive"))),
+    }
+}
+
+/// The output shape of a pixel (un)shuffle of `s` by `f`, `None` when it does not divide.
+fn shuffled(s: [usize; 4], f: usize, unshuffle: bool) -> Option<[usize; 4]> {
+    let [n, c, h, w] = s;
+    let ff = f.checked_mul(f)?;
+    if unshuffle {
+        (h.is_multiple_of(f) && w.is_multiple_of(f)).then_some([n, c.checked_mul(ff)?, h / f, w / f])
+    } else {
+        c.is_multiple_of(ff).then_some([n, c / ff, h.checked_mul(f)?, w.checked_mul(f)?])
+    }
+}
+
+fn infer_pixel_shuffle(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let x = a.tensor("x")?;
+    let (f, unshuffle) = shuffle_factor(a)?;
+    let s = a.fixed("x")?;
+    let s: [usize; 4] = s.try_into().map_err(|_| a.invalid(format!("x must be rank 4, got {x}")))?;
+    let out = shuffled(s, f, unshuffle).ok_or_else(|| a.invalid(format!("factor {f} does not divide {x}")))?;
+    Ok(vec![TensorType::new(x.dtype, &out)])
+}
+
+fn eval_pixel_shuffle(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let unshuffle = a.get("downscale_factor").is_some();
+    let f = a.int_or(if unshuffle { "downscale_factor" } else { "upscale_factor" }, 0)?;
+    let f = usize::try_from(f).ok().filter(|&f| f > 0).ok_or_else(|| a.invalid("factor must be positive"))?;
+    let s: [usize; 4] = x.shape.clone().try_into().map_err(|_| a.shape_error("x must be rank 4"))?;
+    let out = shuffled(s, f, unshuffle).ok_or_else(|| a.shape_error("factor does not divide x"))?;
+    // Index map over the shuffled (large-spatial) layout: (n, c, h·f+i, w·f+j) ↔ (n, c·f²+i·f+j, h, w).
+    let ([n, c, h, w], big) = if unshuffle { (out, s) } else { (s, out) };
+    let small = |nn: usize, ch: usize, y: usize, xx: usize| ((nn * c + ch) * h + y) * w + xx;
+    let large = |nn: usize, ch: usize, y: usize, xx: usize| ((nn * big[1] + ch) * big[2] + y) * big[3] + xx;
+    let mut idx = vec![0; x.len()];
+    for nn in 0..n {
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    let (k, i, j) = (ch / (f * f), ch % (f * f) / f, ch % f);
+                    let (from_small, at_large) = (small(nn, ch, y, xx), large(nn, k, y * f + i, xx * f + j));
+                    if unshuffle {
+                        idx[from_small] = at_large;
+                    } else {
+                        idx[at_large] = from_small;
+                    }
+                }
+            }
+        }
+    }
+    Ok(vec![moved(x, out.to_vec(), &idx)])
+}
+
+/// Values `scatter_along_axis.mode` accepts.
+pub const SCATTER_MODES: &[&str] = &["update", "add", "sub", "mul", "div", "max", "min"];
+
+/// `scatter_along_axis` (iOS15; torch `scatter`/`scatter_add`): `data` with
+/// `out[…, indices[…, i, …], …] ∘= updates[…, i, …]` along `axis` (default 0), `∘` set by
+/// `mode` (default `add`); `indices` and `updates` share a shape that equals `data`'s off the
+/// axis. Updates apply in row-major order of `indices` (the last write wins for `update`).
+pub const SCATTER_ALONG_AXIS: OpDef = OpDef {
+    name: "scatter_along_axis",
+    since: Opset::Ios15,
+    params: &[
+        Param::t("data", NUMERIC),
+        Param::new("indices", INT32),
+        Param::t("updates", NUMERIC),
+        Param::new("axis", INT32).konst().optional(),
+        Param::new("mode", STRING).konst().optional(),
+    ],
+    infer: infer_scatter_along_axis,
+    eval: eval_scatter_along_axis,
+};
+
+fn infer_scatter_along_axis(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let (data, idx, upd) = (a.tensor("data")?, a.tensor("indices")?, a.tensor("updates")?);
+    let axis = a.axis(a.int_or("axis", 0)?, data.rank())?;
+    if let Some(m) = a.string("mode").filter(|m| !SCATTER_MODES.contains(m)) {
+        return Err(a.invalid(format!("unknown mode `{m}`")));
+    }
+    if idx.shape != upd.shape || idx.rank() != data.rank() {
+        return Err(a.invalid(format!("indices {idx} and updates {upd} must share a shape of data's rank")));
+    }
+    for i in (0..data.rank()).filter(|&i| i != axis) {
+        if let (Dim::Fixed(p), Dim::Fixed(q)) = (data.shape[i], idx.shape[i]) {
+            if p != q {
+                return Err(a.invalid(format!("indices differ from data on axis {i}")));
+            }
+        }
+    }
+    Ok(vec![data.clone()])
+}
+
+fn eval_scatter_along_axis(a: &EvalArgs) -> Eval {
+    let (data, ind, upd) = (a.array("data")?, a.array("indices")?, a.array("updates")?);
+    let indices = ind.to_i64_vec().ok_or_else(|| a.invalid("indices must be integers"))?;
+    let axis = a.axis(a.int_or("axis", 0)?, data.shape.len())?;
+    let mode = a.string("mode").unwrap_or("add");
+    let r = data.shape.len();
+    if ind.shape != upd.shape || ind.shape.len() != r || (0..r).any(|i| i != axis && ind.shape[i] != data.shape[i]) {
+        return Err(a.shape_error("indices and updates do not fit data"));
+    }
+    let (ds, is) = (numeric::strides(&data.shape), numeric::strides(&ind.shape));
+    let n = data.shape[axis] as i64;
+    let mut targets = Vec::with_capacity(indices.len());
+    for (flat, &k) in indices.iter().enumerate() {
+        let k = if k < 0 { k + n } else { k };
+        if !(0..n).contains(&k) {
+            return Err(a.invalid(format!("index {k} out of range for axis of size {n}")));
+        }
+        targets.push((0..r).map(|i| if i == axis { k as usize * ds[i] } else { (flat / is[i]) % ind.shape[i] * ds[i] }).sum::<usize>());
+    }
+    fn apply<T: Copy>(out: &mut [T], targets: &[usize], upd: &[T], f: impl Fn(T, T) -> T) {
+        for (&t, &u) in targets.iter().zip(upd) {
+            out[t] = f(out[t], u);
+        }
+    }
+    let mut out = data.clone();
+    let bad = || a.invalid(format!("unknown mode `{mode}`"));
+    match (&mut out.data, &upd.data) {
+        (Data::F32(o), Data::F32(u)) => match mode {
+            "update" => apply(o, &targets, u, |_, u| u),
+            "add" => apply(o, &targets, u, |x, u| x + u),
+            "sub" => apply(o, &targets, u, |x, u| x - u),
+            "mul" => apply(o, &targets, u, |x, u| x * u),
+            "div" => apply(o, &targets, u, |x, u| x / u),
+            "max" => apply(o, &targets, u, f32::max),
+            "min" => apply(o, &targets, u, f32::min),
+            _ => return Err(bad()),
+        },
+        (Data::I32(o), Data::I32(u)) => match mode {
+            "update" => apply(o, &targets, u, |_, u| u),
+            "add" => apply(o, &targets, u, i32::wrapping_add),
+            "sub" => apply(o, &targets, u, i32::wrapping_sub),
+            "mul" => apply(o, &targets, u, i32::wrapping_mul),
+            "div" => apply(o, &targets, u, |x, u| x.checked_div(u).unwrap_or(0)),
+            "max" => apply(o, &targets, u, i32::max),
+            "min" => apply(o, &targets, u, i32::min),
+            _ => return Err(bad()),
+        },
+        _ => return Err(a.invalid("data and updates hold different kinds of values")),
+    }
+    Ok(vec![out])
 }

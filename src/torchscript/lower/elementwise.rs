@@ -766,13 +766,6 @@ pub fn bitwise_not(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     }
 }
 
-/// `aten::expand_as(self, other)`: `self` broadcast to `other`'s shape.
-pub fn expand_as(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
-    let other = l.tensor(&a[1])?;
-    let size: Vec<Value> = l.shape(&other)?.into_iter().map(|d| Value::Int(d as i64)).collect();
-    super::shape::expand(l, &[a[0].clone(), Value::List(size), Value::Bool(false)])
-}
-
 /// An integer/bool tensor cast to the compute float dtype; other values unchanged.
 pub(super) fn to_float(l: &mut Lower, v: &Value) -> Result<Value, String> {
     let Value::Tensor(t) = v else { return Ok(v.clone()) };

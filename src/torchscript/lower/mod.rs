@@ -8,6 +8,7 @@ mod attention;
 mod elementwise;
 mod nn;
 mod reduce;
+mod resample;
 mod shape;
 
 use crate::mil::builder::{Builder, Var};
@@ -211,7 +212,6 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::logical_or", args: &[("self", R), ("other", R)], lower: elementwise::logical_or },
     Lowering { kind: "aten::logical_xor", args: &[("self", R), ("other", R)], lower: elementwise::logical_xor },
     Lowering { kind: "aten::bitwise_not", args: &[("self", R)], lower: elementwise::bitwise_not },
-    Lowering { kind: "aten::expand_as", args: &[("self", R), ("other", R)], lower: elementwise::expand_as },
     // reductions and vector norms
     Lowering { kind: "aten::sum", args: &[("self", R), ("dim", NONE), ("keepdim", Default::Bool(false)), ("dtype", NONE)], lower: reduce::sum },
     Lowering { kind: "aten::prod", args: &[("self", R), ("dim", NONE), ("keepdim", Default::Bool(false)), ("dtype", NONE)], lower: reduce::prod },
@@ -316,6 +316,67 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::chunk", args: &[("self", R), ("chunks", R), ("dim", Default::Int(0))], lower: shape::chunk },
     Lowering { kind: "aten::slice", args: &[("self", R), ("dim", Default::Int(0)), ("start", NONE), ("end", NONE), ("step", Default::Int(1))], lower: shape::slice },
     Lowering { kind: "aten::select", args: &[("self", R), ("dim", R), ("index", R)], lower: shape::select },
+    // padding
+    Lowering { kind: "aten::pad", args: &[("self", R), ("pad", R), ("mode", NONE), ("value", NONE)], lower: shape::pad },
+    Lowering { kind: "aten::constant_pad_nd", args: &[("self", R), ("pad", R), ("value", Default::Int(0))], lower: shape::constant_pad_nd },
+    Lowering { kind: "aten::reflection_pad1d", args: &[("self", R), ("padding", R)], lower: shape::reflection_pad },
+    Lowering { kind: "aten::reflection_pad2d", args: &[("self", R), ("padding", R)], lower: shape::reflection_pad },
+    Lowering { kind: "aten::reflection_pad3d", args: &[("self", R), ("padding", R)], lower: shape::reflection_pad },
+    Lowering { kind: "aten::replication_pad1d", args: &[("self", R), ("padding", R)], lower: shape::replication_pad },
+    Lowering { kind: "aten::replication_pad2d", args: &[("self", R), ("padding", R)], lower: shape::replication_pad },
+    Lowering { kind: "aten::replication_pad3d", args: &[("self", R), ("padding", R)], lower: shape::replication_pad },
+    Lowering { kind: "aten::_pad_circular", args: &[("self", R), ("pad", R)], lower: shape::circular_pad },
+    // stacking and splitting
+    Lowering { kind: "aten::stack", args: &[("tensors", R), ("dim", Default::Int(0))], lower: shape::stack },
+    Lowering { kind: "aten::hstack", args: &[("tensors", R)], lower: shape::hstack },
+    Lowering { kind: "aten::vstack", args: &[("tensors", R)], lower: shape::vstack },
+    Lowering { kind: "aten::unsafe_chunk", args: &[("self", R), ("chunks", R), ("dim", Default::Int(0))], lower: shape::chunk },
+    Lowering { kind: "aten::unsafe_split", args: &[("self", R), ("split_size", R), ("dim", Default::Int(0))], lower: shape::split },
+    Lowering { kind: "aten::split_with_sizes", args: &[("self", R), ("split_sizes", R), ("dim", Default::Int(0))], lower: shape::split },
+    Lowering { kind: "aten::unsafe_split_with_sizes", args: &[("self", R), ("split_sizes", R), ("dim", Default::Int(0))], lower: shape::split },
+    Lowering { kind: "aten::unbind", args: &[("self", R), ("dim", Default::Int(0))], lower: shape::unbind },
+    Lowering { kind: "aten::tensor_split", args: &[("self", R), ("indices_or_sections", R), ("dim", Default::Int(0))], lower: shape::tensor_split },
+    // constructors (constants at conversion) and shape utilities
+    Lowering { kind: "aten::zeros", args: &[("size", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE)], lower: shape::zeros },
+    Lowering { kind: "aten::empty", args: &[("size", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE), ("memory_format", NONE)], lower: shape::zeros },
+    Lowering { kind: "aten::ones", args: &[("size", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE)], lower: shape::ones },
+    Lowering { kind: "aten::full", args: &[("size", R), ("fill_value", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE)], lower: shape::full },
+    Lowering { kind: "aten::zeros_like", args: &[("self", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE), ("memory_format", NONE)], lower: shape::zeros_like },
+    Lowering { kind: "aten::empty_like", args: &[("self", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE), ("memory_format", NONE)], lower: shape::zeros_like },
+    Lowering { kind: "aten::ones_like", args: &[("self", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE), ("memory_format", NONE)], lower: shape::ones_like },
+    Lowering { kind: "aten::zero", args: &[("self", R)], lower: shape::zero },
+    Lowering { kind: "aten::fill", args: &[("self", R), ("value", R)], lower: shape::fill },
+    Lowering { kind: "aten::new_zeros", args: &[("self", R), ("size", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE)], lower: shape::new_zeros },
+    Lowering { kind: "aten::new_empty", args: &[("self", R), ("size", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE)], lower: shape::new_zeros },
+    Lowering { kind: "aten::new_full", args: &[("self", R), ("size", R), ("fill_value", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE)], lower: shape::new_full },
+    Lowering { kind: "aten::scalar_tensor", args: &[("s", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE)], lower: shape::scalar_tensor },
+    Lowering { kind: "aten::expand_as", args: &[("self", R), ("other", R)], lower: shape::expand_as },
+    Lowering { kind: "aten::repeat", args: &[("self", R), ("repeats", R)], lower: shape::repeat },
+    Lowering { kind: "aten::repeat_interleave", args: &[("self", R), ("repeats", R), ("dim", NONE), ("output_size", NONE)], lower: shape::repeat_interleave },
+    Lowering { kind: "aten::flip", args: &[("self", R), ("dims", R)], lower: shape::flip },
+    Lowering { kind: "aten::roll", args: &[("self", R), ("shifts", R), ("dims", Default::Ints(&[]))], lower: shape::roll },
+    Lowering { kind: "aten::narrow", args: &[("self", R), ("dim", R), ("start", R), ("length", R)], lower: shape::narrow },
+    Lowering { kind: "aten::unflatten", args: &[("self", R), ("dim", R), ("sizes", R)], lower: shape::unflatten },
+    Lowering { kind: "aten::movedim", args: &[("self", R), ("source", R), ("destination", R)], lower: shape::movedim },
+    Lowering { kind: "aten::swapaxes", args: &[("self", R), ("axis0", R), ("axis1", R)], lower: shape::transpose },
+    Lowering { kind: "aten::swapdims", args: &[("self", R), ("dim0", R), ("dim1", R)], lower: shape::transpose },
+    Lowering { kind: "aten::t", args: &[("self", R)], lower: shape::t },
+    Lowering { kind: "aten::mT", args: &[("self", R)], lower: shape::mt },
+    Lowering { kind: "aten::numel", args: &[("self", R)], lower: shape::numel },
+    Lowering { kind: "aten::dim", args: &[("self", R)], lower: shape::rank },
+    Lowering { kind: "aten::index_select", args: &[("self", R), ("dim", R), ("index", R)], lower: shape::index_select },
+    Lowering { kind: "aten::scatter", args: &[("self", R), ("dim", R), ("index", R), ("src", R), ("reduce", NONE)], lower: shape::scatter },
+    Lowering { kind: "aten::scatter_add", args: &[("self", R), ("dim", R), ("index", R), ("src", R)], lower: shape::scatter_add },
+    // resampling
+    Lowering { kind: "aten::upsample_nearest2d", args: &[("input", R), ("output_size", R), ("a", NONE), ("b", NONE)], lower: resample::upsample_nearest2d },
+    Lowering { kind: "aten::_upsample_nearest_exact2d", args: &[("input", R), ("output_size", R), ("a", NONE), ("b", NONE)], lower: resample::upsample_nearest_exact2d },
+    Lowering {
+        kind: "aten::upsample_bilinear2d",
+        args: &[("input", R), ("output_size", R), ("align_corners", R), ("a", NONE), ("b", NONE)],
+        lower: resample::upsample_bilinear2d,
+    },
+    Lowering { kind: "aten::pixel_shuffle", args: &[("self", R), ("upscale_factor", R)], lower: resample::pixel_shuffle },
+    Lowering { kind: "aten::pixel_unshuffle", args: &[("self", R), ("downscale_factor", R)], lower: resample::pixel_unshuffle },
 ];
 
 /// The table entry for a call name, if we lower it. An in-place variant (`aten::add_`) lowers
@@ -336,6 +397,10 @@ pub struct Lower {
     /// What the lowering did to keep fp16 from losing values (a layer rescaled or kept in
     /// fp32), one line each; `convert` reports them.
     pub precision_notes: Vec<String>,
+    /// Tensors a constructor (`zeros`, `empty`, `full`, …) just made: the only ones `fill_` and
+    /// `zero_` may overwrite, since the inliner rebinds an in-place result to its name but
+    /// cannot carry a write through a view (`x[:, 1].fill_(0)`) back to the viewed tensor.
+    pub fresh: std::collections::HashSet<Var>,
 }
 
 impl Lower {

@@ -1,8 +1,12 @@
 //! Lowerings of shape ops: `size` (folds to ints), reshapes, transposes, squeezes, `cat`,
-//! `chunk`, `slice`, `select`.
+//! `chunk`, `slice`, `select`; padding in every torch mode (circular and edge pads outside the
+//! last two axes decomposed); stacking and splitting variants; constructors, which become
+//! constants (shapes are static); `repeat`, `flip`, `roll` and other shape utilities;
+//! `index_select` and `scatter`.
 
 use super::{const_elements, dim, dims_i32, dims_shown, float, i32_of, int, ints, ints_shown, Lower, Value};
 use crate::mil::ops::{elementwise as ew, shape};
+use crate::mil::builder::Var;
 use crate::mil::{DType, Tensor};
 
 fn built(r: Result<crate::mil::builder::Var, crate::mil::ops::TypeError>) -> Result<Value, String> {
@@ -96,11 +100,22 @@ pub fn squeeze(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     }
 }
 
-/// `aten::cat(tensors, dim)` → `concat`.
+/// `aten::cat(tensors, dim)` → `concat`. Like torch, it skips empty 1-D tensors (shape `[0]`)
+/// whatever the other ranks (the legacy rule: a decoder traced with an empty KV cache
+/// concatenates one); one remaining tensor is returned as is.
 pub fn cat(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let (Value::List(items) | Value::Tuple(items)) = &a[0] else { return Err("cat needs a list of tensors".into()) };
-    let vs = items.iter().map(|v| l.tensor(v)).collect::<Result<Vec<_>, _>>()?;
-    let first = vs.first().ok_or("cat of an empty list")?;
+    let mut vs = Vec::with_capacity(items.len());
+    for v in items {
+        let t = l.tensor(v)?;
+        if l.shape(&t)? != [0] {
+            vs.push(t);
+        }
+    }
+    if let [one] = vs.as_slice() {
+        return Ok(Value::Tensor(one.clone()));
+    }
+    let first = vs.first().ok_or("cat of no non-empty tensors")?;
     let r = l.shape(first)?.len();
     let axis = dim(int(&a[1])?, r)? as i32;
     built(l.op(&shape::CONCAT).args("values", &vs).konst("axis", Tensor::i32_scalar(axis)).konst("interleave", Tensor::bool_scalar(false)).build1())
@@ -427,4 +442,744 @@ fn int32_if_not_float(l: &mut Lower, v: &Value) -> Result<crate::mil::builder::V
         return Ok(x);
     }
     int32(l, v)
+}
+
+/// The tensor a `built` result holds.
+fn var(v: Result<Value, String>) -> Result<Var, String> {
+    match v? {
+        Value::Tensor(t) => Ok(t),
+        other => Err(format!("expected a tensor, got {}", other.describe())),
+    }
+}
+
+/// `x` cast to MIL `dtype` (named after the current hint and `what`).
+fn cast_to(l: &mut Lower, x: &Var, dtype: DType, what: &str) -> Result<Var, String> {
+    if l.ty(x)?.dtype == dtype {
+        return Ok(x.clone());
+    }
+    let hint = format!("{}_{what}", l.hint);
+    l.b.op(&ew::CAST, &hint).arg("x", x).konst("dtype", Tensor::string(dtype.name())).build1().map_err(|e| e.to_string())
+}
+
+/// Axes whose non-`constant` padding the Core ML runtime accepts: only the last two ("Padding
+/// for more than two dimensions only supports `constant` mode", apple/coremltools#2701).
+const EDGE_PAD_AXES: usize = 2;
+
+/// Torch's pad list (before/after pairs from the last dim backwards) as per-axis (before, after).
+fn pad_pairs(pad: &[i64], rank: usize) -> Result<Vec<(i64, i64)>, String> {
+    if !pad.len().is_multiple_of(2) || pad.len() / 2 > rank {
+        return Err(format!("pad {} must hold before/after pairs for at most {rank} dims", ints_shown(pad)));
+    }
+    let mut pairs = vec![(0, 0); rank];
+    for (i, p) in pad.chunks(2).enumerate() {
+        pairs[rank - 1 - i] = (p[0], p[1]);
+    }
+    Ok(pairs)
+}
+
+/// One MIL `pad` of the last `pairs.len()` axes (all non-negative) in `mode`.
+fn mil_pad(l: &mut Lower, x: &Var, pairs: &[(i64, i64)], mode: &str, value: f64) -> Result<Var, String> {
+    let flat: Vec<i32> = pairs.iter().flat_map(|&(b, e)| [b, e]).map(i32_of).collect::<Result<_, _>>()?;
+    let dtype = l.ty(x)?.dtype;
+    let hint = l.hint.clone();
+    let mut op = l.b.op(&shape::PAD, &hint).arg("x", x).konst("pad", Tensor::i32_vec(&flat)).konst("mode", Tensor::string(mode));
+    if mode == "constant" {
+        op = op.konst("constant_val", Tensor::float_scalar(dtype, value as f32));
+    }
+    op.build1().map_err(|e| e.to_string())
+}
+
+/// `x` padded on every axis by `pairs` (one per axis) in torch's `mode`; negative constant pads
+/// crop. Non-float tensors pad in fp32 and are cast back (Core ML pads only floats).
+fn pad_tensor(l: &mut Lower, x: &Var, pairs: &[(i64, i64)], mode: &str, value: f64) -> Result<Var, String> {
+    let dtype = l.ty(x)?.dtype;
+    if !dtype.is_float() {
+        let xf = cast_to(l, x, DType::F32, "as_fp32")?;
+        let padded = pad_tensor(l, &xf, pairs, mode, value)?;
+        return cast_to(l, &padded, dtype, "padded");
+    }
+    let mut x = x.clone();
+    let s = l.shape(&x)?;
+    let r = s.len();
+    if pairs.iter().any(|&(b, e)| b < 0 || e < 0) {
+        if mode != "constant" {
+            return Err(format!("pad: negative padding {:?} is only supported in constant mode, not `{mode}`", pairs));
+        }
+        for (d, &(b, e)) in pairs.iter().enumerate() {
+            if b < 0 || e < 0 {
+                let n = i64::try_from(s[d]).map_err(|_| "axis too large".to_string())?;
+                let (start, end) = (b.min(0).abs(), n + e.min(0));
+                if start >= end {
+                    return Err(format!("pad: cropping {} and {} leaves nothing of axis {d} (size {n})", -b, -e));
+                }
+                x = var(slice_axis(l, &x, d, start, end, 1, false))?;
+            }
+        }
+    }
+    let pairs: Vec<(i64, i64)> = pairs.iter().map(|&(b, e)| (b.max(0), e.max(0))).collect();
+    match mode {
+        "constant" => {
+            let Some(first) = pairs.iter().position(|&p| p != (0, 0)) else { return Ok(x) };
+            mil_pad(l, &x, &pairs[first..], "constant", value)
+        }
+        "reflect" | "replicate" => {
+            let tail = r.saturating_sub(EDGE_PAD_AXES);
+            // Axes before the last two: moved last, padded, moved back (the runtime rule above).
+            for (d, &pair) in pairs.iter().enumerate().take(tail) {
+                if pair == (0, 0) {
+                    continue;
+                }
+                let mut perm: Vec<i32> = (0..r as i32).collect();
+                perm.swap(d, r - 1);
+                let t = var(permute_by(l, &x, &perm))?;
+                let p = edge_pad(l, &t, &[pair], mode)?;
+                x = var(permute_by(l, &p, &perm))?;
+            }
+            if pairs[tail..].iter().any(|&p| p != (0, 0)) {
+                x = edge_pad(l, &x, &pairs[tail..], mode)?;
+            }
+            Ok(x)
+        }
+        "circular" => {
+            for (d, &(b, e)) in pairs.iter().enumerate() {
+                if (b, e) == (0, 0) {
+                    continue;
+                }
+                let n = i64::try_from(l.shape(&x)?[d]).map_err(|_| "axis too large".to_string())?;
+                if b > n || e > n {
+                    return Err(format!("pad: circular padding ({b}, {e}) is larger than axis {d} of size {n}"));
+                }
+                let mut parts = Vec::new();
+                if b > 0 {
+                    parts.push(var(slice_axis(l, &x, d, n - b, n, 1, false))?);
+                }
+                parts.push(x.clone());
+                if e > 0 {
+                    parts.push(var(slice_axis(l, &x, d, 0, e, 1, false))?);
+                }
+                x = concat(l, &parts, d)?;
+            }
+            Ok(x)
+        }
+        m => Err(format!("pad: mode `{}` is not supported (constant, reflect, replicate, circular)", crate::files::shown(m))),
+    }
+}
+
+/// Reflect or replicate padding of the last `pairs.len()` (≤ 2) axes. MIL allows reflect pads
+/// below the size and replicate pads up to it; a larger replicate pad is applied in steps (the
+/// edge of a replicated border is the same edge).
+fn edge_pad(l: &mut Lower, x: &Var, pairs: &[(i64, i64)], mode: &str) -> Result<Var, String> {
+    let mut x = x.clone();
+    let mut left: Vec<(i64, i64)> = pairs.to_vec();
+    while left.iter().any(|&p| p != (0, 0)) {
+        let s = l.shape(&x)?;
+        let first = s.len() - pairs.len();
+        let mut step = Vec::with_capacity(pairs.len());
+        for (j, p) in left.iter_mut().enumerate() {
+            let n = i64::try_from(s[first + j]).map_err(|_| "axis too large".to_string())?;
+            if mode == "reflect" && (p.0 >= n || p.1 >= n) {
+                return Err(format!("pad: reflect padding ({}, {}) must be below the size {n} of axis {}", p.0, p.1, first + j));
+            }
+            if n == 0 {
+                return Err(format!("pad: cannot {mode}-pad the empty axis {}", first + j));
+            }
+            let now = (p.0.min(n), p.1.min(n));
+            *p = (p.0 - now.0, p.1 - now.1);
+            step.push(now);
+        }
+        x = mil_pad(l, &x, &step, mode, 0.0)?;
+    }
+    Ok(x)
+}
+
+/// `concat` of `parts` along `axis` (one part is returned as is).
+fn concat(l: &mut Lower, parts: &[Var], axis: usize) -> Result<Var, String> {
+    if let [one] = parts {
+        return Ok(one.clone());
+    }
+    let op = l.op(&shape::CONCAT).args("values", parts).konst("axis", Tensor::i32_scalar(axis as i32)).konst("interleave", Tensor::bool_scalar(false));
+    op.build1().map_err(|e| e.to_string())
+}
+
+/// `aten::pad(self, pad, mode, value)`: constant, reflect, replicate or circular padding.
+pub fn pad(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let r = l.shape(&x)?.len();
+    let pairs = pad_pairs(&ints(&a[1])?, r)?;
+    let mode = match &a[2] {
+        Value::Str(s) => s.clone(),
+        Value::None => "constant".into(),
+        other => return Err(format!("pad: mode must be a string, got {}", other.describe())),
+    };
+    let value = if a[3] == Value::None { 0.0 } else { float(&a[3])? };
+    Ok(Value::Tensor(pad_tensor(l, &x, &pairs, &mode, value)?))
+}
+
+/// `aten::constant_pad_nd(self, pad, value)`.
+pub fn constant_pad_nd(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    pad(l, &[a[0].clone(), a[1].clone(), Value::Str("constant".into()), a[2].clone()])
+}
+
+/// `aten::reflection_pad{1,2,3}d(self, padding)`.
+pub fn reflection_pad(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    pad(l, &[a[0].clone(), a[1].clone(), Value::Str("reflect".into()), Value::None])
+}
+
+/// `aten::replication_pad{1,2,3}d(self, padding)`.
+pub fn replication_pad(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    pad(l, &[a[0].clone(), a[1].clone(), Value::Str("replicate".into()), Value::None])
+}
+
+/// `aten::_pad_circular(self, pad)`.
+pub fn circular_pad(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    pad(l, &[a[0].clone(), a[1].clone(), Value::Str("circular".into()), Value::None])
+}
+
+/// The tensors of a list argument.
+fn tensors(l: &Lower, v: &Value, what: &str) -> Result<Vec<Var>, String> {
+    let (Value::List(items) | Value::Tuple(items)) = v else { return Err(format!("{what} needs a list of tensors")) };
+    let vs = items.iter().map(|v| l.tensor(v)).collect::<Result<Vec<_>, _>>()?;
+    if vs.is_empty() {
+        return Err(format!("{what} of an empty list"));
+    }
+    Ok(vs)
+}
+
+/// `aten::stack(tensors, dim)` → `stack` (a new axis `dim`).
+pub fn stack(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let vs = tensors(l, &a[0], "stack")?;
+    let r = l.shape(&vs[0])?.len();
+    let axis = dim(int(&a[1])?, r + 1)? as i32;
+    built(l.op(&shape::STACK).args("values", &vs).konst("axis", Tensor::i32_scalar(axis)).build1())
+}
+
+/// `x` with `1`s put in front of its shape up to rank `rank` (torch's `atleast_{1,2}d`).
+fn at_least(l: &mut Lower, x: &Var, rank: usize) -> Result<Var, String> {
+    let s = l.shape(x)?;
+    if s.len() >= rank {
+        return Ok(x.clone());
+    }
+    let mut target = vec![1; rank - s.len()];
+    target.extend(dims_i32(&s)?);
+    var(built(l.op(&shape::RESHAPE).arg("x", x).konst("shape", Tensor::i32_vec(&target)).build1()))
+}
+
+/// `aten::hstack(tensors)`: `cat` along dim 1, or dim 0 for 1-D tensors.
+pub fn hstack(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let vs = tensors(l, &a[0], "hstack")?;
+    let vs = vs.iter().map(|v| at_least(l, v, 1)).collect::<Result<Vec<_>, _>>()?;
+    let axis = usize::from(l.shape(&vs[0])?.len() > 1);
+    Ok(Value::Tensor(concat(l, &vs, axis)?))
+}
+
+/// `aten::vstack(tensors)`: `cat` along dim 0 of the tensors made at least 2-D.
+pub fn vstack(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let vs = tensors(l, &a[0], "vstack")?;
+    let vs = vs.iter().map(|v| at_least(l, v, 2)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Value::Tensor(concat(l, &vs, 0)?))
+}
+
+/// `split` of `x` along `d` into parts of `sizes` (all > 0), as a tuple.
+fn split_sizes(l: &mut Lower, x: &Var, d: usize, sizes: &[i64]) -> Result<Vec<Var>, String> {
+    if let Some(z) = sizes.iter().find(|&&s| s <= 0) {
+        return Err(format!("split into a part of size {z} is not supported (Core ML has no empty tensors)"));
+    }
+    if sizes.len() == 1 {
+        return Ok(vec![x.clone()]);
+    }
+    let sizes: Vec<i32> = sizes.iter().map(|&s| i32_of(s)).collect::<Result<_, _>>()?;
+    let op = l.op(&shape::SPLIT).arg("x", x).konst("split_sizes", Tensor::i32_vec(&sizes)).konst("axis", Tensor::i32_scalar(d as i32));
+    op.build().map_err(|e| e.to_string())
+}
+
+/// `aten::unbind(self, dim)`: the slices along `dim`, that axis removed.
+pub fn unbind(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let s = l.shape(&x)?;
+    let d = dim(int(&a[1])?, s.len())?;
+    let n = i64::try_from(s[d]).map_err(|_| format!("axis size {} is too large", s[d]))?;
+    let parts = split_sizes(l, &x, d, &vec![1; usize::try_from(n).unwrap_or(0)])?;
+    let hint = l.hint.clone();
+    let mut out = Vec::with_capacity(parts.len());
+    for p in parts {
+        let q = l.b.op(&shape::SQUEEZE, &format!("{hint}_item")).arg("x", &p).konst("axes", Tensor::i32_vec(&[d as i32]));
+        out.push(Value::Tensor(q.build1().map_err(|e| e.to_string())?));
+    }
+    Ok(Value::Tuple(out))
+}
+
+/// `aten::tensor_split(self, sections | indices, dim)`: `sections` parts (the first `n %
+/// sections` one longer) or cuts at `indices`.
+pub fn tensor_split(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let s = l.shape(&x)?;
+    let d = dim(int(&a[2])?, s.len())?;
+    let n = i64::try_from(s[d]).map_err(|_| format!("axis size {} is too large", s[d]))?;
+    let sizes: Vec<i64> = match &a[1] {
+        Value::Int(k) if *k > 0 && usize::try_from(*k).is_ok_and(|k| k <= crate::mil::ops::MAX_OUTPUTS) => {
+            (0..*k).map(|i| n / k + i64::from(i < n % k)).collect()
+        }
+        Value::Int(k) => return Err(format!("tensor_split into {k} sections")),
+        other => {
+            let mut cuts: Vec<i64> = ints(other)?.into_iter().map(|c| if c < 0 { (c + n).max(0) } else { c.min(n) }).collect();
+            cuts.push(n);
+            let mut prev = 0;
+            cuts.into_iter().map(|c| {
+                let size = (c - prev).max(0);
+                prev = prev.max(c);
+                size
+            }).collect()
+        }
+    };
+    Ok(Value::Tuple(split_sizes(l, &x, d, &sizes)?.into_iter().map(Value::Tensor).collect()))
+}
+
+/// c10 ScalarType codes of the integer dtypes (uint8, int8, int16, int32, int64): int32 in MIL.
+const SCALAR_TYPES_INT: std::ops::RangeInclusive<i64> = 0..=4;
+/// c10 ScalarType codes of fp16, fp32 and fp64: the compute float dtype in MIL.
+const SCALAR_TYPES_FLOAT: std::ops::RangeInclusive<i64> = 5..=7;
+
+/// The MIL dtype of a constructor's `dtype` argument (a c10 ScalarType code), `default` when None.
+fn scalar_type(l: &Lower, code: &Value, default: DType) -> Result<DType, String> {
+    match code {
+        Value::None => Ok(default),
+        Value::Int(SCALAR_TYPE_BOOL) => Ok(DType::Bool),
+        Value::Int(c) if SCALAR_TYPES_INT.contains(c) => Ok(DType::I32),
+        Value::Int(c) if SCALAR_TYPES_FLOAT.contains(c) => Ok(l.dtype),
+        other => Err(format!("a tensor of ScalarType {} is not supported", other.describe())),
+    }
+}
+
+/// A const of `shape` and MIL dtype `dt` (bool, int32 or float) filled with `x`.
+fn konst_filled(l: &mut Lower, shape: &[usize], x: f64, dt: DType) -> Result<Value, String> {
+    let n = const_elements(shape)?;
+    let t = match dt {
+        DType::Bool => Tensor::from_bools(shape, &vec![x != 0.0; n]),
+        DType::I32 => Tensor::from_i32(shape, &vec![x as i32; n]),
+        _ => l.cast_const(&Tensor::from_f32(shape, &vec![x as f32; n]))?,
+    };
+    let hint = l.hint.clone();
+    let v = l.b.konst(&hint, t);
+    l.fresh.insert(v.clone());
+    Ok(Value::Tensor(v))
+}
+
+/// The tensor an in-place `fill_`/`zero_` overwrites, refused unless a constructor just made
+/// it (see `Lower::fresh`): a write into a view or a computed tensor would be lost silently.
+fn overwritable(l: &Lower, v: &Value, op: &str) -> Result<Var, String> {
+    let x = l.tensor(v)?;
+    if !l.fresh.contains(&x) {
+        return Err(format!("{op} of a view or computed tensor (like `x[:, 1] = 0` in the model) is not supported: only tensors fresh from zeros/empty/full… can be overwritten"));
+    }
+    Ok(x)
+}
+
+/// `aten::zero` (`zero_`) of a tensor a constructor just made: zeros like it.
+pub fn zero(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    overwritable(l, &a[0], "zero_")?;
+    zeros_like(l, a)
+}
+
+/// A size-list argument as a shape.
+fn sizes(v: &Value) -> Result<Vec<usize>, String> {
+    ints(v)?.into_iter().map(|d| usize::try_from(d).map_err(|_| format!("negative size {d}"))).collect()
+}
+
+/// The MIL dtype a tensor like `v` has in the program: its own, floats in the compute dtype.
+fn like_dtype(l: &Lower, v: &Value) -> Result<DType, String> {
+    let t = l.ty(&l.tensor(v)?)?.dtype;
+    Ok(if t.is_float() { l.dtype } else { t })
+}
+
+/// The default dtype of `full`'s fill value: int64 for ints, bool for bools, else float.
+fn fill_dtype(l: &Lower, v: &Value) -> DType {
+    match v {
+        Value::Int(_) => DType::I32,
+        Value::Bool(_) => DType::Bool,
+        _ => l.dtype,
+    }
+}
+
+/// `aten::zeros(size, dtype…)`, `aten::empty` (zeros: the values are never read before written).
+pub fn zeros(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let dt = scalar_type(l, &a[1], l.dtype)?;
+    konst_filled(l, &sizes(&a[0])?, 0.0, dt)
+}
+
+/// `aten::ones(size, dtype…)`.
+pub fn ones(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let dt = scalar_type(l, &a[1], l.dtype)?;
+    konst_filled(l, &sizes(&a[0])?, 1.0, dt)
+}
+
+/// `aten::full(size, fill_value, dtype…)`.
+pub fn full(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let dt = scalar_type(l, &a[2], fill_dtype(l, &a[1]))?;
+    konst_filled(l, &sizes(&a[0])?, float(&a[1])?, dt)
+}
+
+/// `aten::zeros_like(self, dtype…)`, `aten::empty_like`.
+pub fn zeros_like(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let default = like_dtype(l, &a[0])?;
+    let dt = scalar_type(l, a.get(1).unwrap_or(&Value::None), default)?;
+    let s = l.shape(&l.tensor(&a[0])?)?;
+    konst_filled(l, &s, 0.0, dt)
+}
+
+/// `aten::ones_like(self, dtype…)`.
+pub fn ones_like(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let dt = scalar_type(l, &a[1], like_dtype(l, &a[0])?)?;
+    let s = l.shape(&l.tensor(&a[0])?)?;
+    konst_filled(l, &s, 1.0, dt)
+}
+
+/// `aten::fill(self, value)` (`fill_`) of a tensor a constructor just made: a const shaped and
+/// typed like it.
+pub fn fill(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    overwritable(l, &a[0], "fill_")?;
+    let dt = like_dtype(l, &a[0])?;
+    let s = l.shape(&l.tensor(&a[0])?)?;
+    let v = match &a[1] {
+        Value::Tensor(t) => {
+            let c = l.b.value(t).and_then(|c| c.to_f32_vec()).ok_or("fill_ with a computed value is not supported")?;
+            f64::from(*c.first().ok_or("fill_ with an empty tensor")?)
+        }
+        v => float(v)?,
+    };
+    konst_filled(l, &s, v, dt)
+}
+
+/// `aten::new_zeros(self, size, dtype…)`, `aten::new_empty` (zeros).
+pub fn new_zeros(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let dt = scalar_type(l, &a[2], like_dtype(l, &a[0])?)?;
+    konst_filled(l, &sizes(&a[1])?, 0.0, dt)
+}
+
+/// `aten::new_full(self, size, fill_value, dtype…)`.
+pub fn new_full(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let dt = scalar_type(l, &a[3], like_dtype(l, &a[0])?)?;
+    konst_filled(l, &sizes(&a[1])?, float(&a[2])?, dt)
+}
+
+/// `aten::scalar_tensor(s, dtype…)`: a rank-0 const (float unless a dtype says otherwise).
+pub fn scalar_tensor(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let dt = scalar_type(l, &a[1], l.dtype)?;
+    konst_filled(l, &[], float(&a[0])?, dt)
+}
+
+/// `aten::expand_as(self, other)`.
+pub fn expand_as(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let s = l.shape(&l.tensor(&a[1])?)?;
+    let size = Value::List(s.iter().map(|&d| Value::Int(d as i64)).collect());
+    expand(l, &[a[0].clone(), size, Value::Bool(false)])
+}
+
+/// `aten::repeat(self, repeats)` → `tile` (extra leading repeats add leading axes).
+pub fn repeat(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let reps = ints(&a[1])?;
+    let s = l.shape(&x)?;
+    if reps.len() < s.len() {
+        return Err(format!("repeat needs at least {} repeats, got {}", s.len(), ints_shown(&reps)));
+    }
+    if reps.iter().any(|&r| r <= 0) {
+        return Err(format!("repeat by {} is not supported (Core ML has no empty tensors)", ints_shown(&reps)));
+    }
+    let x = at_least(l, &x, reps.len())?;
+    if reps.iter().all(|&r| r == 1) {
+        return Ok(Value::Tensor(x));
+    }
+    let reps: Vec<i32> = reps.into_iter().map(i32_of).collect::<Result<_, _>>()?;
+    built(l.op(&shape::TILE).arg("x", &x).konst("reps", Tensor::i32_vec(&reps)).build1())
+}
+
+/// `gather` of `x` along `axis` at the const `indices` (a 1-D list).
+fn gather_const(l: &mut Lower, x: &Var, axis: usize, indices: &[i64]) -> Result<Var, String> {
+    let ids: Vec<i32> = indices.iter().map(|&i| i32_of(i)).collect::<Result<_, _>>()?;
+    let hint = l.hint.clone();
+    let ids = l.b.konst(&format!("{hint}_indices"), Tensor::from_i32(&[ids.len()], &ids));
+    l.op(&shape::GATHER).arg("x", x).arg("indices", &ids).konst("axis", Tensor::i32_scalar(axis as i32)).build1().map_err(|e| e.to_string())
+}
+
+/// `aten::repeat_interleave(self, repeats, dim)` with int (or const tensor) repeats: a
+/// `gather` of each index repeated; no `dim` flattens first.
+pub fn repeat_interleave(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let mut x = l.tensor(&a[0])?;
+    let d = match &a[2] {
+        Value::None => {
+            let n = const_elements(&l.shape(&x)?)?;
+            x = var(built(l.op(&shape::RESHAPE).arg("x", &x).konst("shape", Tensor::i32_vec(&dims_i32(&[n])?)).build1()))?;
+            0
+        }
+        v => dim(int(v)?, l.shape(&x)?.len())?,
+    };
+    let n = l.shape(&x)?[d];
+    let reps: Vec<i64> = match &a[1] {
+        Value::Int(r) => vec![*r; n],
+        Value::Tensor(t) => {
+            let c = l.b.value(t).and_then(|c| c.to_i64_vec()).ok_or("repeat_interleave with computed repeats is not supported")?;
+            if c.len() == 1 { vec![c[0]; n] } else { c }
+        }
+        other => return Err(format!("repeat_interleave repeats must be an int or a tensor, got {}", other.describe())),
+    };
+    if reps.len() != n || reps.iter().any(|&r| r < 0) {
+        return Err(format!("repeat_interleave: repeats {} do not fit an axis of {n}", ints_shown(&reps)));
+    }
+    let total = reps.iter().try_fold(0usize, |acc, &r| usize::try_from(r).ok().and_then(|r| acc.checked_add(r))).ok_or("repeat count overflows")?;
+    const_elements(&[total])?;
+    let idx: Vec<i64> = reps.iter().enumerate().flat_map(|(i, &r)| std::iter::repeat_n(i as i64, r as usize)).collect();
+    if idx.is_empty() {
+        return Err("repeat_interleave to an empty tensor is not supported".into());
+    }
+    Ok(Value::Tensor(gather_const(l, &x, d, &idx)?))
+}
+
+/// `aten::flip(self, dims)` → `slice_by_index` with stride −1 on the flipped axes.
+pub fn flip(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let r = l.shape(&x)?.len();
+    let dims = ints(&a[1])?.into_iter().map(|d| dim(d, r)).collect::<Result<Vec<_>, _>>()?;
+    if dims.is_empty() {
+        return Ok(a[0].clone());
+    }
+    let st: Vec<i32> = (0..r).map(|i| if dims.contains(&i) { -1 } else { 1 }).collect();
+    let op = l
+        .op(&shape::SLICE_BY_INDEX)
+        .arg("x", &x)
+        .konst("begin", Tensor::i32_vec(&vec![0; r]))
+        .konst("end", Tensor::i32_vec(&vec![0; r]))
+        .konst("stride", Tensor::i32_vec(&st))
+        .konst("begin_mask", Tensor::from_bools(&[r], &vec![true; r]))
+        .konst("end_mask", Tensor::from_bools(&[r], &vec![true; r]));
+    built(op.build1())
+}
+
+/// `aten::roll(self, shifts, dims)`: per axis, the last `shift` elements moved to the front
+/// (two slices and a `concat`); no dims rolls the flattened tensor.
+pub fn roll(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let s = l.shape(&x)?;
+    let shifts = ints(&a[1])?;
+    let dims = ints(&a[2])?;
+    if dims.is_empty() {
+        let n = const_elements(&s)?;
+        let flat = var(built(l.op(&shape::RESHAPE).arg("x", &x).konst("shape", Tensor::i32_vec(&dims_i32(&[n])?)).build1()))?;
+        let rolled = roll(l, &[Value::Tensor(flat), a[1].clone(), Value::List(vec![Value::Int(0)])])?;
+        let rolled = l.tensor(&rolled)?;
+        return built(l.op(&shape::RESHAPE).arg("x", &rolled).konst("shape", Tensor::i32_vec(&dims_i32(&s)?)).build1());
+    }
+    if shifts.len() != dims.len() {
+        return Err(format!("roll: {} shifts for {} dims", shifts.len(), dims.len()));
+    }
+    let mut x = x;
+    for (&shift, &d) in shifts.iter().zip(&dims) {
+        let d = dim(d, s.len())?;
+        let n = i64::try_from(s[d]).map_err(|_| format!("axis size {} is too large", s[d]))?;
+        if n == 0 || shift.rem_euclid(n) == 0 {
+            continue;
+        }
+        let k = shift.rem_euclid(n);
+        let tail = var(slice_axis(l, &x, d, n - k, n, 1, false))?;
+        let head = var(slice_axis(l, &x, d, 0, n - k, 1, false))?;
+        x = concat(l, &[tail, head], d)?;
+    }
+    Ok(Value::Tensor(x))
+}
+
+/// `aten::narrow(self, dim, start, length)` → a slice.
+pub fn narrow(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let s = l.shape(&x)?;
+    let d = dim(int(&a[1])?, s.len())?;
+    let n = i64::try_from(s[d]).map_err(|_| format!("axis size {} is too large", s[d]))?;
+    let start = match &a[2] {
+        Value::Tensor(t) => l.b.value(t).and_then(|c| c.as_i64()).ok_or("narrow with a computed start is not supported")?,
+        v => int(v)?,
+    };
+    let start = if start < 0 { start + n } else { start };
+    let len = int(&a[3])?;
+    if start < 0 || len < 0 || start.checked_add(len).is_none_or(|e| e > n) {
+        return Err(format!("narrow({start}, {len}) is out of range for size {n}"));
+    }
+    if start == 0 && len == n {
+        return Ok(a[0].clone());
+    }
+    slice_axis(l, &x, d, start, start + len, 1, false)
+}
+
+/// `aten::unflatten(self, dim, sizes)` as a reshape (`-1` allowed in `sizes`).
+pub fn unflatten(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let s = l.shape(&x)?;
+    let d = dim(int(&a[1])?, s.len())?;
+    let mut target = dims_i32(&s[..d])?;
+    target.extend(ints(&a[2])?.into_iter().map(i32_of).collect::<Result<Vec<_>, _>>()?);
+    target.extend(dims_i32(&s[d + 1..])?);
+    built(l.op(&shape::RESHAPE).arg("x", &x).konst("shape", Tensor::i32_vec(&target)).build1())
+}
+
+/// `aten::movedim(self, source, destination)` (ints or lists) as a transpose.
+pub fn movedim(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let r = l.shape(&x)?.len();
+    let src = ints(&a[1])?.into_iter().map(|d| dim(d, r)).collect::<Result<Vec<_>, _>>()?;
+    let dst = ints(&a[2])?.into_iter().map(|d| dim(d, r)).collect::<Result<Vec<_>, _>>()?;
+    if src.len() != dst.len() {
+        return Err(format!("movedim: {} sources for {} destinations", src.len(), dst.len()));
+    }
+    let mut perm: Vec<Option<usize>> = vec![None; r];
+    for (&s, &d) in src.iter().zip(&dst) {
+        if perm[d].replace(s).is_some() {
+            return Err("movedim: repeated destination".into());
+        }
+    }
+    let mut rest = (0..r).filter(|i| !src.contains(i));
+    let perm: Vec<i32> = perm.into_iter().map(|p| p.or_else(|| rest.next()).map(|p| p as i32).ok_or("movedim: repeated source")).collect::<Result<_, _>>()?;
+    permute_by(l, &x, &perm)
+}
+
+/// `aten::t(self)`: transposes a 2-D tensor; 0-D and 1-D ones are unchanged.
+pub fn t(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    match l.shape(&x)?.len() {
+        0 | 1 => Ok(a[0].clone()),
+        2 => permute_by(l, &x, &[1, 0]),
+        r => Err(format!("t() needs a tensor of rank ≤ 2, got rank {r}")),
+    }
+}
+
+/// `aten::mT(self)`: swaps the last two axes.
+pub fn mt(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    transpose(l, &[a[0].clone(), Value::Int(-2), Value::Int(-1)])
+}
+
+/// `aten::numel(self)`: the static element count.
+pub fn numel(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let s = l.shape(&l.tensor(&a[0])?)?;
+    let n = crate::mil::types::checked_elements(&s).and_then(|n| i64::try_from(n).ok()).ok_or("element count overflows")?;
+    Ok(Value::Int(n))
+}
+
+/// `aten::dim(self)`: the rank.
+pub fn rank(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    Ok(Value::Int(l.shape(&l.tensor(&a[0])?)?.len() as i64))
+}
+
+/// `aten::index_select(self, dim, index)` → `gather` (indices cast to int32).
+pub fn index_select(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let r = l.shape(&x)?.len();
+    let axis = dim(int(&a[1])?, r)? as i32;
+    let idx = int32(l, &a[2])?;
+    built(l.op(&shape::GATHER).arg("x", &x).arg("indices", &idx).konst("axis", Tensor::i32_scalar(axis)).build1())
+}
+
+/// `scatter_along_axis` of `updates` (a tensor, cut to the index's shape, or a scalar) into
+/// `self` at `index` along `dim`, in MIL `mode`.
+fn scatter_with(l: &mut Lower, a: &[Value], mode: &str) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let r = l.shape(&x)?.len();
+    let axis = dim(int(&a[1])?, r)?;
+    let idx = int32(l, &a[2])?;
+    let is = l.shape(&idx)?;
+    let dtype = l.ty(&x)?.dtype;
+    let updates = match &a[3] {
+        Value::Tensor(src) => {
+            let ss = l.shape(src)?;
+            if ss == is {
+                src.clone()
+            } else {
+                // torch reads only the index-shaped corner of a larger `src`.
+                let hint = format!("{}_src", l.hint);
+                let op = l.b.op(&shape::SLICE_BY_SIZE, &hint).arg("x", src).konst("begin", Tensor::i32_vec(&vec![0; ss.len()])).konst("size", Tensor::i32_vec(&dims_i32(&is)?));
+                op.build1().map_err(|e| e.to_string())?
+            }
+        }
+        v => {
+            let Value::Tensor(u) = konst_filled(l, &is, float(v)?, dtype)? else { unreachable!("konst_filled returns a tensor") };
+            u
+        }
+    };
+    let op = l
+        .op(&shape::SCATTER_ALONG_AXIS)
+        .arg("data", &x)
+        .arg("indices", &idx)
+        .arg("updates", &updates)
+        .konst("axis", Tensor::i32_scalar(axis as i32))
+        .konst("mode", Tensor::string(mode));
+    built(op.build1())
+}
+
+/// `aten::scatter(self, dim, index, src | value, reduce)` → `scatter_along_axis` (reduce
+/// none → `update`, `add`, `multiply` → `mul`).
+pub fn scatter(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let mode = match &a[4] {
+        Value::None => "update",
+        Value::Str(s) if s == "add" => "add",
+        Value::Str(s) if s == "multiply" => "mul",
+        other => return Err(format!("scatter: reduce {} is not supported (add, multiply)", other.describe())),
+    };
+    scatter_with(l, a, mode)
+}
+
+/// `aten::scatter_add(self, dim, index, src)` → `scatter_along_axis` in `add` mode.
+pub fn scatter_add(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    scatter_with(l, a, "add")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mil::builder::Builder;
+    use crate::mil::{Opset, TensorType};
+
+    fn lower(shape: &[usize]) -> (Lower, Value) {
+        let mut l = Lower { b: Builder::new(Opset::Ios16), dtype: DType::F32, hint: "out".into(), precision_notes: Vec::new(), fresh: Default::default() };
+        let x = l.b.input("x", TensorType::new(DType::F32, shape));
+        (l, Value::Tensor(x))
+    }
+
+    fn pad_args(x: &Value, pad: &[i64], mode: &str) -> Vec<Value> {
+        vec![x.clone(), Value::List(pad.iter().map(|&p| Value::Int(p)).collect()), Value::Str(mode.into()), Value::None]
+    }
+
+    #[test]
+    fn pad_errors_name_the_mode_and_the_limit() {
+        let (mut l, x) = lower(&[1, 2, 3, 4]);
+        let e = pad(&mut l, &pad_args(&x, &[1, 1], "symmetric")).unwrap_err();
+        assert!(e.contains("mode `symmetric` is not supported"), "{e}");
+        let e = pad(&mut l, &pad_args(&x, &[4, 0], "reflect")).unwrap_err();
+        assert!(e.contains("reflect padding (4, 0) must be below the size 4"), "{e}");
+        let e = pad(&mut l, &pad_args(&x, &[-1, 0], "replicate")).unwrap_err();
+        assert!(e.contains("only supported in constant mode"), "{e}");
+        let e = pad(&mut l, &pad_args(&x, &[1, 1, 1], "constant")).unwrap_err();
+        assert!(e.contains("before/after pairs"), "{e}");
+    }
+
+    #[test]
+    fn fill_overwrites_only_fresh_constructor_results() {
+        let (mut l, x) = lower(&[2, 3]);
+        let e = fill(&mut l, &[x, Value::Float(0.0)]).unwrap_err();
+        assert!(e.contains("fill_ of a view or computed tensor"), "{e}");
+        let fresh = zeros(&mut l, &[Value::List(vec![Value::Int(2), Value::Int(3)]), Value::None]).unwrap();
+        let filled = fill(&mut l, &[fresh.clone(), Value::Float(0.5)]).unwrap();
+        assert_eq!(l.b.value(&l.tensor(&filled).unwrap()).unwrap().to_f32_vec().unwrap(), [0.5; 6]);
+        // A slice of the fresh tensor is a view: writing into it is refused.
+        let view = select(&mut l, &[fresh, Value::Int(1), Value::Int(0)]).unwrap();
+        assert!(zero(&mut l, &[view]).is_err());
+    }
+
+    #[test]
+    fn edge_pads_outside_the_last_two_axes_are_moved_last() {
+        // Core ML rejects reflect/replicate padding before the last two axes: axis 1 is
+        // transposed last, padded, transposed back; every `pad` sees at most the last two.
+        let (mut l, x) = lower(&[1, 3, 4, 5]);
+        let y = pad(&mut l, &pad_args(&x, &[1, 1, 0, 0, 2, 1], "replicate")).unwrap();
+        assert_eq!(l.shape(&l.tensor(&y).unwrap()).unwrap(), [1, 6, 4, 7]);
+        let out = l.tensor(&y).unwrap();
+        let f = l.b.finish(&[out]);
+        let pads: Vec<_> = f.block.operations.iter().filter(|o| o.op_type == "pad").collect();
+        assert_eq!(pads.len(), 2);
+        assert_eq!(f.block.operations.iter().filter(|o| o.op_type == "transpose").count(), 2);
+    }
 }
