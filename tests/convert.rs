@@ -95,7 +95,17 @@ fn scripted_control_flow_suggests_tracing() {
     let dir = tempfile::tempdir().unwrap();
     let pkg = dir.path().join("s.mlpackage");
     let out = convert(&root().join("fixtures/convert/scripted.pt"), &pkg, &["--input", "x:2x4"]);
-    assert_refused(&out, &pkg, &["scripted.pt", "control flow (`if`)", "code/__torch__.py:", "torch.jit.trace"]);
+    assert_refused(&out, &pkg, &["scripted.pt", "`if` at code/__torch__.py:", "control flow", "torch.jit.trace"]);
+}
+
+/// Issue 14: a scripted `with` block is refused by name and line like other scripted code (it
+/// used to be a parser token dump).
+#[test]
+fn scripted_with_block_suggests_tracing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("w.mlpackage");
+    let out = convert(&root().join("fixtures/convert/scripted_with.pt"), &pkg, &["--input", "x:2x4"]);
+    assert_refused(&out, &pkg, &["scripted_with.pt", "`with` at code/__torch__/make.py:", "torch.jit.trace"]);
 }
 
 #[test]

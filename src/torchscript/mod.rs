@@ -128,8 +128,8 @@ pub enum Error {
     #[error("{path}: {} unsupported torch op kind(s): {}", ops.len(), graph::describe_unsupported(ops))]
     Unsupported { path: PathBuf, ops: Vec<graph::UnsupportedOp> },
     #[error(
-        "{path}: data-dependent control flow (`{keyword}`) at {location}; convert a model made \
-         with torch.jit.trace, which records one straight-line path, not torch.jit.script"
+        "{path}: `{keyword}` at {location} is scripted control flow or a statement no trace \
+         holds; convert a model made with torch.jit.trace, not torch.jit.script"
     )]
     ControlFlow {
         path: PathBuf,
