@@ -1,11 +1,20 @@
 //! Lowering tests against torch, one traced torch op (or op mode) per case: every case that
 //! `fixtures/ops/make.py` writes into `$T2C_OPS` (`make setup` does) converts at fp32 and at
-//! fp16, runs in our interpreter through `validate` and matches torch's saved outputs (fp32:
-//! cosine ≥ [`FP32_MIN_COSINE`]; fp16: `validate`'s default criterion), and every package passes
-//! coremltools' type-check. All failures are reported together.
+//! fp16 through the library (`pipeline::load` and `pipeline::write`, as `convert --example`
+//! does), runs in our interpreter on the saved inputs and matches torch's saved outputs (fp32:
+//! cosine ≥ [`FP32_MIN_COSINE`]; fp16: `validate`'s default criterion), and every package
+//! passes coremltools' type-check. In-process, because hundreds of process starts of a binary
+//! linked to libtorch (the `torch` feature `make test` builds) take minutes. All failures are
+//! reported together.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use torch2coreml::interp::{self, Array};
+use torch2coreml::mil::{DType, Opset};
+use torch2coreml::pipeline::{self, InputSpec};
+use torch2coreml::staging::Replace;
+use torch2coreml::validate::{self, npz};
 
 /// fp32 kernels agree with torch to float rounding.
 const FP32_MIN_COSINE: f64 = 0.99999;
@@ -23,28 +32,32 @@ fn ops_dir() -> PathBuf {
     dir
 }
 
-/// Converts and validates one case at one precision; `Err` says what failed.
-fn check(dir: &Path, case: &str, precision: &str, pkg: &Path) -> Result<(), String> {
-    let inputs = dir.join(format!("{case}.inputs.npz"));
-    let c = bin().arg("convert").arg(dir.join(format!("{case}.pt"))).arg("-o").arg(pkg).arg("--example").arg(&inputs).args(["--precision", precision]).output().unwrap();
-    if !c.status.success() {
-        return Err(format!("{case} {precision}: convert: {}", String::from_utf8_lossy(&c.stderr).trim()));
-    }
-    let v = bin()
-        .arg("validate")
-        .arg(pkg)
-        .arg("--inputs")
-        .arg(&inputs)
-        .arg("--expected")
-        .arg(dir.join(format!("{case}.outputs.npz")))
-        .args(["--format", "json"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap_or_default();
-    let min_cosine = if precision == "fp32" { FP32_MIN_COSINE } else { 0.0 };
-    let cosine_ok = report["outputs"].as_array().is_some_and(|o| !o.is_empty() && o.iter().all(|r| r["cosine"].as_f64().unwrap_or(0.0) >= min_cosine));
-    if !v.status.success() || report["pass"] != true || !cosine_ok {
-        return Err(format!("{case} {precision}: validate: {} {}", String::from_utf8_lossy(&v.stdout).trim(), String::from_utf8_lossy(&v.stderr).trim()));
+/// Converts one case at `precision` into `pkg` and checks it against torch's outputs, as
+/// `convert --example` and `validate --expected` do; `Err` says what failed.
+fn check(dir: &Path, case: &str, precision: DType, pkg: &Path) -> Result<(), String> {
+    let at = |what: &str| format!("{case} {}: {what}", precision.name());
+    let pt = dir.join(format!("{case}.pt"));
+    let given = npz::read(&dir.join(format!("{case}.inputs.npz"))).map_err(|e| at(&e.to_string()))?;
+    let specs = given.iter().map(|(name, t)| InputSpec { name: Some(name.clone()), ty: t.tensor_type() }).collect();
+    let opset = Opset::from_target("iOS16").ok_or_else(|| at("no iOS16"))?;
+    let options = pipeline::Options { opset, precision, ane: true, inputs: specs, seq_len: None };
+    let loading = pipeline::load(&pt, &options).map_err(|e| at(&format!("convert: {e}")))?;
+    pipeline::write(&loading, &pt, pkg, Replace::Anything).map_err(|e| at(&format!("write: {e}")))?;
+    let model = pipeline::read_package(pkg).map_err(|e| at(&format!("read back: {e}")))?;
+    let main = model.program.main().ok_or_else(|| at("no main function"))?;
+    let inputs = validate::inputs_from(main, given).map_err(|e| at(&e.to_string()))?;
+    let outputs = interp::run(main, &inputs).map_err(|e| at(&format!("run: {e}")))?;
+    let expected: Vec<(String, Array)> = npz::read(&dir.join(format!("{case}.outputs.npz")))
+        .map_err(|e| at(&e.to_string()))?
+        .into_iter()
+        .map(|(n, t)| Array::from_tensor(&t).map(|a| (n, a)).map_err(|e| at(&e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let reports = validate::compare(&outputs, &expected, validate::default_criterion(main)).map_err(|e| at(&e.to_string()))?;
+    let min_cosine = if precision == DType::F32 { FP32_MIN_COSINE } else { 0.0 };
+    for r in &reports {
+        if !r.drift.pass || r.drift.cosine < min_cosine {
+            return Err(at(&format!("{}: {:?}", r.name, r.drift)));
+        }
     }
     Ok(())
 }
@@ -62,8 +75,8 @@ fn every_op_case_converts_type_checks_and_matches_torch() {
     let out = tempfile::tempdir().unwrap();
     let (mut failures, mut pkgs) = (Vec::new(), Vec::new());
     for case in &cases {
-        for precision in ["fp32", "fp16"] {
-            let pkg = out.path().join(format!("{case}_{precision}.mlpackage"));
+        for precision in [DType::F32, DType::F16] {
+            let pkg = out.path().join(format!("{case}_{}.mlpackage", precision.name()));
             match check(&dir, case, precision, &pkg) {
                 Ok(()) => pkgs.push(pkg),
                 Err(e) => failures.push(e),
