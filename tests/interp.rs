@@ -176,6 +176,10 @@ const PACKAGES: &[(&str, &str, f32, f32)] = &[
     ("attention", "ios15_fp32", 1e-4, 1e-4),
     ("attention", "ios16_fp16", 1e-2, 1e-2),
     ("attention", "ios18_fp16", 1e-2, 1e-2),
+    // coremltools' prelu, elu and reduce_l2_norm (issue 14).
+    ("activations", "ios15_fp32", 1e-4, 1e-4),
+    ("activations", "ios16_fp16", 1e-2, 1e-2),
+    ("activations", "ios18_fp16", 1e-2, 1e-2),
 ];
 
 #[test]

@@ -463,6 +463,16 @@ pub const LEAKY_RELU: OpDef = OpDef {
     eval: eval_leaky_relu,
 };
 
+/// `leaky_relu` from iOS17: its parameters may have another float dtype than `x` (coremltools keeps
+/// them fp32 in fp16 programs).
+pub const LEAKY_RELU_IOS17: OpDef = OpDef {
+    name: "leaky_relu",
+    since: Opset::Ios17,
+    params: &[Param::t("x", FLOAT), Param::new("alpha", FLOAT).konst()],
+    infer: infer_same,
+    eval: eval_leaky_relu,
+};
+
 fn eval_leaky_relu(a: &EvalArgs) -> Eval {
     let alpha = a.float_or("alpha", 0.0)?;
     map_float(a, |v| if v < 0.0 { v * alpha } else { v })
@@ -473,6 +483,16 @@ pub const ELU: OpDef = OpDef {
     name: "elu",
     since: Opset::Ios15,
     params: &[Param::t("x", FLOAT), Param::t("alpha", FLOAT).konst()],
+    infer: infer_same,
+    eval: eval_elu,
+};
+
+/// `elu` from iOS17: its parameters may have another float dtype than `x` (coremltools keeps
+/// them fp32 in fp16 programs).
+pub const ELU_IOS17: OpDef = OpDef {
+    name: "elu",
+    since: Opset::Ios17,
+    params: &[Param::t("x", FLOAT), Param::new("alpha", FLOAT).konst()],
     infer: infer_same,
     eval: eval_elu,
 };
@@ -488,6 +508,16 @@ pub const PRELU: OpDef = OpDef {
     name: "prelu",
     since: Opset::Ios15,
     params: &[Param::t("x", FLOAT), Param::t("alpha", FLOAT).konst()],
+    infer: infer_prelu,
+    eval: eval_prelu,
+};
+
+/// `prelu` from iOS17: `alpha` may have another float dtype than `x` (coremltools keeps an fp32
+/// `alpha` in fp16 programs).
+pub const PRELU_IOS17: OpDef = OpDef {
+    name: "prelu",
+    since: Opset::Ios17,
+    params: &[Param::new("x", FLOAT), Param::new("alpha", FLOAT).konst()],
     infer: infer_prelu,
     eval: eval_prelu,
 };
@@ -533,6 +563,16 @@ pub const SIGMOID_HARD: OpDef = OpDef {
     eval: eval_sigmoid_hard,
 };
 
+/// `sigmoid_hard` from iOS17: its parameters may have another float dtype than `x` (coremltools keeps
+/// them fp32 in fp16 programs).
+pub const SIGMOID_HARD_IOS17: OpDef = OpDef {
+    name: "sigmoid_hard",
+    since: Opset::Ios17,
+    params: &[Param::t("x", FLOAT), Param::new("alpha", FLOAT).konst().optional(), Param::new("beta", FLOAT).konst().optional()],
+    infer: infer_same,
+    eval: eval_sigmoid_hard,
+};
+
 fn eval_sigmoid_hard(a: &EvalArgs) -> Eval {
     // Defaults as in coremltools' iOS15 `sigmoid_hard`.
     let (alpha, beta) = (a.float_or("alpha", 0.2)?, a.float_or("beta", 0.5)?);
@@ -544,6 +584,16 @@ pub const THRESHOLDED_RELU: OpDef = OpDef {
     name: "thresholded_relu",
     since: Opset::Ios15,
     params: &[Param::t("x", FLOAT), Param::t("alpha", FLOAT).konst().optional()],
+    infer: infer_same,
+    eval: eval_thresholded_relu,
+};
+
+/// `thresholded_relu` from iOS17: its parameters may have another float dtype than `x` (coremltools keeps
+/// them fp32 in fp16 programs).
+pub const THRESHOLDED_RELU_IOS17: OpDef = OpDef {
+    name: "thresholded_relu",
+    since: Opset::Ios17,
+    params: &[Param::t("x", FLOAT), Param::new("alpha", FLOAT).konst().optional()],
     infer: infer_same,
     eval: eval_thresholded_relu,
 };
