@@ -19,24 +19,50 @@ fn built(r: Result<Var, crate::mil::ops::TypeError>) -> Result<Var, String> {
 }
 
 /// `aten::scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)`.
+/// Grouped-query attention (`enable_gqa`, as Llama/Qwen2/Mistral trace it: H query heads over
+/// Hk < H key/value heads, query head h reading key head h / (H/Hk)) is computed without copying
+/// keys: queries are viewed as [.., Hk, H/Hk, L, E] against keys [.., Hk, 1, S, E], and matmul
+/// broadcasts the group axis.
 pub fn sdpa(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let (q, k, v) = (l.tensor(&a[0])?, l.tensor(&a[1])?, l.tensor(&a[2])?);
     let qs = l.shape(&q)?;
     let ks = l.shape(&k)?;
-    if qs.len() < 2 || ks.len() != qs.len() {
-        return Err(format!("query {} and key {} must have the same rank ≥ 2", dims_shown(&qs), dims_shown(&ks)));
+    let vs = l.shape(&v)?;
+    let n = qs.len();
+    if n < 2 || ks.len() != n || vs.len() != n {
+        return Err(format!("query {}, key {} and value {} must have the same rank ≥ 2", dims_shown(&qs), dims_shown(&ks), dims_shown(&vs)));
     }
-    if qs[..qs.len() - 2] != ks[..ks.len() - 2] {
-        return Err("grouped-query attention (fewer key heads) is not supported yet".into());
-    }
-    let (lq, s, e) = (qs[qs.len() - 2], ks[ks.len() - 2], qs[qs.len() - 1]);
+    let group = heads_group(&qs, &ks, &vs, a[7] == Value::Bool(true))?;
+    let (lq, s, e) = (qs[n - 2], ks[n - 2], qs[n - 1]);
     let dt = l.ty(&q)?.dtype;
     let scale = match &a[6] {
         Value::None => 1.0 / (e as f64).sqrt(),
         v => float(v)?,
     };
     let hint = l.hint.clone();
+    // With groups: q as [.., Hk, g, L, E], k and v as [.., Hk, 1, S, *].
+    let (q, k, v) = match group {
+        Some(g) => {
+            let grouped = |s: &[usize], g: usize| -> Result<Vec<i32>, String> {
+                let mut t = s[..n - 3].to_vec();
+                t.extend([s[n - 3] / g, g, s[n - 2], s[n - 1]]);
+                super::dims_i32(&t)
+            };
+            (
+                reshape(l, &format!("{hint}_q_grouped"), &q, &grouped(&qs, g)?)?,
+                reshape(l, &format!("{hint}_k_grouped"), &k, &grouped(&ks, 1)?)?,
+                reshape(l, &format!("{hint}_v_grouped"), &v, &grouped(&vs, 1)?)?,
+            )
+        }
+        None => (q, k, v),
+    };
     let mut scores = built(l.b.op(&lin::MATMUL, &format!("{hint}_scores")).arg("x", &q).arg("y", &k).konst("transpose_x", Tensor::bool_scalar(false)).konst("transpose_y", Tensor::bool_scalar(true)).build1())?;
+    if group.is_some() {
+        // Back to [.., H, L, S], so masks broadcast as torch broadcasts them.
+        let mut t = qs[..n - 1].to_vec();
+        t.push(s);
+        scores = reshape(l, &format!("{hint}_scores_heads"), &scores, &super::dims_i32(&t)?)?;
+    }
     if scale != 1.0 {
         let c = l.scalar(dt, scale);
         scores = built(l.b.op(&ew::MUL, &format!("{hint}_scaled")).arg("x", &scores).arg("y", &c).build1())?;
@@ -54,8 +80,48 @@ pub fn sdpa(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
             _ => built(l.b.op(&ew::ADD, &format!("{hint}_masked")).arg("x", &scores).arg("y", m).build1())?,
         };
     }
-    let probs = built(l.b.op(&ew::SOFTMAX, &format!("{hint}_probs")).arg("x", &scores).konst("axis", Tensor::i32_scalar(-1)).build1())?;
-    Ok(Value::Tensor(built(l.op(&lin::MATMUL).arg("x", &probs).arg("y", &v).build1())?))
+    let mut probs = built(l.b.op(&ew::SOFTMAX, &format!("{hint}_probs")).arg("x", &scores).konst("axis", Tensor::i32_scalar(-1)).build1())?;
+    let Some(g) = group else {
+        return Ok(Value::Tensor(built(l.op(&lin::MATMUL).arg("x", &probs).arg("y", &v).build1())?));
+    };
+    let mut t = qs[..n - 3].to_vec();
+    t.extend([qs[n - 3] / g, g, lq, s]);
+    probs = reshape(l, &format!("{hint}_probs_grouped"), &probs, &super::dims_i32(&t)?)?;
+    let out = built(l.b.op(&lin::MATMUL, &format!("{hint}_grouped")).arg("x", &probs).arg("y", &v).build1())?;
+    let mut t = qs[..n - 1].to_vec();
+    t.push(vs[n - 1]);
+    let t = super::dims_i32(&t)?;
+    Ok(Value::Tensor(built(l.op(&crate::mil::ops::shape::RESHAPE).arg("x", &out).konst("shape", Tensor::i32_vec(&t)).build1())?))
+}
+
+/// For grouped-query attention, how many query heads share one key/value head (`None` when the
+/// batch dims of q, k and v agree). Torch requires `enable_gqa` for it, a head axis (rank ≥ 3,
+/// the third from last) and a query head count that the key head count divides.
+fn heads_group(qs: &[usize], ks: &[usize], vs: &[usize], enable_gqa: bool) -> Result<Option<usize>, String> {
+    let n = qs.len();
+    let (qb, kb, vb) = (&qs[..n - 2], &ks[..n - 2], &vs[..n - 2]);
+    if ks[n - 2] != vs[n - 2] || qs[n - 1] != ks[n - 1] {
+        return Err(format!("query {}, key {} and value {} do not fit together", dims_shown(qs), dims_shown(ks), dims_shown(vs)));
+    }
+    if qb == kb && kb == vb {
+        return Ok(None);
+    }
+    let why = format!("query {}, key {} and value {}", dims_shown(qs), dims_shown(ks), dims_shown(vs));
+    if !enable_gqa {
+        return Err(format!("{why} differ in batch or heads, and enable_gqa is off"));
+    }
+    if n < 3 || kb != vb || qb[..n - 3] != kb[..n - 3] {
+        return Err(format!("{why}: grouped-query attention needs the same batch dims and a head axis"));
+    }
+    let (h, hk) = (qs[n - 3], ks[n - 3]);
+    if hk == 0 || h % hk != 0 {
+        return Err(format!("{why}: {h} query heads are not a multiple of {hk} key/value heads"));
+    }
+    Ok(Some(h / hk))
+}
+
+fn reshape(l: &mut Lower, hint: &str, x: &Var, shape: &[i32]) -> Result<Var, String> {
+    built(l.b.op(&crate::mil::ops::shape::RESHAPE, hint).arg("x", x).konst("shape", Tensor::i32_vec(shape)).build1())
 }
 
 fn masked(l: &mut Lower, hint: &str, scores: &Var, mask: &Var, dt: DType) -> Result<Var, String> {
