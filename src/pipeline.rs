@@ -168,11 +168,13 @@ const SOURCE_KEY: &str = "torch2coreml.source";
 /// Runs the passes over each built package's `main` function and records our version.
 fn finish(path: &Path, kind: Kind, built: Vec<(String, Model, Vec<String>)>, side_files: Vec<PathBuf>, ane: bool) -> Result<Loading, Error> {
     let mut packages = Vec::new();
-    for (name, mut model, precision_notes) in built {
+    for (name, mut model, mut precision_notes) in built {
         model.metadata.user_defined.insert(VERSION_KEY.into(), env!("CARGO_PKG_VERSION").into());
         let Some(mut main) = model.program.functions.remove("main") else {
             return Err(input_error(path, format!("{name}: the built program has no main function")));
         };
+        let kept_fp32 = passes::fp16_range::run(&mut main).map_err(|source| Error::Pass { path: path.to_path_buf(), source })?;
+        precision_notes.extend(kept_fp32);
         let changes = passes::run(&mut main, ane).map_err(|source| Error::Pass { path: path.to_path_buf(), source })?;
         model.program.functions.insert("main".into(), main);
         packages.push(Loaded { name, model, passes: changes, precision_notes });

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-pub use tensor::Tensor;
+pub use tensor::{Fp16Loss, Tensor};
 pub use types::{DType, Dim, TensorType, ValueType};
 
 /// A MIL op-set version. Each one pairs with one Core ML `specificationVersion` and one opset

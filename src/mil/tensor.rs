@@ -98,7 +98,8 @@ impl Tensor {
 
     /// An fp16 tensor from f32 values, rounded to nearest even.
     pub fn from_f32_as_f16(shape: &[usize], values: &[f32]) -> Tensor {
-        Self::from_le(DType::F16, shape, values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect())
+        // A lazy cast, so the fp32 values stay known: `passes::fp16_range` checks them.
+        Self::f16_of(&Self::from_f32(shape, values))
     }
 
     /// An int32 tensor.
@@ -127,6 +128,53 @@ impl Tensor {
         match &self.data {
             Data::Raw(Bytes::F16Of(src)) => src.to_f32_vec(),
             _ => self.to_f32_vec(),
+        }
+    }
+
+    /// The fp32 tensor behind a lazy fp16 cast ([`Tensor::f16_of`]), for a pass that keeps a
+    /// constant in fp32 after all (`passes::fp16_range`).
+    pub fn f16_source(&self) -> Option<&Tensor> {
+        match &self.data {
+            Data::Raw(Bytes::F16Of(src)) => Some(src),
+            _ => None,
+        }
+    }
+
+    /// What storing this lazy fp16 cast ([`Tensor::f16_of`]) would lose, from its fp32 source:
+    /// the largest finite magnitude when some value rounds to ±inf in fp16, or the fact that
+    /// every non-zero value rounds to zero. `None` when fp16 holds it (and for any other tensor).
+    /// Scans the source on all cores, releasing mapped pages as it goes so resident memory stays
+    /// bounded. Called by `passes::fp16_range` for every fp16 constant of a converted program.
+    pub fn fp16_loss(&self) -> Option<Fp16Loss> {
+        let Data::Raw(Bytes::F16Of(src)) = &self.data else { return None };
+        let bytes = src.bytes();
+        let scan = |from: usize, part: &[u8]| {
+            let mut s = RangeStats::default();
+            for (i, chunk) in part.chunks(SCAN_CHUNK).enumerate() {
+                for c in chunk.chunks_exact(4) {
+                    s.add(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                }
+                src.release_pages(from + i * SCAN_CHUNK, chunk.len());
+            }
+            s
+        };
+        let threads = crate::numeric::par::threads().min(bytes.len() / SCAN_CHUNK).max(1);
+        // Whole chunks (and whole f32 values) per thread.
+        let per = bytes.len().div_ceil(threads).div_ceil(SCAN_CHUNK) * SCAN_CHUNK;
+        let stats = if threads == 1 {
+            scan(0, &bytes)
+        } else {
+            std::thread::scope(|sc| {
+                let parts: Vec<_> = bytes.chunks(per).enumerate().map(|(i, p)| sc.spawn(move || scan(i * per, p))).collect();
+                parts.into_iter().map(|h| h.join().unwrap_or_default()).fold(RangeStats::default(), RangeStats::merge)
+            })
+        };
+        if stats.overflows {
+            Some(Fp16Loss::Overflow { peak: stats.peak })
+        } else if stats.nonzero && !stats.survives {
+            Some(Fp16Loss::AllZero { peak: stats.peak })
+        } else {
+            None
         }
     }
 
@@ -358,6 +406,51 @@ const CAST_SCRATCH: usize = 1 << 12;
 /// to nearest even, with `half`'s slice conversion (the CPU's F16C instructions when present).
 /// Aligned slices on a little-endian host are viewed in place, so the cast reads the source once
 /// and writes `out` once.
+/// Bytes of fp32 source one task of [`Tensor::fp16_loss`] scans (then releases): 1 MiB, as
+/// `package::blob` writes.
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// What fp16 would make of a constant ([`Tensor::fp16_loss`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fp16Loss {
+    /// Some value rounds to ±inf; `peak` is the largest finite magnitude.
+    Overflow { peak: f32 },
+    /// Every non-zero value rounds to zero; `peak` is the largest magnitude.
+    AllZero { peak: f32 },
+}
+
+/// Range facts of a run of fp32 values, merged across scan tasks.
+#[derive(Clone, Copy, Default)]
+struct RangeStats {
+    peak: f32,
+    overflows: bool,
+    nonzero: bool,
+    /// Some non-zero value stays non-zero in fp16.
+    survives: bool,
+}
+
+impl RangeStats {
+    fn add(&mut self, x: f32) {
+        if !x.is_finite() {
+            return;
+        }
+        let r = crate::numeric::fp16::round(x);
+        self.peak = self.peak.max(x.abs());
+        self.overflows |= r.is_infinite();
+        self.nonzero |= x != 0.0;
+        self.survives |= r != 0.0;
+    }
+
+    fn merge(a: RangeStats, b: RangeStats) -> RangeStats {
+        RangeStats {
+            peak: a.peak.max(b.peak),
+            overflows: a.overflows || b.overflows,
+            nonzero: a.nonzero || b.nonzero,
+            survives: a.survives || b.survives,
+        }
+    }
+}
+
 fn cast_f32_to_f16(f32_le: &[u8], out: &mut [u8]) {
     use half::slice::HalfFloatSliceExt;
     debug_assert_eq!(f32_le.len(), out.len() * 2);

@@ -4,6 +4,7 @@
 
 pub mod ane_layout;
 pub mod dead_code;
+pub mod fp16_range;
 pub mod rewrite;
 pub mod simplify;
 pub mod split_heads;
