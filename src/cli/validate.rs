@@ -51,6 +51,8 @@ pub struct Args {
     pub min_psnr: Option<f64>,
     /// Find where drift starts: run once in fp32, then each op at the package's precision on
     /// the fp32 values of its inputs; list the ops that drift past tolerance, overflow or turn NaN.
+    /// With --reference MODEL (no torch needed here) the fp32 run starts from MODEL's fp32
+    /// constants, converted again, so constants that fp16 stored as inf or 0 are named too.
     #[arg(long)]
     pub per_op: bool,
     /// Whisper folders: WAV files to transcribe with the packages and the reference.
@@ -71,19 +73,38 @@ pub struct Args {
 const PER_OP_SHOWN: usize = 10;
 
 /// `--per-op`: the ops where fp16 drift starts, in program order.
+/// With `--reference MODEL`, the baseline takes its constants from MODEL converted at fp32.
 fn run_per_op(args: &Args, main: &torch2coreml::mil::Function, inputs: &[(String, interp::Array)]) -> anyhow::Result<ExitStatus> {
     let (atol0, rtol0) = validate::default_tolerances(main);
     let (atol, rtol) = (args.atol.unwrap_or(atol0), args.rtol.unwrap_or(rtol0));
-    let drifts = validate::per_op(main, inputs, atol, rtol).with_context(|| format!("running {}", args.package.display()))?;
+    let mut main = main.clone();
+    let fp32_constants = match &args.reference {
+        Some(model) => {
+            let reference = fp32_conversion(model, &main)?;
+            let (matched, total) = validate::use_fp32_constants(&mut main, &reference);
+            Some((model.display().to_string(), matched, total))
+        }
+        None => None,
+    };
+    let drifts = validate::per_op(&main, inputs, atol, rtol).with_context(|| format!("running {}", args.package.display()))?;
     let text = match args.format {
-        Format::Json => output::json(&json!({ "ops": drifts, "pass": drifts.is_empty(), "atol": atol, "rtol": rtol })),
+        Format::Json => {
+            let consts = fp32_constants.as_ref().map(|(m, matched, total)| json!({ "from": m, "matched": matched, "fp16_constants": total }));
+            output::json(&json!({ "ops": drifts, "pass": drifts.is_empty(), "atol": atol, "rtol": rtol, "fp32_constants": consts }))
+        }
         Format::Text => {
             let mut s = format!("{}  per-op drift at package precision (atol {atol}, rtol {rtol})\n", args.package.display());
+            match &fp32_constants {
+                Some((m, matched, total)) => s += &format!("  fp32 constants from {m}: {matched} of {total} fp16 constants\n"),
+                None => s += "  constants as stored (give --reference MODEL to start from its fp32 values)\n",
+            }
             if drifts.is_empty() {
                 s += "no op drifts past tolerance, overflows or turns NaN\n";
             }
             for d in drifts.iter().take(PER_OP_SHOWN) {
-                let why = if d.non_finite > 0 {
+                let why = if d.op_type == "const" {
+                    format!("fp32 value reaches {:.3e}: {} values overflow fp16", d.fp32_peak, d.non_finite)
+                } else if d.non_finite > 0 {
                     format!("{} values inf/NaN", d.non_finite)
                 } else if d.fp32_peak > validate::FP16_MAX {
                     format!("fp32 peak {:.3e} overflows fp16", d.fp32_peak)
@@ -102,6 +123,31 @@ fn run_per_op(args: &Args, main: &torch2coreml::mil::Function, inputs: &[(String
     Ok(if drifts.is_empty() { ExitStatus::Success } else { ExitStatus::Failure })
 }
 
+/// `model` (the package's source: TorchScript, a Hugging Face folder or a package) converted at
+/// fp32 with the package's op set and input shapes, for `--per-op`'s exact constants.
+fn fp32_conversion(model: &std::path::Path, package: &Function) -> anyhow::Result<Function> {
+    let torchscript = matches!(pipeline::kind(model)?, pipeline::Kind::TorchScript);
+    let inputs = if torchscript {
+        package
+            .inputs
+            .iter()
+            .map(|i| {
+                let mut ty = i.ty.tensor().clone();
+                if ty.dtype == torch2coreml::mil::DType::F16 {
+                    ty.dtype = torch2coreml::mil::DType::F32;
+                }
+                pipeline::InputSpec { name: Some(i.name.clone()), ty }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let options = pipeline::Options { opset: package.opset, precision: torch2coreml::mil::DType::F32, ane: true, inputs, seq_len: None };
+    let mut loading = pipeline::load(model, &options).with_context(|| format!("converting {} at fp32 for its constants", model.display()))?;
+    let Some(first) = loading.packages.first_mut() else { bail!("{}: nothing to convert", model.display()) };
+    first.model.program.functions.remove("main").with_context(|| format!("{}: no main function", model.display()))
+}
+
 /// Runs `validate`.
 pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     if torch2coreml::speech::packages::is_whisper_dir(&args.package) {
@@ -111,7 +157,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         bail!("{}: --audio and --text apply to a folder of Whisper packages (MelSpectrogram, AudioEncoder, TextDecoder.mlpackage)", args.package.display());
     }
     #[cfg(not(feature = "torch"))]
-    if let Some(model) = &args.reference {
+    if let Some(model) = args.reference.as_ref().filter(|_| !args.per_op) {
         bail!(
             "{}: validating against a TorchScript model needs PyTorch, and this build has no `torch` feature; \
              rebuild with `LIBTORCH_USE_PYTORCH=1 cargo build --features torch` with a python that has pip \
