@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
         blobs.append(&Tensor::f16_of(&t))?;
         read_bytes += elements * F32_BYTES;
     }
-    let written = blobs.finish()?;
+    let (written, _) = blobs.finish()?;
     let seconds = start.elapsed().as_secs_f64();
     println!("{}", serde_json::json!({"seconds": seconds, "read_bytes": read_bytes, "written_bytes": written}));
     Ok(())

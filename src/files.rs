@@ -126,9 +126,20 @@ pub const MAX_SHOWN_CHARS: usize = 200;
 /// [`MAX_SHOWN_CHARS`] is cut. Called where file-controlled names enter messages and reports,
 /// and by the CLI on every error line.
 pub fn shown(s: &str) -> String {
+    shown_up_to(s, MAX_SHOWN_CHARS)
+}
+
+/// Longest error line part the CLI prints: a list of unsupported ops (up to 20 kinds with 3
+/// source lines each, every name already cut by [`shown`]) must fit whole, while a hostile
+/// message stays a line, not megabytes.
+pub const MAX_ERROR_PART_CHARS: usize = 4096;
+
+/// [`shown`] with its own length limit, for text that is already made of bounded items (the
+/// CLI's error lines, [`MAX_ERROR_PART_CHARS`]).
+pub fn shown_up_to(s: &str, limit: usize) -> String {
     let mut out = String::new();
     for (n, c) in s.chars().enumerate() {
-        if n == MAX_SHOWN_CHARS {
+        if n == limit {
             out += &format!("… ({} more chars)", s.chars().count() - n);
             break;
         }

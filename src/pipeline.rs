@@ -173,7 +173,7 @@ fn finish(path: &Path, kind: Kind, built: Vec<(String, Model, Vec<String>)>, sid
         let Some(mut main) = model.program.functions.remove("main") else {
             return Err(input_error(path, format!("{name}: the built program has no main function")));
         };
-        let kept_fp32 = passes::fp16_range::run(&mut main).map_err(|source| Error::Pass { path: path.to_path_buf(), source })?;
+        let kept_fp32 = passes::fp16_range::run(&mut main, None).map_err(|source| Error::Pass { path: path.to_path_buf(), source })?;
         precision_notes.extend(kept_fp32);
         let changes = passes::run(&mut main, ane).map_err(|source| Error::Pass { path: path.to_path_buf(), source })?;
         model.program.functions.insert("main".into(), main);
@@ -187,6 +187,23 @@ pub struct Written {
     pub name: String,
     pub path: PathBuf,
     pub weight_bytes: u64,
+    /// Ops kept in fp32 because a large weight they read overflowed fp16 while it was written
+    /// (`passes::fp16_range`), one line each; the small constants' notes are in `Loaded`.
+    pub precision_notes: Vec<String>,
+}
+
+/// Writes one package; when a weight's fp16 cast overflowed on the way (`package::Error::
+/// Fp16Infinity`, nothing kept), keeps the ops reading it in fp32 and writes again. Returns
+/// the write summary and what was kept in fp32.
+fn write_package(model: &Model, path: &Path, replace: Replace) -> Result<(package::WriteSummary, Vec<String>), Error> {
+    let consts = match package::write_replacing(model, path, replace) {
+        Err(package::Error::Fp16Infinity { consts, .. }) => consts,
+        other => return Ok((other?, Vec::new())),
+    };
+    let mut model = model.clone();
+    let main = model.program.functions.get_mut("main").ok_or_else(|| input_error(path, "the program has no main function"))?;
+    let notes = passes::fp16_range::run(main, Some(&consts)).map_err(|source| Error::Pass { path: path.to_path_buf(), source })?;
+    Ok((package::write_replacing(&model, path, replace)?, notes))
 }
 
 /// File marking a folder of packages as written by us (the list of what we put there), so a
@@ -233,8 +250,8 @@ pub fn write(loading: &Loading, input: &Path, out: &Path, replace: Replace) -> R
     let single = loading.packages.len() == 1;
     if single && out.extension().is_some_and(|e| e == package::PACKAGE_EXTENSION) {
         let p = &loading.packages[0];
-        let summary = package::write_replacing(&p.model, out, replace)?;
-        return Ok(vec![Written { name: p.name.clone(), path: out.to_path_buf(), weight_bytes: summary.weight_bytes }]);
+        let (summary, precision_notes) = write_package(&p.model, out, replace)?;
+        return Ok(vec![Written { name: p.name.clone(), path: out.to_path_buf(), weight_bytes: summary.weight_bytes, precision_notes }]);
     }
     if matches!(loading.kind, Kind::TorchScript | Kind::Package) {
         return Err(input_error(out, format!("a Core ML package path must end in .{}", package::PACKAGE_EXTENSION)));
@@ -244,8 +261,8 @@ pub fn write(loading: &Loading, input: &Path, out: &Path, replace: Replace) -> R
     let mut files = BTreeSet::new();
     for p in &loading.packages {
         let file = format!("{}.{}", p.name, package::PACKAGE_EXTENSION);
-        let summary = package::write(&p.model, &staged.path().join(&file))?;
-        written.push(Written { name: p.name.clone(), path: out.join(&file), weight_bytes: summary.weight_bytes });
+        let (summary, precision_notes) = write_package(&p.model, &staged.path().join(&file), Replace::OursOnly)?;
+        written.push(Written { name: p.name.clone(), path: out.join(&file), weight_bytes: summary.weight_bytes, precision_notes });
         files.insert(file);
     }
     for f in &loading.side_files {

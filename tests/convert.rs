@@ -90,6 +90,15 @@ fn unsupported_ops_are_listed_together_with_counts_and_lines() {
     assert_refused(&out, &pkg, &["unsupported.pt", "2 unsupported", "aten::logcumsumexp ×2", "aten::kron ×1", "code/__torch__.py:"]);
 }
 
+/// Ops refused for a reason (not just "not lowered yet") carry it in the error line.
+#[test]
+fn unsupported_ops_say_why_when_there_is_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("u.mlpackage");
+    let out = convert(&root().join("fixtures/convert/unsupported_reason.pt"), &pkg, &["--input", "x:2x8"]);
+    assert_refused(&out, &pkg, &["aten::fft_rfft ×1", "complex numbers", "aten::nonzero ×1", "output shape depends on the values"]);
+}
+
 #[test]
 fn scripted_control_flow_suggests_tracing() {
     let dir = tempfile::tempdir().unwrap();

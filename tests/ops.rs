@@ -91,51 +91,36 @@ fn every_op_case_converts_type_checks_and_matches_torch() {
     assert!(failures.is_empty(), "{} of {} case runs failed:\n{}", failures.len(), cases.len() * 2, failures.join("\n"));
 }
 
-/// Issue 14: a BatchNorm whose running variances exceed fp16's range converts at fp16, matches
-/// torch (cosine ≥ 0.9999), and `convert` names the layer it rescaled, in text and JSON.
+/// Issue 14: a BatchNorm whose running variances exceed fp16's range is rescaled by its lowering,
+/// and a constant beyond fp16's range that no front end rule folds makes `passes::fp16_range`
+/// keep the op reading it in fp32: a small one (a per-channel normalizer of
+/// 1e5–4e5, checked before writing) and a large weight (found while it is cast and written, then
+/// written again). Each package matches torch at fp16 (cosine ≥ 0.9999; plain fp16 would give
+/// zeros or infinities) and `convert` names the op, in text and JSON.
 #[test]
 #[ignore = "needs the op cases from `make setup`; `make test` runs it"]
-fn batch_norm_beyond_fp16_range_is_rescaled_reported_and_right() {
+fn values_beyond_fp16_range_are_rescaled_or_kept_in_fp32_reported_and_right() {
     let dir = ops_dir();
-    let case = "batch_norm_fp16_overflow";
-    let out = tempfile::tempdir().unwrap();
-    let pkg = out.path().join("bn.mlpackage");
-    let inputs = dir.join(format!("{case}.inputs.npz"));
-    let c = bin().arg("convert").arg(dir.join(format!("{case}.pt"))).arg("-o").arg(&pkg).arg("--example").arg(&inputs).args(["--format", "json"]).output().unwrap();
-    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
-    let notes = report["packages"][0]["precision_notes"].as_array().unwrap();
-    assert!(notes.len() == 1 && notes[0].as_str().unwrap().contains("batch_norm") && notes[0].as_str().unwrap().contains("fp16"), "{notes:?}");
-    let v = bin().arg("validate").arg(&pkg).arg("--inputs").arg(&inputs).arg("--expected").arg(dir.join(format!("{case}.outputs.npz"))).args(["--format", "json"]).output().unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
-    let cosine = r["outputs"][0]["cosine"].as_f64().unwrap();
-    assert!(v.status.success() && r["pass"] == true && cosine >= 0.9999, "{r}");
-    let text = bin().arg("convert").arg(dir.join(format!("{case}.pt"))).arg("-o").arg(&pkg).arg("--example").arg(&inputs).output().unwrap();
-    assert!(String::from_utf8_lossy(&text.stdout).contains("fp16: batch_norm"), "{}", String::from_utf8_lossy(&text.stdout));
-}
-
-/// Issue 14: a constant beyond fp16's range that no front end rule folds (a per-channel
-/// normalizer of 1e5–4e5) makes `passes::fp16_range` keep the op reading it in fp32: the package
-/// matches torch at fp16 (cosine ≥ 0.9999; in fp16 every output would be 0) and `convert` names
-/// the op, in text and JSON.
-#[test]
-#[ignore = "needs the op cases from `make setup`; `make test` runs it"]
-fn constant_beyond_fp16_range_keeps_its_op_in_fp32_reported_and_right() {
-    let dir = ops_dir();
-    let case = "divide_by_fp16_overflow";
-    let out = tempfile::tempdir().unwrap();
-    let pkg = out.path().join("div.mlpackage");
-    let inputs = dir.join(format!("{case}.inputs.npz"));
-    let c = bin().arg("convert").arg(dir.join(format!("{case}.pt"))).arg("-o").arg(&pkg).arg("--example").arg(&inputs).args(["--format", "json"]).output().unwrap();
-    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
-    let notes = report["packages"][0]["precision_notes"].as_array().unwrap();
-    assert!(notes.len() == 1 && notes[0].as_str().unwrap().contains("(real_div) computes in fp32") && notes[0].as_str().unwrap().contains("beyond fp16"), "{notes:?}");
-    let v = bin().arg("validate").arg(&pkg).arg("--inputs").arg(&inputs).arg("--expected").arg(dir.join(format!("{case}.outputs.npz"))).args(["--format", "json"]).output().unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
-    assert!(v.status.success() && r["pass"] == true && r["outputs"][0]["cosine"].as_f64().unwrap() >= 0.9999, "{r}");
-    let text = bin().arg("convert").arg(dir.join(format!("{case}.pt"))).arg("-o").arg(&pkg).arg("--example").arg(&inputs).output().unwrap();
-    assert!(String::from_utf8_lossy(&text.stdout).contains("fp16: `"), "{}", String::from_utf8_lossy(&text.stdout));
+    let cases = [
+        ("batch_norm_fp16_overflow", "batch_norm `"),
+        ("divide_by_fp16_overflow", "(real_div) computes in fp32"),
+        ("linear_weight_fp16_overflow", "computes in fp32: constant"),
+    ];
+    for (case, op) in cases {
+        let out = tempfile::tempdir().unwrap();
+        let pkg = out.path().join("kept.mlpackage");
+        let inputs = dir.join(format!("{case}.inputs.npz"));
+        let c = bin().arg("convert").arg(dir.join(format!("{case}.pt"))).arg("-o").arg(&pkg).arg("--example").arg(&inputs).args(["--format", "json"]).output().unwrap();
+        assert!(c.status.success(), "{case}: {}", String::from_utf8_lossy(&c.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+        let notes = report["packages"][0]["precision_notes"].as_array().unwrap();
+        assert!(notes.len() == 1 && notes[0].as_str().unwrap().contains(op) && notes[0].as_str().unwrap().contains("beyond fp16"), "{case}: {notes:?}");
+        let v = bin().arg("validate").arg(&pkg).arg("--inputs").arg(&inputs).arg("--expected").arg(dir.join(format!("{case}.outputs.npz"))).args(["--format", "json"]).output().unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+        assert!(v.status.success() && r["pass"] == true && r["outputs"][0]["cosine"].as_f64().unwrap() >= 0.9999, "{case}: {r}");
+        let text = bin().arg("convert").arg(dir.join(format!("{case}.pt"))).arg("-o").arg(&pkg).arg("--example").arg(&inputs).output().unwrap();
+        assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("fp16: {}", notes[0].as_str().unwrap())), "{case}: {}", String::from_utf8_lossy(&text.stdout));
+    }
 }
 
 /// Issue 14: `validate --per-op --reference MODEL` starts its fp32 baseline from MODEL's fp32

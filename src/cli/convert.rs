@@ -140,7 +140,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 "ops": compute_ops(&p.model),
                 "weight_bytes": w.weight_bytes,
                 "passes": p.passes.iter().map(|(name, c)| json!({"name": name, "changes": c})).collect::<Vec<_>>(),
-                "precision_notes": p.precision_notes,
+                "precision_notes": p.precision_notes.iter().chain(&w.precision_notes).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "seconds": seconds,
         })),
@@ -148,7 +148,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
             let mut s = format!("wrote {} package(s) to {} ({}, {precision}) in {seconds:.2} s\n", written.len(), args.output.display(), opset.target_name());
             for (p, w) in &packages {
                 s += &format!("  {}: {} ({} ops, {} of weights)\n", p.name, w.path.display(), compute_ops(&p.model), output::human_bytes(w.weight_bytes));
-                for note in &p.precision_notes {
+                for note in p.precision_notes.iter().chain(&w.precision_notes) {
                     s += &format!("    fp16: {note}\n");
                 }
             }

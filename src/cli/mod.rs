@@ -59,7 +59,7 @@ impl Cli {
 /// escaped and each part cut to a readable length (a crafted file's names must not clear the
 /// terminal or print fake lines, and a 10 MB `model_type` is not echoed whole).
 pub fn error_line(e: &anyhow::Error) -> String {
-    let parts: Vec<String> = e.chain().map(|c| torch2coreml::files::shown(&c.to_string())).collect();
+    let parts: Vec<String> = e.chain().map(|c| torch2coreml::files::shown_up_to(&c.to_string(), torch2coreml::files::MAX_ERROR_PART_CHARS)).collect();
     // A cause already quoted by its context (thiserror's `{source}`) is not repeated.
     let mut line = String::new();
     for p in parts {

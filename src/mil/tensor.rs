@@ -131,11 +131,12 @@ impl Tensor {
         }
     }
 
-    /// The fp32 tensor behind a lazy fp16 cast ([`Tensor::f16_of`]), for a pass that keeps a
-    /// constant in fp32 after all (`passes::fp16_range`).
-    pub fn f16_source(&self) -> Option<&Tensor> {
+    /// The fp32 tensor behind a lazy fp16 cast ([`Tensor::f16_of`]), in this tensor's shape (a
+    /// reshaped cast shares its source), for a pass that keeps a constant in fp32 after all
+    /// (`passes::fp16_range`).
+    pub fn f16_source(&self) -> Option<Tensor> {
         match &self.data {
-            Data::Raw(Bytes::F16Of(src)) => Some(src),
+            Data::Raw(Bytes::F16Of(src)) => src.reshaped(&self.shape),
             _ => None,
         }
     }
@@ -149,30 +150,29 @@ impl Tensor {
         let Data::Raw(Bytes::F16Of(src)) = &self.data else { return None };
         let bytes = src.bytes();
         let scan = |from: usize, part: &[u8]| {
-            let mut s = RangeStats::default();
+            let mut peak = 0u32;
             for (i, chunk) in part.chunks(SCAN_CHUNK).enumerate() {
-                for c in chunk.chunks_exact(4) {
-                    s.add(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-                }
+                peak = peak.max(max_finite_abs_bits(chunk));
                 src.release_pages(from + i * SCAN_CHUNK, chunk.len());
             }
-            s
+            peak
         };
         let threads = crate::numeric::par::threads().min(bytes.len() / SCAN_CHUNK).max(1);
         // Whole chunks (and whole f32 values) per thread.
         let per = bytes.len().div_ceil(threads).div_ceil(SCAN_CHUNK) * SCAN_CHUNK;
-        let stats = if threads == 1 {
+        let peak = if threads == 1 {
             scan(0, &bytes)
         } else {
             std::thread::scope(|sc| {
                 let parts: Vec<_> = bytes.chunks(per).enumerate().map(|(i, p)| sc.spawn(move || scan(i * per, p))).collect();
-                parts.into_iter().map(|h| h.join().unwrap_or_default()).fold(RangeStats::default(), RangeStats::merge)
+                parts.into_iter().map(|h| h.join().unwrap_or(0)).max().unwrap_or(0)
             })
         };
-        if stats.overflows {
-            Some(Fp16Loss::Overflow { peak: stats.peak })
-        } else if stats.nonzero && !stats.survives {
-            Some(Fp16Loss::AllZero { peak: stats.peak })
+        let magnitude = f32::from_bits(peak);
+        if peak >= F16_OVERFLOW_BITS {
+            Some(Fp16Loss::Overflow { peak: magnitude })
+        } else if peak != 0 && peak <= F16_TO_ZERO_BITS {
+            Some(Fp16Loss::AllZero { peak: magnitude })
         } else {
             None
         }
@@ -280,18 +280,23 @@ impl Tensor {
     /// (a lazy cast converts just that range, straight into `out`), then tells the OS that the
     /// mapped source pages of that range are no longer needed, so resident memory tracks the
     /// ranges in flight. For a lazy cast `at` and `out.len()` must be even (whole fp16 values).
+    /// Returns whether a lazy cast wrote an fp16 infinity in this range (a value beyond fp16's
+    /// range, or an infinite source): `package::write` then lets `pipeline` keep that constant
+    /// in fp32, a check that costs nothing when weights fit, as they almost always do.
     /// Called by `package::blob`, which writes weight.bin in parallel ranges.
-    pub fn encode_range(&self, at: usize, out: &mut [u8]) {
+    pub fn encode_range(&self, at: usize, out: &mut [u8]) -> bool {
         let end = at + out.len();
         match &self.data {
             Data::Raw(Bytes::F16Of(src)) => {
                 let (from, to) = (at * 2, end * 2);
                 cast_f32_to_f16(&src.bytes()[from..to], out);
                 src.release_pages(from, to - from);
+                has_f16_infinity(out)
             }
             _ => {
                 out.copy_from_slice(&self.bytes()[at..end]);
                 self.release_pages(at, out.len());
+                false
             }
         }
     }
@@ -419,37 +424,62 @@ pub enum Fp16Loss {
     AllZero { peak: f32 },
 }
 
-/// Range facts of a run of fp32 values, merged across scan tasks.
-#[derive(Clone, Copy, Default)]
-struct RangeStats {
-    peak: f32,
-    overflows: bool,
-    nonzero: bool,
-    /// Some non-zero value stays non-zero in fp16.
-    survives: bool,
+/// Bits of |x| (fp32) at and above which fp16 rounds to infinity: 65520, 65504 plus half a step.
+const F16_OVERFLOW_BITS: u32 = 0x477f_f000;
+/// Bits of |x| (fp32) at and below which fp16 rounds to zero: 2^-25, half the smallest fp16
+/// subnormal (a tie, which rounds to the even zero).
+const F16_TO_ZERO_BITS: u32 = 0x3300_0000;
+/// Bits of fp32 +infinity; larger magnitudes are NaN.
+const F32_INF_BITS: u32 = 0x7f80_0000;
+
+/// The largest |x| among the finite little-endian fp32 values in `bytes`, as its bit pattern
+/// (for non-negative floats, bit order is value order): one branch-free pass the compiler
+/// vectorizes, so checking every weight costs about a memory read.
+fn max_finite_abs_bits(bytes: &[u8]) -> u32 {
+    // |x| as bits, or 0 for inf/NaN (whose bits are at least those of inf).
+    let finite_abs = |b: u32| {
+        let a = b & 0x7fff_ffff;
+        a & u32::from(a < F32_INF_BITS).wrapping_neg()
+    };
+    let Ok(words) = bytemuck::try_cast_slice::<u8, u32>(bytes).map_err(|_| ()).and_then(|w| if cfg!(target_endian = "little") { Ok(w) } else { Err(()) }) else {
+        return bytes.chunks_exact(4).fold(0, |m, c| m.max(finite_abs(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))));
+    };
+    // Independent lanes, so the loop becomes vector max instructions.
+    let mut lanes = [0u32; SCAN_LANES];
+    let chunks = words.chunks_exact(SCAN_LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &b) in lanes.iter_mut().zip(c) {
+            *l = (*l).max(finite_abs(b));
+        }
+    }
+    rest.iter().fold(lanes.into_iter().max().unwrap_or(0), |m, &b| m.max(finite_abs(b)))
 }
 
-impl RangeStats {
-    fn add(&mut self, x: f32) {
-        if !x.is_finite() {
-            return;
-        }
-        let r = crate::numeric::fp16::round(x);
-        self.peak = self.peak.max(x.abs());
-        self.overflows |= r.is_infinite();
-        self.nonzero |= x != 0.0;
-        self.survives |= r != 0.0;
-    }
-
-    fn merge(a: RangeStats, b: RangeStats) -> RangeStats {
-        RangeStats {
-            peak: a.peak.max(b.peak),
-            overflows: a.overflows || b.overflows,
-            nonzero: a.nonzero || b.nonzero,
-            survives: a.survives || b.survives,
+/// Whether little-endian fp16 `bytes` hold ±infinity (exponent all ones, mantissa zero), in
+/// one vectorized pass over a range just written (still in cache).
+fn has_f16_infinity(bytes: &[u8]) -> bool {
+    let inf = |h: u16| u16::from(h & 0x7fff == F16_INF_BITS);
+    let Ok(halves) = bytemuck::try_cast_slice::<u8, u16>(bytes).map_err(|_| ()).and_then(|w| if cfg!(target_endian = "little") { Ok(w) } else { Err(()) }) else {
+        return bytes.chunks_exact(2).any(|b| inf(u16::from_le_bytes([b[0], b[1]])) != 0);
+    };
+    // Independent lanes, so the loop becomes vector compares.
+    let chunks = halves.chunks_exact(SCAN_LANES);
+    let rest = chunks.remainder();
+    let mut lanes = [0u16; SCAN_LANES];
+    for c in chunks {
+        for (l, &h) in lanes.iter_mut().zip(c) {
+            *l |= inf(h);
         }
     }
+    lanes.iter().any(|&l| l != 0) || rest.iter().any(|&h| inf(h) != 0)
 }
+
+/// Bits of fp16 +infinity.
+const F16_INF_BITS: u16 = 0x7c00;
+
+/// Lanes of [`max_finite_abs_bits`]'s loop: two 256-bit vectors of u32.
+const SCAN_LANES: usize = 16;
 
 fn cast_f32_to_f16(f32_le: &[u8], out: &mut [u8]) {
     use half::slice::HalfFloatSliceExt;
@@ -476,6 +506,23 @@ fn cast_f32_to_f16(f32_le: &[u8], out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fp16_loss_agrees_with_rounding_each_value() {
+        let edges = [0.0f32, 1.0, -1.0, 65504.0, 65519.0, 65520.0, -70000.0, 2f32.powi(-25), 2f32.powi(-25) * 1.0001, 1e-9, -1e-12, f32::INFINITY, f32::NAN];
+        for &a in &edges {
+            for &b in &edges {
+                let v = [a, b, 0.5 * a];
+                let rounded: Vec<f32> = v.iter().map(|&x| crate::numeric::fp16::round(x)).collect();
+                let finite = v.iter().zip(&rounded).filter(|(x, _)| x.is_finite());
+                let overflow = finite.clone().any(|(_, r)| r.is_infinite());
+                let all_zero = finite.clone().any(|(x, _)| *x != 0.0) && finite.clone().all(|(_, r)| *r == 0.0);
+                let got = Tensor::f16_of(&Tensor::from_f32(&[3], &v)).fp16_loss();
+                assert_eq!(matches!(got, Some(Fp16Loss::Overflow { .. })), overflow, "{v:?}: {got:?}");
+                assert_eq!(matches!(got, Some(Fp16Loss::AllZero { .. })), all_zero && !overflow, "{v:?}: {got:?}");
+            }
+        }
+    }
 
     #[test]
     fn lazy_f16_cast_equals_eager_cast_and_streams_the_same_bytes() {

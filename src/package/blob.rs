@@ -115,8 +115,9 @@ impl BlobWriter {
     }
 
     /// Writes the file: header, records, then payloads in parallel ranges; returns its size,
-    /// which ends at the last payload byte.
-    pub fn finish(self) -> Result<u64, Error> {
+    /// which ends at the last payload byte, and the indices (in `append` order) of tensors
+    /// whose lazy fp16 cast wrote an infinity (`Tensor::encode_range`).
+    pub fn finish(self) -> Result<(u64, Vec<usize>), Error> {
         let path = &self.path;
         let file = File::create(path).map_err(Error::io(path))?;
         let mut header = [0u8; RECORD_BYTES as usize];
@@ -126,11 +127,12 @@ impl BlobWriter {
         header[4..8].copy_from_slice(&STORAGE_VERSION.to_le_bytes());
         file.write_all_at(&header, 0).map_err(Error::io(path))?;
         let mut steps = Vec::new();
-        for (md, t) in &self.blobs {
+        for (i, (md, t)) in self.blobs.iter().enumerate() {
             file.write_all_at(&record(*md, t), *md).map_err(Error::io(path))?;
             let len = t.byte_len();
-            steps.extend((0..len).step_by(WRITE_STEP_BYTES).map(|at| (md + RECORD_BYTES, t, at, WRITE_STEP_BYTES.min(len - at))));
+            steps.extend((0..len).step_by(WRITE_STEP_BYTES).map(|at| (i, md + RECORD_BYTES, t, at, WRITE_STEP_BYTES.min(len - at))));
         }
+        let infinite: Mutex<Vec<usize>> = Mutex::new(Vec::new());
         // Workers take steps in file order from one queue (a step is a millisecond of work; the
         // lock is not contended), each with its own buffer; the first error stops them all.
         let queue = Mutex::new(steps.into_iter());
@@ -141,8 +143,12 @@ impl BlobWriter {
                 if failed.lock().is_ok_and(|f| f.is_some()) {
                     return;
                 }
-                let Some((data, t, at, len)) = queue.lock().ok().and_then(|mut q| q.next()) else { return };
-                t.encode_range(at, &mut buf[..len]);
+                let Some((i, data, t, at, len)) = queue.lock().ok().and_then(|mut q| q.next()) else { return };
+                if t.encode_range(at, &mut buf[..len]) {
+                    if let Ok(mut v) = infinite.lock() {
+                        v.push(i);
+                    }
+                }
                 if let Err(e) = file.write_all_at(&buf[..len], data + at as u64) {
                     if let Ok(mut f) = failed.lock() {
                         f.get_or_insert(e);
@@ -163,7 +169,10 @@ impl BlobWriter {
         // No fsync: like compilers and coremltools we leave durability to the OS. Writing into a
         // temporary directory renamed into place already keeps failures from leaving partial
         // output; syncing 600 MB of weights would add a third to whisper-medium's convert time.
-        Ok(self.pos)
+        let mut infinite = infinite.into_inner().unwrap_or_default();
+        infinite.sort_unstable();
+        infinite.dedup();
+        Ok((self.pos, infinite))
     }
 }
 
@@ -248,7 +257,7 @@ mod tests {
         let b = Tensor::from_f32_as_f16(&[3, 4], &[0.25; 12]);
         assert_eq!(w.append(&a).unwrap(), 64);
         assert_eq!(w.append(&b).unwrap(), 384);
-        assert_eq!(w.finish().unwrap(), 472);
+        assert_eq!(w.finish().unwrap(), (472, vec![]));
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[0..8], &[2, 0, 0, 0, 2, 0, 0, 0]);
         assert_eq!(&bytes[64..72], &[0xef, 0xbe, 0xad, 0xde, 1, 0, 0, 0]);
@@ -258,6 +267,21 @@ mod tests {
         assert_eq!(read_blob(&p, &map, 384, DType::F16, &[3, 4]).unwrap(), b);
         assert!(matches!(read_blob(&p, &map, 128, DType::F16, &[3, 4]), Err(Error::BadBlob { .. })));
         assert!(matches!(read_blob(&p, &map, 64, DType::F32, &[4, 3, 3, 3]), Err(Error::BadBlob { .. })));
+    }
+
+    #[test]
+    fn lazy_casts_that_reach_infinity_are_reported_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = BlobWriter::create(&dir.path().join("weight.bin"));
+        // Big enough to span several write steps; the overflow sits in the last one.
+        let n = WRITE_STEP_BYTES + 100;
+        let mut big = vec![1.0f32; n];
+        big[n - 1] = 1e6;
+        for t in [Tensor::from_f32(&[4], &[1e9; 4]), Tensor::f16_of(&Tensor::from_f32(&[16], &[2.0; 16])), Tensor::f16_of(&Tensor::from_f32(&[n], &big))] {
+            w.append(&t).unwrap();
+        }
+        // An fp32 blob holds 1e9 as it is; only the third, cast to fp16, overflows.
+        assert_eq!(w.finish().unwrap().1, vec![2]);
     }
 
     #[test]

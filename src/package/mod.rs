@@ -53,6 +53,10 @@ pub enum Error {
     File(crate::files::Error),
     #[error("{0}")]
     Output(#[from] crate::staging::Error),
+    /// Constants (op names) whose lazy fp16 cast wrote an infinity: nothing was kept, and
+    /// `pipeline::write` writes again with them in fp32 (`passes::fp16_range`).
+    #[error("{path}: fp16 cannot hold constant(s) {}", consts.join(", "))]
+    Fp16Infinity { path: PathBuf, consts: Vec<String> },
 }
 
 // Causes are part of each message, not chained `source`s, so `{:#}` prints them once.

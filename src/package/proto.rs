@@ -221,17 +221,23 @@ pub struct Emitter {
     opset: Opset,
     weights_dir: PathBuf,
     blobs: Option<BlobWriter>,
+    /// The op being emitted, and the op of each blob appended (in order).
+    op: String,
+    blob_ops: Vec<String>,
 }
 
 impl Emitter {
     /// An emitter writing blobs under `weights_dir` (the file is created on the first blob).
     pub fn new(opset: Opset, weights_dir: &Path) -> Emitter {
-        Emitter { opset, weights_dir: weights_dir.to_path_buf(), blobs: None }
+        Emitter { opset, weights_dir: weights_dir.to_path_buf(), blobs: None, op: String::new(), blob_ops: Vec::new() }
     }
 
-    /// Writes weight.bin if any const goes there; returns its size.
-    pub fn finish(self) -> Result<u64, Error> {
-        self.blobs.map_or(Ok(0), |b| b.finish())
+    /// Writes weight.bin if any const goes there; returns its size and the ops (consts) whose
+    /// lazily cast fp16 values hold an infinity (see `Tensor::encode_range`).
+    pub fn finish(self) -> Result<(u64, Vec<String>), Error> {
+        let Some(b) = self.blobs else { return Ok((0, Vec::new())) };
+        let (size, infinite) = b.finish()?;
+        Ok((size, infinite.into_iter().filter_map(|i| self.blob_ops.get(i).cloned()).collect()))
     }
 
     fn value(&mut self, t: &Tensor) -> Result<pb::Value, Error> {
@@ -242,6 +248,7 @@ impl Emitter {
                 none => none.insert(BlobWriter::create(&self.weights_dir.join(WEIGHT_FILE))),
             };
             let offset = writer.append(t)?;
+            self.blob_ops.push(self.op.clone());
             pb::value::Value::BlobFileValue(pb::value::BlobFileValue {
                 file_name: format!("{BLOB_PATH_PREFIX}{WEIGHTS_DIR}/{WEIGHT_FILE}"),
                 offset,
@@ -255,6 +262,7 @@ impl Emitter {
     }
 
     fn operation(&mut self, op: &Operation) -> Result<pb::Operation, Error> {
+        self.op.clone_from(&op.name);
         let mut inputs = BTreeMap::new();
         for (param, args) in &op.inputs {
             let mut arguments = Vec::with_capacity(args.len());

@@ -82,7 +82,10 @@ fn write_into(model: &Model, dir: &Path, path: &Path) -> Result<WriteSummary, Er
     let main = model.program.main().ok_or_else(|| invalid("the program has no `main` function".into()))?;
     let mut emit = Emitter::new(main.opset, &weights);
     let proto = model_to_proto(model, &mut emit).map_err(invalid)?;
-    let weight_bytes = emit.finish()?;
+    let (weight_bytes, infinite) = emit.finish()?;
+    if !infinite.is_empty() {
+        return Err(Error::Fp16Infinity { path: path.to_path_buf(), consts: infinite });
+    }
     let bytes = proto.encode_to_vec();
     fs::write(data.join(MODEL_FILE), &bytes).map_err(Error::io(data.join(MODEL_FILE)))?;
     fs::write(dir.join(MANIFEST_FILE), Manifest::ours().to_json()).map_err(Error::io(dir))?;

@@ -21,20 +21,36 @@ use crate::mil::{Argument, DType, Fp16Loss, Function, Tensor};
 /// Name in errors.
 const NAME: &str = "fp16-range";
 
+/// Largest constant [`run`] checks before writing: scalars, biases, norms and BatchNorm
+/// statistics, where values beyond fp16 (a 1e6 normalizer) or below it (an epsilon of 1e-12)
+/// live. Larger weights are checked for free while `package::write` casts them, and written
+/// again through [`run`] with their names when one overflows: reading every weight twice would
+/// cost a third of a large model's convert time.
+pub const EAGER_CHECK_ELEMENTS: usize = 1 << 16;
+
 /// Keeps every op that reads an fp16 constant fp16 cannot hold in fp32 (see the module doc);
-/// returns one line per op kept in fp32.
-pub fn run(f: &mut Function) -> Result<Vec<String>, PassError> {
+/// returns one line per op kept in fp32. Checks the constants named in `only`, or with `None`
+/// every constant of up to [`EAGER_CHECK_ELEMENTS`] elements.
+pub fn run(f: &mut Function, only: Option<&[String]>) -> Result<Vec<String>, PassError> {
     let mut lost: HashMap<String, (Fp16Loss, Tensor)> = HashMap::new();
     for op in f.block.operations.iter().filter(|o| o.op_type == "const") {
         let Some(t) = op.attributes.get("val") else { continue };
+        let checked = match only {
+            Some(names) => names.contains(&op.name),
+            None => t.len() <= EAGER_CHECK_ELEMENTS,
+        };
+        if !checked {
+            continue;
+        }
         if let (Some(loss), Some(src)) = (t.fp16_loss(), t.f16_source()) {
-            lost.insert(op.name.clone(), (loss, src.clone()));
+            lost.insert(op.name.clone(), (loss, src));
         }
     }
     if lost.is_empty() {
         return Ok(Vec::new());
     }
     let mut notes = Vec::new();
+    let outputs = f.block.outputs.clone();
     let (mut r, ops) = Rewriter::new(f);
     let err = type_error(NAME);
     // The fp32 const standing for each lost one, made once.
@@ -44,8 +60,11 @@ pub fn run(f: &mut Function) -> Result<Vec<String>, PassError> {
         if op.op_type == "const" && lost.contains_key(&op.name) {
             let (_, src) = &lost[&op.name];
             kept.insert(op.name.clone(), r.b.konst(&format!("{}_fp32", op.name), src.clone()));
-            // Its fp16 form is still what other readers see (it goes when nothing reads it).
-            r.keep(op);
+            // Every op reading it computes in fp32 now; its fp16 form stays only as an output
+            // of the function (whose type must not change).
+            if outputs.contains(&op.name) {
+                r.keep(op);
+            }
             continue;
         }
         let reads_lost: Vec<&str> = op
@@ -125,7 +144,7 @@ fn to_fp32(r: &mut Rewriter, name: &str) -> Result<Var, PassError> {
 /// An fp16 tensor at fp32 (its exact source when it is a lazy cast); other tensors unchanged.
 fn fp32_of(t: &Tensor) -> Tensor {
     if let Some(src) = t.f16_source() {
-        return src.clone();
+        return src;
     }
     match (t.dtype(), t.to_f32_vec()) {
         (DType::F16, Some(v)) => Tensor::from_f32(t.shape(), &v),
@@ -153,7 +172,7 @@ mod tests {
     fn in_range_constants_change_nothing() {
         let mut f = divide_by(1000.0);
         let before = f.block.operations.len();
-        assert!(run(&mut f).unwrap().is_empty());
+        assert!(run(&mut f, None).unwrap().is_empty());
         assert_eq!(f.block.operations.len(), before);
     }
 
@@ -161,7 +180,7 @@ mod tests {
     fn an_op_reading_an_overflowing_constant_computes_in_fp32_between_casts() {
         let value = 1e6; // a normalizer beyond fp16
         let mut f = divide_by(value);
-        let notes = run(&mut f).unwrap();
+        let notes = run(&mut f, None).unwrap();
         assert!(notes.len() == 1 && notes[0].contains("`y` (real_div) computes in fp32") && notes[0].contains("beyond fp16's 65504"), "{notes:?}");
         let xs = [100.0f32, -200.0, 3000.0, 65504.0];
         let out = crate::interp::run(&f, &[("x".into(), crate::interp::Array::float(DType::F16, vec![4], xs.to_vec()))]).unwrap();
@@ -174,9 +193,17 @@ mod tests {
     }
 
     #[test]
+    fn large_constants_are_checked_when_named() {
+        let mut f = divide_by(1e6);
+        let c = f.block.operations.iter().find(|o| o.op_type == "const").unwrap().name.clone();
+        assert!(run(&mut f.clone(), Some(&[])).unwrap().is_empty(), "not named: not checked");
+        assert_eq!(run(&mut f, Some(&[c])).unwrap().len(), 1);
+    }
+
+    #[test]
     fn a_constant_fp16_would_zero_is_kept_in_fp32_and_reported() {
         let mut f = divide_by(1e-9);
-        let notes = run(&mut f).unwrap();
+        let notes = run(&mut f, None).unwrap();
         assert!(notes.len() == 1 && notes[0].contains("all zeros in fp16"), "{notes:?}");
         let div = f.block.operations.iter().find(|o| o.op_type == "real_div").unwrap();
         let crate::mil::Argument::Name(c) = &div.inputs[1].1[0] else { panic!("divisor not a name") };

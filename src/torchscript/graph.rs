@@ -65,7 +65,13 @@ pub fn describe_unsupported(ops: &[UnsupportedOp]) -> String {
             if o.locations.len() > MAX_LOCATIONS_SHOWN {
                 locs += ", …";
             }
-            format!("{} ×{} ({locs})", shown(&o.kind), o.count)
+            // A reason beyond "not lowered yet" tells the user what to change.
+            let op = o.kind.strip_prefix("aten::").unwrap_or(&o.kind);
+            let op = op.strip_suffix('_').filter(|f| !f.ends_with('_')).unwrap_or(op);
+            match lower::refusal(op) {
+                lower::NOT_YET => format!("{} ×{} ({locs})", shown(&o.kind), o.count),
+                why => format!("{} ×{} ({locs}; {why})", shown(&o.kind), o.count),
+            }
         })
         .collect::<Vec<_>>()
         .join(", ");

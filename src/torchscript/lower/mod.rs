@@ -413,9 +413,12 @@ pub fn refusal(op: &str) -> &'static str {
     } else if op.starts_with("coreml::") {
         "coremltools' own custom op"
     } else {
-        "not lowered yet"
+        NOT_YET
     }
 }
+
+/// [`refusal`]'s reason for an op nothing rules out: we could lower it and have not yet.
+pub const NOT_YET: &str = "not lowered yet";
 
 /// Lowering state: the Builder, the compute dtype (fp16 or fp32), and the name hint for the
 /// op being lowered (its TorchScript output name).
