@@ -50,6 +50,8 @@ fn input_error(path: &Path, message: impl Into<String>) -> Error {
 pub enum Kind {
     /// A traced TorchScript archive (`torch.jit.trace` + `torch.jit.save`).
     TorchScript,
+    /// A `torch.export` program (`torch.export.save`, `.pt2`), which carries its input shapes.
+    Export,
     /// A Hugging Face folder (`config.json` + safetensors) of this family.
     HfFolder(&'static hf::Family),
     /// A Core ML package (ours or any other ML Program package).
@@ -76,6 +78,11 @@ pub fn kind(path: &Path) -> Result<Kind, Error> {
     if !meta.is_file() {
         // Names what it is instead (a FIFO, a device): reading it would block or never end.
         crate::files::open_regular(path)?;
+    }
+    // Both are zips; a file that does not open as one is left to the TorchScript reader, whose
+    // errors say what a .pt should be.
+    if torchscript::zip::Zip::open(path).is_ok_and(|z| torchscript::export::is_export(&z)) {
+        return Ok(Kind::Export);
     }
     Ok(Kind::TorchScript)
 }
@@ -117,13 +124,14 @@ pub struct Loading {
     pub side_files: Vec<PathBuf>,
 }
 
-/// Loads `path` with the front end [`kind`] picks: TorchScript is lowered with `options.inputs`,
+/// Loads `path` with the front end [`kind`] picks: TorchScript is lowered with `options.inputs`, a
+/// `.pt2` program with the shapes it was exported with,
 /// a Hugging Face folder is built by its family; both then run the passes. A package is read as
 /// it is (no passes). Called by every subcommand.
 pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
     let kind = kind(path)?;
     if !matches!(kind, Kind::TorchScript) && !options.inputs.is_empty() {
-        return Err(input_error(path, "input shapes (--input, --example) apply to TorchScript files only; packages and Hugging Face folders have their own"));
+        return Err(input_error(path, "input shapes (--input, --example) apply to TorchScript files only; .pt2 programs, packages and Hugging Face folders carry their own"));
     }
     let stem = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (built, side_files) = match kind {
@@ -137,6 +145,13 @@ pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
             }
             let archive = torchscript::read(path)?;
             let lowered = graph::lower(&archive, &options.inputs, &graph::Options { opset: options.opset, precision: options.precision })?;
+            let mut model = Model::new(Program::with_main(lowered.function));
+            let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            model.metadata.user_defined.insert(SOURCE_KEY.into(), source);
+            (vec![(stem, model, lowered.precision_notes)], Vec::new())
+        }
+        Kind::Export => {
+            let lowered = torchscript::export::lower(path, &graph::Options { opset: options.opset, precision: options.precision })?;
             let mut model = Model::new(Program::with_main(lowered.function));
             let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             model.metadata.user_defined.insert(SOURCE_KEY.into(), source);
@@ -253,7 +268,7 @@ pub fn write(loading: &Loading, input: &Path, out: &Path, replace: Replace) -> R
         let (summary, precision_notes) = write_package(&p.model, out, replace)?;
         return Ok(vec![Written { name: p.name.clone(), path: out.to_path_buf(), weight_bytes: summary.weight_bytes, precision_notes }]);
     }
-    if matches!(loading.kind, Kind::TorchScript | Kind::Package) {
+    if matches!(loading.kind, Kind::TorchScript | Kind::Export | Kind::Package) {
         return Err(input_error(out, format!("a Core ML package path must end in .{}", package::PACKAGE_EXTENSION)));
     }
     let staged = Staged::begin(out, replace, is_our_folder)?;

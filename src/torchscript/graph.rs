@@ -537,7 +537,7 @@ fn rebind_in_place(e: &Expr, result: &Val, env: &mut HashMap<String, Val>) {
 }
 
 /// int64 weights (index buffers, position ids) as int32, MIL's index type.
-fn to_i32(t: &Tensor) -> Result<Tensor, String> {
+pub(crate) fn to_i32(t: &Tensor) -> Result<Tensor, String> {
     let v = t.to_i64_vec().ok_or("not an integer tensor")?;
     let v: Vec<i32> = v.into_iter().map(|x| i32::try_from(x).map_err(|_| format!("int64 value {x} does not fit int32"))).collect::<Result<_, _>>()?;
     Ok(Tensor::from_i32(t.shape(), &v))
@@ -604,14 +604,8 @@ fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statemen
     let mut args = Vec::with_capacity(params.len());
     for (p, spec) in params.iter().zip(ordered) {
         let spec = spec.ok_or_else(|| bad_inputs(format!("no input given for `{p}`")))?;
-        let dtype = input_dtype(spec.ty.dtype, opts).map_err(&bad_inputs)?;
         let name = spec.name.clone().unwrap_or_else(|| p.to_string());
-        let mut v = lower.b.input(&name, spec.ty.with_dtype(dtype));
-        if dtype.is_float() && dtype != opts.precision {
-            let hint = format!("{name}_cast");
-            let op = lower.b.op(&ew::CAST, &hint).arg("x", &v).konst("dtype", Tensor::string(opts.precision.name()));
-            v = op.build1().map_err(|e| bad_inputs(e.to_string()))?;
-        }
+        let v = input(&mut lower, &name, &spec.ty, opts).map_err(&bad_inputs)?;
         args.push(Val::V(Value::Tensor(v)));
     }
     let mut inliner = Inliner {
@@ -628,21 +622,42 @@ fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statemen
     let result = inliner.method(&archive.root, "", "forward", args, 0)?;
     let mut outputs = Vec::new();
     flatten(inliner.value(result)?, &mut outputs).map_err(|m| inliner.err(m))?;
+    let Inliner { lower, location, .. } = inliner;
+    finish(lower, outputs, opts).map_err(|message| Error::Lower { path: archive.path.clone(), location, message })
+}
+
+/// A function input `name` of type `ty` (as given: fp32, int64, …) in the types MIL takes, cast
+/// to the compute precision where it is a float of another: the value the graph reads. Shared
+/// by both front ends (`torchscript::export` too).
+pub(crate) fn input(lower: &mut Lower, name: &str, ty: &TensorType, opts: &Options) -> Result<Var, String> {
+    let dtype = input_dtype(ty.dtype, opts)?;
+    let v = lower.b.input(name, ty.with_dtype(dtype));
+    if !dtype.is_float() || dtype == opts.precision {
+        return Ok(v);
+    }
+    let op = lower.b.op(&ew::CAST, &format!("{name}_cast")).arg("x", &v).konst("dtype", Tensor::string(opts.precision.name()));
+    op.build1().map_err(|e| e.to_string())
+}
+
+/// The lowered function returning `outputs`: floats Core ML cannot return cast to fp32, and
+/// outputs named `output` (`output_0`, `output_1`, … for several) where the name is free. Shared
+/// by both front ends.
+pub(crate) fn finish(mut lower: Lower, outputs: Vec<Var>, opts: &Options) -> Result<Lowered, String> {
     let mut named = Vec::with_capacity(outputs.len());
     for v in outputs {
-        let ty = inliner.lower.ty(&v).map_err(|m| inliner.err(m))?;
+        let ty = lower.ty(&v)?;
         let v = if ty.dtype.is_float() && ty.dtype != DType::F16 && ty.dtype != DType::F32 || (ty.dtype == DType::F16 && opts.opset < Opset::Ios16) {
-            let op = inliner.lower.b.op(&ew::CAST, "output_fp32").arg("x", &v).konst("dtype", Tensor::string("fp32"));
-            op.build1().map_err(|e| inliner.err(e.to_string()))?
+            let op = lower.b.op(&ew::CAST, "output_fp32").arg("x", &v).konst("dtype", Tensor::string("fp32"));
+            op.build1().map_err(|e| e.to_string())?
         } else {
             v
         };
-        if inliner.lower.b.value(&v).is_some() {
-            return Err(inliner.err("the model returns a constant; nothing depends on its inputs"));
+        if lower.b.value(&v).is_some() {
+            return Err("the model returns a constant; nothing depends on its inputs".into());
         }
         named.push(v);
     }
-    let mut f = inliner.lower.b.finish(&named);
+    let mut f = lower.b.finish(&named);
     // One walk for all outputs (a model may return a tuple of thousands of tensors).
     let mut renames = HashMap::new();
     {
@@ -657,7 +672,7 @@ fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statemen
         }
     }
     f.block.rename_all(&renames);
-    Ok(Lowered { function: f, precision_notes: std::mem::take(&mut inliner.lower.precision_notes) })
+    Ok(Lowered { function: f, precision_notes: lower.precision_notes })
 }
 
 /// Name of a model's single output (`output_0`, `output_1`, … when it has several), as the

@@ -8,6 +8,7 @@
 //! [`Archive::root`] and [`Archive::tensors`]). Format facts: shared/docs/torchscript-format.md.
 
 pub mod code;
+pub mod export;
 pub mod graph;
 pub mod lower;
 pub mod pickle;
@@ -71,6 +72,9 @@ pub enum Error {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: not a TorchScript archive: {reason}")]
     NotTorchScript { path: PathBuf, reason: String },
+    /// A `.pt2` archive (`export`) this reader cannot take: what is missing or unknown.
+    #[error("{path}: torch.export archive: {reason}")]
+    Export { path: PathBuf, reason: String },
     #[error("{path}: entry `{entry}` is missing")]
     MissingEntry { path: PathBuf, entry: String },
     #[error(

@@ -203,6 +203,12 @@ pub fn softmax(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     Ok(Value::Tensor(l.op(&ew::SOFTMAX).arg("x", &x).konst("axis", Tensor::i32_scalar(axis)).build1().map_err(|e| e.to_string())?))
 }
 
+/// Ops with no value a program needs (`_assert_tensor_metadata` and other runtime asserts of
+/// torch.export programs, which check what conversion already knows): `None`.
+pub fn nothing(_: &mut Lower, _: &[Value]) -> Result<Value, String> {
+    Ok(Value::None)
+}
+
 /// Ops that do nothing at inference: `dropout` (eval), `detach`, `contiguous`.
 pub fn identity(_: &mut Lower, a: &[Value]) -> Result<Value, String> {
     Ok(a[0].clone())

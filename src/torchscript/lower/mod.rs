@@ -168,6 +168,14 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::softmax", args: &[("self", R), ("dim", R), ("dtype", NONE)], lower: elementwise::softmax },
     Lowering { kind: "aten::dropout", args: &[("input", R), ("p", R), ("train", R)], lower: elementwise::identity },
     Lowering { kind: "aten::detach", args: &[("self", R)], lower: elementwise::identity },
+    // torch.export IR forms: aliases and lifted constants are the value itself; the runtime
+    // asserts checked what conversion already knows (static dtypes and shapes).
+    Lowering { kind: "aten::alias", args: &[("self", R)], lower: elementwise::identity },
+    Lowering { kind: "aten::lift_fresh_copy", args: &[("self", R)], lower: elementwise::identity },
+    Lowering { kind: "aten::_to_copy", args: &[("self", R), ("dtype", NONE), ("layout", NONE), ("device", NONE), ("pin_memory", NONE), ("non_blocking", Default::Bool(false)), ("memory_format", NONE)], lower: elementwise::to },
+    Lowering { kind: "aten::_assert_tensor_metadata", args: &[("a", R), ("size", NONE), ("stride", NONE), ("dtype", NONE), ("device", NONE), ("layout", NONE)], lower: elementwise::nothing },
+    Lowering { kind: "aten::_assert_scalar", args: &[("self", R), ("assert_msg", R)], lower: elementwise::nothing },
+    Lowering { kind: "aten::_assert_async", args: &[("self", R), ("assert_msg", NONE)], lower: elementwise::nothing },
     Lowering { kind: "aten::contiguous", args: &[("self", R), ("memory_format", Default::Int(0))], lower: elementwise::identity },
     Lowering { kind: "aten::to", args: &[("self", R), ("a", NONE), ("b", NONE), ("c", NONE), ("d", NONE), ("dtype", NONE), ("layout", NONE), ("device", NONE)], lower: elementwise::to },
     Lowering { kind: "aten::clamp", args: &[("self", R), ("min", NONE), ("max", NONE)], lower: elementwise::clamp },
@@ -404,8 +412,10 @@ pub fn refusal(op: &str) -> &'static str {
         "complex numbers: Core ML has no complex type"
     } else if matches!(op, "nonzero" | "nonzero_numpy" | "argwhere" | "unique" | "_unique2" | "unique_dim" | "unique_consecutive" | "masked_select" | "torchvision::nms") {
         "output shape depends on the values; Core ML needs it known when converting"
-    } else if op.starts_with("_assert") || op.starts_with("sym_") || op.starts_with("dim_order_ops::") || matches!(op, "_local_scalar_dense" | "_to_copy" | "alias" | "copy" | "scalar_tensor") {
-        "torch.export IR op: for .pt2 programs, whose front end is not built yet"
+    } else if op.starts_with("sym_") || op == "_local_scalar_dense" {
+        "symbolic shape arithmetic: dynamic shapes are not supported yet"
+    } else if op.starts_with("dim_order_ops::") {
+        "ExecuTorch's dim-order IR, not a torch.export program op"
     } else if matches!(op, "_if" | "_loop" | "if" | "loop") {
         "scripted control flow: torch.jit.trace the model instead"
     } else if matches!(op, "as_strided" | "as_strided_copy" | "as_strided_scatter") {
