@@ -1048,3 +1048,44 @@ fn huge_model_type() {
     p.add("10 MB model_type", refusal(&convert_bert(&bert, &out.join("M.mlpackage"), &[]), &["config.json"], &[t.path()], MAX_QUOTING_LINE));
     p.assert_none();
 }
+
+// ---- torch.export archives (.pt2) ----------------------------------------------------------
+
+/// `.pt2` archives with a bad zip, an unknown schema version, a missing or mis-shaped weight, a
+/// weight path leaving its folder, a pickled weight or a dynamic dimension: one line naming the
+/// file and what is wrong, exit 2, nothing written. The well-formed one converts.
+#[test]
+fn issue_hostile_pt2_archives() {
+    use serde_json::json;
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let pkg = out.join("M.mlpackage");
+    let convert = |pt2: &Path| -> Vec<OsString> { vec!["convert".into(), pt2.into(), "-o".into(), pkg.clone().into()] };
+    let mut p = Problems::default();
+    let good = put(t.path(), "good.pt2", &make::pt2(|_, _| {}, make::pt2_weight()));
+    p.add("well-formed", bounded(&convert(&good), Some(&pkg.join("Manifest.json")), &[], &[]));
+    std::fs::remove_dir_all(&pkg).unwrap();
+    let mut truncated = make::pt2(|_, _| {}, make::pt2_weight());
+    truncated.truncate(truncated.len() / 2);
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        ("truncated zip", truncated, &["bad.pt2"]),
+        ("schema 9", make::pt2(|m, _| m["schema_version"]["major"] = json!(9), make::pt2_weight()), &["bad.pt2", "schema version 9.20", "8.x"]),
+        ("short weight", make::pt2(|_, _| {}, make::pt2_weight()[..12].to_vec()), &["bad.pt2", "fc.weight", "holds 12 bytes", "needs 48"]),
+        ("missing weight", make::pt2(|_, w| w["config"]["fc.weight"]["path_name"] = json!("weight_9"), make::pt2_weight()), &["bad.pt2", "weight_9", "missing"]),
+        ("path leaves", make::pt2(|_, w| w["config"]["fc.weight"]["path_name"] = json!("../../etc/passwd"), make::pt2_weight()), &["bad.pt2", "leaves its folder"]),
+        ("pickled", make::pt2(|_, w| w["config"]["fc.weight"]["use_pickle"] = json!(true), make::pt2_weight()), &["bad.pt2", "pickled"]),
+        ("huge dims", make::pt2(|_, w| w["config"]["fc.weight"]["tensor_meta"]["sizes"] = json!([{"as_int": 1i64 << 40}, {"as_int": 1i64 << 40}]), make::pt2_weight()), &["bad.pt2", "fc.weight"]),
+        ("dynamic input", make::pt2(|m, _| m["graph_module"]["graph"]["tensor_values"]["x"]["sizes"][0] = json!({"as_expr": {"expr_str": "s0"}}), make::pt2_weight()), &["bad.pt2", "`x`", "dynamic dimension"]),
+        ("unknown op", make::pt2(|m, _| m["graph_module"]["graph"]["nodes"][0]["target"] = json!("torch.ops.aten.kron.default"), make::pt2_weight()), &["bad.pt2", "aten::kron ×1", "model.py:7"]),
+    ];
+    for (what, bytes, mentions) in cases {
+        let bad = put(t.path(), "bad.pt2", &bytes);
+        p.add(what, bounded(&convert(&bad), None, mentions, &[&out]));
+        if pkg.exists() {
+            p.add(what, vec!["converted; expected a refusal".into()]);
+            std::fs::remove_dir_all(&pkg).unwrap();
+        }
+    }
+    p.assert_none();
+}
