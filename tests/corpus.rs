@@ -22,13 +22,8 @@ use torch2coreml::validate::{self, npz};
 
 /// Fewest models the corpus may hold (issue 14 item 6).
 const MIN_MODELS: usize = 15;
-/// Least fraction of the corpus that must convert and validate, counted over the models not
-/// waiting on [`RECURRENT_PENDING`].
+/// Least fraction of the corpus that must convert and validate.
 const MIN_PASS_FRACTION: f64 = 0.9;
-/// The reason of models that need `aten::lstm`/`gru`/`rnn`, whose lowerings are being written
-/// (src/torchscript/lower/recurrent.rs); they are left out of [`MIN_PASS_FRACTION`] until then,
-/// and must pass (and count) once the lowering lands, as every listed failure must.
-const RECURRENT_PENDING: &str = "aten::lstm not lowered yet (recurrent layers in progress)";
 
 /// A corpus model that is known to fail: `reason` is what the README says, `evidence` a piece
 /// of the error our converter or validator gives for it (the test checks that it does).
@@ -40,8 +35,6 @@ struct ExpectedFailure {
 
 /// Every corpus model that does not convert and validate, with its exact reason.
 const EXPECTED_FAILURES: &[ExpectedFailure] = &[
-    ExpectedFailure { model: "resemblyzer", reason: RECURRENT_PENDING, evidence: "aten::lstm" },
-    ExpectedFailure { model: "khmer_ocr_crnn", reason: RECURRENT_PENDING, evidence: "aten::lstm" },
     // The wheel ships torch.jit.script output; tracing a call into it keeps its scripted `if`s.
     ExpectedFailure {
         model: "silero_vad",
@@ -228,15 +221,9 @@ fn real_models_from_wheels_convert_and_match_torch() {
             (Some(_), Some(_)) => {}
         }
     }
-    let counted: Vec<&Outcome> = names
-        .iter()
-        .zip(&outcomes)
-        .filter(|(n, o)| o.error.is_none() || !EXPECTED_FAILURES.iter().any(|f| f.model == *n && f.reason == RECURRENT_PENDING))
-        .map(|(_, o)| o)
-        .collect();
-    let passed = counted.iter().filter(|o| o.error.is_none()).count();
-    if (passed as f64) < MIN_PASS_FRACTION * counted.len() as f64 {
-        problems.push(format!("{passed} of {} counted models pass, under {:.0} %", counted.len(), MIN_PASS_FRACTION * 100.0));
+    let passed = outcomes.iter().filter(|o| o.error.is_none()).count();
+    if (passed as f64) < MIN_PASS_FRACTION * outcomes.len() as f64 {
+        problems.push(format!("{passed} of {} models pass, under {:.0} %", outcomes.len(), MIN_PASS_FRACTION * 100.0));
     }
     if let Err(e) = check_readme(&table(&names, &outcomes)) {
         problems.push(e);

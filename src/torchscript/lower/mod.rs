@@ -7,6 +7,7 @@
 mod attention;
 mod elementwise;
 mod nn;
+mod recurrent;
 mod reduce;
 mod resample;
 mod shape;
@@ -142,6 +143,9 @@ pub struct Lowering {
 const R: Default = Default::Required;
 const NONE: Default = Default::None;
 
+/// The schema of `aten::lstm`/`gru`/`rnn_*` (`.input` overloads; `hx` is LSTM's `[h0, c0]`).
+const RNN_ARGS: &[Arg] = &[("input", R), ("hx", R), ("params", R), ("has_biases", R), ("num_layers", R), ("dropout", R), ("train", R), ("bidirectional", R), ("batch_first", R)];
+
 /// Every torch op we lower, grouped like `mil/ops`. Before lowering, the inliner checks every
 /// call in the model against this table and reports all missing ones at once.
 pub const LOWERINGS: &[Lowering] = &[
@@ -168,6 +172,11 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::softmax", args: &[("self", R), ("dim", R), ("dtype", NONE)], lower: elementwise::softmax },
     Lowering { kind: "aten::dropout", args: &[("input", R), ("p", R), ("train", R)], lower: elementwise::identity },
     Lowering { kind: "aten::detach", args: &[("self", R)], lower: elementwise::identity },
+    // recurrent layers (unrolled over time, see recurrent.rs)
+    Lowering { kind: "aten::lstm", args: RNN_ARGS, lower: recurrent::lstm },
+    Lowering { kind: "aten::gru", args: RNN_ARGS, lower: recurrent::gru },
+    Lowering { kind: "aten::rnn_tanh", args: RNN_ARGS, lower: recurrent::rnn_tanh },
+    Lowering { kind: "aten::rnn_relu", args: RNN_ARGS, lower: recurrent::rnn_relu },
     // torch.export IR forms: aliases and lifted constants are the value itself; the runtime
     // asserts checked what conversion already knows (static dtypes and shapes).
     Lowering { kind: "aten::alias", args: &[("self", R)], lower: elementwise::identity },
