@@ -180,6 +180,13 @@ const PACKAGES: &[(&str, &str, f32, f32)] = &[
     ("activations", "ios15_fp32", 1e-4, 1e-4),
     ("activations", "ios16_fp16", 1e-2, 1e-2),
     ("activations", "ios18_fp16", 1e-2, 1e-2),
+    // coremltools' lstm (two layers, bidirectional) and rnn from torch; gru from its MIL builder.
+    ("recurrent", "ios15_fp32", 1e-4, 1e-4),
+    ("recurrent", "ios16_fp16", 1e-2, 1e-2),
+    ("recurrent", "ios18_fp16", 1e-2, 1e-2),
+    ("gru_reset_before", "ios15_fp32", 1e-4, 1e-4),
+    ("gru_reset_before", "ios17_fp16", 1e-2, 1e-2),
+    ("gru_reset_after", "ios18_fp16", 1e-2, 1e-2),
 ];
 
 #[test]

@@ -13,6 +13,7 @@ pub mod elementwise;
 pub mod eval;
 pub mod linear;
 pub mod norm;
+pub mod recurrent;
 pub mod reduce;
 pub mod shape;
 pub mod state;
@@ -211,6 +212,9 @@ pub const OPS: &[&OpDef] = &[
     &shape::PIXEL_UNSHUFFLE,
     &shape::SCATTER_ALONG_AXIS,
     &shape::SLICE_UPDATE,
+    &recurrent::RNN, &recurrent::RNN_IOS17,
+    &recurrent::GRU, &recurrent::GRU_IOS17, &recurrent::GRU_IOS18,
+    &recurrent::LSTM, &recurrent::LSTM_IOS17,
     &attention::SCALED_DOT_PRODUCT_ATTENTION,
     &state::READ_STATE,
     &state::WRITE_STATE,
