@@ -145,8 +145,8 @@ pub fn torchscript_to_mil(data: &[u8]) {
     shapes.extend(width.map(|w| vec![1, w]));
     for shape in shapes {
         let inputs: Vec<graph::InputSpec> =
-            (0..params).map(|_| graph::InputSpec { name: None, ty: TensorType::new(DType::F32, &shape) }).collect();
-        let opts = graph::Options { opset: Opset::Ios16, precision: DType::F16 };
+            (0..params).map(|_| graph::InputSpec::new(None, TensorType::new(DType::F32, &shape))).collect();
+        let opts = graph::Options { opset: Opset::Ios16, precision: DType::F16, fp32_outputs: false };
         if let Err(e) = graph::to_mil(&archive, &inputs, &opts) {
             check(&e);
         }

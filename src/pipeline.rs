@@ -104,6 +104,54 @@ pub struct Options {
     pub inputs: Vec<InputSpec>,
     /// Hugging Face text families: sequence length of text inputs (BERT: default 128).
     pub seq_len: Option<usize>,
+    /// Ops kept in fp32 by type or name (`convert --fp32-ops`), after the other passes.
+    pub fp32_ops: Vec<glob::Pattern>,
+    /// `convert --precision auto`: the inputs on which fp16 drift is measured; the ops whose fp16
+    /// outputs overflow, turn inf/NaN or drift are kept in fp32. `None`: precision as asked.
+    pub calibration: Option<Calibration>,
+    /// Metadata, feature descriptions and output names for every built package.
+    pub interface: Interface,
+}
+
+impl Default for Options {
+    /// iOS16, fp16, ANE passes on, nothing else asked: what `convert` does without flags.
+    fn default() -> Options {
+        Options {
+            opset: Opset::Ios16,
+            precision: DType::F16,
+            ane: true,
+            inputs: Vec::new(),
+            seq_len: None,
+            fp32_ops: Vec::new(),
+            calibration: None,
+            interface: Interface::default(),
+        }
+    }
+}
+
+/// Where `--precision auto` gets its inputs: an example (`--example`), or drawn with a seed as
+/// `validate --seed` draws them.
+#[derive(Clone, Debug)]
+pub enum Calibration {
+    Example(Vec<(String, crate::mil::Tensor)>),
+    Random { seed: u64 },
+}
+
+/// What a built package says about itself (Model.proto `Metadata`, `FeatureDescription`):
+/// `convert`'s `--author`, `--license`, `--description`, `--version`, `--meta`, `--describe` and
+/// `--output-names`. Empty fields leave the package's own.
+#[derive(Clone, Debug, Default)]
+pub struct Interface {
+    pub author: Option<String>,
+    pub license: Option<String>,
+    pub description: Option<String>,
+    pub version: Option<String>,
+    /// User-defined metadata entries.
+    pub meta: Vec<(String, String)>,
+    /// Descriptions of inputs and outputs, by feature name (after renaming).
+    pub describe: Vec<(String, String)>,
+    /// New names for the outputs, in order.
+    pub output_names: Vec<String>,
 }
 
 /// One package of a loaded model: its name (file stem), model, and what each pass changed (empty
@@ -112,8 +160,12 @@ pub struct Loaded {
     pub name: String,
     pub model: Model,
     pub passes: Vec<(&'static str, Changes)>,
-    /// Layers the front end rescaled or kept in fp32 so fp16 loses no value, one line each.
+    /// Layers the front end rescaled or kept in fp32 so fp16 loses no value, and ops kept in
+    /// fp32 by `--fp32-ops` or `--precision auto`, one line each.
     pub precision_notes: Vec<String>,
+    /// What the user should know about how the model was read (an input bound by position, a
+    /// `--fp32-ops` pattern matching nothing), one line each.
+    pub warnings: Vec<String>,
 }
 
 /// A loaded model: one package (TorchScript, BERT, any `.mlpackage`) or several (Whisper), plus
@@ -137,33 +189,49 @@ pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
     let (built, side_files) = match kind {
         Kind::Package => {
             let model = package::read(path)?;
-            return Ok(Loading { kind, packages: vec![Loaded { name: stem, model, passes: Vec::new(), precision_notes: Vec::new() }], side_files: Vec::new() });
+            let loaded = Loaded { name: stem, model, passes: Vec::new(), precision_notes: Vec::new(), warnings: Vec::new() };
+            return Ok(Loading { kind, packages: vec![loaded], side_files: Vec::new() });
         }
         Kind::TorchScript => {
             if options.inputs.is_empty() {
                 return Err(input_error(path, "a TorchScript file needs its input shapes: --input NAME:DIMS:DTYPE (one per forward() argument) or --example INPUTS.npz"));
             }
             let archive = torchscript::read(path)?;
-            let lowered = graph::lower(&archive, &options.inputs, &graph::Options { opset: options.opset, precision: options.precision })?;
-            let mut model = Model::new(Program::with_main(lowered.function));
-            let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            model.metadata.user_defined.insert(SOURCE_KEY.into(), source);
-            (vec![(stem, model, lowered.precision_notes)], Vec::new())
+            let fp32_outputs = options.inputs.iter().any(|i| i.keep_dtype && i.ty.dtype == DType::F32);
+            let opts = graph::Options { opset: options.opset, precision: options.precision, fp32_outputs };
+            (vec![traced(path, stem, graph::lower(&archive, &options.inputs, &opts)?)], Vec::new())
         }
         Kind::Export => {
-            let lowered = torchscript::export::lower(path, &graph::Options { opset: options.opset, precision: options.precision })?;
-            let mut model = Model::new(Program::with_main(lowered.function));
-            let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            model.metadata.user_defined.insert(SOURCE_KEY.into(), source);
-            (vec![(stem, model, lowered.precision_notes)], Vec::new())
+            let opts = graph::Options { opset: options.opset, precision: options.precision, fp32_outputs: false };
+            (vec![traced(path, stem, torchscript::export::lower(path, &opts)?)], Vec::new())
         }
         Kind::HfFolder(family) => {
             let folder = hf::open(path)?;
             let built = (family.build)(&folder, &hf::Options { opset: options.opset, precision: options.precision, seq_len: options.seq_len })?;
-            (built.packages.into_iter().map(|b| (b.name, b.model, Vec::new())).collect(), built.side_files)
+            let packages = built.packages.into_iter().map(|b| Built { name: b.name, model: b.model, precision_notes: Vec::new(), warnings: Vec::new() });
+            (packages.collect(), built.side_files)
         }
     };
-    finish(path, kind, built, side_files, options.ane)
+    if !options.interface.output_names.is_empty() && built.len() != 1 {
+        return Err(input_error(path, format!("--output-names applies to one package; this model makes {}", built.len())));
+    }
+    finish(path, kind, built, side_files, options)
+}
+
+/// One package a front end built, before the passes.
+struct Built {
+    name: String,
+    model: Model,
+    precision_notes: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// The package of a lowered `.pt` or `.pt2`, with its source file recorded.
+fn traced(path: &Path, name: String, lowered: graph::Lowered) -> Built {
+    let mut model = Model::new(Program::with_main(lowered.function));
+    let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    model.metadata.user_defined.insert(SOURCE_KEY.into(), source);
+    Built { name, model, precision_notes: lowered.precision_notes, warnings: lowered.warnings }
 }
 
 /// Reads the package at `path` (ours or any ML Program package) for `inspect` and `validate`;
@@ -180,21 +248,171 @@ const VERSION_KEY: &str = "torch2coreml.version";
 /// Metadata key recording the source file name of a TorchScript conversion.
 const SOURCE_KEY: &str = "torch2coreml.source";
 
-/// Runs the passes over each built package's `main` function and records our version.
-fn finish(path: &Path, kind: Kind, built: Vec<(String, Model, Vec<String>)>, side_files: Vec<PathBuf>, ane: bool) -> Result<Loading, Error> {
+/// Runs the passes over each built package's `main` function, keeps in fp32 what
+/// `--fp32-ops` and `--precision auto` ask for, applies the interface options and records our
+/// version.
+fn finish(path: &Path, kind: Kind, built: Vec<Built>, side_files: Vec<PathBuf>, options: &Options) -> Result<Loading, Error> {
+    let pass_error = |source| Error::Pass { path: path.to_path_buf(), source };
     let mut packages = Vec::new();
-    for (name, mut model, mut precision_notes) in built {
+    for Built { name, mut model, mut precision_notes, mut warnings } in built {
         model.metadata.user_defined.insert(VERSION_KEY.into(), env!("CARGO_PKG_VERSION").into());
         let Some(mut main) = model.program.functions.remove("main") else {
             return Err(input_error(path, format!("{name}: the built program has no main function")));
         };
-        let kept_fp32 = passes::fp16_range::run(&mut main, None).map_err(|source| Error::Pass { path: path.to_path_buf(), source })?;
-        precision_notes.extend(kept_fp32);
-        let changes = passes::run(&mut main, ane).map_err(|source| Error::Pass { path: path.to_path_buf(), source })?;
+        precision_notes.extend(passes::fp16_range::run(&mut main, None).map_err(pass_error)?);
+        let changes = passes::run(&mut main, options.ane).map_err(pass_error)?;
+        if !options.fp32_ops.is_empty() {
+            let kept = passes::fp16_range::by_patterns(&mut main, &options.fp32_ops).map_err(pass_error)?;
+            for p in options.fp32_ops.iter().filter(|p| !kept.iter().any(|k| k.ends_with(&format!("`{}`", p.as_str())))) {
+                warnings.push(format!("--fp32-ops `{}` matches no fp16 op of {name}", p.as_str()));
+            }
+            precision_notes.extend(kept);
+        }
+        if let Some(calibration) = &options.calibration {
+            precision_notes.extend(auto_precision(&mut main, calibration).map_err(|e| input_error(path, format!("--precision auto: {e}")))?);
+        }
         model.program.functions.insert("main".into(), main);
-        packages.push(Loaded { name, model, passes: changes, precision_notes });
+        apply_interface(&mut model, &options.interface).map_err(|m| input_error(path, m))?;
+        packages.push(Loaded { name, model, passes: changes, precision_notes, warnings });
     }
     Ok(Loading { kind, packages, side_files })
+}
+
+/// Rounds of `--precision auto`: each keeps in fp32 what the last one found, then measures
+/// again (an op kept in fp32 may hand a value fp16 cannot hold to the next one).
+const AUTO_ROUNDS: usize = 4;
+/// Largest error of one fp16 op, given exact inputs, as a fraction of its output's peak, that
+/// `--precision auto` accepts: fp16's rounding (2^-11 relative) plus what an fp16 accumulation
+/// over a few thousand terms adds stays well under it; an op past it loses what the next layers
+/// need.
+const AUTO_MAX_ERROR_OF_PEAK: f64 = 1e-2;
+
+/// `--precision auto`: measures each op of `main` at fp16 against fp32 on the calibration
+/// inputs (`validate::per_op`, each op on exact inputs) and keeps in fp32 those whose fp16
+/// output overflows, turns inf/NaN, or errs by more than [`AUTO_MAX_ERROR_OF_PEAK`] of its peak.
+/// A cast down to fp16 that overflows takes its readers into fp32, a cast up from an fp16 value
+/// that already overflowed takes that value's producer. Each round rewrites the original
+/// function with everything found so far, so neighbouring fp32 ops pass fp32 values to each
+/// other. Returns one line per op kept.
+fn auto_precision(main: &mut crate::mil::Function, calibration: &Calibration) -> Result<Vec<String>, String> {
+    use crate::validate;
+    let inputs = match calibration {
+        Calibration::Example(given) => validate::inputs_from(main, given.clone()),
+        Calibration::Random { seed } => validate::random_inputs(main, *seed),
+    }
+    .map_err(|e| e.to_string())?;
+    let original = main.clone();
+    let candidates: std::collections::HashMap<&str, &crate::mil::Operation> = original
+        .block
+        .operations
+        .iter()
+        .filter(|o| o.op_type != "const" && o.blocks.is_empty() && !is_cast_to(o, DType::F16))
+        .map(|o| (o.name.as_str(), o))
+        .collect();
+    let mut notes = Vec::new();
+    let mut kept = foldhash::HashSet::default();
+    for _ in 0..AUTO_ROUNDS {
+        let drifts = validate::per_op(main, &inputs, 0.0, 0.0).map_err(|e| e.to_string())?;
+        let mut found = false;
+        for d in drifts.iter().filter(|d| d.op_type != "const") {
+            let why = if d.non_finite > d.fp32_non_finite {
+                format!("{} element(s) turn inf/NaN in fp16", d.non_finite)
+            } else if d.fp32_peak > validate::FP16_MAX {
+                format!("its output reaches {:.3e}, beyond fp16's 65504", d.fp32_peak)
+            } else if d.max_abs > AUTO_MAX_ERROR_OF_PEAK * d.fp32_peak {
+                format!("fp16 errs by {:.1} % of its peak", 100.0 * d.max_abs / d.fp32_peak.max(f64::MIN_POSITIVE))
+            } else {
+                continue;
+            };
+            let op = main.block.operations.iter().find(|o| o.name == d.op);
+            let mut targets = vec![d.op.clone()];
+            if let Some(op) = op.filter(|o| is_cast_to(o, DType::F16)) {
+                targets = readers(main, &op.outputs[0].name);
+            } else if let Some(op) = op.filter(|o| is_cast_to(o, DType::F32)) {
+                targets = op.inputs.iter().filter(|(p, _)| p == "x").flat_map(|(_, a)| a).filter_map(|a| match a {
+                    crate::mil::Argument::Name(n) => producer(main, n),
+                    _ => None,
+                }).collect();
+            }
+            for t in targets {
+                let Some(op) = candidates.get(t.as_str()) else { continue };
+                if !kept.insert(t.clone()) {
+                    continue;
+                }
+                found = true;
+                // A cast up to fp32 it takes is no op of its own any more: nothing to report.
+                if op.op_type != "cast" {
+                    notes.push(format!("`{t}` ({}) computes in fp32: {why} on the calibration inputs", op.op_type));
+                }
+            }
+        }
+        if !found {
+            break;
+        }
+        *main = original.clone();
+        crate::passes::fp16_range::keep_in_fp32(main, &kept, &foldhash::HashMap::default()).map_err(|e| e.to_string())?;
+    }
+    Ok(notes)
+}
+
+/// Whether `op` is a `cast` whose output has dtype `to`.
+fn is_cast_to(op: &crate::mil::Operation, to: DType) -> bool {
+    op.op_type == "cast" && op.outputs.first().is_some_and(|o| o.ty.tensor().dtype == to)
+}
+
+/// The name of the top-level op of `f` that defines the value `name`.
+fn producer(f: &crate::mil::Function, name: &str) -> Option<String> {
+    f.block.operations.iter().find(|o| o.outputs.iter().any(|x| x.name == name)).map(|o| o.name.clone())
+}
+
+/// The names of the top-level ops of `f` that read the value `name`.
+fn readers(f: &crate::mil::Function, name: &str) -> Vec<String> {
+    f.block
+        .operations
+        .iter()
+        .filter(|o| o.inputs.iter().flat_map(|(_, a)| a).any(|a| matches!(a, crate::mil::Argument::Name(n) if n == name)))
+        .map(|o| o.name.clone())
+        .collect()
+}
+
+/// Applies `--output-names`, `--describe` and the metadata flags to `model`; a name that is not
+/// a feature of the model is an error naming the ones it has.
+fn apply_interface(model: &mut Model, interface: &Interface) -> Result<(), String> {
+    let main = model.program.functions.get_mut("main").ok_or("the program has no main function")?;
+    if !interface.output_names.is_empty() {
+        let outputs = &main.block.outputs;
+        if interface.output_names.len() != outputs.len() {
+            return Err(format!("--output-names gives {} names for {} outputs ({})", interface.output_names.len(), outputs.len(), outputs.join(", ")));
+        }
+        let defined = main.block.defined_names();
+        let inputs: BTreeSet<&str> = main.inputs.iter().map(|i| i.name.as_str()).collect();
+        let mut renames = std::collections::HashMap::new();
+        for (old, new) in outputs.iter().zip(&interface.output_names) {
+            if new.is_empty() || renames.values().any(|v| v == new) {
+                return Err(format!("--output-names: `{new}` is empty or given twice"));
+            }
+            if old != new && (defined.contains(new.as_str()) || inputs.contains(new.as_str())) && !outputs.contains(new) {
+                return Err(format!("--output-names: `{new}` already names a value inside the program; choose another"));
+            }
+            renames.insert(old.clone(), new.clone());
+        }
+        main.block.rename_all(&renames);
+    }
+    let features: Vec<String> = main.inputs.iter().map(|i| i.name.clone()).chain(main.block.outputs.iter().cloned()).collect();
+    for (name, text) in &interface.describe {
+        if !features.contains(name) {
+            return Err(format!("--describe `{name}`: the model has no such input or output ({})", features.join(", ")));
+        }
+        model.feature_descriptions.insert(name.clone(), text.clone());
+    }
+    let md = &mut model.metadata;
+    for (field, value) in [(&mut md.author, &interface.author), (&mut md.license, &interface.license), (&mut md.short_description, &interface.description), (&mut md.version, &interface.version)] {
+        if let Some(v) = value {
+            *field = v.clone();
+        }
+    }
+    md.user_defined.extend(interface.meta.iter().cloned());
+    Ok(())
 }
 
 /// What [`write`] wrote: one path per package, with its weight bytes.

@@ -83,9 +83,9 @@ fn run(dir: &Path, name: &str, pkg: &Path) -> Outcome {
 fn convert_and_validate(dir: &Path, name: &str, pkg: &Path, outcome: &mut Outcome) -> Result<(), String> {
     let pt = dir.join(format!("{name}.pt"));
     let given = npz::read(&dir.join(format!("{name}.inputs.npz"))).map_err(|e| e.to_string())?;
-    let specs = given.iter().map(|(n, t)| InputSpec { name: Some(n.clone()), ty: t.tensor_type() }).collect();
+    let specs = given.iter().map(|(n, t)| InputSpec::new(Some(n.clone()), t.tensor_type())).collect();
     let opset = Opset::from_target("iOS16").ok_or("no iOS16")?;
-    let options = pipeline::Options { opset, precision: DType::F16, ane: true, inputs: specs, seq_len: None };
+    let options = pipeline::Options { opset, precision: DType::F16, inputs: specs, ..pipeline::Options::default() };
     let loading = pipeline::load(&pt, &options).map_err(|e| format!("convert: {e}"))?;
     pipeline::write(&loading, &pt, pkg, Replace::Anything).map_err(|e| format!("write: {e}"))?;
     let model = pipeline::read_package(pkg).map_err(|e| format!("read back: {e}"))?;

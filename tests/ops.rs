@@ -48,10 +48,10 @@ fn check(dir: &Path, case: &str, precision: DType, pkg: &Path, format: Format) -
     // A .pt2 program carries its input shapes.
     let specs = match format {
         Format::Export => Vec::new(),
-        Format::Trace => given.iter().map(|(name, t)| InputSpec { name: Some(name.clone()), ty: t.tensor_type() }).collect(),
+        Format::Trace => given.iter().map(|(name, t)| InputSpec::new(Some(name.clone()), t.tensor_type())).collect(),
     };
     let opset = Opset::from_target("iOS16").ok_or_else(|| at("no iOS16"))?;
-    let options = pipeline::Options { opset, precision, ane: true, inputs: specs, seq_len: None };
+    let options = pipeline::Options { opset, precision, inputs: specs, ..pipeline::Options::default() };
     let loading = pipeline::load(&pt, &options).map_err(|e| at(&format!("convert: {e}")))?;
     pipeline::write(&loading, &pt, pkg, Replace::Anything).map_err(|e| at(&format!("write: {e}")))?;
     let model = pipeline::read_package(pkg).map_err(|e| at(&format!("read back: {e}")))?;
@@ -171,8 +171,8 @@ fn per_op_with_the_reference_names_the_constant_that_overflows_fp16() {
     let case = "divide_by_fp16_overflow";
     let (pt, inputs) = (dir.join(format!("{case}.pt")), dir.join(format!("{case}.inputs.npz")));
     let given = npz::read(&inputs).unwrap();
-    let specs = given.iter().map(|(name, t)| InputSpec { name: Some(name.clone()), ty: t.tensor_type() }).collect();
-    let options = pipeline::Options { opset: Opset::from_target("iOS16").unwrap(), precision: DType::F32, ane: true, inputs: specs, seq_len: None };
+    let specs = given.iter().map(|(name, t)| InputSpec::new(Some(name.clone()), t.tensor_type())).collect();
+    let options = pipeline::Options { opset: Opset::from_target("iOS16").unwrap(), precision: DType::F32, inputs: specs, ..pipeline::Options::default() };
     let mut loading = pipeline::load(&pt, &options).unwrap();
     let model = &mut loading.packages[0].model;
     let main = model.program.functions.get_mut("main").unwrap();

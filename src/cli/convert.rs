@@ -51,6 +51,35 @@ pub struct Args {
     /// Skip the ANE rewrite passes (keep the traced layout: `linear`, batched attention).
     #[arg(long)]
     pub no_ane: bool,
+    /// Keep these ops in fp32 (casts around them): shell globs over op types or op names as
+    /// `inspect` and `validate --per-op` show them, e.g. `layer_norm,*attn*`.
+    #[arg(long, value_name = "PATTERN,...", value_delimiter = ',')]
+    pub fp32_ops: Vec<String>,
+    /// Seed of the random calibration inputs of `--precision auto` (without `--example`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Model author (package metadata, shown by Xcode).
+    #[arg(long)]
+    pub author: Option<String>,
+    /// Model license (package metadata).
+    #[arg(long)]
+    pub license: Option<String>,
+    /// Short description of the model (package metadata).
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Model version string (package metadata).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// A user-defined metadata entry KEY=VALUE (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+    /// A description of an input or output, NAME=TEXT (repeatable); Xcode shows it.
+    #[arg(long, value_name = "NAME=TEXT")]
+    pub describe: Vec<String>,
+    /// Names of the outputs, in order (default: `output`, or `output_0`, `output_1`, … for a
+    /// traced model; the family's own names for Hugging Face folders).
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    pub output_names: Vec<String>,
     /// Output format of the summary.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -59,16 +88,21 @@ pub struct Args {
 /// `--precision`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
+    /// fp16 weights and compute (the ANE's precision).
     Fp16,
+    /// fp32 everywhere (CPU/GPU only).
     Fp32,
+    /// fp16, except the ops whose fp16 outputs overflow, turn inf/NaN or drift on calibration
+    /// inputs (`--example`, else random ones drawn with `--seed`): those compute in fp32.
+    Auto,
 }
 
 /// Parses one `--input` value.
 pub(super) fn parse_input(s: &str) -> anyhow::Result<pipeline::InputSpec> {
     let parts: Vec<&str> = s.split(':').collect();
-    let (name, dims, dtype) = match parts.as_slice() {
-        [name, dims] => (*name, *dims, "fp32"),
-        [name, dims, dtype] => (*name, *dims, *dtype),
+    let (name, dims, dtype, keep_dtype) = match parts.as_slice() {
+        [name, dims] => (*name, *dims, "fp32", false),
+        [name, dims, dtype] => (*name, *dims, *dtype, true),
         _ => bail!("--input `{s}`: expected NAME:DIMS:DTYPE, e.g. x:1x3x224x224:fp32"),
     };
     let shape = dims
@@ -87,7 +121,15 @@ pub(super) fn parse_input(s: &str) -> anyhow::Result<pipeline::InputSpec> {
         other => bail!("--input `{s}`: unknown dtype `{other}` (fp32, fp16, int64, int32, bool)"),
     };
     let name = (!name.is_empty()).then(|| name.to_string());
-    Ok(pipeline::InputSpec { name, ty: TensorType::new(dtype, &shape) })
+    Ok(pipeline::InputSpec { name, ty: TensorType::new(dtype, &shape), keep_dtype })
+}
+
+/// Splits a `KEY=VALUE` flag value (the key non-empty).
+fn key_value(flag: &str, s: &str) -> anyhow::Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => bail!("{flag} `{s}`: expected KEY=VALUE"),
+    }
 }
 
 /// Largest input accepted (2^31 elements): beyond it int32 shape arithmetic in MIL overflows.
@@ -101,7 +143,7 @@ fn compute_ops(model: &Model) -> usize {
 /// The input specs of `--input` / `--example` (empty when neither is given).
 pub(super) fn input_specs(inputs: &[String], example: Option<&Path>) -> anyhow::Result<Vec<pipeline::InputSpec>> {
     match example {
-        Some(npz) => Ok(npz::read(npz)?.into_iter().map(|(name, t)| pipeline::InputSpec { name: Some(name), ty: t.tensor_type() }).collect()),
+        Some(npz) => Ok(npz::read(npz)?.into_iter().map(|(name, t)| pipeline::InputSpec::new(Some(name), t.tensor_type())).collect()),
         None => inputs.iter().map(|s| parse_input(s)).collect(),
     }
 }
@@ -112,10 +154,38 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let opset = Opset::from_target(&args.target)
         .with_context(|| format!("--target `{}`: expected iOS15–iOS18 or macOS12–macOS15", args.target))?;
     let precision = match args.precision {
-        Precision::Fp16 => DType::F16,
+        Precision::Fp16 | Precision::Auto => DType::F16,
         Precision::Fp32 => DType::F32,
     };
-    let options = pipeline::Options { opset, precision, ane: !args.no_ane, inputs: input_specs(&args.inputs, args.example.as_deref())?, seq_len: args.seq_len };
+    let calibration = match (args.precision, &args.example) {
+        (Precision::Auto, Some(npz)) => Some(pipeline::Calibration::Example(npz::read(npz)?)),
+        (Precision::Auto, None) => Some(pipeline::Calibration::Random { seed: args.seed }),
+        _ => None,
+    };
+    let fp32_ops = args
+        .fp32_ops
+        .iter()
+        .map(|p| glob::Pattern::new(p).with_context(|| format!("--fp32-ops `{p}`: not a valid pattern")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let interface = pipeline::Interface {
+        author: args.author.clone(),
+        license: args.license.clone(),
+        description: args.description.clone(),
+        version: args.version.clone(),
+        meta: args.meta.iter().map(|m| key_value("--meta", m)).collect::<anyhow::Result<_>>()?,
+        describe: args.describe.iter().map(|m| key_value("--describe", m)).collect::<anyhow::Result<_>>()?,
+        output_names: args.output_names.clone(),
+    };
+    let options = pipeline::Options {
+        opset,
+        precision,
+        ane: !args.no_ane,
+        inputs: input_specs(&args.inputs, args.example.as_deref())?,
+        seq_len: args.seq_len,
+        fp32_ops,
+        calibration,
+        interface,
+    };
     let progress = Progress::new();
     progress.stage("loading and optimizing");
     let loading = pipeline::load(&args.model, &options)?;
@@ -126,6 +196,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let replace = if args.force { Replace::Anything } else { Replace::OursOnly };
     let written = pipeline::write(&loading, &args.model, &args.output, replace)?;
     progress.finish();
+    if args.format == Format::Text {
+        for w in loading.packages.iter().flat_map(|p| &p.warnings) {
+            eprintln!("warning: {w}");
+        }
+    }
     let seconds = start.elapsed().as_secs_f64();
     let packages: Vec<_> = loading.packages.iter().zip(&written).collect();
     let text = match args.format {
@@ -141,6 +216,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 "weight_bytes": w.weight_bytes,
                 "passes": p.passes.iter().map(|(name, c)| json!({"name": name, "changes": c})).collect::<Vec<_>>(),
                 "precision_notes": p.precision_notes.iter().chain(&w.precision_notes).collect::<Vec<_>>(),
+                "warnings": p.warnings,
             })).collect::<Vec<_>>(),
             "seconds": seconds,
         })),

@@ -95,8 +95,16 @@ fn shape_json(t: &TensorType) -> serde_json::Value {
         .collect()
 }
 
-fn features_json(list: &[(String, TensorType)]) -> serde_json::Value {
-    list.iter().map(|(n, t)| json!({"name": n, "shape": shape_json(t), "dtype": t.dtype.name()})).collect()
+fn features_json(list: &[(String, TensorType)], model: &Model) -> serde_json::Value {
+    list.iter()
+        .map(|(n, t)| {
+            let mut f = json!({"name": n, "shape": shape_json(t), "dtype": t.dtype.name()});
+            if let Some(d) = model.feature_descriptions.get(n) {
+                f["description"] = json!(d);
+            }
+            f
+        })
+        .collect()
 }
 
 fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
@@ -109,7 +117,11 @@ fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
         }
         s += &format!("  {title}:\n");
         for (n, t) in list.iter() {
-            s += &format!("    {n}: {} [{}]\n", t.dtype, shape(t));
+            s += &format!("    {n}: {} [{}]", t.dtype, shape(t));
+            if let Some(d) = model.feature_descriptions.get(n) {
+                s += &format!(" ({d})");
+            }
+            s += "\n";
         }
     }
     s += &format!("  weights: {} tensors, {}\n", r.weights, output::human_bytes(r.weight_bytes as u64));
@@ -141,9 +153,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
             let md = &model.metadata;
             output::json(&json!({
                 "path": args.package,
-                "inputs": features_json(&r.inputs),
-                "outputs": features_json(&r.outputs),
-                "states": features_json(&r.states),
+                "inputs": features_json(&r.inputs, &model),
+                "outputs": features_json(&r.outputs, &model),
+                "states": features_json(&r.states, &model),
                 "spec_version": r.spec_version,
                 "opset": r.opset,
                 "target": r.target,

@@ -95,7 +95,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         precision: DType::F16,
         ane: false,
         inputs: super::convert::input_specs(&args.inputs, args.example.as_deref())?,
-        seq_len: None,
+        ..pipeline::Options::default()
     };
     let loading = pipeline::load(path, &options)?;
     let several = loading.packages.len() > 1;

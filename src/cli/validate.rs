@@ -136,13 +136,13 @@ fn fp32_conversion(model: &std::path::Path, package: &Function) -> anyhow::Resul
                 if ty.dtype == torch2coreml::mil::DType::F16 {
                     ty.dtype = torch2coreml::mil::DType::F32;
                 }
-                pipeline::InputSpec { name: Some(i.name.clone()), ty }
+                pipeline::InputSpec::new(Some(i.name.clone()), ty)
             })
             .collect()
     } else {
         Vec::new()
     };
-    let options = pipeline::Options { opset: package.opset, precision: torch2coreml::mil::DType::F32, ane: true, inputs, seq_len: None };
+    let options = pipeline::Options { opset: package.opset, precision: torch2coreml::mil::DType::F32, inputs, ..pipeline::Options::default() };
     let mut loading = pipeline::load(model, &options).with_context(|| format!("converting {} at fp32 for its constants", model.display()))?;
     let Some(first) = loading.packages.first_mut() else { bail!("{}: nothing to convert", model.display()) };
     first.model.program.functions.remove("main").with_context(|| format!("{}: no main function", model.display()))

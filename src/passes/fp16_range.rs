@@ -11,12 +11,12 @@
 //! them. It cannot help a value computed at run time from in-range inputs: that is `validate
 //! --per-op`'s job to find.
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::rewrite::{type_error, Arg, Rewriter};
 use super::PassError;
 use crate::mil::builder::Var;
-use crate::mil::{Argument, DType, Fp16Loss, Function, Tensor};
+use crate::mil::{Argument, DType, Fp16Loss, Function, Operation, Tensor};
 
 /// Name in errors.
 const NAME: &str = "fp16-range";
@@ -49,17 +49,80 @@ pub fn run(f: &mut Function, only: Option<&[String]>) -> Result<Vec<String>, Pas
     if lost.is_empty() {
         return Ok(Vec::new());
     }
+    let mut keep = HashSet::new();
     let mut notes = Vec::new();
+    for op in f.block.operations.iter().filter(|o| o.op_type != "const" && o.blocks.is_empty()) {
+        let why: Vec<String> = reads(op)
+            .filter_map(|n| lost.get(n).map(|(loss, _)| (n, loss)))
+            .map(|(n, loss)| match loss {
+                Fp16Loss::Overflow { peak } => format!("constant `{n}` reaches {peak:.3e}, beyond fp16's 65504"),
+                Fp16Loss::AllZero { peak } => format!("constant `{n}` (at most {peak:.3e}) would be all zeros in fp16"),
+            })
+            .collect();
+        if !why.is_empty() {
+            notes.push(format!("`{}` ({}) computes in fp32: {}", op.name, op.op_type, why.join("; ")));
+            keep.insert(op.name.clone());
+        }
+    }
+    let exact = lost.into_iter().map(|(name, (_, src))| (name, src)).collect();
+    keep_in_fp32(f, &keep, &exact)?;
+    Ok(notes)
+}
+
+/// `convert --fp32-ops`: keeps in fp32 every op whose type or name matches one of `patterns`
+/// (shell globs: `layer_norm`, `*attn*`); returns one line per op kept. Ops without float
+/// values and `const`s are left alone. Called by `pipeline` after the other passes, so the names
+/// are those `inspect` and `validate --per-op` show.
+pub fn by_patterns(f: &mut Function, patterns: &[glob::Pattern]) -> Result<Vec<String>, PassError> {
+    let mut keep = HashSet::new();
+    let mut notes = Vec::new();
+    for op in f.block.operations.iter().filter(|o| o.op_type != "const" && o.blocks.is_empty() && computes_floats(o)) {
+        if let Some(p) = patterns.iter().find(|p| p.matches(&op.op_type) || p.matches(&op.name)) {
+            notes.push(format!("`{}` ({}) computes in fp32: --fp32-ops `{}`", op.name, op.op_type, p.as_str()));
+            keep.insert(op.name.clone());
+        }
+    }
+    keep_in_fp32(f, &keep, &HashMap::new())?;
+    Ok(notes)
+}
+
+/// Whether `op` has an fp16 output (what keeping it in fp32 changes).
+fn computes_floats(op: &Operation) -> bool {
+    op.outputs.iter().any(|o| o.ty.tensor().dtype == DType::F16)
+}
+
+/// The value names `op` reads.
+fn reads(op: &Operation) -> impl Iterator<Item = &str> {
+    op.inputs.iter().flat_map(|(_, args)| args).filter_map(|a| match a {
+        Argument::Name(n) => Some(n.as_str()),
+        Argument::Value(_) => None,
+    })
+}
+
+/// Recomputes each op named in `keep` in fp32: its fp16 inputs are cast to fp32 (fp16
+/// constants re-made from their exact values, those in `exact` from the fp32 value given), and
+/// its outputs are cast back to fp16 under their old names, so every other op and the function's
+/// signature see what they saw before. Consecutive kept ops pass fp32 values to each other (an
+/// fp32 island), not fp16 round trips. The constants in `exact` are dropped unless the function
+/// returns them; casts nothing reads are swept. The shared rewrite of [`run`], [`by_patterns`]
+/// and `convert --precision auto` (`pipeline`).
+pub fn keep_in_fp32(f: &mut Function, keep: &HashSet<String>, exact: &HashMap<String, Tensor>) -> Result<(), PassError> {
+    if keep.is_empty() {
+        return Ok(());
+    }
     let outputs = f.block.outputs.clone();
+    // Values that are an fp32 value cast down to fp16 (an island's exit): a kept op reads the
+    // fp32 value itself rather than the fp16 round trip.
+    let narrowed = narrowing_casts(f);
     let (mut r, ops) = Rewriter::new(f);
     let err = type_error(NAME);
-    // The fp32 const standing for each lost one, made once.
-    let mut kept: HashMap<String, Var> = HashMap::new();
+    // The fp32 value standing for an exact constant or a kept op's output, made once.
+    let mut fp32: HashMap<String, Var> = HashMap::new();
+    let fp32_var = |r: &Rewriter, fp32: &HashMap<String, Var>, n: &str| fp32.get(n).cloned().or_else(|| narrowed.get(n).map(|from| r.var(from)));
     for op in ops {
         r.at(&op);
-        if op.op_type == "const" && lost.contains_key(&op.name) {
-            let (_, src) = &lost[&op.name];
-            kept.insert(op.name.clone(), r.b.konst(&format!("{}_fp32", op.name), src.clone()));
+        if op.op_type == "const" && exact.contains_key(&op.name) {
+            fp32.insert(op.name.clone(), r.b.konst(&format!("{}_fp32", op.name), exact[&op.name].clone()));
             // Every op reading it computes in fp32 now; its fp16 form stays only as an output
             // of the function (whose type must not change).
             if outputs.contains(&op.name) {
@@ -67,36 +130,26 @@ pub fn run(f: &mut Function, only: Option<&[String]>) -> Result<Vec<String>, Pas
             }
             continue;
         }
-        let reads_lost: Vec<&str> = op
-            .inputs
-            .iter()
-            .flat_map(|(_, args)| args)
-            .filter_map(|a| match a {
-                Argument::Name(n) if lost.contains_key(n) => Some(n.as_str()),
-                _ => None,
-            })
-            .collect();
-        if reads_lost.is_empty() || !op.blocks.is_empty() {
+        if !keep.contains(&op.name) || !op.blocks.is_empty() {
             r.keep(op);
             continue;
         }
-        let why: Vec<String> = reads_lost
-            .iter()
-            .map(|n| match lost[*n].0 {
-                Fp16Loss::Overflow { peak } => format!("constant `{n}` reaches {peak:.3e}, beyond fp16's 65504"),
-                Fp16Loss::AllZero { peak } => format!("constant `{n}` (at most {peak:.3e}) would be all zeros in fp16"),
-            })
-            .collect();
-        notes.push(format!("`{}` ({}) computes in fp32: {}", op.name, op.op_type, why.join("; ")));
         let def = crate::mil::ops::lookup(&op.op_type, r.b.opset())
             .ok_or_else(|| PassError { pass: NAME, message: format!("`{}`: unknown op {}", op.name, op.op_type) })?;
+        // A cast up to fp32 inside an island passes the fp32 value on as it is.
+        if let (Some(x), Some(out)) = (widening(&op), op.outputs.first()) {
+            if let Some(v) = fp32_var(&r, &fp32, x) {
+                r.replace(&out.name, &v);
+                continue;
+            }
+        }
         let mut args: Vec<(String, Arg)> = Vec::new();
         for (param, bound) in &op.inputs {
             let mut vars = Vec::new();
             for a in bound {
                 vars.push(match a {
-                    Argument::Name(n) => match kept.get(n) {
-                        Some(v) => v.clone(),
+                    Argument::Name(n) => match fp32_var(&r, &fp32, n) {
+                        Some(v) => v,
                         None => to_fp32(&mut r, n)?,
                     },
                     Argument::Value(t) => r.b.konst(&format!("{}_{param}", op.name), fp32_of(t)),
@@ -112,6 +165,7 @@ pub fn run(f: &mut Function, only: Option<&[String]>) -> Result<Vec<String>, Pas
             let want = decl.ty.tensor().dtype;
             let got = r.b.ty(out).map(|t| t.dtype);
             let v = if got == Some(DType::F32) && want == DType::F16 {
+                fp32.insert(decl.name.clone(), out.clone());
                 r.op1("cast", &decl.name, &[("x", Arg::Var(out.clone())), ("dtype", Arg::Const(Tensor::string("fp16")))]).map_err(&err)?
             } else {
                 out.clone()
@@ -120,7 +174,50 @@ pub fn run(f: &mut Function, only: Option<&[String]>) -> Result<Vec<String>, Pas
         }
     }
     r.finish(f);
-    Ok(notes)
+    super::dead_code::sweep(f);
+    Ok(())
+}
+
+/// The casts of fp32 values down to fp16 in `f`'s top block: output name → the fp32 input.
+fn narrowing_casts(f: &Function) -> HashMap<String, String> {
+    let fp32: HashSet<&str> = f
+        .inputs
+        .iter()
+        .filter(|i| matches!(&i.ty, crate::mil::ValueType::Tensor(t) if t.dtype == DType::F32))
+        .map(|i| i.name.as_str())
+        .chain(f.block.operations.iter().flat_map(|o| &o.outputs).filter(|o| o.ty.tensor().dtype == DType::F32).map(|o| o.name.as_str()))
+        .collect();
+    let mut out = HashMap::new();
+    for op in &f.block.operations {
+        if let (Some(x), Some(o)) = (cast_input(op, "fp16"), op.outputs.first()) {
+            if fp32.contains(x) {
+                out.insert(o.name.clone(), x.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The value `op` casts up to fp32, when it is such a cast.
+fn widening(op: &Operation) -> Option<&str> {
+    cast_input(op, "fp32")
+}
+
+/// The input of a `cast` to `dtype` (an inline or const-free literal `dtype`).
+fn cast_input<'a>(op: &'a Operation, dtype: &str) -> Option<&'a str> {
+    if op.op_type != "cast" {
+        return None;
+    }
+    let to = op.inputs.iter().find(|(p, _)| p == "dtype")?.1.first()?;
+    let named = match to {
+        Argument::Value(t) => t.as_str() == Some(dtype),
+        Argument::Name(_) => op.outputs.first().is_some_and(|o| o.ty.tensor().dtype.name() == dtype),
+    };
+    let x = op.inputs.iter().find(|(p, _)| p == "x")?.1.first()?;
+    match (named, x) {
+        (true, Argument::Name(n)) => Some(n.as_str()),
+        _ => None,
+    }
 }
 
 /// The op table's spelling of `param` (a `&'static str`, as `Rewriter::op` takes).

@@ -178,7 +178,7 @@ pub fn lower(path: &Path, opts: &Options) -> Result<Lowered, Error> {
                 let name = tensor_name(&body["arg"]).ok_or_else(|| at(format!("user input {} is not a tensor (only tensor inputs are supported)", shown(&body["arg"].to_string()))))?;
                 let meta = gm.graph.tensor_values.get(name).ok_or_else(|| at(format!("input `{}` has no tensor metadata", shown(name))))?;
                 let ty = static_type(meta).map_err(|m| at(format!("input `{}`: {m}", shown(name))))?;
-                let v = graph::input(&mut l, name, &ty, opts).map_err(|m| at(format!("input `{}`: {m}", shown(name))))?;
+                let v = graph::input(&mut l, name, &ty, false, opts).map_err(|m| at(format!("input `{}`: {m}", shown(name))))?;
                 env.insert(name.to_string(), Value::Tensor(v));
             }
             "parameter" | "buffer" | "tensor_constant" | "constant_tensor" => {

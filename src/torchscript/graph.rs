@@ -30,11 +30,22 @@ const MAX_INLINED_STATEMENTS: usize = 1 << 20;
 const MAX_MODULE_DEPTH: usize = 64;
 
 /// One model input as the user gives it: a name (matched to `forward`'s parameters, else by
-/// position) and a type. int64 inputs become int32 package inputs.
+/// position with a warning) and a type. int64 inputs become int32 package inputs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputSpec {
     pub name: Option<String>,
     pub ty: TensorType,
+    /// The user named the dtype (`--input x:1x3:fp32`): a float input keeps it as the package's
+    /// input type (cast to the compute precision inside, as coremltools does), instead of
+    /// taking fp16 when computing in fp16 at iOS16+.
+    pub keep_dtype: bool,
+}
+
+impl InputSpec {
+    /// An input whose package dtype follows the defaults (see [`InputSpec::keep_dtype`]).
+    pub fn new(name: Option<String>, ty: TensorType) -> InputSpec {
+        InputSpec { name, ty, keep_dtype: false }
+    }
 }
 
 /// How to convert.
@@ -43,6 +54,8 @@ pub struct Options {
     pub opset: Opset,
     /// Compute precision: fp16 or fp32.
     pub precision: DType,
+    /// Float outputs are fp32 whatever the compute precision (the user asked for fp32 inputs).
+    pub fp32_outputs: bool,
 }
 
 /// A torch op kind we do not lower, with where it appears.
@@ -543,12 +556,15 @@ pub(crate) fn to_i32(t: &Tensor) -> Result<Tensor, String> {
     Ok(Tensor::from_i32(t.shape(), &v))
 }
 
-/// The package dtype of a user input: int64 → int32; floats → fp16 when computing in fp16 and
-/// the target allows fp16 I/O (iOS16+, as coremltools does), fp32 otherwise.
-fn input_dtype(d: DType, opts: &Options) -> Result<DType, String> {
+/// The package dtype of a user input: int64 → int32; floats → as given when `keep` (the user
+/// named the dtype), else fp16 when computing in fp16 and the target allows fp16 I/O (iOS16+, as
+/// coremltools does), fp32 otherwise.
+fn input_dtype(d: DType, keep: bool, opts: &Options) -> Result<DType, String> {
     Ok(match d {
         DType::I64 | DType::I32 => DType::I32,
         DType::Bool => DType::Bool,
+        DType::F16 if keep && opts.opset < Opset::Ios16 => return Err("fp16 inputs need --target iOS16 or later".into()),
+        DType::F16 | DType::F32 if keep => d,
         d if d.is_float() => {
             if opts.precision == DType::F16 && opts.opset >= Opset::Ios16 {
                 DType::F16
@@ -571,6 +587,8 @@ pub struct Lowered {
     pub function: Function,
     /// One line per layer rescaled or kept in fp32 for fp16's range (`Lower::precision_notes`).
     pub precision_notes: Vec<String>,
+    /// What the user should know about how their inputs were read (a name bound by position).
+    pub warnings: Vec<String>,
 }
 
 /// [`to_mil`] with the precision notes: what `pipeline::load` calls, so `convert` reports them.
@@ -589,9 +607,17 @@ fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statemen
         return Err(bad_inputs(format!("forward({}) takes {} inputs, {} given", shown(&params.join(", ")), params.len(), inputs.len())));
     }
     let mut ordered: Vec<Option<&InputSpec>> = vec![None; params.len()];
+    let mut warnings = Vec::new();
     for (i, spec) in inputs.iter().enumerate() {
         let slot = match &spec.name {
-            Some(n) => params.iter().position(|p| p == n).or(Some(i)),
+            Some(n) => params.iter().position(|p| p == n).or_else(|| {
+                warnings.push(format!(
+                    "input `{n}` matches no forward() parameter ({}); bound by position to `{}`",
+                    shown(&params.join(", ")),
+                    shown(params.get(i).copied().unwrap_or("?"))
+                ));
+                Some(i)
+            }),
             None => Some(i),
         };
         let slot = slot.ok_or_else(|| bad_inputs(format!("no forward() parameter matches input `{}`", spec.name.as_deref().unwrap_or("?"))))?;
@@ -605,7 +631,7 @@ fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statemen
     for (p, spec) in params.iter().zip(ordered) {
         let spec = spec.ok_or_else(|| bad_inputs(format!("no input given for `{p}`")))?;
         let name = spec.name.clone().unwrap_or_else(|| p.to_string());
-        let v = input(&mut lower, &name, &spec.ty, opts).map_err(&bad_inputs)?;
+        let v = input(&mut lower, &name, &spec.ty, spec.keep_dtype, opts).map_err(&bad_inputs)?;
         args.push(Val::V(Value::Tensor(v)));
     }
     let mut inliner = Inliner {
@@ -623,14 +649,16 @@ fn inline_root(archive: &Archive, inputs: &[InputSpec], opts: &Options, statemen
     let mut outputs = Vec::new();
     flatten(inliner.value(result)?, &mut outputs).map_err(|m| inliner.err(m))?;
     let Inliner { lower, location, .. } = inliner;
-    finish(lower, outputs, opts).map_err(|message| Error::Lower { path: archive.path.clone(), location, message })
+    let mut lowered = finish(lower, outputs, opts).map_err(|message| Error::Lower { path: archive.path.clone(), location, message })?;
+    lowered.warnings = warnings;
+    Ok(lowered)
 }
 
 /// A function input `name` of type `ty` (as given: fp32, int64, …) in the types MIL takes, cast
 /// to the compute precision where it is a float of another: the value the graph reads. Shared
 /// by both front ends (`torchscript::export` too).
-pub(crate) fn input(lower: &mut Lower, name: &str, ty: &TensorType, opts: &Options) -> Result<Var, String> {
-    let dtype = input_dtype(ty.dtype, opts)?;
+pub(crate) fn input(lower: &mut Lower, name: &str, ty: &TensorType, keep: bool, opts: &Options) -> Result<Var, String> {
+    let dtype = input_dtype(ty.dtype, keep, opts)?;
     let v = lower.b.input(name, ty.with_dtype(dtype));
     if !dtype.is_float() || dtype == opts.precision {
         return Ok(v);
@@ -639,14 +667,15 @@ pub(crate) fn input(lower: &mut Lower, name: &str, ty: &TensorType, opts: &Optio
     op.build1().map_err(|e| e.to_string())
 }
 
-/// The lowered function returning `outputs`: floats Core ML cannot return cast to fp32, and
+/// The lowered function returning `outputs`: floats Core ML cannot return (or fp16 ones when
+/// `opts.fp32_outputs`) cast to fp32, and
 /// outputs named `output` (`output_0`, `output_1`, … for several) where the name is free. Shared
 /// by both front ends.
 pub(crate) fn finish(mut lower: Lower, outputs: Vec<Var>, opts: &Options) -> Result<Lowered, String> {
     let mut named = Vec::with_capacity(outputs.len());
     for v in outputs {
         let ty = lower.ty(&v)?;
-        let v = if ty.dtype.is_float() && ty.dtype != DType::F16 && ty.dtype != DType::F32 || (ty.dtype == DType::F16 && opts.opset < Opset::Ios16) {
+        let v = if ty.dtype.is_float() && ty.dtype != DType::F16 && ty.dtype != DType::F32 || (ty.dtype == DType::F16 && (opts.opset < Opset::Ios16 || opts.fp32_outputs)) {
             let op = lower.b.op(&ew::CAST, "output_fp32").arg("x", &v).konst("dtype", Tensor::string("fp32"));
             op.build1().map_err(|e| e.to_string())?
         } else {
@@ -664,15 +693,23 @@ pub(crate) fn finish(mut lower: Lower, outputs: Vec<Var>, opts: &Options) -> Res
         let defined = f.block.defined_names();
         let inputs: std::collections::HashSet<&str> = f.inputs.iter().map(|x| x.name.as_str()).collect();
         let count = f.block.outputs.len();
+        let outputs: std::collections::HashSet<&str> = f.block.outputs.iter().map(String::as_str).collect();
         for (i, old) in f.block.outputs.iter().enumerate() {
             let new = if count == 1 { OUTPUT_NAME.to_string() } else { format!("{OUTPUT_NAME}_{i}") };
-            if !defined.contains(new.as_str()) && !inputs.contains(new.as_str()) {
-                renames.entry(old.clone()).or_insert(new);
+            if inputs.contains(new.as_str()) || outputs.contains(new.as_str()) {
+                continue;
             }
+            // An inner value holding the name (the traced `output` before a cast to fp32) moves
+            // aside to a fresh name.
+            if defined.contains(new.as_str()) {
+                let aside = (1..).map(|k| format!("{new}_inner{k}")).find(|n| !defined.contains(n.as_str())).unwrap_or_default();
+                renames.insert(new.clone(), aside);
+            }
+            renames.entry(old.clone()).or_insert(new);
         }
     }
     f.block.rename_all(&renames);
-    Ok(Lowered { function: f, precision_notes: lower.precision_notes })
+    Ok(Lowered { function: f, precision_notes: lower.precision_notes, warnings: Vec::new() })
 }
 
 /// Name of a model's single output (`output_0`, `output_1`, … when it has several), as the
@@ -716,13 +753,13 @@ mod tests {
     }
 
     fn opts() -> Options {
-        Options { opset: Opset::Ios16, precision: DType::F16 }
+        Options { opset: Opset::Ios16, precision: DType::F16, fp32_outputs: false }
     }
 
     #[test]
     fn mlp_inlines_to_linear_gelu_linear() {
         let a = super::super::read(&fixture("mlp.pt")).unwrap();
-        let f = to_mil(&a, &[InputSpec { name: None, ty: TensorType::new(DType::F32, &[2, 8]) }], &opts()).unwrap();
+        let f = to_mil(&a, &[InputSpec::new(None, TensorType::new(DType::F32, &[2, 8]))], &opts()).unwrap();
         let kinds: Vec<&str> = f.block.operations.iter().map(|o| o.op_type.as_str()).filter(|k| *k != "const").collect();
         assert_eq!(kinds, ["linear", "gelu", "linear"]);
         assert_eq!(f.inputs[0].ty.tensor().dtype, DType::F16);
@@ -731,7 +768,7 @@ mod tests {
     #[test]
     fn ops_record_their_statement_and_the_ane_passes_keep_it() {
         let a = super::super::read(&fixture("mlp.pt")).unwrap();
-        let mut f = to_mil(&a, &[InputSpec { name: None, ty: TensorType::new(DType::F32, &[1, 64, 8]) }], &opts()).unwrap();
+        let mut f = to_mil(&a, &[InputSpec::new(None, TensorType::new(DType::F32, &[1, 64, 8]))], &opts()).unwrap();
         let call_line = |op: &crate::mil::Operation| {
             let s = op.source.as_ref().unwrap_or_else(|| panic!("{} has no source", op.name));
             let line = a.code[&s.code.file].lines().nth(s.code.line - 1).unwrap();
@@ -765,7 +802,7 @@ mod tests {
     }
 
     fn convert(a: &Archive) -> Result<Function, Error> {
-        to_mil(a, &[InputSpec { name: None, ty: TensorType::new(DType::F32, &[2, 8]) }], &opts())
+        to_mil(a, &[InputSpec::new(None, TensorType::new(DType::F32, &[2, 8]))], &opts())
     }
 
     /// Regression (fuzzing campaign, quadratic front end): 8k statements took 48 s in a debug
@@ -797,7 +834,7 @@ mod tests {
         }
         body += "  def f6(self: __torch__.MLP,\n    x: Tensor) -> Tensor:\n    return torch.relu(x)\n";
         let a = mlp_with_forward(&body);
-        let spec = [InputSpec { name: None, ty: TensorType::new(DType::F32, &[2, 8]) }];
+        let spec = [InputSpec::new(None, TensorType::new(DType::F32, &[2, 8]))];
         let e = inline_root(&a, &spec, &opts(), 5000).unwrap_err().to_string();
         assert!(e.contains("inlining submodule calls makes more statements"), "{e}");
         let one_level = mlp_with_forward(&format!("{}    return x\n  def f6(self: __torch__.MLP,\n    x: Tensor) -> Tensor:\n    return torch.relu(x)\n", "    x = (self).f6(x, )\n".repeat(10)));
