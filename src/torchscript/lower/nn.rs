@@ -1,6 +1,7 @@
 //! Lowerings of neural-network layers: linear, matmul, convolution, batch/layer norm, pooling,
 //! embedding, mean.
 
+use crate::mil::builder::Var;
 use super::{dim, float, i32_of, int, ints, Lower, Value};
 use crate::mil::ops::{linear as lin, norm, reduce, shape, elementwise as ew};
 use crate::mil::{DType, Tensor};
@@ -49,28 +50,120 @@ fn per_axis(v: &Value, n: usize) -> Result<Vec<i32>, String> {
     v.into_iter().map(i32_of).collect()
 }
 
-/// `aten::_convolution` (1-D/2-D/3-D, not transposed) → `conv` with custom padding.
+/// `aten::_convolution` and `aten::convolution` (input, weight, bias, stride, padding,
+/// dilation, transposed, output_padding, groups, …): 1-D to 3-D `conv`, or `conv_transpose`
+/// when transposed.
 pub fn convolution(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
-    if a[6] == Value::Bool(true) {
-        return Err("transposed convolution is not supported yet".into());
-    }
-    let x = l.tensor(&a[0])?;
     let w = l.tensor(&a[1])?;
     let n = l.shape(&w)?.len().saturating_sub(2);
+    let (stride, dilation, groups) = (per_axis(&a[3], n)?, per_axis(&a[5], n)?, i32_of(int(&a[8])?)?);
+    if a[6] == Value::Bool(true) {
+        return conv_transpose(l, &a[0], &w, &a[2], &stride, &per_axis(&a[4], n)?, &per_axis(&a[7], n)?, &dilation, groups);
+    }
     let pad: Vec<i32> = per_axis(&a[4], n)?.into_iter().flat_map(|p| [p, p]).collect();
+    conv(l, &a[0], &w, &a[2], &stride, &pad, &dilation, groups)
+}
+
+/// `aten::conv1d`, `conv2d`, `conv3d` (input, weight, bias, stride, padding, dilation, groups),
+/// the form `torch.export` keeps; `padding` may be `"valid"` or `"same"` (torch pads
+/// dilation·(k−1) in all, the odd one at the end).
+pub fn conv_nd(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let w = l.tensor(&a[1])?;
+    let kernel = l.shape(&w)?;
+    let n = kernel.len().saturating_sub(2);
+    let (stride, dilation) = (per_axis(&a[3], n)?, per_axis(&a[5], n)?);
+    let pad: Vec<i32> = match &a[4] {
+        Value::Str(mode) if mode == "valid" => vec![0; 2 * n],
+        Value::Str(mode) if mode == "same" => {
+            if stride.iter().any(|&s| s != 1) {
+                return Err("padding='same' needs stride 1 (as torch requires)".into());
+            }
+            let mut pad = Vec::with_capacity(2 * n);
+            for (k, d) in kernel[2..].iter().zip(&dilation) {
+                let total = d * (i32::try_from(*k).map_err(|_| "kernel too large")? - 1);
+                pad.extend([total / 2, total - total / 2]);
+            }
+            pad
+        }
+        Value::Str(mode) => return Err(format!("padding `{mode}` is not one of 'valid', 'same'")),
+        p => per_axis(p, n)?.into_iter().flat_map(|p| [p, p]).collect(),
+    };
+    conv(l, &a[0], &w, &a[2], &stride, &pad, &dilation, i32_of(int(&a[6])?)?)
+}
+
+/// `aten::conv_transpose1d`, `conv_transpose2d`, `conv_transpose3d` (input, weight, bias,
+/// stride, padding, output_padding, groups, dilation).
+pub fn conv_transpose_nd(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let w = l.tensor(&a[1])?;
+    let n = l.shape(&w)?.len().saturating_sub(2);
+    let (stride, pad, out_pad, dilation) = (per_axis(&a[3], n)?, per_axis(&a[4], n)?, per_axis(&a[5], n)?, per_axis(&a[7], n)?);
+    conv_transpose(l, &a[0], &w, &a[2], &stride, &pad, &out_pad, &dilation, i32_of(int(&a[6])?)?)
+}
+
+/// A `conv` with explicit per-side `pad` (begin, end per spatial axis).
+#[allow(clippy::too_many_arguments)]
+fn conv(l: &mut Lower, x: &Value, w: &Var, bias: &Value, stride: &[i32], pad: &[i32], dilation: &[i32], groups: i32) -> Result<Value, String> {
+    let x = l.tensor(x)?;
     let mut op = l
         .op(&lin::CONV)
         .arg("x", &x)
-        .arg("weight", &w)
-        .konst("strides", Tensor::i32_vec(&per_axis(&a[3], n)?))
+        .arg("weight", w)
+        .konst("strides", Tensor::i32_vec(stride))
         .konst("pad_type", Tensor::string("custom"))
-        .konst("pad", Tensor::i32_vec(&pad))
-        .konst("dilations", Tensor::i32_vec(&per_axis(&a[5], n)?))
-        .konst("groups", Tensor::i32_scalar(i32_of(int(&a[8])?)?));
-    let bias;
-    if let Value::Tensor(b) = &a[2] {
-        bias = b.clone();
-        op = op.arg("bias", &bias);
+        .konst("pad", Tensor::i32_vec(pad))
+        .konst("dilations", Tensor::i32_vec(dilation))
+        .konst("groups", Tensor::i32_scalar(groups));
+    let b;
+    if let Value::Tensor(v) = bias {
+        b = v.clone();
+        op = op.arg("bias", &b);
+    }
+    built(op.build1())
+}
+
+/// A `conv_transpose` (weight `[C_in, C_out/groups, k…]`, torch's layout and MIL's): `padding`
+/// crops both sides; `output_padding` (torch's extra rows at the end) is given to MIL as the
+/// output shape.
+#[allow(clippy::too_many_arguments)]
+fn conv_transpose(
+    l: &mut Lower,
+    x: &Value,
+    w: &Var,
+    bias: &Value,
+    stride: &[i32],
+    pad: &[i32],
+    out_pad: &[i32],
+    dilation: &[i32],
+    groups: i32,
+) -> Result<Value, String> {
+    let x = l.tensor(x)?;
+    let (xs, ws) = (l.shape(&x)?, l.shape(w)?);
+    if xs.len() != ws.len() || ws.len() < 3 || out_pad.iter().zip(stride.iter().zip(dilation)).any(|(&o, (&s, &d))| o < 0 || (o >= s && o >= d)) {
+        return Err(format!("conv_transpose: input {xs:?}, weight {ws:?}, output_padding {out_pad:?} (must be below stride or dilation)"));
+    }
+    let mut op = l
+        .op(&lin::CONV_TRANSPOSE)
+        .arg("x", &x)
+        .arg("weight", w)
+        .konst("pad_type", Tensor::string("custom"))
+        .konst("pad", Tensor::i32_vec(&pad.iter().flat_map(|&p| [p, p]).collect::<Vec<_>>()))
+        .konst("strides", Tensor::i32_vec(stride))
+        .konst("dilations", Tensor::i32_vec(dilation))
+        .konst("groups", Tensor::i32_scalar(groups));
+    if out_pad.iter().any(|&o| o != 0) {
+        let mut shape = vec![i64::try_from(xs[0]).map_err(|_| "batch too large")?, ws[1] as i64 * i64::from(groups)];
+        for r in 0..ws.len() - 2 {
+            let (i, k) = (xs[2 + r] as i64, ws[2 + r] as i64);
+            let (s, p, d, o) = (i64::from(stride[r]), i64::from(pad[r]), i64::from(dilation[r]), i64::from(out_pad[r]));
+            shape.push((i - 1) * s - 2 * p + d * (k - 1) + o + 1);
+        }
+        let shape: Vec<i32> = shape.into_iter().map(i32::try_from).collect::<Result<_, _>>().map_err(|_| "conv_transpose output too large")?;
+        op = op.konst("output_shape", Tensor::i32_vec(&shape));
+    }
+    let b;
+    if let Value::Tensor(v) = bias {
+        b = v.clone();
+        op = op.arg("bias", &b);
     }
     built(op.build1())
 }
