@@ -385,7 +385,7 @@ const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
 /// SELU's λ, the output scale (same source).
 const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
 
-fn built(r: Result<crate::mil::builder::Var, crate::mil::ops::TypeError>) -> Result<Value, String> {
+pub(super) fn built(r: Result<crate::mil::builder::Var, crate::mil::ops::TypeError>) -> Result<Value, String> {
     r.map(Value::Tensor).map_err(|e| e.to_string())
 }
 

@@ -260,6 +260,28 @@ pub const LOWERINGS: &[Lowering] = &[
     // linear algebra, conv, pooling, normalization
     Lowering { kind: "aten::linear", args: &[("input", R), ("weight", R), ("bias", NONE)], lower: nn::linear },
     Lowering { kind: "aten::matmul", args: &[("self", R), ("other", R)], lower: nn::matmul },
+    Lowering { kind: "aten::mm", args: &[("self", R), ("mat2", R)], lower: nn::matmul },
+    Lowering { kind: "aten::bmm", args: &[("self", R), ("mat2", R)], lower: nn::matmul },
+    Lowering {
+        kind: "aten::native_layer_norm",
+        args: &[("input", R), ("normalized_shape", R), ("weight", NONE), ("bias", NONE), ("eps", R)],
+        lower: nn::native_layer_norm,
+    },
+    Lowering {
+        kind: "aten::group_norm",
+        args: &[("input", R), ("num_groups", R), ("weight", NONE), ("bias", NONE), ("eps", Default::Float(1e-5)), ("cudnn_enabled", Default::Bool(true))],
+        lower: nn::group_norm,
+    },
+    Lowering {
+        kind: "aten::instance_norm",
+        args: &[("input", R), ("weight", NONE), ("bias", NONE), ("running_mean", NONE), ("running_var", NONE), ("use_input_stats", R), ("momentum", R), ("eps", R), ("cudnn_enabled", R)],
+        lower: nn::instance_norm,
+    },
+    Lowering { kind: "aten::argmax", args: &[("self", R), ("dim", NONE), ("keepdim", Default::Bool(false))], lower: reduce::argmax },
+    Lowering { kind: "aten::argmin", args: &[("self", R), ("dim", NONE), ("keepdim", Default::Bool(false))], lower: reduce::argmin },
+    Lowering { kind: "aten::clone", args: &[("self", R), ("memory_format", NONE)], lower: elementwise::identity },
+    Lowering { kind: "aten::_softmax", args: &[("self", R), ("dim", R), ("half_to_float", R)], lower: elementwise::softmax },
+    Lowering { kind: "aten::_log_softmax", args: &[("self", R), ("dim", R), ("half_to_float", R)], lower: reduce::log_softmax },
     Lowering {
         kind: "aten::_convolution",
         args: &[("input", R), ("weight", R), ("bias", NONE), ("stride", R), ("padding", R), ("dilation", R), ("transposed", R), ("output_padding", R), ("groups", R), ("benchmark", NONE), ("deterministic", NONE), ("cudnn_enabled", NONE), ("allow_tf32", NONE)],

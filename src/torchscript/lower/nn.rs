@@ -371,3 +371,85 @@ pub fn mean(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let keep = a[2] == Value::Bool(true);
     built(l.op(&reduce::REDUCE_MEAN).arg("x", &x).konst("axes", Tensor::i32_vec(&axes)).konst("keep_dims", Tensor::bool_scalar(keep)).build1())
 }
+
+/// `aten::native_layer_norm(input, normalized_shape, weight, bias, eps)` (torch.export's form):
+/// the normalized tensor, the mean and 1/√(var + eps) over the normalized axes (kept as size-1
+/// axes), as torch returns them; unused statistics are swept by dead-code removal.
+pub fn native_layer_norm(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let out = layer_norm(l, &[a[0].clone(), a[1].clone(), a[2].clone(), a[3].clone(), a[4].clone(), Value::Bool(true)])?;
+    let x = l.tensor(&a[0])?;
+    let rank = l.shape(&x)?.len() as i32;
+    let axes: Vec<i32> = (rank - ints(&a[1])?.len() as i32..rank).collect();
+    let (mean, rstd) = statistics(l, &x, &axes, float(&a[4])?)?;
+    Ok(Value::Tuple(vec![out, Value::Tensor(mean), Value::Tensor(rstd)]))
+}
+
+/// Mean and 1/√(biased variance + eps) of `x` over `axes`, kept as size-1 axes.
+fn statistics(l: &mut Lower, x: &Var, axes: &[i32], eps: f64) -> Result<(Var, Var), String> {
+    let dt = l.ty(x)?.dtype;
+    let mean_of = |l: &mut Lower, v: &Var| {
+        l.op(&reduce::REDUCE_MEAN).arg("x", v).konst("axes", Tensor::i32_vec(axes)).konst("keep_dims", Tensor::bool_scalar(true)).build1().map_err(|e| e.to_string())
+    };
+    let mean = mean_of(l, x)?;
+    let centered = l.op(&ew::SUB).arg("x", x).arg("y", &mean).build1().map_err(|e| e.to_string())?;
+    let square = l.op(&ew::MUL).arg("x", &centered).arg("y", &centered).build1().map_err(|e| e.to_string())?;
+    let var = mean_of(l, &square)?;
+    let rstd = l.op(&ew::RSQRT).arg("x", &var).konst("epsilon", Tensor::float_scalar(dt, eps as f32)).build1().map_err(|e| e.to_string())?;
+    Ok((mean, rstd))
+}
+
+/// `aten::group_norm(input, num_groups, weight, bias, eps, cudnn_enabled)`: `x` `[N, C, …]`
+/// viewed as `[N, G, C/G·…]`, normalized over its last axis (`layer_norm`), viewed back, then
+/// scaled and shifted per channel.
+pub fn group_norm(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let groups = int(&a[1])?;
+    normalize_groups(l, &x, groups, &a[2], &a[3], float(&a[4])?)
+}
+
+/// `aten::instance_norm(input, weight, bias, running_mean, running_var, use_input_stats,
+/// momentum, eps, cudnn_enabled)`: per-sample statistics (one group per channel), or the
+/// running ones when the layer tracks them and is in eval mode (a `batch_norm`).
+pub fn instance_norm(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    if a[5] == Value::Bool(false) {
+        let args = [a[0].clone(), a[1].clone(), a[2].clone(), a[3].clone(), a[4].clone(), Value::Bool(false), a[6].clone(), a[7].clone(), a[8].clone()];
+        return batch_norm(l, &args);
+    }
+    let x = l.tensor(&a[0])?;
+    let channels = *l.shape(&x)?.get(1).ok_or("instance_norm of a rank-1 input")?;
+    normalize_groups(l, &x, channels as i64, &a[1], &a[2], float(&a[7])?)
+}
+
+/// Group normalization of `x` `[N, C, …]` in `groups` groups, with optional per-channel
+/// `weight` and `bias`.
+fn normalize_groups(l: &mut Lower, x: &Var, groups: i64, weight: &Value, bias: &Value, eps: f64) -> Result<Value, String> {
+    let shape = l.shape(x)?;
+    let (n, c) = match shape[..] {
+        [n, c, ..] => (n, c),
+        _ => return Err(format!("group normalization of a rank-{} input", shape.len())),
+    };
+    if groups <= 0 || c % groups as usize != 0 {
+        return Err(format!("{c} channels do not split into {groups} groups"));
+    }
+    let dt = l.ty(x)?.dtype;
+    let grouped = [i32_of(n as i64)?, i32_of(groups)?, -1];
+    let v = l.op(&shape::RESHAPE).arg("x", x).konst("shape", Tensor::i32_vec(&grouped)).build1().map_err(|e| e.to_string())?;
+    let v = l
+        .op(&norm::LAYER_NORM)
+        .arg("x", &v)
+        .konst("axes", Tensor::i32_vec(&[2]))
+        .konst("epsilon", Tensor::float_scalar(dt, eps as f32))
+        .build1()
+        .map_err(|e| e.to_string())?;
+    let back: Vec<i32> = shape.iter().map(|&d| i32_of(d as i64)).collect::<Result<_, _>>()?;
+    let mut y = l.op(&shape::RESHAPE).arg("x", &v).konst("shape", Tensor::i32_vec(&back)).build1().map_err(|e| e.to_string())?;
+    // Per-channel parameters as [C, 1, …] to broadcast over the spatial axes.
+    let per_channel: Vec<i32> = std::iter::once(i32_of(c as i64)).chain(std::iter::repeat_n(Ok(1), shape.len() - 2)).collect::<Result<_, _>>()?;
+    for (p, def) in [(weight, &ew::MUL), (bias, &ew::ADD)] {
+        if let Value::Tensor(t) = p {
+            let t = l.op(&shape::RESHAPE).arg("x", t).konst("shape", Tensor::i32_vec(&per_channel)).build1().map_err(|e| e.to_string())?;
+            y = l.op(def).arg("x", &y).arg("y", &t).build1().map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(Value::Tensor(y))
+}

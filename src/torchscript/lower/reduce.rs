@@ -3,10 +3,10 @@
 //! `linalg_vector_norm`/`norm`/`frobenius_norm`. Dims resolve against the static rank; no dim
 //! (or an empty list) reduces every axis, as torch does.
 
-use super::elementwise::{binary, to, unary};
+use super::elementwise::{binary, built, to, unary};
 use super::{dim, float, i32_of, int, ints, Lower, Value};
 use crate::mil::builder::Var;
-use crate::mil::ops::{elementwise as ew, reduce, OpDef};
+use crate::mil::ops::{elementwise as ew, reduce, shape, OpDef};
 use crate::mil::{DType, Tensor};
 
 /// `torch.float32`'s ScalarType code, asked of `to` to make an integer tensor float.
@@ -239,4 +239,33 @@ pub fn log_softmax(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let axis = i32_of(dim(int(&a[1])?, rank)? as i64)?;
     let lse = reduce_op(l, &reduce::REDUCE_LOG_SUM_EXP, &x, &[axis], true)?;
     binary(l, &Value::Tensor(x), &Value::Tensor(lse), &ew::SUB, |p, q| p - q)
+}
+
+/// `aten::argmax` / `aten::argmin(self, dim=None, keepdim=False)`: int32 indices (Core ML has
+/// no int64); without `dim`, the index into the flattened tensor.
+fn arg_extreme(l: &mut Lower, a: &[Value], def: &'static OpDef) -> Result<Value, String> {
+    let x = reducible(l, &a[0], &Value::None)?;
+    let rank = l.shape(&x)?.len();
+    let keep_dims = keep(&a[2]);
+    let (x, axis) = match &a[1] {
+        Value::None => (l.op(&shape::RESHAPE).arg("x", &x).konst("shape", Tensor::i32_vec(&[-1])).build1().map_err(|e| e.to_string())?, 0),
+        d => (x, i32_of(dim(int(d)?, rank)? as i64)?),
+    };
+    let flat = matches!(a[1], Value::None);
+    let op = l.op(def).arg("x", &x).konst("axis", Tensor::i32_scalar(axis)).konst("keep_dims", Tensor::bool_scalar(keep_dims && !flat));
+    let i = op.build1().map_err(|e| e.to_string())?;
+    if flat && keep_dims {
+        return built(l.op(&shape::RESHAPE).arg("x", &i).konst("shape", Tensor::i32_vec(&vec![1; rank])).build1());
+    }
+    Ok(Value::Tensor(i))
+}
+
+/// `aten::argmax`: see [`arg_extreme`].
+pub fn argmax(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    arg_extreme(l, a, &reduce::REDUCE_ARGMAX)
+}
+
+/// `aten::argmin`: see [`arg_extreme`].
+pub fn argmin(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    arg_extreme(l, a, &reduce::REDUCE_ARGMIN)
 }
