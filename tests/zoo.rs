@@ -1,5 +1,6 @@
 //! The model zoo end to end (built by `fixtures/zoo/make.py` into `$T2C_ZOO`, which `make setup`
-//! does): every traced torchvision and Hugging Face model converts with `convert`, every package
+//! does): every torchvision and Hugging Face model, traced (`.pt`) and exported with
+//! torch.export (`.pt2`), converts with `convert`, every package
 //! passes coremltools 9.0's type-check, and every package run in our interpreter agrees with the
 //! outputs PyTorch saved for the same inputs (`validate --expected`).
 
@@ -27,12 +28,19 @@ fn every_zoo_model_converts_type_checks_and_matches_torch() {
     let out = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     let mut pkgs = Vec::new();
-    for m in &models {
-        let pkg = out.path().join(format!("{m}.mlpackage"));
+    // Each model as traced (`.pt`, input shapes from the example) and as torch.export captured
+    // it (`.pt2`, which carries its shapes; issue 15), held to the same criterion.
+    for (m, ext) in models.iter().flat_map(|m| [(m, "pt"), (m, "pt2")]) {
+        let pkg = out.path().join(format!("{m}_{ext}.mlpackage"));
         let inputs = zoo.join(format!("{m}.inputs.npz"));
-        let c = bin().arg("convert").arg(zoo.join(format!("{m}.pt"))).arg("-o").arg(&pkg).arg("--example").arg(&inputs).output().unwrap();
+        let mut c = bin();
+        c.arg("convert").arg(zoo.join(format!("{m}.{ext}"))).arg("-o").arg(&pkg);
+        if ext == "pt" {
+            c.arg("--example").arg(&inputs);
+        }
+        let c = c.output().unwrap();
         if !c.status.success() {
-            failures.push(format!("{m}: convert: {}", String::from_utf8_lossy(&c.stderr)));
+            failures.push(format!("{m}.{ext}: convert: {}", String::from_utf8_lossy(&c.stderr)));
             continue;
         }
         let v = bin()
@@ -48,7 +56,7 @@ fn every_zoo_model_converts_type_checks_and_matches_torch() {
         let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap_or_default();
         let cosine_ok = report["outputs"].as_array().is_some_and(|o| o.iter().all(|r| r["cosine"].as_f64().unwrap_or(0.0) >= 0.9999));
         if !v.status.success() || report["pass"] != true || !cosine_ok {
-            failures.push(format!("{m}: validate: {} {}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr)));
+            failures.push(format!("{m}.{ext}: validate: {} {}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr)));
         }
         pkgs.push(pkg);
     }
