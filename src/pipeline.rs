@@ -152,6 +152,19 @@ pub struct Interface {
     pub describe: Vec<(String, String)>,
     /// New names for the outputs, in order.
     pub output_names: Vec<String>,
+    /// Inputs to take as images (`--image`), with their preprocessing.
+    pub images: Vec<ImageInput>,
+}
+
+/// `convert --image`: an input Core ML hands over as an image of pixel values 0–255 in
+/// `layout`'s channel order; the program computes `pixel · scale[c] + bias[c]` (one value, or
+/// one per channel) before what the model does, so the app passes a `CVPixelBuffer` as is.
+#[derive(Clone, Debug)]
+pub struct ImageInput {
+    pub name: String,
+    pub layout: crate::mil::ColorSpace,
+    pub scale: Vec<f32>,
+    pub bias: Vec<f32>,
 }
 
 /// One package of a loaded model: its name (file stem), model, and what each pass changed (empty
@@ -259,6 +272,10 @@ fn finish(path: &Path, kind: Kind, built: Vec<Built>, side_files: Vec<PathBuf>, 
         let Some(mut main) = model.program.functions.remove("main") else {
             return Err(input_error(path, format!("{name}: the built program has no main function")));
         };
+        for image in &options.interface.images {
+            image_input(&mut main, image).map_err(|m| input_error(path, format!("--image {}: {m}", image.name)))?;
+            model.image_inputs.insert(image.name.clone(), image.layout);
+        }
         precision_notes.extend(passes::fp16_range::run(&mut main, None).map_err(pass_error)?);
         let changes = passes::run(&mut main, options.ane).map_err(pass_error)?;
         if !options.fp32_ops.is_empty() {
@@ -276,6 +293,46 @@ fn finish(path: &Path, kind: Kind, built: Vec<Built>, side_files: Vec<PathBuf>, 
         packages.push(Loaded { name, model, passes: changes, precision_notes, warnings });
     }
     Ok(Loading { kind, packages, side_files })
+}
+
+/// Makes input `image.name` of `main` an fp32 `[1, C, H, W]` pixel tensor and puts the
+/// preprocessing (scale, bias, then a cast to the compute dtype the input had) in front of
+/// everything that read it.
+fn image_input(main: &mut crate::mil::Function, image: &ImageInput) -> Result<(), String> {
+    use crate::mil::{Tensor, ValueType};
+    use crate::passes::rewrite::{Arg, Rewriter};
+    let names: Vec<String> = main.inputs.iter().map(|i| i.name.clone()).collect();
+    let input = main.inputs.iter_mut().find(|i| i.name == image.name).ok_or_else(|| format!("the model has no such input ({})", names.join(", ")))?;
+    let ValueType::Tensor(t) = &mut input.ty else { return Err("a state is not an image".into()) };
+    let c = image.layout.channels();
+    let Some([1, channels, _, _]) = t.fixed_shape().and_then(|s| <[usize; 4]>::try_from(s).ok()) else {
+        return Err(format!("an image input must be [1, C, H, W], not {t}"));
+    };
+    if channels != c || !t.dtype.is_float() {
+        return Err(format!("{} needs a float input with {c} channel(s), not {t}", image.layout.name()));
+    }
+    for (what, v) in [("scale", &image.scale), ("bias", &image.bias)] {
+        if v.len() != 1 && v.len() != c {
+            return Err(format!("{what} has {} values; give 1 or {c}", v.len()));
+        }
+    }
+    let compute = t.dtype;
+    t.dtype = DType::F32;
+    let per_channel = |v: &[f32]| Tensor::from_f32(&[1, v.len(), 1, 1], v);
+    let err = |e: crate::mil::ops::TypeError| e.to_string();
+    let (mut r, ops) = Rewriter::new(main);
+    let x = r.var(&image.name);
+    let scaled = r.op1("mul", &format!("{}_scaled", image.name), &[("x", Arg::Var(x)), ("y", Arg::Const(per_channel(&image.scale)))]).map_err(err)?;
+    let mut v = r.op1("add", &format!("{}_preprocessed", image.name), &[("x", Arg::Var(scaled)), ("y", Arg::Const(per_channel(&image.bias)))]).map_err(err)?;
+    if compute != DType::F32 {
+        v = r.op1("cast", &format!("{}_cast", image.name), &[("x", Arg::Var(v)), ("dtype", Arg::Const(Tensor::string(compute.name())))]).map_err(err)?;
+    }
+    r.replace(&image.name, &v);
+    for op in ops {
+        r.keep(op);
+    }
+    r.finish(main);
+    Ok(())
 }
 
 /// Rounds of `--precision auto`: each keeps in fp32 what the last one found, then measures

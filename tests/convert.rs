@@ -284,3 +284,56 @@ fn coremltools_sees_the_interface_we_wrote() {
     let check = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&pkg).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
 }
+
+/// Issue 17: `--image` with torchvision's mean/std makes an image input (coremltools sees an
+/// `imageType`, RGB, 6×6) whose program normalizes the 0–255 pixels itself, matching torch on
+/// `(pixels/255 − mean)/std`; coremltools' own `ImageType` package of the same model is read
+/// as an image input and runs in our interpreter to torch's outputs too.
+#[test]
+#[ignore = "needs torch and coremltools from `make setup`; `make test` runs it"]
+fn image_inputs_normalize_in_the_program_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = r#"
+import sys, numpy as np, torch, coremltools as ct
+d, model = sys.argv[1], torch.jit.load(sys.argv[2]).eval()
+mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+pix = np.random.default_rng(0).integers(0, 256, (1, 3, 6, 6)).astype(np.float32)
+with torch.no_grad():
+    ours = model(torch.from_numpy((pix / 255 - mean[None, :, None, None]) / std[None, :, None, None])).numpy()
+    # coremltools' ImageType has one scale for all channels: its own normalization.
+    scale, bias = 1 / (0.226 * 255), (-mean / 0.226).tolist()
+    theirs = model(torch.from_numpy(pix * scale + np.array(bias, np.float32)[None, :, None, None])).numpy()
+np.savez(f"{d}/pixels.npz", x=pix)
+np.savez(f"{d}/ours.npz", output=ours)
+np.savez(f"{d}/theirs.npz", output=theirs)
+m = ct.convert(model, inputs=[ct.ImageType(name="x", shape=(1, 3, 6, 6), scale=scale, bias=bias)],
+               convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16, skip_model_load=True)
+m.save(f"{d}/ct.mlpackage")
+s = ct.models.MLModel(sys.argv[3], skip_model_load=True).get_spec() if len(sys.argv) > 3 else None
+"#;
+    let py = |args: &[&std::ffi::OsStr]| Command::new(root().join(".venv/bin/python")).arg("-c").arg(script).args(args).output().unwrap();
+    let model = root().join("fixtures/torchscript/convnet.pt");
+    let o = py(&[d.as_os_str(), model.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pkg = d.join("ours.mlpackage");
+    let c = convert(&model, &pkg, &["--input", "x:1x3x6x6", "--image", "x", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let check = "import sys, coremltools as ct\n\
+                 i = ct.models.MLModel(sys.argv[1], skip_model_load=True).get_spec().description.input[0]\n\
+                 print(i.type.WhichOneof('Type'), i.type.imageType.width, i.type.imageType.height, i.type.imageType.colorSpace)\n";
+    let o = Command::new(root().join(".venv/bin/python")).arg("-c").arg(check).arg(&pkg).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "imageType 6 6 20", "{}", String::from_utf8_lossy(&o.stderr));
+    let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&pkg).output().unwrap();
+    assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
+    for (package, expected) in [(pkg, d.join("ours.npz")), (d.join("ct.mlpackage"), d.join("theirs.npz"))] {
+        let info = json(&run(&["inspect".as_ref(), package.as_os_str(), "--format".as_ref(), "json".as_ref()]));
+        assert_eq!(info["inputs"][0]["image"]["color_space"], "RGB", "{}", package.display());
+        let v = run(&["validate".as_ref(), package.as_os_str(), "--inputs".as_ref(), d.join("pixels.npz").as_os_str(), "--expected".as_ref(), expected.as_os_str()]);
+        assert!(v.status.success(), "{}: {}{}", package.display(), String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    }
+    // An image needs a [1, C, H, W] input with the layout's channels.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = bad_dir.path().join("bad.mlpackage");
+    assert_refused(&convert(&model, &bad, &["--input", "x:1x3x6x6", "--image", "x:layout=GRAY"]), &bad, &["--image x", "GRAY needs a float input with 1 channel"]);
+}

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::output::{self, Format};
 use super::progress::Progress;
 use super::ExitStatus;
-use torch2coreml::mil::{DType, Model, Opset, TensorType};
+use torch2coreml::mil::{ColorSpace, DType, Model, Opset, TensorType};
 use torch2coreml::pipeline;
 use torch2coreml::staging::Replace;
 use torch2coreml::validate::npz;
@@ -76,6 +76,17 @@ pub struct Args {
     /// A description of an input or output, NAME=TEXT (repeatable); Xcode shows it.
     #[arg(long, value_name = "NAME=TEXT")]
     pub describe: Vec<String>,
+    /// Take input NAME as an image: `NAME[:layout=RGB|BGR|GRAY][:scale=S][:bias=B|r,g,b]`
+    /// (pixels 0–255 arrive; the program computes pixel·scale + bias per channel). Repeatable.
+    #[arg(long, value_name = "NAME[:layout=..][:scale=..][:bias=..]")]
+    pub image: Vec<String>,
+    /// torchvision-style normalization of the `--image` input, per channel (e.g.
+    /// `0.485,0.456,0.406`): becomes scale 1/(255·std) and bias −mean/std.
+    #[arg(long, value_name = "R,G,B", value_delimiter = ',', requires = "std")]
+    pub mean: Vec<f32>,
+    /// See `--mean` (e.g. `0.229,0.224,0.225`).
+    #[arg(long, value_name = "R,G,B", value_delimiter = ',', requires = "mean")]
+    pub std: Vec<f32>,
     /// Names of the outputs, in order (default: `output`, or `output_0`, `output_1`, … for a
     /// traced model; the family's own names for Hugging Face folders).
     #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
@@ -123,6 +134,49 @@ pub(super) fn parse_input(s: &str) -> anyhow::Result<pipeline::InputSpec> {
     let name = (!name.is_empty()).then(|| name.to_string());
     Ok(pipeline::InputSpec { name, ty: TensorType::new(dtype, &shape), keep_dtype })
 }
+
+/// The `--image` specs, with `--mean`/`--std` folded into scale and bias.
+fn image_inputs(specs: &[String], mean: &[f32], std: &[f32]) -> anyhow::Result<Vec<pipeline::ImageInput>> {
+    if !mean.is_empty() && specs.len() != 1 {
+        bail!("--mean/--std apply to exactly one --image input ({} given)", specs.len());
+    }
+    let mut out = Vec::new();
+    for spec in specs {
+        let mut parts = spec.split(':');
+        let name = parts.next().filter(|n| !n.is_empty()).with_context(|| format!("--image `{spec}`: no input name"))?;
+        let mut image = pipeline::ImageInput { name: name.to_string(), layout: ColorSpace::Rgb, scale: vec![1.0], bias: vec![0.0] };
+        let numbers = |v: &str| v.split(',').map(|x| x.trim().parse::<f32>().ok().filter(|f| f.is_finite())).collect::<Option<Vec<f32>>>();
+        for part in parts {
+            match part.split_once('=') {
+                Some(("layout", l)) => {
+                    image.layout = match l.to_ascii_uppercase().as_str() {
+                        "RGB" => ColorSpace::Rgb,
+                        "BGR" => ColorSpace::Bgr,
+                        "GRAY" | "GRAYSCALE" => ColorSpace::Gray,
+                        _ => bail!("--image `{spec}`: layout `{l}` is not RGB, BGR or GRAY"),
+                    }
+                }
+                Some(("scale", v)) => image.scale = numbers(v).filter(|v| v.len() == 1).with_context(|| format!("--image `{spec}`: scale `{v}` is not one number"))?,
+                Some(("bias", v)) => image.bias = numbers(v).with_context(|| format!("--image `{spec}`: bias `{v}` is not a list of numbers"))?,
+                _ => bail!("--image `{spec}`: `{part}` is not layout=…, scale=… or bias=…"),
+            }
+        }
+        if !mean.is_empty() {
+            let c = image.layout.channels();
+            if mean.len() != c || std.len() != c || std.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
+                bail!("--mean/--std need {c} values each (std positive) for a {} image", image.layout.name());
+            }
+            image.scale = std.iter().map(|s| 1.0 / (PIXEL_MAX * s)).collect();
+            image.bias = mean.iter().zip(std).map(|(m, s)| -m / s).collect();
+        }
+        out.push(image);
+    }
+    Ok(out)
+}
+
+/// Largest pixel value Core ML hands an image model (8-bit channels): torchvision's ToTensor
+/// divides by it, so `--mean`/`--std` scale by 1/(255·std).
+const PIXEL_MAX: f32 = 255.0;
 
 /// Splits a `KEY=VALUE` flag value (the key non-empty).
 fn key_value(flag: &str, s: &str) -> anyhow::Result<(String, String)> {
@@ -175,6 +229,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         meta: args.meta.iter().map(|m| key_value("--meta", m)).collect::<anyhow::Result<_>>()?,
         describe: args.describe.iter().map(|m| key_value("--describe", m)).collect::<anyhow::Result<_>>()?,
         output_names: args.output_names.clone(),
+        images: image_inputs(&args.image, &args.mean, &args.std)?,
     };
     let options = pipeline::Options {
         opset,

@@ -305,12 +305,42 @@ pub struct Model {
     pub metadata: Metadata,
     /// Per-feature descriptions (Model.proto `FeatureDescription.shortDescription`), by name.
     pub feature_descriptions: BTreeMap<String, String>,
+    /// Inputs Core ML hands the model as images (FeatureTypes.proto `ImageFeatureType`): the
+    /// program still takes an fp32 `[1, C, H, W]` tensor of pixel values 0–255.
+    pub image_inputs: BTreeMap<String, ColorSpace>,
+}
+
+/// The channel layout of an image input (`ImageFeatureType.ColorSpace`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColorSpace {
+    Gray,
+    Rgb,
+    Bgr,
+}
+
+impl ColorSpace {
+    /// Channels of the program's tensor.
+    pub fn channels(self) -> usize {
+        match self {
+            ColorSpace::Gray => 1,
+            ColorSpace::Rgb | ColorSpace::Bgr => 3,
+        }
+    }
+
+    /// As `convert --image …:layout=` and `inspect` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ColorSpace::Gray => "GRAY",
+            ColorSpace::Rgb => "RGB",
+            ColorSpace::Bgr => "BGR",
+        }
+    }
 }
 
 impl Model {
     /// A model around `program` with empty metadata.
     pub fn new(program: Program) -> Model {
-        Model { program, metadata: Metadata::default(), feature_descriptions: BTreeMap::new() }
+        Model { program, metadata: Metadata::default(), feature_descriptions: BTreeMap::new(), image_inputs: BTreeMap::new() }
     }
 }
 

@@ -22,7 +22,7 @@ use spec::mil_spec as pb;
 use super::blob::{self, BlobWriter};
 use super::{Error, BLOB_PATH_PREFIX, WEIGHTS_DIR, WEIGHT_FILE};
 use crate::files::{self, shown};
-use crate::mil::{
+use crate::mil::{ColorSpace, 
     ops, Argument, Block, DType, Dim, Function, Metadata, Model, NamedType, Operation, Opset, Program, Tensor, TensorType,
     ValueType,
 };
@@ -320,6 +320,24 @@ fn feature(model: &Model, name: &str, t: &TensorType, state: bool) -> Result<spe
         None if state => return Err(format!("state `{name}` needs a static shape")),
         None => Vec::new(),
     };
+    let image = if state { None } else { model.image_inputs.get(name) };
+    if let Some(&space) = image {
+        let [1, c, h, w] = shape[..] else { return Err(format!("image input `{name}` must be [1, C, H, W], not {t}")) };
+        if c != space.channels() as i64 || t.dtype != DType::F32 {
+            return Err(format!("image input `{name}` ({}) must be an fp32 tensor with {} channel(s), not {t}", space.name(), space.channels()));
+        }
+        let color_space = match space {
+            ColorSpace::Gray => spec::image_feature_type::ColorSpace::Grayscale,
+            ColorSpace::Rgb => spec::image_feature_type::ColorSpace::Rgb,
+            ColorSpace::Bgr => spec::image_feature_type::ColorSpace::Bgr,
+        } as i32;
+        let ty = spec::feature_type::Type::ImageType(spec::ImageFeatureType { width: w, height: h, color_space });
+        return Ok(spec::FeatureDescription {
+            name: name.to_string(),
+            short_description: model.feature_descriptions.get(name).cloned().unwrap_or_default(),
+            r#type: Some(spec::FeatureType { r#type: Some(ty), is_optional: false }),
+        });
+    }
     let array = spec::ArrayFeatureType { shape, data_type, shape_flexibility: None, default_optional_value: None };
     let ty = if state {
         spec::feature_type::Type::StateType(spec::StateFeatureType { r#type: Some(spec::state_feature_type::Type::ArrayType(array)) })
@@ -557,6 +575,23 @@ impl Reader {
             .filter(|f| !f.short_description.is_empty())
             .map(|f| (f.name.clone(), f.short_description.clone()))
             .collect();
-        Ok(Model { program, metadata, feature_descriptions })
+        let image_inputs = d
+            .input
+            .iter()
+            .filter_map(|f| match f.r#type.as_ref()?.r#type.as_ref()? {
+                spec::feature_type::Type::ImageType(i) => Some((f.name.clone(), i.color_space)),
+                _ => None,
+            })
+            .map(|(name, space)| {
+                let space = match spec::image_feature_type::ColorSpace::try_from(space) {
+                    Ok(spec::image_feature_type::ColorSpace::Grayscale) => ColorSpace::Gray,
+                    Ok(spec::image_feature_type::ColorSpace::Rgb) => ColorSpace::Rgb,
+                    Ok(spec::image_feature_type::ColorSpace::Bgr) => ColorSpace::Bgr,
+                    _ => return Err(unsupported(format!("image input `{}` has color space {space} (GRAYSCALE, RGB and BGR are supported)", shown(&name)))),
+                };
+                Ok((name, space))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Model { program, metadata, feature_descriptions, image_inputs })
     }
 }

@@ -239,7 +239,17 @@ def check_signature(spec, f, main):
     require(sorted(s.name for s in d.state) == sorted(state_inputs), f"description.state {[s.name for s in d.state]} != main state inputs {state_inputs}")
 
     for fd in d.input:
-        t, var = fd.type.multiArrayType, main.inputs[fd.name]
+        var = main.inputs[fd.name]
+        if fd.type.WhichOneof("Type") == "imageType":
+            # Core ML hands the program an fp32 [1, C, H, W] tensor of the image's pixels.
+            img = fd.type.imageType
+            channels = {10: 1, 20: 3, 30: 3}.get(img.colorSpace)
+            require(channels is not None, f"input {fd.name}: image color space {img.colorSpace}")
+            require(var.dtype == types.fp32 and list(var.shape) == [1, channels, img.height, img.width],
+                    f"input {fd.name}: {img.width}x{img.height} image (color space {img.colorSpace}) but MIL "
+                    f"{types.builtin_to_string(var.dtype)} {list(var.shape)}")
+            continue
+        t = fd.type.multiArrayType
         require(ARRAY_DTYPE.get(t.dataType) == var.dtype, f"input {fd.name}: description dtype {t.dataType} != MIL {types.builtin_to_string(var.dtype)}")
         require(len(t.shape) == var.rank, f"input {fd.name}: description rank {len(t.shape)} != MIL rank {var.rank}")
         require(all(not isinstance(m, int) or m == s for s, m in zip(t.shape, var.shape)),
