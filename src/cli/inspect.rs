@@ -138,6 +138,19 @@ fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
     for (op, n) in hist {
         s += &format!("    {n:>6}  {op}\n");
     }
+    if !model.compressed.is_empty() {
+        let (stored, dense): (usize, usize) = model.compressed.iter().fold((0, 0), |(s, d), c| (s + c.stored_bytes, d + c.dense_bytes));
+        let mut kinds: Vec<&str> = model.compressed.iter().map(|c| c.kind).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        s += &format!(
+            "  compressed weights: {} ({}), {} stored for {} dense\n",
+            model.compressed.len(),
+            kinds.join(", "),
+            output::human_bytes(stored as u64),
+            output::human_bytes(dense as u64)
+        );
+    }
     let md = &model.metadata;
     for (k, v) in [("description", &md.short_description), ("author", &md.author), ("license", &md.license), ("version", &md.version)] {
         if !v.is_empty() {
@@ -168,6 +181,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 "ops": r.ops,
                 "weights": r.weights,
                 "weight_bytes": r.weight_bytes,
+                "compressed": model.compressed.iter().map(|c| json!({"name": c.name, "kind": c.kind, "stored_bytes": c.stored_bytes, "dense_bytes": c.dense_bytes})).collect::<Vec<_>>(),
                 "metadata": {
                     "short_description": md.short_description,
                     "author": md.author,

@@ -8,6 +8,7 @@
 //! `package::write`, `inspect`, and (later) passes, interpreter and linter.
 
 pub mod builder;
+pub mod constexpr;
 pub mod ops;
 pub mod tensor;
 pub mod text;
@@ -308,6 +309,8 @@ pub struct Model {
     /// Inputs Core ML hands the model as images (FeatureTypes.proto `ImageFeatureType`): the
     /// program still takes an fp32 `[1, C, H, W]` tensor of pixel values 0–255.
     pub image_inputs: BTreeMap<String, ColorSpace>,
+    /// Weights the package stored compressed, decompressed when it was read (`constexpr`).
+    pub compressed: Vec<constexpr::Compressed>,
 }
 
 /// The channel layout of an image input (`ImageFeatureType.ColorSpace`).
@@ -340,7 +343,7 @@ impl ColorSpace {
 impl Model {
     /// A model around `program` with empty metadata.
     pub fn new(program: Program) -> Model {
-        Model { program, metadata: Metadata::default(), feature_descriptions: BTreeMap::new(), image_inputs: BTreeMap::new() }
+        Model { program, metadata: Metadata::default(), feature_descriptions: BTreeMap::new(), image_inputs: BTreeMap::new(), compressed: Vec::new() }
     }
 }
 

@@ -592,6 +592,6 @@ impl Reader {
                 Ok((name, space))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Model { program, metadata, feature_descriptions, image_inputs })
+        Ok(Model { program, metadata, feature_descriptions, image_inputs, compressed: Vec::new() })
     }
 }

@@ -65,7 +65,11 @@ pub fn read(path: &Path) -> Result<Model, Error> {
     let bytes = files::read_capped(&model_path, MAX_MODEL_SPEC_BYTES)?;
     let proto = spec::Model::decode(bytes.as_slice()).map_err(|error| Error::Decode { path: model_path.clone(), error })?;
     drop(bytes);
-    let model = Reader::new(&model_path, path).model(&proto)?;
+    let mut model = Reader::new(&model_path, path).model(&proto)?;
+    for f in model.program.functions.values_mut() {
+        let found = crate::mil::constexpr::fold(f).map_err(|reason| Error::Unsupported { path: model_path.clone(), reason })?;
+        model.compressed.extend(found);
+    }
     for f in model.program.functions.values() {
         check_function(f).map_err(|error| Error::Check { path: model_path.clone(), error })?;
     }
