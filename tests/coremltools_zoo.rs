@@ -1,7 +1,8 @@
 //! The zoo as coremltools converts it (`fixtures/coremltools/zoo.py`, run by `make setup` into
 //! `$T2C_CT_ZOO`): every package `ct.convert` wrote runs in our interpreter and agrees with the
 //! outputs PyTorch saved (`$T2C_ZOO`, from `fixtures/zoo/make.py`). This checks that the
-//! interpreter reads MIL as Core ML's own converter writes it, not only as our `convert` does.
+//! interpreter reads MIL as Core ML's own converter writes it, not only as our `convert` does;
+//! `NAME@pt2` packages are coremltools' conversions of the zoo's torch.export programs.
 //! coremltools' output names (`var_123`) differ from the zoo's `output_N`, so `validate` pairs
 //! outputs by position.
 
@@ -45,14 +46,17 @@ fn every_coremltools_zoo_package_matches_torch() {
     let converted: Vec<&String> = status.iter().filter(|(_, s)| s.ok).map(|(m, _)| m).collect();
     assert!(converted.len() >= MIN_CONVERTED, "only {} models converted: {converted:?}", converted.len());
     let mut failures = Vec::new();
+    // `NAME@pt2`: coremltools' conversion of the torch.export program (issue 15).
+    assert!(converted.iter().any(|m| m.ends_with("@pt2")), "no ExportedProgram conversions: {converted:?}");
     for m in converted {
+        let base = m.split('@').next().unwrap_or(m);
         let v = Command::new(env!("CARGO_BIN_EXE_torch2coreml"))
             .arg("validate")
             .arg(ct_zoo.join(format!("{m}.mlpackage")))
             .arg("--inputs")
-            .arg(zoo.join(format!("{m}.inputs.npz")))
+            .arg(zoo.join(format!("{base}.inputs.npz")))
             .arg("--expected")
-            .arg(zoo.join(format!("{m}.outputs.npz")))
+            .arg(zoo.join(format!("{base}.outputs.npz")))
             .args(["--format", "json"])
             .output()
             .unwrap();
