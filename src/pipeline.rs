@@ -154,6 +154,8 @@ pub struct Interface {
     pub output_names: Vec<String>,
     /// Inputs to take as images (`--image`), with their preprocessing.
     pub images: Vec<ImageInput>,
+    /// Class labels (`--labels`): the package becomes a classifier over the model's one output.
+    pub labels: Option<crate::mil::Labels>,
 }
 
 /// `convert --image`: an input Core ML hands over as an image of pixel values 0–255 in
@@ -432,6 +434,42 @@ fn readers(f: &crate::mil::Function, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Name of a classifier's top-label output, as coremltools names it.
+const CLASS_LABEL: &str = "classLabel";
+
+/// `--labels`: the one output of `main` (cast to fp32 if it is not) becomes the probabilities
+/// of a classifier with `labels`, one per element of the output.
+fn classifier(main: &mut crate::mil::Function, labels: &crate::mil::Labels) -> Result<crate::mil::Classifier, String> {
+    use crate::passes::rewrite::{Arg, Rewriter};
+    let [out] = main.block.outputs.as_slice() else {
+        return Err(format!("--labels needs a model with one output (the class scores); this one has {}", main.block.outputs.len()));
+    };
+    let out = out.clone();
+    let ty = main.block.operations.iter().flat_map(|o| &o.outputs).find(|o| o.name == out).map(|o| o.ty.tensor().clone()).ok_or("the output is not computed by the program")?;
+    let shape = ty.fixed_shape().unwrap_or_default();
+    let n: usize = shape.iter().product();
+    if !ty.dtype.is_float() || n != labels.len() || shape.iter().rev().skip(1).any(|&d| d != 1) {
+        return Err(format!("--labels: {} labels for an output of {ty}; give one label per class score", labels.len()));
+    }
+    if [CLASS_LABEL.to_string(), format!("{CLASS_LABEL}_probs")].iter().any(|n| main.block.defined_names().contains(n.as_str()) || main.inputs.iter().any(|i| &i.name == n)) {
+        return Err(format!("--labels: the program already has a value named {CLASS_LABEL}"));
+    }
+    let mut probabilities = out.clone();
+    if ty.dtype != DType::F32 {
+        let (mut r, ops) = Rewriter::new(main);
+        for op in ops {
+            r.keep(op);
+        }
+        let v = r
+            .op1("cast", &format!("{out}_fp32"), &[("x", Arg::Var(r.var(&out))), ("dtype", Arg::Const(crate::mil::Tensor::string("fp32")))])
+            .map_err(|e| e.to_string())?;
+        r.finish(main);
+        main.block.outputs = vec![v.0.clone()];
+        probabilities = v.0;
+    }
+    Ok(crate::mil::Classifier { labels: labels.clone(), probabilities, predicted: CLASS_LABEL.to_string() })
+}
+
 /// Applies `--output-names`, `--describe` and the metadata flags to `model`; a name that is not
 /// a feature of the model is an error naming the ones it has.
 fn apply_interface(model: &mut Model, interface: &Interface) -> Result<(), String> {
@@ -455,7 +493,13 @@ fn apply_interface(model: &mut Model, interface: &Interface) -> Result<(), Strin
         }
         main.block.rename_all(&renames);
     }
-    let features: Vec<String> = main.inputs.iter().map(|i| i.name.clone()).chain(main.block.outputs.iter().cloned()).collect();
+    if let Some(labels) = &interface.labels {
+        model.classifier = Some(classifier(main, labels)?);
+    }
+    let mut features: Vec<String> = main.inputs.iter().map(|i| i.name.clone()).chain(main.block.outputs.iter().cloned()).collect();
+    if let Some(c) = &model.classifier {
+        features.extend([c.predicted.clone(), format!("{}_probs", c.predicted)]);
+    }
     for (name, text) in &interface.describe {
         if !features.contains(name) {
             return Err(format!("--describe `{name}`: the model has no such input or output ({})", features.join(", ")));

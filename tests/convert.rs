@@ -337,3 +337,69 @@ s = ct.models.MLModel(sys.argv[3], skip_model_load=True).get_spec() if len(sys.a
     let bad = bad_dir.path().join("bad.mlpackage");
     assert_refused(&convert(&model, &bad, &["--input", "x:1x3x6x6", "--image", "x:layout=GRAY"]), &bad, &["--image x", "GRAY needs a float input with 1 channel"]);
 }
+
+/// Issue 17: `--labels` makes a classifier as coremltools' `ClassifierConfig` does (a `classify`
+/// op, `classLabel` + `classLabel_probs` features, predicted names set; string or integer
+/// labels); coremltools reads and type-checks it; `validate` shows the same top-5 labels as
+/// torch for our package and for coremltools' own classifier package of the same model.
+#[test]
+#[ignore = "needs torch and coremltools from `make setup`; `make test` runs it"]
+fn labels_make_a_classifier_both_tools_read_and_rank_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = r#"
+import sys, json, numpy as np, torch, coremltools as ct
+d = sys.argv[1]
+torch.manual_seed(0)
+m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5), torch.nn.Softmax(-1)).eval()
+x = torch.rand(1, 3, 2, 2)
+t = torch.jit.trace(m, x)
+t.save(f"{d}/cls.pt")
+with torch.no_grad():
+    y = m(x)
+np.savez(f"{d}/cls.inputs.npz", x=x.numpy())
+np.savez(f"{d}/cls.outputs.npz", output=y.numpy())
+labels = ["cat", "dog", "eel", "fox", "gnu"]
+open(f"{d}/labels.txt", "w").write("\n".join(labels) + "\n")
+json.dump([10, 20, 30, 40, 50], open(f"{d}/ids.json", "w"))
+ct.convert(t, inputs=[ct.TensorType(name="x", shape=(1, 3, 2, 2))], classifier_config=ct.ClassifierConfig(labels),
+           convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16, skip_model_load=True).save(f"{d}/ct.mlpackage")
+print(" ".join(labels[i] for i in y[0].argsort(descending=True).tolist()))
+"#;
+    let py = Command::new(root().join(".venv/bin/python")).arg("-c").arg(script).arg(d).output().unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let torch_order = String::from_utf8_lossy(&py.stdout).lines().last().unwrap_or_default().to_string();
+    let model = d.join("cls.pt");
+    let ours = d.join("ours.mlpackage");
+    let c = convert(&model, &ours, &["--input", "input:1x3x2x2", "--labels", d.join("labels.txt").to_str().unwrap()]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let ids = d.join("ids.mlpackage");
+    assert!(convert(&model, &ids, &["--input", "input:1x3x2x2", "--labels", d.join("ids.json").to_str().unwrap()]).status.success());
+    let check = "import sys, coremltools as ct\n\
+                 for p in sys.argv[1:]:\n\
+                 \x20   s = ct.models.MLModel(p, skip_model_load=True).get_spec().description\n\
+                 \x20   print(s.predictedFeatureName, s.predictedProbabilitiesName, *[o.type.WhichOneof('Type') for o in s.output])\n";
+    let o = Command::new(root().join(".venv/bin/python")).arg("-c").arg(check).arg(&ours).arg(&ids).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().collect::<Vec<_>>(),
+        ["classLabel classLabel_probs stringType dictionaryType", "classLabel classLabel_probs int64Type dictionaryType"],
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&ours).arg(&ids).output().unwrap();
+    assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
+    for pkg in [ours, d.join("ct.mlpackage")] {
+        let v = run(&["validate".as_ref(), pkg.as_os_str(), "--inputs".as_ref(), d.join("cls.inputs.npz").as_os_str(), "--expected".as_ref(), d.join("cls.outputs.npz").as_os_str(), "--format".as_ref(), "json".as_ref()]);
+        assert!(v.status.success(), "{}: {}", pkg.display(), String::from_utf8_lossy(&v.stdout));
+        let report = json(&v);
+        let order: Vec<&str> = report["top_k"]["package"].as_array().unwrap().iter().map(|e| e["label"].as_str().unwrap()).collect();
+        assert_eq!(order.join(" "), torch_order, "{}", pkg.display());
+        let info = json(&run(&["inspect".as_ref(), pkg.as_os_str(), "--format".as_ref(), "json".as_ref()]));
+        assert_eq!(info["classifier"]["labels"].as_array().map(Vec::len), Some(5));
+    }
+    // One label per class score, or a clear refusal.
+    std::fs::write(d.join("three.txt"), "a\nb\nc\n").unwrap();
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = bad_dir.path().join("bad.mlpackage");
+    assert_refused(&convert(&model, &bad, &["--input", "input:1x3x2x2", "--labels", d.join("three.txt").to_str().unwrap()]), &bad, &["3 labels for an output of (1, 5"]);
+}

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::output::{self, Format};
 use super::progress::Progress;
 use super::ExitStatus;
-use torch2coreml::mil::{ColorSpace, DType, Model, Opset, TensorType};
+use torch2coreml::mil::{ColorSpace, DType, Labels, Model, Opset, TensorType};
 use torch2coreml::pipeline;
 use torch2coreml::staging::Replace;
 use torch2coreml::validate::npz;
@@ -87,6 +87,10 @@ pub struct Args {
     /// See `--mean` (e.g. `0.229,0.224,0.225`).
     #[arg(long, value_name = "R,G,B", value_delimiter = ',', requires = "mean")]
     pub std: Vec<f32>,
+    /// Make the package a classifier: FILE holds one label per line, or a JSON list of strings
+    /// or integers, one per element of the model's single output (its class scores).
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
     /// Names of the outputs, in order (default: `output`, or `output_0`, `output_1`, … for a
     /// traced model; the family's own names for Hugging Face folders).
     #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
@@ -133,6 +137,35 @@ pub(super) fn parse_input(s: &str) -> anyhow::Result<pipeline::InputSpec> {
     };
     let name = (!name.is_empty()).then(|| name.to_string());
     Ok(pipeline::InputSpec { name, ty: TensorType::new(dtype, &shape), keep_dtype })
+}
+
+/// Largest labels file read (ImageNet-21k's names take about 400 KB).
+const MAX_LABELS_BYTES: u64 = 16 << 20;
+
+/// `--labels FILE`: a JSON list of strings or integers, else one label per line.
+fn read_labels(path: &Path) -> anyhow::Result<Labels> {
+    let text = torch2coreml::files::read_text_capped(path, MAX_LABELS_BYTES)?;
+    let bad = |why: &str| anyhow::anyhow!("{}: {why}", path.display());
+    let labels = if text.trim_start().starts_with('[') {
+        let list: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| bad(&format!("not a JSON list: {e}")))?;
+        if list.iter().all(|v| v.is_i64()) {
+            Labels::Ids(list.iter().filter_map(serde_json::Value::as_i64).collect())
+        } else if list.iter().all(|v| v.is_string()) {
+            Labels::Names(list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        } else {
+            return Err(bad("a JSON list of labels must be all strings or all integers"));
+        }
+    } else {
+        let lines: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+        if lines.iter().any(String::is_empty) {
+            return Err(bad("an empty line (one label per line, no blank lines)"));
+        }
+        Labels::Names(lines)
+    };
+    if labels.is_empty() {
+        return Err(bad("no labels"));
+    }
+    Ok(labels)
 }
 
 /// The `--image` specs, with `--mean`/`--std` folded into scale and bias.
@@ -230,6 +263,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         describe: args.describe.iter().map(|m| key_value("--describe", m)).collect::<anyhow::Result<_>>()?,
         output_names: args.output_names.clone(),
         images: image_inputs(&args.image, &args.mean, &args.std)?,
+        labels: args.labels.as_deref().map(read_labels).transpose()?,
     };
     let options = pipeline::Options {
         opset,

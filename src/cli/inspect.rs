@@ -138,6 +138,18 @@ fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
     for (op, n) in hist {
         s += &format!("    {n:>6}  {op}\n");
     }
+    if let Some(c) = &model.classifier {
+        let first: Vec<String> = (0..c.labels.len().min(5)).filter_map(|i| c.labels.get(i)).collect();
+        let more = if c.labels.len() > first.len() { ", …" } else { "" };
+        s += &format!(
+            "  classifier: {} labels ({}{more}) from `{}` → `{}` (top label), `{}_probs` (probabilities)\n",
+            c.labels.len(),
+            first.join(", "),
+            c.probabilities,
+            c.predicted,
+            c.predicted
+        );
+    }
     if !model.compressed.is_empty() {
         let (stored, dense): (usize, usize) = model.compressed.iter().fold((0, 0), |(s, d), c| (s + c.stored_bytes, d + c.dense_bytes));
         let mut kinds: Vec<&str> = model.compressed.iter().map(|c| c.kind).collect();
@@ -181,6 +193,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 "ops": r.ops,
                 "weights": r.weights,
                 "weight_bytes": r.weight_bytes,
+                "classifier": model.classifier.as_ref().map(|c| json!({
+                    "labels": (0..c.labels.len()).filter_map(|i| c.labels.get(i)).collect::<Vec<_>>(),
+                    "probabilities": c.probabilities,
+                    "predicted_feature": c.predicted,
+                    "probabilities_feature": format!("{}_probs", c.predicted),
+                })),
                 "compressed": model.compressed.iter().map(|c| json!({"name": c.name, "kind": c.kind, "stored_bytes": c.stored_bytes, "dense_bytes": c.dense_bytes})).collect::<Vec<_>>(),
                 "metadata": {
                     "short_description": md.short_description,

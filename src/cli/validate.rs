@@ -55,6 +55,9 @@ pub struct Args {
     /// constants, converted again, so constants that fp16 stored as inf or 0 are named too.
     #[arg(long)]
     pub per_op: bool,
+    /// For classifier packages: how many top labels to show from each side.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
     /// Whisper folders: WAV files to transcribe with the packages and the reference.
     #[arg(long, num_args = 1..)]
     pub audio: Vec<PathBuf>,
@@ -199,8 +202,22 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let criterion = criterion(args, main);
     let reports = validate::compare(&outputs, &reference, criterion).with_context(|| format!("{}", args.package.display()))?;
     let pass = reports.iter().all(|r| r.drift.pass);
+    // A classifier's top labels, from the package's probabilities and the reference's paired output.
+    let top = model.classifier.as_ref().map(|c| {
+        let ours = outputs.iter().position(|(n, _)| *n == c.probabilities);
+        let theirs = ours.and_then(|i| reference.iter().find(|(n, _)| *n == c.probabilities).or_else(|| reference.get(i)));
+        let pick = |a: Option<&(String, interp::Array)>| a.map(|(_, a)| top_labels(a, &c.labels, args.top_k)).unwrap_or_default();
+        (pick(ours.map(|i| &outputs[i])), pick(theirs))
+    });
     let text = match args.format {
-        Format::Json => output::json(&json!({ "outputs": reports, "pass": pass, "criterion": criterion })),
+        Format::Json => {
+            let mut j = json!({ "outputs": reports, "pass": pass, "criterion": criterion });
+            if let Some((ours, theirs)) = &top {
+                let list = |v: &[(String, f32)]| v.iter().map(|(l, p)| json!({"label": l, "probability": p})).collect::<Vec<_>>();
+                j["top_k"] = json!({"package": list(ours), "reference": list(theirs)});
+            }
+            output::json(&j)
+        }
         Format::Text => {
             let mut s = format!("{}  ({criterion})\n", args.package.display());
             s += &format!("  {:<24} {:<16} {:>10} {:>10} {:>10} {:>9} {:>8}  result\n", "output", "shape", "max_abs", "max_rel", "mean_abs", "cosine", "psnr_db");
@@ -213,12 +230,24 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                     r.name, shape, d.max_abs, d.max_rel, d.mean_abs, d.cosine, d.psnr_db
                 );
             }
+            if let Some((ours, theirs)) = &top {
+                let show = |v: &[(String, f32)]| v.iter().map(|(l, p)| format!("{l} {p:.4}")).collect::<Vec<_>>().join(", ");
+                s += &format!("  top-{} package:   {}\n  top-{} reference: {}\n", ours.len(), show(ours), theirs.len(), show(theirs));
+            }
             s += if pass { "all outputs within tolerance\n" } else { "some outputs out of tolerance\n" };
             s
         }
     };
     output::print(&text)?;
     Ok(if pass { ExitStatus::Success } else { ExitStatus::Failure })
+}
+
+/// The `k` highest scores of `a` with their labels, best first (ties by label order).
+fn top_labels(a: &interp::Array, labels: &torch2coreml::mil::Labels, k: usize) -> Vec<(String, f32)> {
+    let Some(v) = a.to_f32_vec() else { return Vec::new() };
+    let mut order: Vec<usize> = (0..v.len().min(labels.len())).collect();
+    order.sort_by(|&i, &j| v[j].total_cmp(&v[i]).then(i.cmp(&j)));
+    order.into_iter().take(k).filter_map(|i| Some((labels.get(i)?, v[i]))).collect()
 }
 
 /// The pass criterion the user asked for: `--atol`/`--rtol` (elementwise, the other from the

@@ -311,6 +311,51 @@ pub struct Model {
     pub image_inputs: BTreeMap<String, ColorSpace>,
     /// Weights the package stored compressed, decompressed when it was read (`constexpr`).
     pub compressed: Vec<constexpr::Compressed>,
+    /// Set for a classifier package (coremltools' `ClassifierConfig`): the program returns the
+    /// probabilities; the package adds Core ML's `classify` op after them (`package` writes and
+    /// strips it), which returns the top label and a label → probability dictionary.
+    pub classifier: Option<Classifier>,
+}
+
+/// A classifier's labels and outputs (Model.proto `predictedFeatureName`,
+/// `predictedProbabilitiesName`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Classifier {
+    pub labels: Labels,
+    /// The program output holding the class probabilities (fp32, one per label).
+    pub probabilities: String,
+    /// Name of the top-label output (`classLabel`); the dictionary is this plus `_probs`.
+    pub predicted: String,
+}
+
+/// Class labels: names or integer ids (Core ML's string or int64 labels).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Labels {
+    Names(Vec<String>),
+    Ids(Vec<i64>),
+}
+
+impl Labels {
+    /// Number of classes.
+    pub fn len(&self) -> usize {
+        match self {
+            Labels::Names(v) => v.len(),
+            Labels::Ids(v) => v.len(),
+        }
+    }
+
+    /// True when there are no labels.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Label `i` as text.
+    pub fn get(&self, i: usize) -> Option<String> {
+        match self {
+            Labels::Names(v) => v.get(i).cloned(),
+            Labels::Ids(v) => v.get(i).map(|x| x.to_string()),
+        }
+    }
 }
 
 /// The channel layout of an image input (`ImageFeatureType.ColorSpace`).
@@ -343,7 +388,7 @@ impl ColorSpace {
 impl Model {
     /// A model around `program` with empty metadata.
     pub fn new(program: Program) -> Model {
-        Model { program, metadata: Metadata::default(), feature_descriptions: BTreeMap::new(), image_inputs: BTreeMap::new(), compressed: Vec::new() }
+        Model { program, metadata: Metadata::default(), feature_descriptions: BTreeMap::new(), image_inputs: BTreeMap::new(), compressed: Vec::new(), classifier: None }
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod blob;
 pub mod manifest;
+mod classify;
 mod proto;
 mod read;
 mod write;

@@ -27,6 +27,8 @@ use crate::mil::{ColorSpace,
     ValueType,
 };
 
+/// The function Core ML runs (and the only one a classifier's `classify` op may end).
+const MAIN: &str = crate::mil::MAIN_FUNCTION;
 /// `Program.version`: the only version Core ML defines.
 pub const PROGRAM_VERSION: i64 = 1;
 /// Name of the attribute every op carries with its op name.
@@ -386,7 +388,23 @@ pub fn model_to_proto(model: &Model, emit: &mut Emitter) -> Result<spec::Model, 
         if !io_dtype_allowed(t.dtype, main.opset) {
             return Err(format!("output `{o}` is {}, not allowed as model I/O at {}", t.dtype, main.opset.target_name()));
         }
-        description.output.push(feature(model, o, t, false)?);
+        match &model.classifier {
+            Some(c) if c.probabilities == *o => {
+                if t.dtype != DType::F32 {
+                    return Err(format!("classifier probabilities `{o}` are {}, not fp32", t.dtype));
+                }
+                let [label, probs] = super::classify::features(c, &model.feature_descriptions);
+                description.predicted_feature_name = label.name.clone();
+                description.predicted_probabilities_name = probs.name.clone();
+                description.output.splice(0..0, [label, probs]);
+            }
+            _ => description.output.push(feature(model, o, t, false)?),
+        }
+    }
+    if let Some(c) = &model.classifier {
+        if !main.block.outputs.contains(&c.probabilities) {
+            return Err(format!("classifier probabilities `{}` are not an output of the program", c.probabilities));
+        }
     }
     let md = &model.metadata;
     if *md != Metadata::default() {
@@ -400,7 +418,16 @@ pub fn model_to_proto(model: &Model, emit: &mut Emitter) -> Result<spec::Model, 
     }
     let mut functions = BTreeMap::new();
     for (name, f) in &model.program.functions {
-        functions.insert(name.clone(), emit.function(f).map_err(|e| e.to_string())?);
+        let mut pf = emit.function(f).map_err(|e| e.to_string())?;
+        if let (Some(c), true) = (&model.classifier, name == MAIN) {
+            for block in pf.block_specializations.values_mut() {
+                block.operations.push(super::classify::op(c));
+                let predicted = [c.predicted.clone(), format!("{}{}", c.predicted, super::classify::PROBS_SUFFIX)];
+                let rest: Vec<String> = block.outputs.iter().filter(|o| **o != c.probabilities).cloned().collect();
+                block.outputs = predicted.into_iter().chain(rest).collect();
+            }
+        }
+        functions.insert(name.clone(), pf);
     }
     Ok(spec::Model {
         specification_version: main.opset.spec_version(),
@@ -543,6 +570,7 @@ impl Reader {
             return Err(self.malformed(format!("Program.version is {}, expected {PROGRAM_VERSION}", p.version)));
         }
         let mut functions = BTreeMap::new();
+        let mut classifier = None;
         for (fname, f) in &p.functions {
             let opset = Opset::from_opset_name(&f.opset).ok_or_else(|| unsupported(format!("function `{}` has unknown opset `{}`", shown(fname), shown(&f.opset))))?;
             let block = f
@@ -550,7 +578,14 @@ impl Reader {
                 .get(&f.opset)
                 .ok_or_else(|| self.malformed(format!("function `{}` has no block for its opset {}", shown(fname), f.opset)))?;
             let inputs = f.inputs.iter().map(|i| self.named(i)).collect::<Result<_, _>>()?;
-            functions.insert(fname.clone(), Function { inputs, opset, block: self.block(block, opset)? });
+            let block = if fname == MAIN && block.operations.last().is_some_and(|o| o.r#type == "classify") {
+                let mut block = block.clone();
+                classifier = super::classify::strip(&mut block).map_err(|m| self.malformed(m))?;
+                self.block(&block, opset)?
+            } else {
+                self.block(block, opset)?
+            };
+            functions.insert(fname.clone(), Function { inputs, opset, block });
         }
         let program = Program { functions };
         if program.main().is_none() {
@@ -592,6 +627,6 @@ impl Reader {
                 Ok((name, space))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Model { program, metadata, feature_descriptions, image_inputs, compressed: Vec::new() })
+        Ok(Model { program, metadata, feature_descriptions, image_inputs, compressed: Vec::new(), classifier })
     }
 }

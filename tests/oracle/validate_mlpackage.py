@@ -261,7 +261,16 @@ def check_signature(spec, f, main):
     outputs = list(main.outputs)
     require([o.name for o in d.output] == [v.name for v in outputs],
             f"description.output {[o.name for o in d.output]} != block outputs {[v.name for v in outputs]}")
+    # A classifier's outputs (coremltools' ClassifierConfig): the `classify` op's top label
+    # (string or int64) and its probabilities dictionary, named by predictedFeatureName /
+    # predictedProbabilitiesName.
+    classified = {d.predictedFeatureName, d.predictedProbabilitiesName} - {""}
     for fd, var in zip(d.output, outputs):
+        kind = fd.type.WhichOneof("Type")
+        if kind in ("stringType", "int64Type", "dictionaryType"):
+            require(fd.name in classified and var.op is not None and var.op.op_type == "classify",
+                    f"output {fd.name}: {kind} but not a classify output named by predictedFeatureName/ProbabilitiesName")
+            continue
         t = fd.type.multiArrayType
         require(ARRAY_DTYPE.get(t.dataType) == var.dtype, f"output {fd.name}: description dtype {t.dataType} != MIL {types.builtin_to_string(var.dtype)}")
         require(len(t.shape) == 0 or tuple(t.shape) == tuple(var.shape), f"output {fd.name}: description shape {list(t.shape)} != MIL {var.shape}")
@@ -278,6 +287,8 @@ def check_signature(spec, f, main):
     if sv >= INT8_IO_SPEC:
         allowed.add(types.int8)
     for var in list(main.inputs.values()) + outputs:
+        if var.name in classified:
+            continue
         if not types.is_state(var.sym_type):
             require(var.dtype in allowed, f"I/O {var.name} dtype {types.builtin_to_string(var.dtype)} not allowed at specificationVersion {sv}")
 
