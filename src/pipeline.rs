@@ -137,9 +137,10 @@ pub enum Calibration {
     Random { seed: u64 },
 }
 
-/// What a built package says about itself (Model.proto `Metadata`, `FeatureDescription`):
-/// `convert`'s `--author`, `--license`, `--description`, `--version`, `--meta`, `--describe` and
-/// `--output-names`. Empty fields leave the package's own.
+/// What a built package says about itself and how an app calls it (Model.proto `Metadata`,
+/// `FeatureDescription`, image and classifier features): `convert`'s `--author`, `--license`,
+/// `--description`, `--version`, `--meta`, `--describe`, `--output-names`, `--image` and
+/// `--labels`. Empty fields leave the package's own.
 #[derive(Clone, Debug, Default)]
 pub struct Interface {
     pub author: Option<String>,
