@@ -431,6 +431,17 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::mT", args: &[("self", R)], lower: shape::mt },
     Lowering { kind: "aten::numel", args: &[("self", R)], lower: shape::numel },
     Lowering { kind: "aten::dim", args: &[("self", R)], lower: shape::rank },
+    Lowering { kind: "aten::index_put", args: &[("self", R), ("indices", R), ("values", R), ("accumulate", Default::Bool(false))], lower: shape::index_put },
+    Lowering {
+        kind: "aten::embedding_bag",
+        args: &[("weight", R), ("indices", R), ("offsets", R), ("scale_grad_by_freq", Default::Bool(false)), ("mode", Default::Int(0)), ("sparse", Default::Bool(false)), ("per_sample_weights", NONE), ("include_last_offset", Default::Bool(false)), ("padding_idx", NONE)],
+        lower: shape::embedding_bag,
+    },
+    Lowering {
+        kind: "aten::_embedding_bag",
+        args: &[("weight", R), ("indices", R), ("offsets", R), ("scale_grad_by_freq", Default::Bool(false)), ("mode", Default::Int(0)), ("sparse", Default::Bool(false)), ("per_sample_weights", NONE), ("include_last_offset", Default::Bool(false)), ("padding_idx", Default::Int(-1))],
+        lower: shape::embedding_bag,
+    },
     Lowering { kind: "aten::index_select", args: &[("self", R), ("dim", R), ("index", R)], lower: shape::index_select },
     Lowering { kind: "aten::scatter", args: &[("self", R), ("dim", R), ("index", R), ("src", R), ("reduce", NONE)], lower: shape::scatter },
     Lowering { kind: "aten::scatter_add", args: &[("self", R), ("dim", R), ("index", R), ("src", R)], lower: shape::scatter_add },

@@ -5,7 +5,7 @@
 //! `index_select` and `scatter`.
 
 use super::{const_elements, dim, dims_i32, dims_shown, float, i32_of, int, ints, ints_shown, Lower, Value};
-use crate::mil::ops::{elementwise as ew, shape};
+use crate::mil::ops::{elementwise as ew, reduce, shape};
 use crate::mil::builder::Var;
 use crate::mil::{DType, Tensor};
 
@@ -306,13 +306,11 @@ pub fn expand(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     built(l.op(&ew::ADD).arg("x", &x).arg("y", &z).build1())
 }
 
-/// `aten::index(self, indices)` with constant integer index tensors (what tracing leaves for
-/// mask building): the indices broadcast, combine into flat row numbers on the host, and become
-/// one `gather` over the indexed leading axes flattened.
-pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
-    let x = l.tensor(&a[0])?;
-    let s = l.shape(&x)?;
-    let (Value::List(items) | Value::Tuple(items)) = &a[1] else { return Err("index needs a list of index tensors".into()) };
+/// Constant integer index tensors over the leading axes of a tensor of shape `s`, broadcast
+/// together (numpy rules) and combined on the host into row numbers of those axes flattened:
+/// the broadcast index shape, the row numbers in its order, and the row count (which fits int32).
+/// Shared by `aten::index` and `aten::index_put`.
+fn flat_rows(l: &Lower, s: &[usize], items: &[Value]) -> Result<(Vec<usize>, Vec<i64>, usize), String> {
     if items.is_empty() || items.len() > s.len() {
         return Err(format!("{} indices for a rank-{} tensor", items.len(), s.len()));
     }
@@ -320,7 +318,7 @@ pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     for (d, it) in items.iter().enumerate() {
         let Value::Tensor(v) = it else { return Err("index with None (slices) is not supported yet".into()) };
         let c = l.b.value(v).ok_or("indexing with computed indices is not supported yet")?;
-        let vals = c.to_i64_vec().filter(|_| c.dtype() != DType::Bool).ok_or("boolean-mask indexing is not supported yet")?;
+        let vals = c.to_i64_vec().filter(|_| c.dtype() != DType::Bool).ok_or("boolean-mask indexing is not supported here")?;
         let n = i64::try_from(s[d]).map_err(|_| format!("axis size {} is too large", s[d]))?;
         let vals: Vec<i64> = vals.iter().map(|&i| if i < 0 { i + n } else { i }).collect();
         if vals.iter().any(|&i| !(0..n).contains(&i)) {
@@ -365,11 +363,27 @@ pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
             *f += vals.get(pos).copied().unwrap_or(0) * stride;
         }
     }
+    Ok((shape, flat, rows))
+}
+
+/// `x` reshaped to (rows, the axes after the first `k`…): the indexed leading axes flattened.
+fn rows_view(l: &mut Lower, x: &Var, s: &[usize], k: usize, rows: usize) -> Result<Var, String> {
     let mut flat_shape = dims_i32(&[rows])?;
     flat_shape.extend(dims_i32(&s[k..])?);
+    let hint = format!("{}_rows", l.hint);
+    l.b.op(&shape::RESHAPE, &hint).arg("x", x).konst("shape", Tensor::i32_vec(&flat_shape)).build1().map_err(|e| e.to_string())
+}
+
+/// `aten::index(self, indices)` with constant integer index tensors (what tracing leaves for
+/// mask building): the indices broadcast, combine into flat row numbers on the host, and become
+/// one `gather` over the indexed leading axes flattened.
+pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let s = l.shape(&x)?;
+    let (Value::List(items) | Value::Tuple(items)) = &a[1] else { return Err("index needs a list of index tensors".into()) };
+    let (shape, flat, rows) = flat_rows(l, &s, items)?;
     let hint = l.hint.clone();
-    let flat_x = built(l.b.op(&shape::RESHAPE, &format!("{hint}_rows")).arg("x", &x).konst("shape", Tensor::i32_vec(&flat_shape)).build1())?;
-    let Value::Tensor(flat_x) = flat_x else { unreachable!("built returns a tensor") };
+    let flat_x = rows_view(l, &x, &s, items.len(), rows)?;
     let ids: Vec<i32> = flat.into_iter().map(i32_of).collect::<Result<_, _>>()?;
     let ids = l.b.konst(&format!("{hint}_rows_ids"), Tensor::from_i32(&shape, &ids));
     // Core ML's gather takes no bool data: gather the mask as int32 and compare back.
@@ -1099,6 +1113,226 @@ pub fn rank(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     Ok(Value::Int(l.shape(&l.tensor(&a[0])?)?.len() as i64))
 }
 
+/// `aten::index_put(self, indices, values, accumulate)` (and `x[i] = v`, `x[mask] = v`, which
+/// trace to its in-place form). One boolean mask over the leading axes, computed or constant,
+/// becomes `select` (values must broadcast over the masked rows, as a scalar or a row does: a
+/// value per selected row depends on the data); constant integer indices become one
+/// `scatter_along_axis` over the indexed axes flattened (`update`, or `add` when accumulating).
+pub fn index_put(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let s = l.shape(&x)?;
+    let (Value::List(items) | Value::Tuple(items)) = &a[1] else { return Err("index_put needs a list of index tensors".into()) };
+    let accumulate = a[3] == Value::Bool(true);
+    let values = match &a[2] {
+        Value::Tensor(v) => v.clone(),
+        v => {
+            let dt = l.ty(&x)?.dtype;
+            let Value::Tensor(t) = konst_filled(l, &[], float(v)?, dt)? else { unreachable!("konst_filled returns a tensor") };
+            t
+        }
+    };
+    let vs = l.shape(&values)?;
+    let mask = match items.as_slice() {
+        [Value::Tensor(m)] if l.ty(m)?.dtype == DType::Bool => Some(m.clone()),
+        _ => None,
+    };
+    if let Some(m) = mask {
+        let ms = l.shape(&m)?;
+        if ms.len() > s.len() || ms[..] != s[..ms.len()] {
+            return Err(format!("mask of shape {} does not cover the leading axes of {}", dims_shown(&ms), dims_shown(&s)));
+        }
+        // torch puts values of shape (selected rows, …) or broadcastable to that; only the
+        // broadcast forms are known before the mask is: a leading size-1 axis at most.
+        let lead = vs.iter().take_while(|&&d| d == 1).count();
+        let trailing = &vs[lead..];
+        if trailing.len() > s.len() - ms.len() {
+            return Err(format!("values of shape {} give one value per selected row, which depends on the data; only values that broadcast over the rows (a scalar or one row) are supported", dims_shown(&vs)));
+        }
+        let mut wide = dims_i32(&ms)?;
+        wide.resize(s.len(), 1);
+        let hint = format!("{}_mask", l.hint);
+        let m = l.b.op(&shape::RESHAPE, &hint).arg("x", &m).konst("shape", Tensor::i32_vec(&wide)).build1().map_err(|e| e.to_string())?;
+        let v = if lead > 0 {
+            let hint = format!("{}_values", l.hint);
+            l.b.op(&shape::RESHAPE, &hint).arg("x", &values).konst("shape", Tensor::i32_vec(&dims_i32(trailing)?)).build1().map_err(|e| e.to_string())?
+        } else {
+            values
+        };
+        if !accumulate {
+            return super::elementwise::where_(l, &[Value::Tensor(m), Value::Tensor(v), Value::Tensor(x)]);
+        }
+        let dt = l.ty(&x)?.dtype;
+        let zero = konst_filled(l, &[], 0.0, dt)?;
+        let Value::Tensor(added) = super::elementwise::where_(l, &[Value::Tensor(m), Value::Tensor(v), zero])? else {
+            return Err("select produced no tensor".into());
+        };
+        return built(l.op(&ew::ADD).arg("x", &x).arg("y", &added).build1());
+    }
+    let k = items.len();
+    let (shape, flat, rows) = flat_rows(l, &s, items)?;
+    // Updates: the values broadcast to (index shape, the axes after the indexed ones), one row each.
+    let mut target = shape.clone();
+    target.extend_from_slice(&s[k..]);
+    let rest: usize = s[k..].iter().product();
+    let n = const_elements(&target)?;
+    let size: Vec<Value> = target.iter().map(|&d| Value::Int(d as i64)).collect();
+    let Value::Tensor(wide) = expand(l, &[Value::Tensor(values), Value::List(size), Value::Bool(false)])? else {
+        return Err("expand produced no tensor".into());
+    };
+    let mut rows_shape = vec![flat.len()];
+    rows_shape.extend_from_slice(&s[k..]);
+    let hint = l.hint.clone();
+    let updates = l.b.op(&shape::RESHAPE, &format!("{hint}_updates")).arg("x", &wide).konst("shape", Tensor::i32_vec(&dims_i32(&rows_shape)?)).build1().map_err(|e| e.to_string())?;
+    let mut ids = Vec::with_capacity(n);
+    for &r in &flat {
+        ids.extend(std::iter::repeat(i32_of(r)?).take(rest));
+    }
+    let ids = l.b.konst(&format!("{hint}_rows_ids"), Tensor::from_i32(&rows_shape, &ids));
+    let data = rows_view(l, &x, &s, k, rows)?;
+    let mode = if accumulate { "add" } else { "update" };
+    let op = l.b.op(&shape::SCATTER_ALONG_AXIS, &format!("{hint}_put")).arg("data", &data).arg("indices", &ids).arg("updates", &updates);
+    let put = op.konst("axis", Tensor::i32_scalar(0)).konst("mode", Tensor::string(mode)).build1().map_err(|e| e.to_string())?;
+    built(l.op(&shape::RESHAPE).arg("x", &put).konst("shape", Tensor::i32_vec(&dims_i32(&s)?)).build1())
+}
+
+/// `aten::embedding_bag` / `aten::_embedding_bag(weight, indices, offsets, scale_grad_by_freq,
+/// mode, sparse, per_sample_weights, include_last_offset, padding_idx)`: sums (mode 0), means
+/// (1) or maxima (2) of the embedding rows of each bag. Bags are rows of 2-D indices, or runs of
+/// 1-D indices starting at constant `offsets` (`nn.EmbeddingBag` on 2-D input traces to those).
+/// Bags of different lengths are padded on the host to the longest with a constant validity
+/// mask, so every form is one `gather` of (bags, length) rows and a masked reduction over the
+/// length. Entries equal to `padding_idx` (≥ 0; −1 is none) are left out, and an empty bag is
+/// zeros, as in torch. Only the first of torch's four results is lowered; the others (bag
+/// bookkeeping for gradients) are `None`.
+pub fn embedding_bag(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let w = l.tensor(&a[0])?;
+    let ws = l.shape(&w)?;
+    let [_, width] = ws[..] else { return Err(format!("weight must be 2-D, got {}", dims_shown(&ws))) };
+    let idx = int32(l, &a[1])?;
+    let is = l.shape(&idx)?;
+    let mode = int(&a[4])?;
+    if !(0..=2).contains(&mode) {
+        return Err(format!("mode {mode} is not one of 0 (sum), 1 (mean), 2 (max)"));
+    }
+    let psw = match &a[6] {
+        Value::None => None,
+        v if mode == 0 => Some(l.tensor(v)?),
+        _ => return Err("per_sample_weights are only defined for mode sum".into()),
+    };
+    let padding = match &a[8] {
+        Value::None => None,
+        v => Some(int(v)?).filter(|&p| p >= 0),
+    };
+    let dt = l.ty(&w)?.dtype;
+    // Bag `b` covers positions bags[b] of the flattened indices.
+    let bags: Vec<std::ops::Range<usize>> = match is[..] {
+        [b, n] => (0..b).map(|i| i * n..(i + 1) * n).collect(),
+        [n] => {
+            let Value::Tensor(o) = &a[2] else { return Err("1-D indices need offsets".into()) };
+            let offsets = l.b.value(o).and_then(|t| t.to_i64_vec()).ok_or("offsets computed at run time are not supported: bag boundaries must be known when converting")?;
+            let last = a[7] == Value::Bool(true);
+            let starts = if last { &offsets[..offsets.len().saturating_sub(1)] } else { &offsets[..] };
+            let ends = offsets.iter().skip(1).map(|&e| e).chain(std::iter::once(n as i64));
+            let mut bags = Vec::with_capacity(starts.len());
+            for (&s, e) in starts.iter().zip(ends) {
+                let e = e.min(n as i64);
+                if s < 0 || s > e {
+                    return Err(format!("offsets {} must start at 0 and not decrease", ints_shown(&offsets)));
+                }
+                bags.push(s as usize..e as usize);
+            }
+            bags
+        }
+        _ => return Err(format!("indices must be 1-D or 2-D, got {}", dims_shown(&is))),
+    };
+    let count = bags.len();
+    let longest = bags.iter().map(|r| r.len()).max().unwrap_or(0);
+    let hint = l.hint.clone();
+    if longest == 0 {
+        return Ok(Value::Tuple(vec![konst_filled(l, &[count, width], 0.0, dt)?, Value::None, Value::None, Value::None]));
+    }
+    const_elements(&[count, longest, width])?;
+    let ragged = bags.iter().any(|r| r.len() != longest);
+    let flat_len: usize = is.iter().product();
+    // (bags, longest) positions into the flattened indices; padded slots repeat position 0.
+    let mut pos = Vec::with_capacity(count * longest);
+    for r in &bags {
+        pos.extend(r.clone().map(|p| p as i32));
+        pos.extend(std::iter::repeat(0).take(longest - r.len()));
+    }
+    let grid = |l: &mut Lower, v: &Var, what: &str| -> Result<Var, String> {
+        let flat = l.b.op(&shape::RESHAPE, &format!("{hint}_{what}_flat")).arg("x", v).konst("shape", Tensor::i32_vec(&[flat_len as i32])).build1().map_err(|e| e.to_string())?;
+        let p = l.b.konst(&format!("{hint}_{what}_positions"), Tensor::from_i32(&[count, longest], &pos));
+        l.b.op(&shape::GATHER, &format!("{hint}_{what}_bags")).arg("x", &flat).arg("indices", &p).konst("axis", Tensor::i32_scalar(0)).build1().map_err(|e| e.to_string())
+    };
+    let ids = if ragged || is.len() == 1 { grid(l, &idx, "ids")? } else { idx.clone() };
+    let mut keep = ragged.then(|| {
+        let valid: Vec<bool> = bags.iter().flat_map(|r| (0..longest).map(move |i| i < r.len())).collect();
+        l.b.konst(&format!("{hint}_valid"), Tensor::from_bools(&[count, longest], &valid))
+    });
+    if let Some(p) = padding {
+        let not_pad = l.b.op(&ew::NOT_EQUAL, &format!("{hint}_not_padding")).arg("x", &ids).konst("y", Tensor::i32_scalar(i32_of(p)?)).build1().map_err(|e| e.to_string())?;
+        keep = Some(match keep {
+            Some(k) => l.b.op(&ew::LOGICAL_AND, &format!("{hint}_kept")).arg("x", &k).arg("y", &not_pad).build1().map_err(|e| e.to_string())?,
+            None => not_pad,
+        });
+    }
+    let rows = l.b.op(&shape::GATHER, &format!("{hint}_rows")).arg("x", &w).arg("indices", &ids).konst("axis", Tensor::i32_scalar(0)).build1().map_err(|e| e.to_string())?;
+    let column = |l: &mut Lower, v: &Var, what: &str| {
+        l.b.op(&shape::EXPAND_DIMS, &format!("{hint}_{what}_column")).arg("x", v).konst("axes", Tensor::i32_vec(&[-1])).build1().map_err(|e| e.to_string())
+    };
+    let reduce = |l: &mut Lower, def: &'static crate::mil::ops::OpDef, v: &Var, keep_dims: bool| {
+        let op = l.b.op(def, &format!("{hint}_{}", def.name)).arg("x", v).konst("axes", Tensor::i32_vec(&[1])).konst("keep_dims", Tensor::bool_scalar(keep_dims));
+        op.build1().map_err(|e| e.to_string())
+    };
+    let keep_f = match &keep {
+        Some(k) => Some(cast_to(l, k, dt, "kept_f")?),
+        None => None,
+    };
+    let out = if mode == 2 {
+        let Some(k) = keep else { return Ok(Value::Tuple(vec![Value::Tensor(reduce(l, &reduce::REDUCE_MAX, &rows, false)?), Value::None, Value::None, Value::None])) };
+        // Left-out entries become −∞ before the maximum; a bag with none kept is zeros.
+        let kc = column(l, &k, "kept")?;
+        let low = l.b.konst(&format!("{hint}_low"), Tensor::float_scalar(dt, f32::NEG_INFINITY));
+        let masked = l.b.op(&ew::SELECT, &format!("{hint}_masked")).arg("cond", &kc).arg("a", &rows).arg("b", &low).build1().map_err(|e| e.to_string())?;
+        let m = reduce(l, &reduce::REDUCE_MAX, &masked, false)?;
+        let n = reduce(l, &reduce::REDUCE_SUM, keep_f.as_ref().expect("keep_f follows keep"), true)?;
+        let any = l.b.op(&ew::GREATER, &format!("{hint}_nonempty")).arg("x", &n).konst("y", Tensor::float_scalar(dt, 0.0)).build1().map_err(|e| e.to_string())?;
+        let zero = l.b.konst(&format!("{hint}_zero"), Tensor::float_scalar(dt, 0.0));
+        l.b.op(&ew::SELECT, &format!("{hint}_max")).arg("cond", &any).arg("a", &m).arg("b", &zero).build1().map_err(|e| e.to_string())?
+    } else {
+        let factor = match (psw, &keep_f) {
+            (Some(p), k) => {
+                let p = cast_to(l, &p, dt, "psw_f")?;
+                let p = if ragged || is.len() == 1 { grid(l, &p, "psw")? } else { p };
+                match k {
+                    Some(k) => Some(l.b.op(&ew::MUL, &format!("{hint}_factor")).arg("x", &p).arg("y", k).build1().map_err(|e| e.to_string())?),
+                    None => Some(p),
+                }
+            }
+            (None, k) => k.clone(),
+        };
+        let weighted = match &factor {
+            Some(f) => {
+                let fc = column(l, f, "factor")?;
+                l.b.op(&ew::MUL, &format!("{hint}_weighted")).arg("x", &rows).arg("y", &fc).build1().map_err(|e| e.to_string())?
+            }
+            None => rows,
+        };
+        match (mode, &keep_f) {
+            (1, None) => reduce(l, &reduce::REDUCE_MEAN, &weighted, false)?,
+            (1, Some(k)) => {
+                let total = reduce(l, &reduce::REDUCE_SUM, &weighted, false)?;
+                let n = reduce(l, &reduce::REDUCE_SUM, k, true)?;
+                let n = l.b.op(&ew::MAXIMUM, &format!("{hint}_count")).arg("x", &n).konst("y", Tensor::float_scalar(dt, 1.0)).build1().map_err(|e| e.to_string())?;
+                l.b.op(&ew::REAL_DIV, &format!("{hint}_mean")).arg("x", &total).arg("y", &n).build1().map_err(|e| e.to_string())?
+            }
+            _ => reduce(l, &reduce::REDUCE_SUM, &weighted, false)?,
+        }
+    };
+    Ok(Value::Tuple(vec![Value::Tensor(out), Value::None, Value::None, Value::None]))
+}
+
 /// `aten::index_select(self, dim, index)` → `gather` (indices cast to int32).
 pub fn index_select(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let x = l.tensor(&a[0])?;
@@ -1201,6 +1435,29 @@ mod tests {
         // A slice of the fresh tensor is a view: writing into it is refused.
         let view = select(&mut l, &[fresh, Value::Int(1), Value::Int(0)]).unwrap();
         assert!(zero(&mut l, &[view]).is_err());
+    }
+
+    #[test]
+    fn index_put_and_embedding_bag_refuse_what_depends_on_the_data() {
+        // A value per selected row: how many rows the mask selects is known only at run time.
+        let (mut l, x) = lower(&[2, 3]);
+        let mask = l.b.input("m", TensorType::new(DType::Bool, &[2, 3]));
+        let per_row = l.b.input("v", TensorType::new(DType::F32, &[4]));
+        let e = index_put(&mut l, &[x, Value::List(vec![Value::Tensor(mask)]), Value::Tensor(per_row), Value::Bool(false)]).unwrap_err();
+        assert!(e.contains("one value per selected row"), "{e}");
+        // Bag boundaries given at run time.
+        let w = l.b.input("w", TensorType::new(DType::F32, &[10, 4]));
+        let ids = l.b.input("ids", TensorType::new(DType::I32, &[6]));
+        let offsets = l.b.input("offsets", TensorType::new(DType::I32, &[3]));
+        let args = |o: Value, mode: i64| vec![Value::Tensor(w.clone()), Value::Tensor(ids.clone()), o, Value::Bool(false), Value::Int(mode), Value::Bool(false), Value::None, Value::Bool(false), Value::None];
+        let e = embedding_bag(&mut l, &args(Value::Tensor(offsets), 0)).unwrap_err();
+        assert!(e.contains("offsets computed at run time"), "{e}");
+        let decreasing = l.b.konst("dec", Tensor::from_i32(&[3], &[0, 4, 2]));
+        let e = embedding_bag(&mut l, &args(Value::Tensor(decreasing), 1)).unwrap_err();
+        assert!(e.contains("must start at 0 and not decrease"), "{e}");
+        let ok = l.b.konst("ok", Tensor::from_i32(&[2], &[0, 2]));
+        let e = embedding_bag(&mut l, &args(Value::Tensor(ok), 3)).unwrap_err();
+        assert!(e.contains("mode 3"), "{e}");
     }
 
     #[test]
