@@ -111,6 +111,8 @@ pub struct Options {
     pub calibration: Option<Calibration>,
     /// Metadata, feature descriptions and output names for every built package.
     pub interface: Interface,
+    /// `convert --compress`: large weights stored compressed, after everything else.
+    pub compress: Option<passes::compress::Spec>,
 }
 
 impl Default for Options {
@@ -125,6 +127,7 @@ impl Default for Options {
             fp32_ops: Vec::new(),
             calibration: None,
             interface: Interface::default(),
+            compress: None,
         }
     }
 }
@@ -182,6 +185,8 @@ pub struct Loaded {
     /// What the user should know about how the model was read (an input bound by position, a
     /// `--fp32-ops` pattern matching nothing), one line each.
     pub warnings: Vec<String>,
+    /// Weights `--compress` stored compressed.
+    pub compressed: Vec<passes::compress::Compressed>,
 }
 
 /// A loaded model: one package (TorchScript, BERT, any `.mlpackage`) or several (Whisper), plus
@@ -205,7 +210,7 @@ pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
     let (built, side_files) = match kind {
         Kind::Package => {
             let model = package::read(path)?;
-            let loaded = Loaded { name: stem, model, passes: Vec::new(), precision_notes: Vec::new(), warnings: Vec::new() };
+            let loaded = Loaded { name: stem, model, passes: Vec::new(), precision_notes: Vec::new(), warnings: Vec::new(), compressed: Vec::new() };
             return Ok(Loading { kind, packages: vec![loaded], side_files: Vec::new() });
         }
         Kind::TorchScript => {
@@ -291,9 +296,13 @@ fn finish(path: &Path, kind: Kind, built: Vec<Built>, side_files: Vec<PathBuf>, 
         if let Some(calibration) = &options.calibration {
             precision_notes.extend(auto_precision(&mut main, calibration).map_err(|e| input_error(path, format!("--precision auto: {e}")))?);
         }
+        let compressed = match options.compress {
+            Some(spec) => passes::compress::run(&mut main, spec).map_err(|m| input_error(path, format!("--compress {}: {m}", spec.name())))?,
+            None => Vec::new(),
+        };
         model.program.functions.insert("main".into(), main);
         apply_interface(&mut model, &options.interface).map_err(|m| input_error(path, m))?;
-        packages.push(Loaded { name, model, passes: changes, precision_notes, warnings });
+        packages.push(Loaded { name, model, passes: changes, precision_notes, warnings, compressed });
     }
     Ok(Loading { kind, packages, side_files })
 }

@@ -13,7 +13,7 @@ use super::output::{self, Format};
 use super::progress::Progress;
 use super::ExitStatus;
 use torch2coreml::mil::{ColorSpace, DType, Labels, Model, Opset, TensorType};
-use torch2coreml::pipeline;
+use torch2coreml::{passes, pipeline};
 use torch2coreml::staging::Replace;
 use torch2coreml::validate::npz;
 
@@ -58,6 +58,11 @@ pub struct Args {
     /// Seed of the random calibration inputs of `--precision auto` (without `--example`).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Store large weights compressed (iOS16+): `int8` (per-channel symmetric linear) or
+    /// `palettize:N` (an N-bit k-means table per tensor, N = 1, 2, 4, 6, 8). Weights of rank ≥ 2
+    /// with at least 2048 elements are compressed; biases, norms and small tensors are not.
+    #[arg(long, value_name = "SPEC")]
+    pub compress: Option<String>,
     /// Model author (package metadata, shown by Xcode).
     #[arg(long)]
     pub author: Option<String>,
@@ -224,7 +229,7 @@ const MAX_INPUT_ELEMENTS: usize = i32::MAX as usize;
 
 /// Non-const ops of `model`'s main function.
 fn compute_ops(model: &Model) -> usize {
-    model.program.main().map_or(0, |f| f.block.walk_ops().iter().filter(|o| o.op_type != "const").count())
+    model.program.main().map_or(0, |f| f.block.walk_ops().iter().filter(|o| o.op_type != "const" && !o.op_type.starts_with("constexpr_")).count())
 }
 
 /// The input specs of `--input` / `--example` (empty when neither is given).
@@ -274,6 +279,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         fp32_ops,
         calibration,
         interface,
+        compress: args.compress.as_deref().map(|c| passes::compress::Spec::parse(c, opset)).transpose().map_err(|e| anyhow::anyhow!("--compress {e}"))?,
     };
     let progress = Progress::new();
     progress.stage("loading and optimizing");
@@ -305,6 +311,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 "weight_bytes": w.weight_bytes,
                 "passes": p.passes.iter().map(|(name, c)| json!({"name": name, "changes": c})).collect::<Vec<_>>(),
                 "precision_notes": p.precision_notes.iter().chain(&w.precision_notes).collect::<Vec<_>>(),
+                "compressed": p.compressed,
                 "warnings": p.warnings,
             })).collect::<Vec<_>>(),
             "seconds": seconds,
@@ -315,6 +322,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 s += &format!("  {}: {} ({} ops, {} of weights)\n", p.name, w.path.display(), compute_ops(&p.model), output::human_bytes(w.weight_bytes));
                 for note in p.precision_notes.iter().chain(&w.precision_notes) {
                     s += &format!("    fp16: {note}\n");
+                }
+                if let Some(first) = p.compressed.first() {
+                    let (stored, dense) = p.compressed.iter().fold((0, 0), |(s, d), c| (s + c.stored_bytes, d + c.dense_bytes));
+                    s += &format!("    compressed: {} weights {} ({} stored for {} dense)\n", p.compressed.len(), first.how, output::human_bytes(stored as u64), output::human_bytes(dense as u64));
                 }
             }
             s

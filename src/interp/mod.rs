@@ -203,11 +203,11 @@ fn check_unknown_outputs<'e>(
             let value = computed.next().and_then(Option::as_ref);
             list.push(match b {
                 Argument::Name(n) => match (consts.get(n.as_str()).copied(), value, lookup(n)) {
-                    (Some(t), _, _) | (None, Some(t), _) => Arg { ty: t.tensor_type(), value: Some(t), state: false },
-                    (None, None, Some(a)) => Arg { ty: TensorType::new(a.dtype, &a.shape), value: None, state: false },
+                    (Some(t), _, _) | (None, Some(t), _) => Arg { ty: t.tensor_type(), value: Some(t), state: false, constexpr: false },
+                    (None, None, Some(a)) => Arg { ty: TensorType::new(a.dtype, &a.shape), value: None, state: false, constexpr: false },
                     (None, None, None) => return Ok(()),
                 },
-                Argument::Value(t) => Arg { ty: t.tensor_type(), value: Some(t), state: false },
+                Argument::Value(t) => Arg { ty: t.tensor_type(), value: Some(t), state: false, constexpr: false },
             });
         }
         args.push((param.as_str(), list));

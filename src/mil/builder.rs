@@ -45,13 +45,15 @@ pub enum CheckError {
     TooLarge { value: String, problem: String },
 }
 
-/// Types and const values of the names defined so far in a function, and which names are
-/// states (typed by the tensor they wrap).
+/// Types and const values of the names defined so far in a function, which names are
+/// states (typed by the tensor they wrap) and which are compressed weights (`constexpr_*`
+/// outputs, constants whose values stay compressed: `convert --compress` writes them).
 #[derive(Default)]
 struct Env {
     types: HashMap<String, TensorType>,
     consts: HashMap<String, Tensor>,
     states: HashSet<String>,
+    constexprs: HashSet<String>,
 }
 
 impl Env {
@@ -79,9 +81,9 @@ impl Env {
                 list.push(match b {
                     Argument::Name(n) => {
                         let ty = self.types.get(n).ok_or_else(|| CheckError::Undefined { op: shown(&op.name), value: shown(n) })?;
-                        Arg { ty: ty.clone(), value: self.consts.get(n), state: self.states.contains(n) }
+                        Arg { ty: ty.clone(), value: self.consts.get(n), state: self.states.contains(n), constexpr: self.constexprs.contains(n) }
                     }
-                    Argument::Value(t) => Arg { ty: t.tensor_type(), value: Some(t), state: false },
+                    Argument::Value(t) => Arg { ty: t.tensor_type(), value: Some(t), state: false, constexpr: false },
                 });
             }
             args.push((param.as_str(), list));
@@ -167,6 +169,9 @@ fn check_block(env: &mut Env, block: &Block, opset: Opset) -> Result<(), CheckEr
         }
         if let (Some(val), [out]) = (op.const_val(), op.outputs.as_slice()) {
             env.consts.insert(out.name.clone(), val.clone());
+        }
+        if let (true, [out]) = (op.op_type.starts_with("constexpr_"), op.outputs.as_slice()) {
+            env.constexprs.insert(out.name.clone());
         }
     }
     match block.outputs.iter().find(|o| !env.types.contains_key(*o)) {

@@ -3,6 +3,7 @@
 //! after lowering and before `package::write`.
 
 pub mod ane_layout;
+pub mod compress;
 pub mod dead_code;
 pub mod fp16_range;
 pub mod rewrite;

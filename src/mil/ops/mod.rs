@@ -256,12 +256,15 @@ pub enum TypeError {
 }
 
 /// One bound argument as type inference sees it: its type (for a state, the wrapped tensor
-/// type), its value when it is a const, and whether it is a state.
+/// type), its value when it is a const, whether it is a state, and whether it is a compressed
+/// weight (a `constexpr_*` output: a constant to Core ML whose dense value is not materialized
+/// while a package is written).
 #[derive(Clone, Debug)]
 pub struct Arg<'a> {
     pub ty: TensorType,
     pub value: Option<&'a Tensor>,
     pub state: bool,
+    pub constexpr: bool,
 }
 
 /// The arguments of one op, by parameter, as given to an [`InferFn`].
@@ -368,7 +371,7 @@ pub fn check(def: &OpDef, args: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
             return Err(TypeError::Missing { op: op(), param: p.name.to_string() });
         }
         for a in bound {
-            if p.konst && a.value.is_none() {
+            if p.konst && a.value.is_none() && !a.constexpr {
                 return Err(TypeError::NotConst { op: op(), param: p.name.to_string() });
             }
             if p.state != a.state {

@@ -71,7 +71,7 @@ mod tests {
         OpArgs {
             op,
             opset: Opset::Ios18,
-            args: bound.into_iter().map(|(p, ty, state)| (p, vec![Arg { ty, value: None, state }])).collect(),
+            args: bound.into_iter().map(|(p, ty, state)| (p, vec![Arg { ty, value: None, state, constexpr: false }])).collect(),
             attributes: attrs,
         }
     }

@@ -1,0 +1,280 @@
+//! `convert --compress SPEC`: large weights stored in Core ML's iOS16 compressed forms, which
+//! Core ML decompresses when it loads the model. `int8` is per-output-channel symmetric linear
+//! quantization (`constexpr_affine_dequantize`, as coremltools' `linear_quantize_weights`
+//! default); `palettize:N` is an N-bit look-up table per tensor found by k-means
+//! (`constexpr_lut_to_dense`, as `palettize_weights` in `kmeans` mode). Runs after the passes
+//! and the precision decisions, on the `main` function `pipeline::finish` is about to return;
+//! `package::read` (through `mil::constexpr::fold`) reads the result back as dense weights, so
+//! `validate` and `inspect` see what Core ML will compute with.
+//!
+//! Which weights: float constants of rank ≥ 2 with at least [`MIN_ELEMENTS`] elements (the
+//! weights of linear, convolution, matmul and embedding layers). Biases, norm parameters and
+//! small tensors stay as they are, as coremltools' `weight_threshold` default leaves them.
+
+use half::f16;
+
+use crate::mil::{DType, Function, Opset, Tensor};
+
+/// Fewest elements a compressed weight has: coremltools' default `weight_threshold` (2048);
+/// below it the bytes saved are few and the table or scales cost a larger share.
+pub const MIN_ELEMENTS: usize = 2048;
+/// Index widths `constexpr_lut_to_dense` accepts in iOS16 (its lut has 2, 4, 16, 64 or 256
+/// entries); 3-bit tables and grouped channels are iOS18 forms.
+pub const IOS16_LUT_BITS: &[u32] = &[1, 2, 4, 6, 8];
+/// Largest magnitude of symmetric int8 codes: ±127, so that 0 is exact and the range is symmetric.
+const INT8_MAX_CODE: f32 = 127.0;
+/// Rounds of Lloyd's iteration in the 1-D k-means; it stops earlier when no centroid moves.
+const KMEANS_ROUNDS: usize = 100;
+
+/// A compression asked for with `--compress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spec {
+    /// Per-output-channel symmetric int8.
+    Int8,
+    /// A per-tensor look-up table of 2^bits values.
+    Palettize(u32),
+}
+
+impl Spec {
+    /// Parses `--compress SPEC` for a package of `opset`; the error names what is accepted.
+    pub fn parse(s: &str, opset: Opset) -> Result<Spec, String> {
+        let spec = match s.split(':').collect::<Vec<_>>()[..] {
+            ["int8"] => Spec::Int8,
+            ["palettize", n] => {
+                let bits: u32 = n.parse().map_err(|_| format!("`{s}`: palettize:N takes a number of bits"))?;
+                if bits == 3 {
+                    return Err(format!("`{s}`: 3-bit tables need the iOS18 lut form, which is not written yet; use 1, 2, 4, 6 or 8"));
+                }
+                if !IOS16_LUT_BITS.contains(&bits) {
+                    return Err(format!("`{s}`: palettize takes 1, 2, 4, 6 or 8 bits"));
+                }
+                Spec::Palettize(bits)
+            }
+            ["palettize", _, g] if g.starts_with("group=") => {
+                return Err(format!("`{s}`: grouped-channel tables are an iOS18 form, not written yet; use palettize:N (one table per tensor)"))
+            }
+            ["int4", ..] => {
+                return Err(format!("`{s}`: int4 is iOS18's blockwise form{}, not written yet; use int8 or palettize:4", if opset < Opset::Ios18 { " (and needs --target iOS18)" } else { "" }))
+            }
+            ["auto"] => return Err("`auto` (bits chosen per layer by an accuracy gate) is not built yet; use int8 or palettize:N".into()),
+            _ => return Err(format!("`{crate_s}`: unknown compression; use int8 or palettize:N (N = 1, 2, 4, 6, 8)", crate_s = crate::files::shown(s))),
+        };
+        if opset < Opset::Ios16 {
+            return Err(format!("`{s}`: compressed weights need --target iOS16 or later"));
+        }
+        Ok(spec)
+    }
+
+    /// How the spec is named in reports (`int8`, `palettize:4`).
+    pub fn name(self) -> String {
+        match self {
+            Spec::Int8 => "int8".into(),
+            Spec::Palettize(b) => format!("palettize:{b}"),
+        }
+    }
+}
+
+/// One weight stored compressed, for `convert`'s report.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Compressed {
+    /// The weight's name in the program.
+    pub name: String,
+    /// `int8` or `palettize:N`.
+    pub how: String,
+    /// Bytes stored (codes plus scales or table).
+    pub stored_bytes: usize,
+    /// Bytes of the dense weight it replaces.
+    pub dense_bytes: usize,
+}
+
+/// Replaces every eligible constant of `f`'s top block by its compressed form (weights in
+/// parallel), returning what was compressed.
+pub fn run(f: &mut Function, spec: Spec) -> Result<Vec<Compressed>, String> {
+    let eligible = |op: &crate::mil::Operation| {
+        op.const_val().is_some_and(|t| matches!(t.dtype(), DType::F16 | DType::F32) && t.shape().len() >= 2 && t.len() >= MIN_ELEMENTS)
+    };
+    let picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
+    let mut done: Vec<Option<Result<(BTreeAttrs, usize), String>>> = vec![None; picked.len()];
+    let ops = &f.block.operations;
+    let work = picked.iter().map(|&i| ops[i].const_val().map_or(0, Tensor::len) * 16).sum();
+    crate::numeric::par::for_rows(&mut done, 1, work, |first, part| {
+        for (k, slot) in part.iter_mut().enumerate() {
+            let t = ops[picked[first + k]].const_val().expect("picked consts");
+            *slot = Some(match spec {
+                Spec::Int8 => int8(t),
+                Spec::Palettize(bits) => palettize(t, bits),
+            });
+        }
+    });
+    let (op_type, how) = match spec {
+        Spec::Int8 => ("constexpr_affine_dequantize", spec.name()),
+        Spec::Palettize(_) => ("constexpr_lut_to_dense", spec.name()),
+    };
+    let mut report = Vec::with_capacity(picked.len());
+    for (&i, r) in picked.iter().zip(done) {
+        let op = &mut f.block.operations[i];
+        let (attributes, stored_bytes) = r.expect("every slot is filled").map_err(|e| format!("weight `{}`: {e}", op.name))?;
+        let dense_bytes = op.const_val().map_or(0, Tensor::byte_len);
+        op.op_type = op_type.into();
+        op.attributes = attributes;
+        report.push(Compressed { name: op.outputs[0].name.clone(), how: how.clone(), stored_bytes, dense_bytes });
+    }
+    Ok(report)
+}
+
+type BTreeAttrs = std::collections::BTreeMap<String, Tensor>;
+
+/// A float tensor of `dtype` (fp16 or fp32) from f32 values.
+fn floats(dtype: DType, shape: &[usize], v: &[f32]) -> Result<Tensor, String> {
+    Ok(match dtype {
+        DType::F16 => Tensor::from_f32_as_f16(shape, v),
+        _ => Tensor::from_f32(shape, v),
+    })
+}
+
+/// Symmetric int8 along axis 0: per output channel, scale = max |w| / 127 (in the weight's
+/// dtype, so the dequantized weight has it), codes round(w / scale).
+fn int8(t: &Tensor) -> Result<(BTreeAttrs, usize), String> {
+    let v = t.to_f32_vec().ok_or("not a float tensor")?;
+    let channels = t.shape()[0];
+    let inner = v.len() / channels.max(1);
+    let mut scales = Vec::with_capacity(channels);
+    for row in v.chunks(inner.max(1)) {
+        let peak = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+        if !peak.is_finite() {
+            return Err("holds a non-finite value; it cannot be quantized".into());
+        }
+        let mut s = peak / INT8_MAX_CODE;
+        if t.dtype() == DType::F16 {
+            // The scale the package stores is fp16: quantize against that value.
+            s = f16::from_f32(s).to_f32();
+            if s == 0.0 && peak > 0.0 {
+                return Err(format!("its channel peak {peak:e} gives an int8 scale below fp16's range"));
+            }
+        }
+        scales.push(if s == 0.0 { 1.0 } else { s });
+    }
+    let codes: Vec<u8> = v
+        .iter()
+        .enumerate()
+        .map(|(k, &x)| (x / scales[k / inner.max(1)]).round().clamp(-INT8_MAX_CODE, INT8_MAX_CODE) as i8 as u8)
+        .collect();
+    let q = Tensor::from_bytes(DType::I8, t.shape(), codes).map_err(|e| e.to_string())?;
+    let zp = Tensor::from_bytes(DType::I8, &[channels], vec![0; channels]).map_err(|e| e.to_string())?;
+    let scale = floats(t.dtype(), &[channels], &scales)?;
+    let stored = q.byte_len() + zp.byte_len() + scale.byte_len();
+    let attrs = BTreeAttrs::from([
+        ("quantized_data".into(), q),
+        ("zero_point".into(), zp),
+        ("scale".into(), scale),
+        ("axis".into(), Tensor::i32_scalar(0)),
+    ]);
+    Ok((attrs, stored))
+}
+
+/// A 2^bits-entry table by 1-D k-means and each value's nearest entry, packed LSB first.
+fn palettize(t: &Tensor, bits: u32) -> Result<(BTreeAttrs, usize), String> {
+    let v = t.to_f32_vec().ok_or("not a float tensor")?;
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err("holds a non-finite value; it cannot be palettized".into());
+    }
+    let k = 1usize << bits;
+    let mut lut = kmeans_1d(&v, k);
+    if t.dtype() == DType::F16 {
+        // The table is stored in fp16: assign against the rounded entries.
+        for c in &mut lut {
+            *c = f16::from_f32(*c).to_f32();
+        }
+        lut.sort_by(f32::total_cmp);
+    }
+    let bounds: Vec<f32> = lut.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+    let mut packed = vec![0u8; (v.len() * bits as usize).div_ceil(8)];
+    for (i, &x) in v.iter().enumerate() {
+        let idx = bounds.partition_point(|&b| b < x);
+        for b in 0..bits as usize {
+            let bit = i * bits as usize + b;
+            packed[bit / 8] |= (((idx >> b) & 1) as u8) << (bit % 8);
+        }
+    }
+    let lut = floats(t.dtype(), &[k], &lut)?;
+    let indices = Tensor::from_bytes(DType::U8, &[packed.len()], packed).map_err(|e| e.to_string())?;
+    let shape: Vec<u8> = t.shape().iter().flat_map(|&d| (d as u32).to_le_bytes()).collect();
+    let shape = Tensor::from_bytes(DType::U32, &[t.shape().len()], shape).map_err(|e| e.to_string())?;
+    let stored = lut.byte_len() + indices.byte_len();
+    Ok((BTreeAttrs::from([("lut".into(), lut), ("indices".into(), indices), ("shape".into(), shape)]), stored))
+}
+
+/// `k` centroids of `values` (finite), ascending: Lloyd's iteration in one dimension, started
+/// evenly over the range. On sorted values each cluster is a run between midpoints of neighbouring
+/// centroids, so a round is k binary searches and prefix-sum means. Deterministic. Fewer
+/// distinct values than `k` are the table themselves (padded with the largest).
+pub fn kmeans_1d(values: &[f32], k: usize) -> Vec<f32> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable_by(f32::total_cmp);
+    let mut distinct = sorted.clone();
+    distinct.dedup();
+    if distinct.len() <= k {
+        let last = *distinct.last().unwrap_or(&0.0);
+        distinct.resize(k, last);
+        return distinct;
+    }
+    let n = sorted.len();
+    let mut prefix = Vec::with_capacity(n + 1);
+    prefix.push(0f64);
+    for &x in &sorted {
+        prefix.push(prefix.last().copied().unwrap_or(0.0) + f64::from(x));
+    }
+    // Started evenly over the range, so the tails (the rare large weights that matter most)
+    // keep entries of their own; quantile starts give them to the bulk near zero.
+    let (lo, hi) = (sorted[0], sorted[n - 1]);
+    let mut c: Vec<f32> = (0..k).map(|j| lo + (hi - lo) * (2 * j + 1) as f32 / (2 * k) as f32).collect();
+    for _ in 0..KMEANS_ROUNDS {
+        let mut next = c.clone();
+        let mut start = 0;
+        for j in 0..k {
+            let end = if j + 1 == k { n } else { sorted.partition_point(|&x| x <= (c[j] + c[j + 1]) / 2.0) };
+            if end > start {
+                next[j] = ((prefix[end] - prefix[start]) / (end - start) as f64) as f32;
+            }
+            start = end.max(start);
+        }
+        next.sort_by(f32::total_cmp);
+        if next == c {
+            break;
+        }
+        c = next;
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_bad_ones_say_what_is_accepted() {
+        assert_eq!(Spec::parse("int8", Opset::Ios16), Ok(Spec::Int8));
+        assert_eq!(Spec::parse("palettize:4", Opset::Ios17), Ok(Spec::Palettize(4)));
+        for (bad, says) in [
+            ("palettize:5", "1, 2, 4, 6 or 8"),
+            ("palettize:x", "number of bits"),
+            ("int4", "needs --target iOS18"),
+            ("int16", "unknown compression"),
+            ("auto", "not built yet"),
+        ] {
+            let e = Spec::parse(bad, Opset::Ios16).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(Spec::parse("int8", Opset::Ios15).unwrap_err().contains("iOS16"));
+    }
+
+    #[test]
+    fn kmeans_finds_well_separated_clusters_and_keeps_few_values_exact() {
+        let v: Vec<f32> = (0..300).map(|i| [-2.0, 0.5, 3.0][i % 3] + (i as f32 * 0.001) % 0.01).collect();
+        let c = kmeans_1d(&v, 4);
+        for centre in [-2.0, 0.5, 3.0] {
+            assert!(c.iter().any(|&x| (x - centre - 0.005).abs() < 0.01), "{c:?}");
+        }
+        assert_eq!(kmeans_1d(&[1.0, -1.0, 1.0], 4), [-1.0, 1.0, 1.0, 1.0]);
+    }
+}
