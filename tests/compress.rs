@@ -1,7 +1,7 @@
 //! Issue 16 (writing): `convert --compress int8 | palettize:N`. Our compressed packages
 //! type-check in coremltools, and coremltools' own decompression of them
 //! (`materialized_val_inference`) equals the dense weights we read back, bit for bit; the real
-//! all-MiniLM-L6-v2 at int8 stays within cosine 0.999 of transformers' sentence embeddings at
+//! all-MiniLM-L6-v2 at int8 and with 8-bit tables stays within cosine 0.999 of transformers' sentence embeddings at
 //! about half the bytes; bad specs are one clear line and exit 2.
 
 mod zoo_dir;
@@ -67,36 +67,39 @@ fn coremltools_decompresses_our_packages_to_the_weights_we_read() {
 
 #[test]
 #[ignore = "needs the MiniLM folder and coremltools from `make setup`; `make test` runs it"]
-fn real_minilm_at_int8_keeps_its_embeddings_at_half_the_bytes() {
+fn real_minilm_at_int8_and_8_bit_tables_keeps_its_embeddings_at_half_the_bytes() {
     let hf = hf();
     let dir = tempfile::tempdir().unwrap();
-    let (dense, int8) = (dir.path().join("fp16.mlpackage"), dir.path().join("int8.mlpackage"));
+    let dense = dir.path().join("fp16.mlpackage");
     let c = bin().arg("convert").arg(hf.join("minilm")).arg("-o").arg(&dense).output().unwrap();
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
-    let c = bin().arg("convert").arg(hf.join("minilm")).arg("-o").arg(&int8).args(["--compress", "int8", "--format", "json"]).output().unwrap();
-    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
-    let compressed = report["packages"][0]["compressed"].as_array().unwrap();
-    // The 6 layers' 36 projections, and the word and position embeddings.
-    assert!(compressed.len() >= 38 && compressed.iter().all(|w| w["how"] == "int8" && w["stored_bytes"].as_u64() < w["dense_bytes"].as_u64()), "{report}");
-    let (d, q) = (report_bytes(&dense), report_bytes(&int8));
-    assert!(q * 100 <= d * 55, "int8 package {q} bytes, fp16 {d}");
-    let o = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&int8).output().unwrap();
-    assert!(o.status.success(), "coremltools: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    for i in (0..).take_while(|i| hf.join(format!("minilm.{i}.inputs.npz")).is_file()) {
-        let v = bin()
-            .arg("validate")
-            .arg(&int8)
-            .arg("--inputs")
-            .arg(hf.join(format!("minilm.{i}.inputs.npz")))
-            .arg("--expected")
-            .arg(hf.join(format!("minilm.{i}.outputs.npz")))
-            .args(["--format", "json"])
-            .output()
-            .unwrap();
-        let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
-        let emb = r["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "sentence_embedding").unwrap();
-        assert!(emb["cosine"].as_f64().unwrap() >= 0.999, "sentence {i}: {emb}");
+    for spec in ["int8", "palettize:8"] {
+        let pkg = dir.path().join(format!("{}.mlpackage", spec.replace(':', "")));
+        let c = bin().arg("convert").arg(hf.join("minilm")).arg("-o").arg(&pkg).args(["--compress", spec, "--format", "json"]).output().unwrap();
+        assert!(c.status.success(), "{spec}: {}", String::from_utf8_lossy(&c.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+        let compressed = report["packages"][0]["compressed"].as_array().unwrap();
+        // The 6 layers' 36 projections, and the word and position embeddings.
+        assert!(compressed.len() >= 38 && compressed.iter().all(|w| w["how"] == spec && w["stored_bytes"].as_u64() < w["dense_bytes"].as_u64()), "{report}");
+        let (d, q) = (report_bytes(&dense), report_bytes(&pkg));
+        assert!(q * 100 <= d * 55, "{spec}: package {q} bytes, fp16 {d}");
+        let o = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&pkg).output().unwrap();
+        assert!(o.status.success(), "{spec}: coremltools: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        for i in (0..).take_while(|i| hf.join(format!("minilm.{i}.inputs.npz")).is_file()) {
+            let v = bin()
+                .arg("validate")
+                .arg(&pkg)
+                .arg("--inputs")
+                .arg(hf.join(format!("minilm.{i}.inputs.npz")))
+                .arg("--expected")
+                .arg(hf.join(format!("minilm.{i}.outputs.npz")))
+                .args(["--format", "json"])
+                .output()
+                .unwrap();
+            let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+            let emb = r["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "sentence_embedding").unwrap();
+            assert!(emb["cosine"].as_f64().unwrap() >= 0.999, "{spec}: sentence {i}: {emb}");
+        }
     }
 }
 
