@@ -296,7 +296,9 @@ fn finish(path: &Path, kind: Kind, built: Vec<Built>, side_files: Vec<PathBuf>, 
         if let Some(calibration) = &options.calibration {
             precision_notes.extend(auto_precision(&mut main, calibration).map_err(|e| input_error(path, format!("--precision auto: {e}")))?);
         }
-        let compressed = match options.compress {
+        // A Whisper folder's MelSpectrogram holds signal processing (DFT basis, mel filters),
+        // not learned weights: compressing it would change every input the model sees.
+        let compressed = match options.compress.filter(|_| !(matches!(kind, Kind::HfFolder(_)) && name == hf::whisper::MEL_PACKAGE)) {
             Some(spec) => passes::compress::run(&mut main, spec).map_err(|m| input_error(path, format!("--compress {}: {m}", spec.name())))?,
             None => Vec::new(),
         };
