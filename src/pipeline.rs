@@ -112,7 +112,7 @@ pub struct Options {
     /// Metadata, feature descriptions and output names for every built package.
     pub interface: Interface,
     /// `convert --compress`: large weights stored compressed, after everything else.
-    pub compress: Option<passes::compress::Spec>,
+    pub compress: Option<Compression>,
 }
 
 impl Default for Options {
@@ -130,6 +130,15 @@ impl Default for Options {
             compress: None,
         }
     }
+}
+
+/// What `convert --compress` asks for.
+#[derive(Clone, Debug)]
+pub struct Compression {
+    pub spec: passes::compress::Spec,
+    /// For `Spec::Auto`: what the compressed program must keep, and the inputs it is measured on.
+    pub gate: passes::compress::Gate,
+    pub calibration: Calibration,
 }
 
 /// Where `--precision auto` gets its inputs: an example (`--example`), or drawn with a seed as
@@ -187,6 +196,8 @@ pub struct Loaded {
     pub warnings: Vec<String>,
     /// Weights `--compress` stored compressed.
     pub compressed: Vec<passes::compress::Compressed>,
+    /// `--compress auto`: the drift the chosen bits give on the calibration inputs.
+    pub compression_gate: Option<String>,
 }
 
 /// A loaded model: one package (TorchScript, BERT, any `.mlpackage`) or several (Whisper), plus
@@ -210,7 +221,7 @@ pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
     let (built, side_files) = match kind {
         Kind::Package => {
             let model = package::read(path)?;
-            let loaded = Loaded { name: stem, model, passes: Vec::new(), precision_notes: Vec::new(), warnings: Vec::new(), compressed: Vec::new() };
+            let loaded = Loaded { name: stem, model, passes: Vec::new(), precision_notes: Vec::new(), warnings: Vec::new(), compressed: Vec::new(), compression_gate: None };
             return Ok(Loading { kind, packages: vec![loaded], side_files: Vec::new() });
         }
         Kind::TorchScript => {
@@ -298,13 +309,22 @@ fn finish(path: &Path, kind: Kind, built: Vec<Built>, side_files: Vec<PathBuf>, 
         }
         // A Whisper folder's MelSpectrogram holds signal processing (DFT basis, mel filters),
         // not learned weights: compressing it would change every input the model sees.
-        let compressed = match options.compress.filter(|_| !(matches!(kind, Kind::HfFolder(_)) && name == hf::whisper::MEL_PACKAGE)) {
-            Some(spec) => passes::compress::run(&mut main, spec).map_err(|m| input_error(path, format!("--compress {}: {m}", spec.name())))?,
-            None => Vec::new(),
+        let (compressed, compression_gate) = match options.compress.as_ref().filter(|_| !(matches!(kind, Kind::HfFolder(_)) && name == hf::whisper::MEL_PACKAGE)) {
+            Some(c) => {
+                let fail = |m: String| input_error(path, format!("--compress {}: {m}", c.spec.name()));
+                if c.spec == passes::compress::Spec::Auto {
+                    let inputs = calibration_inputs(&main, &c.calibration).map_err(fail)?;
+                    let (done, gate) = passes::compress::auto(&mut main, &inputs, c.gate).map_err(fail)?;
+                    (done, Some(gate))
+                } else {
+                    (passes::compress::run(&mut main, c.spec).map_err(fail)?, None)
+                }
+            }
+            None => (Vec::new(), None),
         };
         model.program.functions.insert("main".into(), main);
         apply_interface(&mut model, &options.interface).map_err(|m| input_error(path, m))?;
-        packages.push(Loaded { name, model, passes: changes, precision_notes, warnings, compressed });
+        packages.push(Loaded { name, model, passes: changes, precision_notes, warnings, compressed, compression_gate });
     }
     Ok(Loading { kind, packages, side_files })
 }
@@ -365,13 +385,18 @@ const AUTO_MAX_ERROR_OF_PEAK: f64 = 1e-2;
 /// that already overflowed takes that value's producer. Each round rewrites the original
 /// function with everything found so far, so neighbouring fp32 ops pass fp32 values to each
 /// other. Returns one line per op kept.
+/// The inputs `calibration` names for `main`.
+fn calibration_inputs(main: &crate::mil::Function, calibration: &Calibration) -> Result<Vec<(String, crate::interp::Array)>, String> {
+    match calibration {
+        Calibration::Example(given) => crate::validate::inputs_from(main, given.clone()),
+        Calibration::Random { seed } => crate::validate::random_inputs(main, *seed),
+    }
+    .map_err(|e| e.to_string())
+}
+
 fn auto_precision(main: &mut crate::mil::Function, calibration: &Calibration) -> Result<Vec<String>, String> {
     use crate::validate;
-    let inputs = match calibration {
-        Calibration::Example(given) => validate::inputs_from(main, given.clone()),
-        Calibration::Random { seed } => validate::random_inputs(main, *seed),
-    }
-    .map_err(|e| e.to_string())?;
+    let inputs = calibration_inputs(main, calibration)?;
     let original = main.clone();
     let candidates: std::collections::HashMap<&str, &crate::mil::Operation> = original
         .block

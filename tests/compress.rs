@@ -103,6 +103,54 @@ fn real_minilm_at_int8_and_8_bit_tables_keeps_its_embeddings_at_half_the_bytes()
     }
 }
 
+/// `--compress auto`: bits chosen per weight, and the package as written (read back, run in
+/// our interpreter) keeps the gate against the uncompressed conversion on the calibration
+/// inputs, as `validate --against` measures it.
+#[test]
+#[ignore = "needs the zoo from `make setup`; `make test` runs it"]
+fn compress_auto_keeps_its_gate_on_the_package_as_written() {
+    let zoo = zoo_dir::zoo();
+    let dir = tempfile::tempdir().unwrap();
+    let (dense, auto) = (dir.path().join("dense.mlpackage"), dir.path().join("auto.mlpackage"));
+    zoo_dir::convert("bert", &dense, &[]);
+    for (gate, psnr) in [(&["--max-drift", "psnr:40"][..], 40.0), (&["--min-cosine", "0.999"][..], f64::NEG_INFINITY)] {
+        let c = bin()
+            .arg("convert")
+            .arg(zoo.join("bert.pt"))
+            .arg("-o")
+            .arg(&auto)
+            .arg("--example")
+            .arg(zoo.join("bert.inputs.npz"))
+            .args(["--compress", "auto", "--force", "--format", "json"])
+            .args(gate)
+            .output()
+            .unwrap();
+        assert!(c.status.success(), "{gate:?}: {}", String::from_utf8_lossy(&c.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+        let p = &report["packages"][0];
+        let weights = p["compressed"].as_array().unwrap();
+        assert!(!weights.is_empty() && weights.iter().all(|w| ["palettize:8", "palettize:6", "palettize:4", "palettize:2"].contains(&w["how"].as_str().unwrap())), "{p}");
+        assert!(p["compression_gate"].as_str().unwrap().contains("worst output"), "{p}");
+        let v = bin()
+            .arg("validate")
+            .arg(&auto)
+            .arg("--against")
+            .arg(&dense)
+            .arg("--inputs")
+            .arg(zoo.join("bert.inputs.npz"))
+            .args(["--format", "json"])
+            .output()
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+        for o in r["outputs"].as_array().unwrap() {
+            assert!(o["psnr_db"].as_f64().unwrap() >= psnr, "{gate:?}: {o}");
+            if gate[0] == "--min-cosine" {
+                assert!(o["cosine"].as_f64().unwrap() >= 0.999, "{gate:?}: {o}");
+            }
+        }
+    }
+}
+
 /// Bytes of the weight file of `pkg`.
 fn report_bytes(pkg: &Path) -> u64 {
     std::fs::metadata(pkg.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap().len()
@@ -117,12 +165,14 @@ fn bad_specs_are_one_line_and_exit_2() {
         ("int4", "iOS16", "needs --target iOS18"),
         ("int8", "iOS15", "iOS16 or later"),
         ("zip", "iOS16", "unknown compression"),
+        ("int8 --max-drift psnr:30", "iOS16", "gate of --compress auto"),
+        ("auto --max-drift 30", "iOS16", "expected psnr:DB"),
     ] {
         let out = dir.path().join("x.mlpackage");
-        let o = bin().arg("convert").arg(&model).arg("-o").arg(&out).args(["--input", "x:1x3x6x6", "--compress", spec, "--target", target]).output().unwrap();
+        let o = bin().arg("convert").arg(&model).arg("-o").arg(&out).args(["--input", "x:1x3x6x6", "--target", target, "--compress"]).args(spec.split(' ')).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{spec}: {err}");
-        assert!(err.lines().count() == 1 && err.contains("--compress") && err.contains(says), "{spec}: {err}");
+        assert!(err.lines().count() == 1 && (err.contains("--compress") || err.contains("--max-drift")) && err.contains(says), "{spec}: {err}");
         assert!(!out.exists(), "{spec}: wrote a package");
     }
 }

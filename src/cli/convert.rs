@@ -36,7 +36,9 @@ pub struct Args {
     /// one per forward() argument, matched by name, else by position. DTYPE defaults to fp32.
     #[arg(long = "input", value_name = "NAME:DIMS:DTYPE")]
     pub inputs: Vec<String>,
-    /// Take input names, shapes and dtypes from the arrays of an example .npz instead.
+    /// Take input names, shapes and dtypes from the arrays of an example .npz instead (for a
+    /// traced model); the same arrays are the calibration inputs of `--precision auto` and
+    /// `--compress auto` (for a Hugging Face folder, only that).
     #[arg(long, value_name = "INPUTS.npz", conflicts_with = "inputs")]
     pub example: Option<PathBuf>,
     /// Compute precision of the package.
@@ -55,14 +57,24 @@ pub struct Args {
     /// `inspect` and `validate --per-op` show them, e.g. `layer_norm,*attn*`.
     #[arg(long, value_name = "PATTERN,...", value_delimiter = ',')]
     pub fp32_ops: Vec<String>,
-    /// Seed of the random calibration inputs of `--precision auto` (without `--example`).
+    /// Seed of the random calibration inputs of `--precision auto` and `--compress auto`
+    /// (without `--example`).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Store large weights compressed (iOS16+): `int8` (per-channel symmetric linear) or
-    /// `palettize:N` (an N-bit k-means table per tensor, N = 1, 2, 4, 6, 8). Weights of rank ≥ 2
-    /// with at least 2048 elements are compressed; biases, norms and small tensors are not.
+    /// Store large weights compressed (iOS16+): `int8` (per-channel symmetric linear),
+    /// `palettize:N` (an N-bit k-means table per tensor, N = 1, 2, 4, 6, 8), or `auto` (8, 6, 4
+    /// or 2 bits per weight, as few as the gate allows on calibration inputs: `--example`, else
+    /// random with `--seed`). Weights of rank ≥ 2 with at least 2048 elements are compressed;
+    /// biases, norms and small tensors are not.
     #[arg(long, value_name = "SPEC")]
     pub compress: Option<String>,
+    /// `--compress auto` gate: least PSNR (dB, against each output's peak) of every output
+    /// against the uncompressed program, as `psnr:DB` (default psnr:35).
+    #[arg(long, value_name = "psnr:DB", requires = "compress")]
+    pub max_drift: Option<String>,
+    /// `--compress auto` gate: least cosine of every output (for embeddings).
+    #[arg(long, value_name = "C", requires = "compress")]
+    pub min_cosine: Option<f64>,
     /// Model author (package metadata, shown by Xcode).
     #[arg(long)]
     pub author: Option<String>,
@@ -228,6 +240,33 @@ fn key_value(flag: &str, s: &str) -> anyhow::Result<(String, String)> {
 const MAX_INPUT_ELEMENTS: usize = i32::MAX as usize;
 
 /// Non-const ops of `model`'s main function.
+/// `--compress` with its gate and calibration inputs; gate flags without `auto` are refused.
+fn compression(args: &Args, opset: Opset) -> anyhow::Result<Option<pipeline::Compression>> {
+    let Some(c) = &args.compress else { return Ok(None) };
+    let spec = passes::compress::Spec::parse(c, opset).map_err(|e| anyhow::anyhow!("--compress {e}"))?;
+    if spec != passes::compress::Spec::Auto && (args.max_drift.is_some() || args.min_cosine.is_some()) {
+        bail!("--max-drift and --min-cosine are the gate of --compress auto; `{c}` has no gate");
+    }
+    let mut gate = passes::compress::Gate::default();
+    if let Some(d) = &args.max_drift {
+        gate.min_psnr_db = d.strip_prefix("psnr:").and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite()).with_context(|| format!("--max-drift `{d}`: expected psnr:DB, e.g. psnr:35"))?;
+    }
+    if let Some(c) = args.min_cosine {
+        if !(-1.0..=1.0).contains(&c) {
+            bail!("--min-cosine {c}: a cosine is between -1 and 1");
+        }
+        gate.min_cosine = c;
+        if args.max_drift.is_none() {
+            gate.min_psnr_db = f64::NEG_INFINITY;
+        }
+    }
+    let calibration = match &args.example {
+        Some(npz) => pipeline::Calibration::Example(npz::read(npz)?),
+        None => pipeline::Calibration::Random { seed: args.seed },
+    };
+    Ok(Some(pipeline::Compression { spec, gate, calibration }))
+}
+
 fn compute_ops(model: &Model) -> usize {
     model.program.main().map_or(0, |f| f.block.walk_ops().iter().filter(|o| o.op_type != "const" && !o.op_type.starts_with("constexpr_")).count())
 }
@@ -274,12 +313,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         opset,
         precision,
         ane: !args.no_ane,
-        inputs: input_specs(&args.inputs, args.example.as_deref())?,
+        inputs: input_specs(&args.inputs, args.example.as_deref().filter(|_| !args.model.is_dir()))?,
         seq_len: args.seq_len,
         fp32_ops,
         calibration,
         interface,
-        compress: args.compress.as_deref().map(|c| passes::compress::Spec::parse(c, opset)).transpose().map_err(|e| anyhow::anyhow!("--compress {e}"))?,
+        compress: compression(args, opset)?,
     };
     let progress = Progress::new();
     progress.stage("loading and optimizing");
@@ -312,6 +351,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 "passes": p.passes.iter().map(|(name, c)| json!({"name": name, "changes": c})).collect::<Vec<_>>(),
                 "precision_notes": p.precision_notes.iter().chain(&w.precision_notes).collect::<Vec<_>>(),
                 "compressed": p.compressed,
+                "compression_gate": p.compression_gate,
                 "warnings": p.warnings,
             })).collect::<Vec<_>>(),
             "seconds": seconds,
@@ -323,9 +363,17 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 for note in p.precision_notes.iter().chain(&w.precision_notes) {
                     s += &format!("    fp16: {note}\n");
                 }
-                if let Some(first) = p.compressed.first() {
+                if !p.compressed.is_empty() {
                     let (stored, dense) = p.compressed.iter().fold((0, 0), |(s, d), c| (s + c.stored_bytes, d + c.dense_bytes));
-                    s += &format!("    compressed: {} weights {} ({} stored for {} dense)\n", p.compressed.len(), first.how, output::human_bytes(stored as u64), output::human_bytes(dense as u64));
+                    let mut counts = std::collections::BTreeMap::new();
+                    for c in &p.compressed {
+                        *counts.entry(c.how.as_str()).or_insert(0) += 1;
+                    }
+                    let how: Vec<String> = counts.iter().map(|(h, n)| format!("{n} {h}")).collect();
+                    s += &format!("    compressed: {} weights ({}), {} stored for {} dense\n", p.compressed.len(), how.join(", "), output::human_bytes(stored as u64), output::human_bytes(dense as u64));
+                }
+                if let Some(g) = &p.compression_gate {
+                    s += &format!("    compress auto: {g}\n");
                 }
             }
             s

@@ -13,7 +13,8 @@
 
 use half::f16;
 
-use crate::mil::{DType, Function, Opset, Tensor};
+use crate::interp::Array;
+use crate::mil::{DType, Function, Operation, Opset, Tensor};
 
 /// Fewest elements a compressed weight has: coremltools' default `weight_threshold` (2048);
 /// below it the bytes saved are few and the table or scales cost a larger share.
@@ -33,6 +34,8 @@ pub enum Spec {
     Int8,
     /// A per-tensor look-up table of 2^bits values.
     Palettize(u32),
+    /// Tables of [`AUTO_BITS`] bits chosen per weight by [`auto`] under a [`Gate`].
+    Auto,
 }
 
 impl Spec {
@@ -56,7 +59,7 @@ impl Spec {
             ["int4", ..] => {
                 return Err(format!("`{s}`: int4 is iOS18's blockwise form{}, not written yet; use int8 or palettize:4", if opset < Opset::Ios18 { " (and needs --target iOS18)" } else { "" }))
             }
-            ["auto"] => return Err("`auto` (bits chosen per layer by an accuracy gate) is not built yet; use int8 or palettize:N".into()),
+            ["auto"] => Spec::Auto,
             _ => return Err(format!("`{crate_s}`: unknown compression; use int8 or palettize:N (N = 1, 2, 4, 6, 8)", crate_s = crate::files::shown(s))),
         };
         if opset < Opset::Ios16 {
@@ -70,6 +73,7 @@ impl Spec {
         match self {
             Spec::Int8 => "int8".into(),
             Spec::Palettize(b) => format!("palettize:{b}"),
+            Spec::Auto => "auto".into(),
         }
     }
 }
@@ -87,39 +91,160 @@ pub struct Compressed {
     pub dense_bytes: usize,
 }
 
-/// Replaces every eligible constant of `f`'s top block by its compressed form (weights in
-/// parallel), returning what was compressed.
-pub fn run(f: &mut Function, spec: Spec) -> Result<Vec<Compressed>, String> {
-    let eligible = |op: &crate::mil::Operation| {
-        op.const_val().is_some_and(|t| matches!(t.dtype(), DType::F16 | DType::F32) && t.shape().len() >= 2 && t.len() >= MIN_ELEMENTS)
-    };
-    let picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
-    let mut done: Vec<Option<Result<(BTreeAttrs, usize), String>>> = vec![None; picked.len()];
+/// Whether `op` is a weight `--compress` compresses (see the module doc).
+fn eligible(op: &Operation) -> bool {
+    op.const_val().is_some_and(|t| matches!(t.dtype(), DType::F16 | DType::F32) && t.shape().len() >= 2 && t.len() >= MIN_ELEMENTS)
+}
+
+/// The compressed forms of the consts at `picked` (op indices of `f`'s top block), each at each
+/// of `specs`, computed on all cores: `out[w][s]` is weight `w` at `specs[s]`.
+fn compress_all(f: &Function, picked: &[usize], specs: &[Spec]) -> Result<Vec<Vec<Form>>, String> {
     let ops = &f.block.operations;
-    let work = picked.iter().map(|&i| ops[i].const_val().map_or(0, Tensor::len) * 16).sum();
+    let jobs: Vec<(usize, Spec)> = picked.iter().flat_map(|&i| specs.iter().map(move |&s| (i, s))).collect();
+    let mut done: Vec<Option<Result<Form, String>>> = vec![None; jobs.len()];
+    let work = jobs.iter().map(|&(i, _)| ops[i].const_val().map_or(0, Tensor::len) * 16).sum();
     crate::numeric::par::for_rows(&mut done, 1, work, |first, part| {
         for (k, slot) in part.iter_mut().enumerate() {
-            let t = ops[picked[first + k]].const_val().expect("picked consts");
-            *slot = Some(match spec {
-                Spec::Int8 => int8(t),
-                Spec::Palettize(bits) => palettize(t, bits),
-            });
+            let (i, spec) = jobs[first + k];
+            let t = ops[i].const_val().expect("picked consts");
+            let r = match spec {
+                Spec::Int8 => int8(t).map(|(a, n)| Form { op_type: "constexpr_affine_dequantize", attributes: a, stored_bytes: n, how: spec.name() }),
+                Spec::Palettize(bits) => palettize(t, bits).map(|(a, n)| Form { op_type: "constexpr_lut_to_dense", attributes: a, stored_bytes: n, how: spec.name() }),
+                Spec::Auto => Err("auto is not one compression".into()),
+            };
+            *slot = Some(r.map_err(|e| format!("weight `{}`: {e}", ops[i].name)));
         }
     });
-    let (op_type, how) = match spec {
-        Spec::Int8 => ("constexpr_affine_dequantize", spec.name()),
-        Spec::Palettize(_) => ("constexpr_lut_to_dense", spec.name()),
-    };
-    let mut report = Vec::with_capacity(picked.len());
-    for (&i, r) in picked.iter().zip(done) {
-        let op = &mut f.block.operations[i];
-        let (attributes, stored_bytes) = r.expect("every slot is filled").map_err(|e| format!("weight `{}`: {e}", op.name))?;
-        let dense_bytes = op.const_val().map_or(0, Tensor::byte_len);
-        op.op_type = op_type.into();
-        op.attributes = attributes;
-        report.push(Compressed { name: op.outputs[0].name.clone(), how: how.clone(), stored_bytes, dense_bytes });
+    let mut flat = done.into_iter().map(|r| r.expect("every slot is filled"));
+    picked.iter().map(|_| specs.iter().map(|_| flat.next().expect("one per job")).collect()).collect()
+}
+
+/// One weight in one compressed form.
+#[derive(Clone)]
+struct Form {
+    op_type: &'static str,
+    attributes: BTreeAttrs,
+    stored_bytes: usize,
+    how: String,
+}
+
+/// Makes const op `i` of `f` the compressed `form`; returns its report line.
+fn apply(f: &mut Function, i: usize, form: &Form) -> Compressed {
+    let op = &mut f.block.operations[i];
+    let dense_bytes = op.const_val().map_or(0, Tensor::byte_len);
+    op.op_type = form.op_type.into();
+    op.attributes = form.attributes.clone();
+    Compressed { name: op.outputs[0].name.clone(), how: form.how.clone(), stored_bytes: form.stored_bytes, dense_bytes }
+}
+
+/// Replaces every eligible constant of `f`'s top block by its compressed form (weights in
+/// parallel), returning what was compressed. `Spec::Auto` goes through [`auto`] instead.
+pub fn run(f: &mut Function, spec: Spec) -> Result<Vec<Compressed>, String> {
+    let picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
+    let forms = compress_all(f, &picked, &[spec])?;
+    Ok(picked.iter().zip(&forms).map(|(&i, w)| apply(f, i, &w[0])).collect())
+}
+
+/// Table sizes `--compress auto` chooses from, most accurate first.
+pub const AUTO_BITS: &[u32] = &[8, 6, 4, 2];
+
+/// What `--compress auto` must keep, measured on every output against the uncompressed
+/// program on calibration inputs: the worst output's PSNR (against its peak) and cosine.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gate {
+    pub min_psnr_db: f64,
+    pub min_cosine: f64,
+}
+
+impl Default for Gate {
+    /// PSNR ≥ 35 dB, whisperkittools' gate for compressed Whisper layers; cosine unchecked.
+    fn default() -> Gate {
+        Gate { min_psnr_db: 35.0, min_cosine: -1.0 }
     }
-    Ok(report)
+}
+
+/// The worst output's PSNR and cosine of `f` (compressed forms folded) on `inputs` against
+/// `reference`.
+fn measure(f: &Function, inputs: &[(String, Array)], reference: &[(String, Array)]) -> Result<(f64, f64), String> {
+    let mut g = f.clone();
+    crate::mil::constexpr::fold(&mut g)?;
+    let out = crate::interp::run(&g, inputs).map_err(|e| e.to_string())?;
+    let criterion = crate::validate::metrics::Criterion::Scaled { min_psnr_db: 0.0, max_error_of_peak: 1.0 };
+    let reports = crate::validate::compare(&out, reference, criterion).map_err(|e| e.to_string())?;
+    Ok(reports.iter().fold((f64::INFINITY, f64::INFINITY), |(p, c), r| (p.min(r.drift.psnr_db), c.min(r.drift.cosine))))
+}
+
+/// `--compress auto`: one table per weight of [`AUTO_BITS`] bits, as few as `gate` allows on
+/// `inputs`. Each weight's sensitivity is its drift alone at 4 bits; from all at 8 bits, the
+/// least sensitive weights step down first, one level at a time, each step kept only when the
+/// whole program still passes the gate. A weight that fails the gate even at 8 bits stays
+/// dense. Returns what was compressed and a line with the final worst PSNR and cosine.
+pub fn auto(f: &mut Function, inputs: &[(String, Array)], gate: Gate) -> Result<(Vec<Compressed>, String), String> {
+    let reference = crate::interp::run(f, inputs).map_err(|e| e.to_string())?;
+    let passes = |m: (f64, f64)| m.0 >= gate.min_psnr_db && m.1 >= gate.min_cosine;
+    let picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
+    let specs: Vec<Spec> = AUTO_BITS.iter().map(|&b| Spec::Palettize(b)).collect();
+    let forms = compress_all(f, &picked, &specs)?;
+    let with = |choice: &[Option<usize>]| {
+        let mut g = f.clone();
+        for (w, c) in choice.iter().enumerate() {
+            if let Some(level) = c {
+                apply(&mut g, picked[w], &forms[w][*level]);
+            }
+        }
+        g
+    };
+    let probe = AUTO_BITS.iter().position(|&b| b == 4).unwrap_or(0);
+    let mut sensitivity = Vec::with_capacity(picked.len());
+    for w in 0..picked.len() {
+        let mut alone = vec![None; picked.len()];
+        alone[w] = Some(probe);
+        sensitivity.push(measure(&with(&alone), inputs, &reference)?.0);
+    }
+    let mut order: Vec<usize> = (0..picked.len()).collect();
+    order.sort_by(|&a, &b| sensitivity[b].total_cmp(&sensitivity[a]));
+    let mut choice: Vec<Option<usize>> = vec![Some(0); picked.len()];
+    let mut metric = measure(&with(&choice), inputs, &reference)?;
+    if !passes(metric) {
+        // Even 8 bits everywhere fails: add weights at 8 bits, least sensitive first, while it passes.
+        choice = vec![None; picked.len()];
+        metric = measure(&with(&choice), inputs, &reference)?;
+        for &w in &order {
+            choice[w] = Some(0);
+            let m = measure(&with(&choice), inputs, &reference)?;
+            if passes(m) {
+                metric = m;
+            } else {
+                choice[w] = None;
+            }
+        }
+    }
+    let mut stuck = vec![false; picked.len()];
+    for level in 1..AUTO_BITS.len() {
+        for &w in &order {
+            if stuck[w] || choice[w] != Some(level - 1) {
+                continue;
+            }
+            choice[w] = Some(level);
+            let m = measure(&with(&choice), inputs, &reference)?;
+            if passes(m) {
+                metric = m;
+            } else {
+                choice[w] = Some(level - 1);
+                stuck[w] = true;
+            }
+        }
+    }
+    let report = picked.iter().zip(&choice).enumerate().filter_map(|(w, (&i, c))| c.map(|level| apply(f, i, &forms[w][level]))).collect();
+    let mut limits = Vec::new();
+    if gate.min_psnr_db > f64::NEG_INFINITY {
+        limits.push(format!("PSNR >= {} dB", gate.min_psnr_db));
+    }
+    if gate.min_cosine > -1.0 {
+        limits.push(format!("cosine >= {}", gate.min_cosine));
+    }
+    let summary = format!("worst output on the calibration inputs: PSNR {:.1} dB, cosine {:.6} (gate: {})", metric.0, metric.1, limits.join(", "));
+    Ok((report, summary))
 }
 
 type BTreeAttrs = std::collections::BTreeMap<String, Tensor>;
@@ -282,12 +407,12 @@ mod tests {
     fn specs_parse_and_bad_ones_say_what_is_accepted() {
         assert_eq!(Spec::parse("int8", Opset::Ios16), Ok(Spec::Int8));
         assert_eq!(Spec::parse("palettize:4", Opset::Ios17), Ok(Spec::Palettize(4)));
+        assert_eq!(Spec::parse("auto", Opset::Ios16), Ok(Spec::Auto));
         for (bad, says) in [
             ("palettize:5", "1, 2, 4, 6 or 8"),
             ("palettize:x", "number of bits"),
             ("int4", "needs --target iOS18"),
             ("int16", "unknown compression"),
-            ("auto", "not built yet"),
         ] {
             let e = Spec::parse(bad, Opset::Ios16).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
