@@ -135,9 +135,11 @@ impl Default for Options {
 /// What `convert --compress` asks for.
 #[derive(Clone, Debug)]
 pub struct Compression {
+    /// The compression (`--compress SPEC`).
     pub spec: passes::compress::Spec,
-    /// For `Spec::Auto`: what the compressed program must keep, and the inputs it is measured on.
+    /// For `Spec::Auto`: what the compressed program must keep.
     pub gate: passes::compress::Gate,
+    /// For `Spec::Auto`: the inputs the gate is measured on.
     pub calibration: Calibration,
 }
 

@@ -7,9 +7,12 @@
 //! `package::read` (through `mil::constexpr::fold`) reads the result back as dense weights, so
 //! `validate` and `inspect` see what Core ML will compute with.
 //!
-//! Which weights: float constants of rank ≥ 2 with at least [`MIN_ELEMENTS`] elements (the
-//! weights of linear, convolution, matmul and embedding layers). Biases, norm parameters and
-//! small tensors stay as they are, as coremltools' `weight_threshold` default leaves them.
+//! `auto` picks a table size per weight under an accuracy gate ([`auto`]).
+//!
+//! Which weights: finite float constants of rank ≥ 2 with at least [`MIN_ELEMENTS`] elements
+//! (the weights of linear, convolution, matmul and embedding layers). Biases, norm parameters
+//! and small tensors stay as they are, as coremltools' `weight_threshold` default leaves them,
+//! and so do constants holding ±inf or NaN (attention masks).
 
 use half::f16;
 
@@ -97,26 +100,38 @@ fn eligible(op: &Operation) -> bool {
 }
 
 /// The compressed forms of the consts at `picked` (op indices of `f`'s top block), each at each
-/// of `specs`, computed on all cores: `out[w][s]` is weight `w` at `specs[s]`.
-fn compress_all(f: &Function, picked: &[usize], specs: &[Spec]) -> Result<Vec<Vec<Form>>, String> {
+/// of `specs`, computed on all cores: `out[w][s]` is weight `w` at `specs[s]`. A constant
+/// holding ±inf or NaN (an attention mask, not a weight) has no forms and is dropped from
+/// `picked`.
+fn compress_all(f: &Function, picked: &mut Vec<usize>, specs: &[Spec]) -> Result<Vec<Vec<Form>>, String> {
     let ops = &f.block.operations;
     let jobs: Vec<(usize, Spec)> = picked.iter().flat_map(|&i| specs.iter().map(move |&s| (i, s))).collect();
-    let mut done: Vec<Option<Result<Form, String>>> = vec![None; jobs.len()];
+    let mut done: Vec<Option<Result<Option<Form>, String>>> = vec![None; jobs.len()];
     let work = jobs.iter().map(|&(i, _)| ops[i].const_val().map_or(0, Tensor::len) * 16).sum();
     crate::numeric::par::for_rows(&mut done, 1, work, |first, part| {
         for (k, slot) in part.iter_mut().enumerate() {
             let (i, spec) = jobs[first + k];
             let t = ops[i].const_val().expect("picked consts");
             let r = match spec {
-                Spec::Int8 => int8(t).map(|(a, n)| Form { op_type: "constexpr_affine_dequantize", attributes: a, stored_bytes: n, how: spec.name() }),
-                Spec::Palettize(bits) => palettize(t, bits).map(|(a, n)| Form { op_type: "constexpr_lut_to_dense", attributes: a, stored_bytes: n, how: spec.name() }),
+                Spec::Int8 => int8(t).map(|r| r.map(|(a, n)| Form { op_type: "constexpr_affine_dequantize", attributes: a, stored_bytes: n, how: spec.name() })),
+                Spec::Palettize(bits) => palettize(t, bits).map(|r| r.map(|(a, n)| Form { op_type: "constexpr_lut_to_dense", attributes: a, stored_bytes: n, how: spec.name() })),
                 Spec::Auto => Err("auto is not one compression".into()),
             };
             *slot = Some(r.map_err(|e| format!("weight `{}`: {e}", ops[i].name)));
         }
     });
     let mut flat = done.into_iter().map(|r| r.expect("every slot is filled"));
-    picked.iter().map(|_| specs.iter().map(|_| flat.next().expect("one per job")).collect()).collect()
+    let mut forms = Vec::with_capacity(picked.len());
+    let mut kept = Vec::with_capacity(picked.len());
+    for &i in picked.iter() {
+        let each: Vec<Option<Form>> = specs.iter().map(|_| flat.next().expect("one per job")).collect::<Result<_, _>>()?;
+        if let Some(each) = each.into_iter().collect::<Option<Vec<Form>>>() {
+            forms.push(each);
+            kept.push(i);
+        }
+    }
+    *picked = kept;
+    Ok(forms)
 }
 
 /// One weight in one compressed form.
@@ -140,8 +155,8 @@ fn apply(f: &mut Function, i: usize, form: &Form) -> Compressed {
 /// Replaces every eligible constant of `f`'s top block by its compressed form (weights in
 /// parallel), returning what was compressed. `Spec::Auto` goes through [`auto`] instead.
 pub fn run(f: &mut Function, spec: Spec) -> Result<Vec<Compressed>, String> {
-    let picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
-    let forms = compress_all(f, &picked, &[spec])?;
+    let mut picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
+    let forms = compress_all(f, &mut picked, &[spec])?;
     Ok(picked.iter().zip(&forms).map(|(&i, w)| apply(f, i, &w[0])).collect())
 }
 
@@ -152,7 +167,9 @@ pub const AUTO_BITS: &[u32] = &[8, 6, 4, 2];
 /// program on calibration inputs: the worst output's PSNR (against its peak) and cosine.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gate {
+    /// Least PSNR in dB (`--max-drift psnr:DB`); −∞ when only a cosine is asked for.
     pub min_psnr_db: f64,
+    /// Least cosine (`--min-cosine`); −1 checks nothing.
     pub min_cosine: f64,
 }
 
@@ -182,9 +199,9 @@ fn measure(f: &Function, inputs: &[(String, Array)], reference: &[(String, Array
 pub fn auto(f: &mut Function, inputs: &[(String, Array)], gate: Gate) -> Result<(Vec<Compressed>, String), String> {
     let reference = crate::interp::run(f, inputs).map_err(|e| e.to_string())?;
     let passes = |m: (f64, f64)| m.0 >= gate.min_psnr_db && m.1 >= gate.min_cosine;
-    let picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
+    let mut picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
     let specs: Vec<Spec> = AUTO_BITS.iter().map(|&b| Spec::Palettize(b)).collect();
-    let forms = compress_all(f, &picked, &specs)?;
+    let forms = compress_all(f, &mut picked, &specs)?;
     let with = |choice: &[Option<usize>]| {
         let mut g = f.clone();
         for (w, c) in choice.iter().enumerate() {
@@ -259,7 +276,7 @@ fn floats(dtype: DType, shape: &[usize], v: &[f32]) -> Result<Tensor, String> {
 
 /// Symmetric int8 along axis 0: per output channel, scale = max |w| / 127 (in the weight's
 /// dtype, so the dequantized weight has it), codes round(w / scale).
-fn int8(t: &Tensor) -> Result<(BTreeAttrs, usize), String> {
+fn int8(t: &Tensor) -> Result<Option<(BTreeAttrs, usize)>, String> {
     let v = t.to_f32_vec().ok_or("not a float tensor")?;
     let channels = t.shape()[0];
     let inner = v.len() / channels.max(1);
@@ -267,7 +284,7 @@ fn int8(t: &Tensor) -> Result<(BTreeAttrs, usize), String> {
     for row in v.chunks(inner.max(1)) {
         let peak = row.iter().fold(0f32, |m, x| m.max(x.abs()));
         if !peak.is_finite() {
-            return Err("holds a non-finite value; it cannot be quantized".into());
+            return Ok(None);
         }
         let mut s = peak / INT8_MAX_CODE;
         if t.dtype() == DType::F16 {
@@ -294,14 +311,14 @@ fn int8(t: &Tensor) -> Result<(BTreeAttrs, usize), String> {
         ("scale".into(), scale),
         ("axis".into(), Tensor::i32_scalar(0)),
     ]);
-    Ok((attrs, stored))
+    Ok(Some((attrs, stored)))
 }
 
 /// A 2^bits-entry table by 1-D k-means and each value's nearest entry, packed LSB first.
-fn palettize(t: &Tensor, bits: u32) -> Result<(BTreeAttrs, usize), String> {
+fn palettize(t: &Tensor, bits: u32) -> Result<Option<(BTreeAttrs, usize)>, String> {
     let v = t.to_f32_vec().ok_or("not a float tensor")?;
     if v.iter().any(|x| !x.is_finite()) {
-        return Err("holds a non-finite value; it cannot be palettized".into());
+        return Ok(None);
     }
     let k = 1usize << bits;
     let mut lut = kmeans_1d(&v, k);
@@ -326,7 +343,7 @@ fn palettize(t: &Tensor, bits: u32) -> Result<(BTreeAttrs, usize), String> {
     let shape: Vec<u8> = t.shape().iter().flat_map(|&d| (d as u32).to_le_bytes()).collect();
     let shape = Tensor::from_bytes(DType::U32, &[t.shape().len()], shape).map_err(|e| e.to_string())?;
     let stored = lut.byte_len() + indices.byte_len();
-    Ok((BTreeAttrs::from([("lut".into(), lut), ("indices".into(), indices), ("shape".into(), shape)]), stored))
+    Ok(Some((BTreeAttrs::from([("lut".into(), lut), ("indices".into(), indices), ("shape".into(), shape)]), stored)))
 }
 
 /// `k` centroids of `values` (finite), ascending: Lloyd's iteration in one dimension, started
@@ -377,11 +394,12 @@ const START_BINS: usize = 4096;
 /// Dite). Plain quantiles leave the rare large weights to the bulk's clusters, and even spacing
 /// leaves most centroids in empty tails, where Lloyd's iteration cannot move them.
 fn companded_start(sorted: &[f32], k: usize) -> Vec<f32> {
-    let (lo, hi) = (sorted[0], sorted[sorted.len() - 1]);
-    let width = (hi - lo) / START_BINS as f32;
+    // In f64: the range of fp32 values may overflow fp32.
+    let (lo, hi) = (f64::from(sorted[0]), f64::from(sorted[sorted.len() - 1]));
+    let width = (hi - lo) / START_BINS as f64;
     let mut counts = vec![0usize; START_BINS];
     for &x in sorted {
-        counts[(((x - lo) / width) as usize).min(START_BINS - 1)] += 1;
+        counts[(((f64::from(x) - lo) / width) as usize).min(START_BINS - 1)] += 1;
     }
     let density: Vec<f64> = counts.iter().map(|&c| (c as f64).cbrt()).collect();
     let total: f64 = density.iter().sum();
@@ -394,7 +412,7 @@ fn companded_start(sorted: &[f32], k: usize) -> Vec<f32> {
             bin += 1;
         }
         let within = if density[bin] > 0.0 { ((target - below) / density[bin]).clamp(0.0, 1.0) } else { 0.5 };
-        out.push(lo + width * (bin as f32 + within as f32));
+        out.push((lo + width * (bin as f64 + within)) as f32);
     }
     out
 }
@@ -418,6 +436,23 @@ mod tests {
             assert!(e.contains(says), "{bad}: {e}");
         }
         assert!(Spec::parse("int8", Opset::Ios15).unwrap_err().contains("iOS16"));
+    }
+
+    #[test]
+    fn masks_with_infinities_stay_dense_and_weights_are_compressed() {
+        use crate::mil::builder::Builder;
+        let mut b = Builder::new(Opset::Ios16);
+        let n = 64 * 64;
+        let mask: Vec<f32> = (0..n).map(|i| if i % 64 > i / 64 { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let weight: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let m = b.konst("mask", Tensor::from_f32(&[64, 64], &mask));
+        let w = b.konst("weight", Tensor::from_f32(&[64, 64], &weight));
+        let mut f = b.finish(&[m, w]);
+        let done = run(&mut f, Spec::Int8).unwrap();
+        assert_eq!(done.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["weight"]);
+        assert!(done[0].stored_bytes < done[0].dense_bytes);
+        let kinds: Vec<&str> = f.block.operations.iter().map(|o| o.op_type.as_str()).collect();
+        assert_eq!(kinds, ["const", "constexpr_affine_dequantize"]);
     }
 
     #[test]
