@@ -1232,7 +1232,7 @@ pub fn embedding_bag(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
             let offsets = l.b.value(o).and_then(|t| t.to_i64_vec()).ok_or("offsets computed at run time are not supported: bag boundaries must be known when converting")?;
             let last = a[7] == Value::Bool(true);
             let starts = if last { &offsets[..offsets.len().saturating_sub(1)] } else { &offsets[..] };
-            let ends = offsets.iter().skip(1).map(|&e| e).chain(std::iter::once(n as i64));
+            let ends = offsets.iter().skip(1).copied().chain(std::iter::once(n as i64));
             let mut bags = Vec::with_capacity(starts.len());
             for (&s, e) in starts.iter().zip(ends) {
                 let e = e.min(n as i64);
