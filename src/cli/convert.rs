@@ -239,7 +239,6 @@ fn key_value(flag: &str, s: &str) -> anyhow::Result<(String, String)> {
 /// Largest input accepted (2^31 elements): beyond it int32 shape arithmetic in MIL overflows.
 const MAX_INPUT_ELEMENTS: usize = i32::MAX as usize;
 
-/// Non-const ops of `model`'s main function.
 /// `--compress` with its gate and calibration inputs; gate flags without `auto` are refused.
 fn compression(args: &Args, opset: Opset) -> anyhow::Result<Option<pipeline::Compression>> {
     let Some(c) = &args.compress else { return Ok(None) };
@@ -260,13 +259,19 @@ fn compression(args: &Args, opset: Opset) -> anyhow::Result<Option<pipeline::Com
             gate.min_psnr_db = f64::NEG_INFINITY;
         }
     }
-    let calibration = match &args.example {
-        Some(npz) => pipeline::Calibration::Example(npz::read(npz)?),
-        None => pipeline::Calibration::Random { seed: args.seed },
-    };
-    Ok(Some(pipeline::Compression { spec, gate, calibration }))
+    Ok(Some(pipeline::Compression { spec, gate, calibration: calibration(args)? }))
 }
 
+/// The calibration inputs of `--precision auto` and `--compress auto`: `--example`, else
+/// random with `--seed`.
+fn calibration(args: &Args) -> anyhow::Result<pipeline::Calibration> {
+    Ok(match &args.example {
+        Some(npz) => pipeline::Calibration::Example(npz::read(npz)?),
+        None => pipeline::Calibration::Random { seed: args.seed },
+    })
+}
+
+/// Non-const ops of `model`'s main function (compressed weights are constants too).
 fn compute_ops(model: &Model) -> usize {
     model.program.main().map_or(0, |f| f.block.walk_ops().iter().filter(|o| o.op_type != "const" && !o.op_type.starts_with("constexpr_")).count())
 }
@@ -288,11 +293,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         Precision::Fp16 | Precision::Auto => DType::F16,
         Precision::Fp32 => DType::F32,
     };
-    let calibration = match (args.precision, &args.example) {
-        (Precision::Auto, Some(npz)) => Some(pipeline::Calibration::Example(npz::read(npz)?)),
-        (Precision::Auto, None) => Some(pipeline::Calibration::Random { seed: args.seed }),
-        _ => None,
-    };
+    let calibration = if args.precision == Precision::Auto { Some(calibration(args)?) } else { None };
     let fp32_ops = args
         .fp32_ops
         .iter()
