@@ -169,6 +169,8 @@ pub struct Interface {
     pub output_names: Vec<String>,
     /// Inputs to take as images (`--image`), with their preprocessing.
     pub images: Vec<ImageInput>,
+    /// Outputs to return as images (`--image-output`), by their final names.
+    pub image_outputs: Vec<(String, crate::mil::ColorSpace)>,
     /// Class labels (`--labels`): the package becomes a classifier over the model's one output.
     pub labels: Option<crate::mil::Labels>,
 }
@@ -200,6 +202,8 @@ pub struct Loaded {
     pub compressed: Vec<passes::compress::Compressed>,
     /// `--compress auto`: the drift the chosen bits give on the calibration inputs.
     pub compression_gate: Option<String>,
+    /// Image inputs whose preprocessing was folded into the first convolution's weights.
+    pub folded_images: Vec<String>,
 }
 
 /// A loaded model: one package (TorchScript, BERT, any `.mlpackage`) or several (Whisper), plus
@@ -223,7 +227,7 @@ pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
     let (built, side_files) = match kind {
         Kind::Package => {
             let model = package::read(path)?;
-            let loaded = Loaded { name: stem, model, passes: Vec::new(), precision_notes: Vec::new(), warnings: Vec::new(), compressed: Vec::new(), compression_gate: None };
+            let loaded = Loaded { name: stem, model, passes: Vec::new(), precision_notes: Vec::new(), warnings: Vec::new(), compressed: Vec::new(), compression_gate: None, folded_images: Vec::new() };
             return Ok(Loading { kind, packages: vec![loaded], side_files: Vec::new() });
         }
         Kind::TorchScript => {
@@ -281,6 +285,19 @@ pub fn read_package(path: &Path) -> Result<Model, Error> {
 const VERSION_KEY: &str = "torch2coreml.version";
 /// Metadata key recording the source file name of a TorchScript conversion.
 const SOURCE_KEY: &str = "torch2coreml.source";
+/// Metadata key prefix (then the input name) recording an image input's preprocessing as
+/// `scale=…;bias=…`: `validate --reference` applies it to the pixels it hands the source model,
+/// since once folded into a convolution the program no longer shows it.
+pub const PREPROCESSING_KEY: &str = "torch2coreml.image.";
+
+/// The preprocessing (per-channel scale and bias, one value or one per channel) recorded for
+/// image input `name` of `model` by `convert --image`, if any.
+pub fn image_preprocessing(model: &Model, name: &str) -> Option<(Vec<f32>, Vec<f32>)> {
+    let text = model.metadata.user_defined.get(&format!("{PREPROCESSING_KEY}{name}"))?;
+    let (scale, bias) = text.strip_prefix("scale=")?.split_once(";bias=")?;
+    let parse = |s: &str| s.split(',').map(|x| x.parse::<f32>().ok().filter(|v| v.is_finite())).collect::<Option<Vec<f32>>>();
+    Some((parse(scale)?, parse(bias)?))
+}
 
 /// Runs the passes over each built package's `main` function, keeps in fp32 what
 /// `--fp32-ops` and `--precision auto` ask for, applies the interface options and records our
@@ -293,9 +310,14 @@ fn finish(path: &Path, kind: Kind, built: Vec<Built>, side_files: Vec<PathBuf>, 
         let Some(mut main) = model.program.functions.remove("main") else {
             return Err(input_error(path, format!("{name}: the built program has no main function")));
         };
+        let mut folded_images = Vec::new();
         for image in &options.interface.images {
-            image_input(&mut main, image).map_err(|m| input_error(path, format!("--image {}: {m}", image.name)))?;
-            model.image_inputs.insert(image.name.clone(), image.layout);
+            if image_input(&mut main, image).map_err(|m| input_error(path, format!("--image {}: {m}", image.name)))? {
+                folded_images.push(image.name.clone());
+            }
+            model.images.insert(image.name.clone(), image.layout);
+            let numbers = |v: &[f32]| v.iter().map(f32::to_string).collect::<Vec<_>>().join(",");
+            model.metadata.user_defined.insert(format!("{PREPROCESSING_KEY}{}", image.name), format!("scale={};bias={}", numbers(&image.scale), numbers(&image.bias)));
         }
         precision_notes.extend(passes::fp16_range::run(&mut main, None).map_err(pass_error)?);
         let changes = passes::run(&mut main, options.ane).map_err(pass_error)?;
@@ -326,15 +348,17 @@ fn finish(path: &Path, kind: Kind, built: Vec<Built>, side_files: Vec<PathBuf>, 
         };
         model.program.functions.insert("main".into(), main);
         apply_interface(&mut model, &options.interface).map_err(|m| input_error(path, m))?;
-        packages.push(Loaded { name, model, passes: changes, precision_notes, warnings, compressed, compression_gate });
+        packages.push(Loaded { name, model, passes: changes, precision_notes, warnings, compressed, compression_gate, folded_images });
     }
     Ok(Loading { kind, packages, side_files })
 }
 
 /// Makes input `image.name` of `main` an fp32 `[1, C, H, W]` pixel tensor and puts the
 /// preprocessing (scale, bias, then a cast to the compute dtype the input had) in front of
-/// everything that read it.
-fn image_input(main: &mut crate::mil::Function, image: &ImageInput) -> Result<(), String> {
+/// everything that read it. When the only reader is a convolution without padding, the
+/// preprocessing is folded into its weights and bias instead (see [`fold_into_conv`]). Returns
+/// whether it was folded.
+fn image_input(main: &mut crate::mil::Function, image: &ImageInput) -> Result<bool, String> {
     use crate::mil::{Tensor, ValueType};
     use crate::passes::rewrite::{Arg, Rewriter};
     let names: Vec<String> = main.inputs.iter().map(|i| i.name.clone()).collect();
@@ -351,22 +375,143 @@ fn image_input(main: &mut crate::mil::Function, image: &ImageInput) -> Result<()
         if v.len() != 1 && v.len() != c {
             return Err(format!("{what} has {} values; give 1 or {c}", v.len()));
         }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(format!("{what} must be finite"));
+        }
     }
     let compute = t.dtype;
     t.dtype = DType::F32;
     let per_channel = |v: &[f32]| Tensor::from_f32(&[1, v.len(), 1, 1], v);
     let err = |e: crate::mil::ops::TypeError| e.to_string();
+    let readers = readers(main, &image.name);
     let (mut r, ops) = Rewriter::new(main);
     let x = r.var(&image.name);
-    let scaled = r.op1("mul", &format!("{}_scaled", image.name), &[("x", Arg::Var(x)), ("y", Arg::Const(per_channel(&image.scale)))]).map_err(err)?;
-    let mut v = r.op1("add", &format!("{}_preprocessed", image.name), &[("x", Arg::Var(scaled)), ("y", Arg::Const(per_channel(&image.bias)))]).map_err(err)?;
-    if compute != DType::F32 {
-        v = r.op1("cast", &format!("{}_cast", image.name), &[("x", Arg::Var(v)), ("dtype", Arg::Const(Tensor::string(compute.name())))]).map_err(err)?;
+    // Pixels 0–255 are exact in fp16, so the cast may come first when the conv takes them raw.
+    let cast = |r: &mut Rewriter, v| match compute {
+        DType::F32 => Ok(v),
+        _ => r.op1("cast", &format!("{}_cast", image.name), &[("x", Arg::Var(v)), ("dtype", Arg::Const(Tensor::string(compute.name())))]),
+    };
+    let preprocess = |r: &mut Rewriter, x| {
+        let scaled = r.op1("mul", &format!("{}_scaled", image.name), &[("x", Arg::Var(x)), ("y", Arg::Const(per_channel(&image.scale)))])?;
+        let v = r.op1("add", &format!("{}_preprocessed", image.name), &[("x", Arg::Var(scaled)), ("y", Arg::Const(per_channel(&image.bias)))])?;
+        cast(r, v)
+    };
+    let mut folded = false;
+    let mut ops = ops.into_iter();
+    if let [reader] = readers.as_slice() {
+        for op in ops.by_ref() {
+            if op.name != *reader {
+                r.keep(op);
+                continue;
+            }
+            r.at(&op);
+            match fold_into_conv(&r, &op, &image.name, c, image) {
+                Some((weight, bias)) => {
+                    let raw = cast(&mut r, x.clone()).map_err(err)?;
+                    let mut args = vec![("x", Arg::Var(raw)), ("weight", Arg::Const(weight)), ("bias", Arg::Const(bias))];
+                    for (param, a) in op.inputs.iter().filter(|(p, _)| !["x", "weight", "bias"].contains(&p.as_str())) {
+                        let Some(crate::mil::Argument::Name(n)) = a.first() else { return Err(format!("conv `{}`: literal `{param}`", op.name)) };
+                        args.push((param.as_str(), r.value(n).map_or_else(|| Arg::Var(r.var(n)), |v| Arg::Const(v.clone()))));
+                    }
+                    let y = r.op1("conv", &op.name, &args).map_err(err)?;
+                    r.replace(&op.outputs[0].name, &y);
+                    folded = true;
+                }
+                None => {
+                    // Not foldable: the preprocessing goes in front of the reader as usual.
+                    let v = preprocess(&mut r, x.clone()).map_err(err)?;
+                    r.replace(&image.name, &v);
+                    r.keep(op);
+                }
+            }
+            break;
+        }
+    } else {
+        let v = preprocess(&mut r, x).map_err(err)?;
+        r.replace(&image.name, &v);
     }
-    r.replace(&image.name, &v);
     for op in ops {
         r.keep(op);
     }
+    r.finish(main);
+    Ok(folded)
+}
+
+/// The weight and bias of `op` with the image preprocessing `x · scale[c] + bias[c]` folded in,
+/// when `op` is a `conv` reading `input` as `x`, without padding (padding adds zeros after the
+/// preprocessing, which raw pixels cannot express) and with const weight and bias:
+/// `W'[o,c,…] = W[o,c,…] · scale[c]` and `b'[o] = b[o] + Σ W[o,c,…] · bias[c]`.
+fn fold_into_conv(r: &crate::passes::rewrite::Rewriter, op: &crate::mil::Operation, input: &str, channels: usize, image: &ImageInput) -> Option<(crate::mil::Tensor, crate::mil::Tensor)> {
+    use crate::mil::{Argument, Tensor};
+    let arg = |p: &str| op.inputs.iter().find(|(n, _)| n == p).and_then(|(_, a)| a.first());
+    let named = |p: &str| match arg(p) {
+        Some(Argument::Name(n)) => r.value(n),
+        Some(Argument::Value(v)) => Some(v),
+        None => None,
+    };
+    if op.op_type != "conv" || !matches!(arg("x"), Some(Argument::Name(n)) if n == input) {
+        return None;
+    }
+    let pad_free = match named("pad_type").and_then(Tensor::as_str) {
+        Some("valid") => true,
+        Some("custom") | None => named("pad").and_then(Tensor::to_i64_vec).is_none_or(|p| p.iter().all(|&x| x == 0)),
+        _ => false,
+    };
+    let w = named("weight")?;
+    let shape = w.shape().to_vec();
+    let groups = named("groups").and_then(Tensor::as_i64).unwrap_or(1).max(1) as usize;
+    let (out, per_group_in) = (*shape.first()?, *shape.get(1)?);
+    if !pad_free || shape.len() != 4 || per_group_in * groups != channels || out % groups != 0 || !w.dtype().is_float() {
+        return None;
+    }
+    let weights = w.to_f32_vec()?;
+    let bias = match arg("bias") {
+        Some(_) => named("bias")?.to_f32_vec()?,
+        None => vec![0.0; out],
+    };
+    let at = |v: &[f32], c: usize| if v.len() == 1 { v[0] } else { v[c] };
+    let (k, out_per_group) = (weights.len() / out, out / groups);
+    let mut new_w = vec![0f32; weights.len()];
+    let mut new_b = Vec::with_capacity(out);
+    for o in 0..out {
+        let mut sum = f64::from(bias[o]);
+        for (i, (&wv, nw)) in weights[o * k..(o + 1) * k].iter().zip(&mut new_w[o * k..(o + 1) * k]).enumerate() {
+            let c = (o / out_per_group) * per_group_in + i / (k / per_group_in);
+            *nw = wv * at(&image.scale, c);
+            sum += f64::from(wv) * f64::from(at(&image.bias, c));
+        }
+        new_b.push(sum as f32);
+    }
+    let make = |shape: &[usize], v: &[f32]| if w.dtype() == DType::F16 { Tensor::from_f32_as_f16(shape, v) } else { Tensor::from_f32(shape, v) };
+    Some((make(&shape, &new_w), make(&[out], &new_b)))
+}
+
+/// Makes output `name` of `main` (`--image-output`) an fp32 `[1, C, H, W]` tensor of `space`'s
+/// channels, casting it to fp32 under the same name if the program computes it in fp16.
+fn image_output(main: &mut crate::mil::Function, name: &str, space: crate::mil::ColorSpace) -> Result<(), String> {
+    use crate::passes::rewrite::{Arg, Rewriter};
+    if !main.block.outputs.iter().any(|o| o == name) {
+        return Err(format!("the model has no such output ({})", main.block.outputs.join(", ")));
+    }
+    let ty = main.block.operations.iter().flat_map(|o| &o.outputs).find(|o| o.name == name).map(|o| o.ty.tensor().clone()).ok_or("the output is not computed by the program")?;
+    let c = space.channels();
+    if !matches!(ty.fixed_shape().as_deref(), Some(&[1, ch, _, _]) if ch == c) || !ty.dtype.is_float() {
+        return Err(format!("a {} image output must be a float [1, {c}, H, W] tensor, not {ty}", space.name()));
+    }
+    if ty.dtype == DType::F32 {
+        return Ok(());
+    }
+    let computed = format!("{name}_{}", ty.dtype.name());
+    if main.block.defines(&computed) || main.inputs.iter().any(|i| i.name == computed) {
+        return Err(format!("the program already has a value named {computed}"));
+    }
+    main.block.rename(name, &computed);
+    let (mut r, ops) = Rewriter::new(main);
+    for op in ops {
+        r.keep(op);
+    }
+    let v = r.op1("cast", name, &[("x", Arg::Var(r.var(&computed))), ("dtype", Arg::Const(crate::mil::Tensor::string("fp32")))]).map_err(|e| e.to_string())?;
+    r.replace(&computed, &v);
     r.finish(main);
     Ok(())
 }
@@ -531,6 +676,10 @@ fn apply_interface(model: &mut Model, interface: &Interface) -> Result<(), Strin
             renames.insert(old.clone(), new.clone());
         }
         main.block.rename_all(&renames);
+    }
+    for (name, space) in &interface.image_outputs {
+        image_output(main, name, *space).map_err(|m| format!("--image-output {name}: {m}"))?;
+        model.images.insert(name.clone(), *space);
     }
     if let Some(labels) = &interface.labels {
         model.classifier = Some(classifier(main, labels)?);

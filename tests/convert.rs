@@ -403,3 +403,199 @@ print(" ".join(labels[i] for i in y[0].argsort(descending=True).tolist()))
     let bad = bad_dir.path().join("bad.mlpackage");
     assert_refused(&convert(&model, &bad, &["--input", "input:1x3x2x2", "--labels", d.join("three.txt").to_str().unwrap()]), &bad, &["3 labels for an output of (1, 5"]);
 }
+
+/// Issue 17's must-show: a torchvision classifier (ResNet-18, seeded weights) converted with
+/// `--image` (ImageNet mean/std) and `--labels` (ImageNet's class names) type-checks in
+/// coremltools, whose spec shows an image input, the class labels and our metadata;
+/// `validate --image-input x=PHOTO` ranks the same top-5 labels as torch does on the photo
+/// through torchvision's transforms, with probabilities in tolerance; coremltools' own
+/// `ImageType` + `ClassifierConfig` package of the same model ranks them alike in our
+/// interpreter. The photo is scikit-learn's `flower.jpg` (shipped in its wheel).
+#[test]
+#[ignore = "needs torch, torchvision and coremltools from `make setup`; `make test` runs it"]
+fn torchvision_classifier_takes_a_photo_and_ranks_like_torch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = r#"
+import sys, os, numpy as np, torch, torchvision, sklearn, coremltools as ct
+from PIL import Image
+from torchvision import transforms as T
+d = sys.argv[1]
+torch.manual_seed(0)
+m = torch.nn.Sequential(torchvision.models.resnet18(num_classes=1000), torch.nn.Softmax(-1)).eval()
+t = torch.jit.trace(m, torch.rand(1, 3, 224, 224))
+t.save(f"{d}/resnet18.pt")
+labels = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+open(f"{d}/labels.txt", "w").write("\n".join(labels) + "\n")
+photo = Image.open(os.path.join(os.path.dirname(sklearn.__file__), "datasets/images/flower.jpg")).convert("RGB")
+crop = T.Compose([T.Resize(256), T.CenterCrop(224)])(photo)
+crop.save(f"{d}/flower224.png")
+mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+# coremltools' ImageType has one scale for all channels: its package normalizes with std 0.226.
+scale, bias = 1 / (0.226 * 255), [-m / 0.226 for m in mean]
+pix = torch.from_numpy(np.asarray(crop, np.float32).transpose(2, 0, 1)[None].copy())
+with torch.no_grad():
+    ours = m(T.Normalize(mean, std)(T.ToTensor()(crop))[None])[0]
+    theirs = m(pix * scale + torch.tensor(bias)[None, :, None, None])
+np.savez(f"{d}/theirs.npz", classLabel_probs=theirs.numpy())
+ct.convert(t, inputs=[ct.ImageType(name="x", shape=(1, 3, 224, 224), scale=scale, bias=bias)], classifier_config=ct.ClassifierConfig(labels),
+           convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16, skip_model_load=True).save(f"{d}/ct.mlpackage")
+top = lambda p: " | ".join(labels[i] for i in p.argsort(descending=True)[:5].tolist())
+print(top(ours)); print(top(theirs[0]))
+"#;
+    let py = Command::new(root().join(".venv/bin/python")).arg("-c").arg(script).arg(d).output().unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let stdout = String::from_utf8_lossy(&py.stdout);
+    let tops: Vec<&str> = stdout.lines().rev().take(2).collect();
+    let (torch_top, ct_torch_top) = (tops[1].to_string(), tops[0].to_string());
+    let model = d.join("resnet18.pt");
+    let ours = d.join("ours.mlpackage");
+    let labels = d.join("labels.txt");
+    let args = ["--input", "x:1x3x224x224", "--image", "x", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--labels", labels.to_str().unwrap(), "--author", "torch2coreml tests", "--license", "BSD-3-Clause", "--version", "1.0"];
+    let c = convert(&model, &ours, &args);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let check = "import sys, coremltools as ct\n\
+                 s = ct.models.MLModel(sys.argv[1], skip_model_load=True).get_spec()\n\
+                 i = s.description.input[0].type.imageType\n\
+                 print(i.width, i.height, i.colorSpace, len(s.mlProgram.functions['main'].block_specializations['CoreML6'].operations) > 0)\n\
+                 print(s.description.metadata.author, s.description.metadata.license, s.description.metadata.versionString)\n\
+                 print(s.description.predictedFeatureName, s.description.output[0].type.WhichOneof('Type'))\n";
+    let o = Command::new(root().join(".venv/bin/python")).arg("-c").arg(check).arg(&ours).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().collect::<Vec<_>>(),
+        ["224 224 20 True", "torch2coreml tests BSD-3-Clause 1.0", "classLabel stringType"],
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&ours).output().unwrap();
+    assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
+    let photo = format!("x={}", d.join("flower224.png").display());
+    let top = |report: &serde_json::Value, side: &str| report["top_k"][side].as_array().unwrap().iter().map(|e| e["label"].as_str().unwrap().to_string()).collect::<Vec<_>>().join(" | ");
+    let v = run(&["validate".as_ref(), ours.as_os_str(), "--reference".as_ref(), model.as_os_str(), "--image-input".as_ref(), photo.as_ref(), "--format".as_ref(), "json".as_ref()]);
+    assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    let report = json(&v);
+    assert_eq!(top(&report, "package"), torch_top, "{report}");
+    assert_eq!(top(&report, "reference"), torch_top, "{report}");
+    assert_eq!(report["images"][0]["resized"], false);
+    // coremltools' own image classifier of the same model, run in our interpreter.
+    let theirs = d.join("ct.mlpackage");
+    let v = run(&["validate".as_ref(), theirs.as_os_str(), "--expected".as_ref(), d.join("theirs.npz").as_os_str(), "--image-input".as_ref(), photo.as_ref(), "--format".as_ref(), "json".as_ref()]);
+    assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    assert_eq!(top(&json(&v), "package"), ct_torch_top);
+    // The uncropped photo is stretched to 224×224; the source model sees the same pixels.
+    let sklearn = Command::new(root().join(".venv/bin/python")).args(["-c", "import os, sklearn; print(os.path.dirname(sklearn.__file__))"]).output().unwrap();
+    let whole = format!("x={}/datasets/images/flower.jpg", String::from_utf8_lossy(&sklearn.stdout).trim());
+    let v = run(&["validate".as_ref(), ours.as_os_str(), "--reference".as_ref(), model.as_os_str(), "--image-input".as_ref(), whole.as_ref(), "--format".as_ref(), "json".as_ref()]);
+    assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    let report = json(&v);
+    assert_eq!((report["images"][0]["original"].clone(), report["images"][0]["resized"].clone()), (serde_json::json!([640, 427]), serde_json::json!(true)));
+    assert_eq!(top(&report, "package"), top(&report, "reference"));
+}
+
+/// Issue 17: image preprocessing folds into a first convolution without padding (no `mul`/`add`
+/// left in front of it, the convert report says so, torch agrees on a photo), `--image-output`
+/// makes an fp32 image output that coremltools and `inspect` see; bad image files and names
+/// give one line and exit 2.
+#[test]
+#[ignore = "needs torch and coremltools from `make setup`; `make test` runs it"]
+fn image_preprocessing_folds_into_the_first_conv_and_image_outputs_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = r#"
+import sys, torch
+class Enhance(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 3, 1)
+    def forward(self, x):
+        return torch.sigmoid(self.b(torch.relu(self.a(x)))) * 255
+torch.manual_seed(0)
+torch.jit.trace(Enhance().eval(), torch.rand(1, 3, 32, 32)).save(sys.argv[1])
+"#;
+    let model = d.join("enhance.pt");
+    let py = Command::new(root().join(".venv/bin/python")).arg("-c").arg(script).arg(&model).output().unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let pkg = d.join("enhance.mlpackage");
+    let args = ["--input", "x:1x3x32x32", "--image", "x", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--image-output", "output", "--format", "json"];
+    let c = convert(&model, &pkg, &args);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert_eq!(json(&c)["packages"][0]["images_folded_into_conv"], serde_json::json!(["x"]));
+    let info = json(&run(&["inspect".as_ref(), pkg.as_os_str(), "--format".as_ref(), "json".as_ref()]));
+    assert_eq!((info["inputs"][0]["image"]["color_space"].as_str(), info["outputs"][0]["image"]["color_space"].as_str()), (Some("RGB"), Some("RGB")), "{info}");
+    assert_eq!(info["outputs"][0]["dtype"], "fp32");
+    let ops = info["ops"].to_string();
+    assert!(!ops.contains("\"add\""), "the preprocessing add is folded away: {ops}");
+    let check = "import sys, coremltools as ct\n\
+                 s = ct.models.MLModel(sys.argv[1], skip_model_load=True).get_spec().description\n\
+                 print(s.input[0].type.WhichOneof('Type'), s.output[0].type.WhichOneof('Type'), s.output[0].type.imageType.width)\n";
+    let o = Command::new(root().join(".venv/bin/python")).arg("-c").arg(check).arg(&pkg).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "imageType imageType 30", "{}", String::from_utf8_lossy(&o.stderr));
+    let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&pkg).output().unwrap();
+    assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
+    // A PNG of our own making, 40×24: stretched to the 32×32 input on both sides.
+    let png = d.join("stripes.png");
+    std::fs::write(&png, stripes_png(40, 24)).unwrap();
+    let photo = format!("x={}", png.display());
+    let v = run(&["validate".as_ref(), pkg.as_os_str(), "--reference".as_ref(), model.as_os_str(), "--image-input".as_ref(), photo.as_ref()]);
+    assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("40×24, stretched to 32×32"), "{}", String::from_utf8_lossy(&v.stdout));
+    // Bad image files and names: one line naming the problem, exit 2.
+    std::fs::write(d.join("broken.png"), &stripes_png(40, 24)[..60]).unwrap();
+    std::fs::write(d.join("notes.txt"), "not an image").unwrap();
+    for (spec, needle) in [
+        (format!("x={}", d.join("broken.png").display()), "broken.png: cannot decode"),
+        (format!("x={}", d.join("notes.txt").display()), "notes.txt: not a PNG or JPEG file"),
+        (format!("x={}", d.join("missing.png").display()), "missing.png"),
+        (format!("y={}", png.display()), "`y`: not an image input of the package (image inputs: x)"),
+        (format!("x={}", d.display()), "not a regular file"),
+    ] {
+        let v = run(&["validate".as_ref(), pkg.as_os_str(), "--reference".as_ref(), model.as_os_str(), "--image-input".as_ref(), spec.as_ref()]);
+        let err = String::from_utf8_lossy(&v.stderr);
+        assert_eq!(v.status.code(), Some(2), "{spec}: {err}");
+        assert!(err.contains(needle) && err.trim().lines().count() == 1, "{spec}: {err}");
+    }
+    // An image output must be [1, C, H, W] with the layout's channels.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = bad_dir.path().join("bad.mlpackage");
+    assert_refused(&convert(&model, &bad, &["--input", "x:1x3x32x32", "--image-output", "output:layout=GRAY"]), &bad, &["--image-output output", "GRAY image output must be a float [1, 1, H, W] tensor"]);
+    assert_refused(&convert(&model, &bad, &["--input", "x:1x3x32x32", "--image-output", "nope"]), &bad, &["--image-output nope", "no such output"]);
+}
+
+/// A `w`×`h` RGB PNG of colored stripes, written with miniz_oxide's deflate (no image crate in
+/// the tests' hands, so the file is made independently of the decoder under test).
+fn stripes_png(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend(kind);
+        out.extend(data);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    let mut raw = Vec::new();
+    for y in 0..h {
+        raw.push(0u8);
+        for x in 0..w {
+            raw.extend([(x * 6) as u8, (y * 10) as u8, ((x + y) * 4) as u8]);
+        }
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &miniz_oxide::deflate::compress_to_vec_zlib(&raw, 6));
+    chunk(&mut out, b"IEND", &[]);
+    out
+}

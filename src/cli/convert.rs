@@ -97,6 +97,10 @@ pub struct Args {
     /// (pixels 0–255 arrive; the program computes pixel·scale + bias per channel). Repeatable.
     #[arg(long, value_name = "NAME[:layout=..][:scale=..][:bias=..]")]
     pub image: Vec<String>,
+    /// Return output NAME as an image: `NAME[:layout=RGB|BGR|GRAY]` (the model returns pixel
+    /// values 0–255 as a [1, C, H, W] tensor; cast to fp32 if computed in fp16). Repeatable.
+    #[arg(long, value_name = "NAME[:layout=..]")]
+    pub image_output: Vec<String>,
     /// torchvision-style normalization of the `--image` input, per channel (e.g.
     /// `0.485,0.456,0.406`): becomes scale 1/(255·std) and bias −mean/std.
     #[arg(long, value_name = "R,G,B", value_delimiter = ',', requires = "std")]
@@ -198,14 +202,7 @@ fn image_inputs(specs: &[String], mean: &[f32], std: &[f32]) -> anyhow::Result<V
         let numbers = |v: &str| v.split(',').map(|x| x.trim().parse::<f32>().ok().filter(|f| f.is_finite())).collect::<Option<Vec<f32>>>();
         for part in parts {
             match part.split_once('=') {
-                Some(("layout", l)) => {
-                    image.layout = match l.to_ascii_uppercase().as_str() {
-                        "RGB" => ColorSpace::Rgb,
-                        "BGR" => ColorSpace::Bgr,
-                        "GRAY" | "GRAYSCALE" => ColorSpace::Gray,
-                        _ => bail!("--image `{spec}`: layout `{l}` is not RGB, BGR or GRAY"),
-                    }
-                }
+                Some(("layout", l)) => image.layout = layout("--image", spec, l)?,
                 Some(("scale", v)) => image.scale = numbers(v).filter(|v| v.len() == 1).with_context(|| format!("--image `{spec}`: scale `{v}` is not one number"))?,
                 Some(("bias", v)) => image.bias = numbers(v).with_context(|| format!("--image `{spec}`: bias `{v}` is not a list of numbers"))?,
                 _ => bail!("--image `{spec}`: `{part}` is not layout=…, scale=… or bias=…"),
@@ -222,6 +219,35 @@ fn image_inputs(specs: &[String], mean: &[f32], std: &[f32]) -> anyhow::Result<V
         out.push(image);
     }
     Ok(out)
+}
+
+/// The color space `l` of a `flag` `spec` (`layout=RGB|BGR|GRAY`).
+fn layout(flag: &str, spec: &str, l: &str) -> anyhow::Result<ColorSpace> {
+    Ok(match l.to_ascii_uppercase().as_str() {
+        "RGB" => ColorSpace::Rgb,
+        "BGR" => ColorSpace::Bgr,
+        "GRAY" | "GRAYSCALE" => ColorSpace::Gray,
+        _ => bail!("{flag} `{spec}`: layout `{l}` is not RGB, BGR or GRAY"),
+    })
+}
+
+/// The `--image-output` specs: `NAME[:layout=RGB|BGR|GRAY]`, RGB by default.
+fn image_outputs(specs: &[String]) -> anyhow::Result<Vec<(String, ColorSpace)>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, rest) = spec.split_once(':').unwrap_or((spec, ""));
+            if name.is_empty() {
+                bail!("--image-output `{spec}`: no output name");
+            }
+            let space = match rest.split_once('=') {
+                None if rest.is_empty() => ColorSpace::Rgb,
+                Some(("layout", l)) => layout("--image-output", spec, l)?,
+                _ => bail!("--image-output `{spec}`: `{rest}` is not layout=…"),
+            };
+            Ok((name.to_string(), space))
+        })
+        .collect()
 }
 
 /// Largest pixel value Core ML hands an image model (8-bit channels): torchvision's ToTensor
@@ -308,6 +334,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         describe: args.describe.iter().map(|m| key_value("--describe", m)).collect::<anyhow::Result<_>>()?,
         output_names: args.output_names.clone(),
         images: image_inputs(&args.image, &args.mean, &args.std)?,
+        image_outputs: image_outputs(&args.image_output)?,
         labels: args.labels.as_deref().map(read_labels).transpose()?,
     };
     let options = pipeline::Options {
@@ -353,6 +380,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 "precision_notes": p.precision_notes.iter().chain(&w.precision_notes).collect::<Vec<_>>(),
                 "compressed": p.compressed,
                 "compression_gate": p.compression_gate,
+                "images_folded_into_conv": p.folded_images,
                 "warnings": p.warnings,
             })).collect::<Vec<_>>(),
             "seconds": seconds,
@@ -363,6 +391,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 s += &format!("  {}: {} ({} ops, {} of weights)\n", p.name, w.path.display(), compute_ops(&p.model), output::human_bytes(w.weight_bytes));
                 for note in p.precision_notes.iter().chain(&w.precision_notes) {
                     s += &format!("    fp16: {note}\n");
+                }
+                for name in &p.folded_images {
+                    s += &format!("    image {name}: scale and bias folded into the first convolution\n");
                 }
                 if !p.compressed.is_empty() {
                     let (stored, dense) = p.compressed.iter().fold((0, 0), |(s, d), c| (s + c.stored_bytes, d + c.dense_bytes));

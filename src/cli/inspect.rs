@@ -99,7 +99,7 @@ fn features_json(list: &[(String, TensorType)], model: &Model) -> serde_json::Va
     list.iter()
         .map(|(n, t)| {
             let mut f = json!({"name": n, "shape": shape_json(t), "dtype": t.dtype.name()});
-            if let Some(space) = model.image_inputs.get(n) {
+            if let Some(space) = model.images.get(n) {
                 f["image"] = json!({"color_space": space.name()});
             }
             if let Some(d) = model.feature_descriptions.get(n) {
@@ -121,7 +121,7 @@ fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
         s += &format!("  {title}:\n");
         for (n, t) in list.iter() {
             s += &format!("    {n}: {} [{}]", t.dtype, shape(t));
-            if let Some(space) = model.image_inputs.get(n) {
+            if let Some(space) = model.images.get(n) {
                 s += &format!(" image {}", space.name());
             }
             if let Some(d) = model.feature_descriptions.get(n) {

@@ -25,8 +25,8 @@ pub struct Args {
     /// a Whisper package folder, the Hugging Face folder it was converted from.
     #[arg(long, group = "reference_kind")]
     pub reference: Option<PathBuf>,
-    /// Outputs the source model produced for `--inputs`, as .npz.
-    #[arg(long, group = "reference_kind", requires = "inputs")]
+    /// Outputs the source model produced for `--inputs` (or `--image-input`), as .npz.
+    #[arg(long, group = "reference_kind")]
     pub expected: Option<PathBuf>,
     /// Another package to run on the same inputs.
     #[arg(long, group = "reference_kind")]
@@ -34,6 +34,12 @@ pub struct Args {
     /// Inputs as .npz (matched to the package inputs by name, else by position).
     #[arg(long)]
     pub inputs: Option<PathBuf>,
+    /// An image file (PNG or JPEG) for image input NAME, as NAME=FILE (repeatable): its pixels
+    /// 0–255 in the input's color space, stretched to the input's size if it differs. With
+    /// --reference, the source model gets them through the preprocessing `convert --image`
+    /// recorded in the package.
+    #[arg(long, value_name = "NAME=FILE")]
+    pub image_input: Vec<String>,
     /// Seed for random inputs drawn from the package signature when --inputs is not given.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -172,22 +178,50 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     if !args.per_op && args.reference.is_none() && args.expected.is_none() && args.against.is_none() {
         bail!("give a reference: --expected OUTPUTS.npz (with --inputs), --against OTHER.mlpackage, or --reference MODEL.pt");
     }
+    if args.expected.is_some() && args.inputs.is_none() && args.image_input.is_empty() {
+        bail!("--expected needs the inputs its outputs were made from: give --inputs INPUTS.npz (or --image-input NAME=FILE)");
+    }
     let model = pipeline::read_package(&args.package)?;
     let main = model.program.main().context("the package has no main function")?;
+    let images = image_inputs(args, &model, main)?;
     let inputs = match &args.inputs {
-        Some(p) => validate::inputs_from(main, npz::read(p)?).with_context(|| format!("{}", p.display()))?,
-        None => validate::random_inputs(main, args.seed).with_context(|| format!("{}", args.package.display()))?,
+        Some(p) => {
+            let mut given = npz::read(p)?;
+            given.retain(|(n, _)| !images.iter().any(|(i, ..)| i == n));
+            for (name, a, _) in &images {
+                let Some(v) = a.to_f32_vec() else { unreachable!("images are fp32") };
+                given.push((name.clone(), torch2coreml::mil::Tensor::from_f32(&a.shape, &v)));
+            }
+            validate::inputs_from(main, given).with_context(|| format!("{}", p.display()))?
+        }
+        None => {
+            let mut drawn = validate::random_inputs(main, args.seed).with_context(|| format!("{}", args.package.display()))?;
+            for (name, a) in &mut drawn {
+                match images.iter().find(|(i, ..)| i == name) {
+                    Some((_, image, _)) => *a = image.clone(),
+                    // Random pixels: [-1, 1) mapped to whole values 0–255.
+                    None if model.images.contains_key(name.as_str()) => {
+                        if let interp::Data::F32(v) = &mut a.data {
+                            v.iter_mut().for_each(|x| *x = ((*x + 1.0) * 128.0).floor().min(255.0));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            drawn
+        }
     };
     if args.per_op {
         return run_per_op(args, main, &inputs);
     }
     let outputs = interp::run(main, &inputs).with_context(|| format!("running {}", args.package.display()))?;
     let reference = match (&args.reference, &args.expected, &args.against) {
-        // The same arrays the package got; `reference::run` gives them torch's dtypes (fp32, int64).
+        // The same arrays the package got (image pixels preprocessed as the package does);
+        // `reference::run` gives them torch's dtypes (fp32, int64).
         #[cfg(feature = "torch")]
-        (Some(dir), _, _) if dir.is_dir() => torch2coreml::reference::run_folder(dir, &inputs)?,
+        (Some(dir), _, _) if dir.is_dir() => torch2coreml::reference::run_folder(dir, &preprocessed(args, &model, &inputs)?)?,
         #[cfg(feature = "torch")]
-        (Some(pt), _, _) => torch2coreml::reference::run(pt, &inputs)?,
+        (Some(pt), _, _) => torch2coreml::reference::run(pt, &preprocessed(args, &model, &inputs)?)?,
         (_, Some(p), _) => npz::read(p)?
             .into_iter()
             .map(|(n, t)| interp::Array::from_tensor(&t).map(|a| (n.clone(), a)).map_err(|e| anyhow::anyhow!("{}: array `{n}`: {e}", p.display())))
@@ -212,6 +246,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let text = match args.format {
         Format::Json => {
             let mut j = json!({ "outputs": reports, "pass": pass, "criterion": criterion });
+            if !images.is_empty() {
+                j["images"] = images.iter().map(|(n, _, (file, how))| json!({"input": n, "file": file, "original": [how.original.0, how.original.1], "resized": how.resized})).collect();
+            }
             if let Some((ours, theirs)) = &top {
                 let list = |v: &[(String, f32)]| v.iter().map(|(l, p)| json!({"label": l, "probability": p})).collect::<Vec<_>>();
                 j["top_k"] = json!({"package": list(ours), "reference": list(theirs)});
@@ -220,6 +257,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         }
         Format::Text => {
             let mut s = format!("{}  ({criterion})\n", args.package.display());
+            for (n, a, (file, how)) in &images {
+                let (w, h) = (a.shape[3], a.shape[2]);
+                let size = if how.resized { format!("{}×{}, stretched to {w}×{h}", how.original.0, how.original.1) } else { format!("{w}×{h}") };
+                s += &format!("  image {n}: {} ({size})\n", file.display());
+            }
             s += &format!("  {:<24} {:<16} {:>10} {:>10} {:>10} {:>9} {:>8}  result\n", "output", "shape", "max_abs", "max_rel", "mean_abs", "cosine", "psnr_db");
             for r in &reports {
                 let d = &r.drift;
@@ -240,6 +282,61 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     };
     output::print(&text)?;
     Ok(if pass { ExitStatus::Success } else { ExitStatus::Failure })
+}
+
+/// `--image-input NAME=FILE`: each file read as image input NAME of `model` needs it.
+fn image_inputs(args: &Args, model: &torch2coreml::mil::Model, main: &Function) -> anyhow::Result<Vec<(String, interp::Array, (PathBuf, validate::image::Loaded))>> {
+    let mut out: Vec<(String, interp::Array, (PathBuf, validate::image::Loaded))> = Vec::new();
+    for spec in &args.image_input {
+        let Some((name, file)) = spec.split_once('=').filter(|(n, f)| !n.is_empty() && !f.is_empty()) else {
+            bail!("--image-input `{spec}`: give NAME=FILE");
+        };
+        let Some(&space) = model.images.get(name).filter(|_| main.inputs.iter().any(|i| i.name == name)) else {
+            let images: Vec<&str> = main.inputs.iter().map(|i| i.name.as_str()).filter(|n| model.images.contains_key(*n)).collect();
+            bail!("{}: --image-input `{name}`: not an image input of the package (image inputs: {})", args.package.display(), if images.is_empty() { "none".to_string() } else { images.join(", ") });
+        };
+        if out.iter().any(|(n, ..)| n == name) {
+            bail!("--image-input `{name}` given twice");
+        }
+        let shape = main.inputs.iter().find(|i| i.name == name).and_then(|i| i.ty.tensor().fixed_shape()).unwrap_or_default();
+        let [_, _, h, w] = shape[..] else { bail!("{}: image input `{name}` has shape {shape:?}, not [1, C, H, W]", args.package.display()) };
+        let file = PathBuf::from(file);
+        let (array, how) = validate::image::load(&file, space, h, w)?;
+        out.push((name.to_string(), array, (file, how)));
+    }
+    Ok(out)
+}
+
+/// `inputs` as the source model takes them: each image input's pixels through the
+/// preprocessing `convert --image` recorded in the package (the program may have folded it
+/// into a convolution, so only the record tells).
+#[cfg(feature = "torch")]
+fn preprocessed(args: &Args, model: &torch2coreml::mil::Model, inputs: &[(String, interp::Array)]) -> anyhow::Result<Vec<(String, interp::Array)>> {
+    let mut out = inputs.to_vec();
+    for (name, a) in &mut out {
+        if !model.images.contains_key(name.as_str()) {
+            continue;
+        }
+        let Some((scale, bias)) = pipeline::image_preprocessing(model, name) else {
+            bail!(
+                "{}: image input `{name}` has no preprocessing recorded (`convert --image` records it); compare with --expected OUTPUTS.npz made from the same pixels instead",
+                args.package.display()
+            );
+        };
+        let channels = a.shape.get(1).copied().unwrap_or(0);
+        if [&scale, &bias].iter().any(|t| t.len() != 1 && t.len() != channels) {
+            bail!("{}: image input `{name}`: the recorded preprocessing does not have 1 or {channels} values", args.package.display());
+        }
+        let plane: usize = a.shape.iter().skip(2).product();
+        if let interp::Data::F32(v) = &mut a.data {
+            let at = |t: &[f32], c: usize| if t.len() == 1 { t[0] } else { t[c] };
+            for (i, x) in v.iter_mut().enumerate() {
+                let c = i / plane.max(1);
+                *x = *x * at(&scale, c) + at(&bias, c);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The `k` highest scores of `a` with their labels, best first (ties by label order).

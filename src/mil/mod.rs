@@ -306,9 +306,10 @@ pub struct Model {
     pub metadata: Metadata,
     /// Per-feature descriptions (Model.proto `FeatureDescription.shortDescription`), by name.
     pub feature_descriptions: BTreeMap<String, String>,
-    /// Inputs Core ML hands the model as images (FeatureTypes.proto `ImageFeatureType`): the
-    /// program still takes an fp32 `[1, C, H, W]` tensor of pixel values 0–255.
-    pub image_inputs: BTreeMap<String, ColorSpace>,
+    /// Inputs and outputs Core ML passes as images (FeatureTypes.proto `ImageFeatureType`), by
+    /// feature name: the program still takes or returns an fp32 `[1, C, H, W]` tensor of pixel
+    /// values 0–255.
+    pub images: BTreeMap<String, ColorSpace>,
     /// Weights the package stored compressed, decompressed when it was read (`constexpr`).
     pub compressed: Vec<constexpr::Compressed>,
     /// Set for a classifier package (coremltools' `ClassifierConfig`): the program returns the
@@ -388,7 +389,7 @@ impl ColorSpace {
 impl Model {
     /// A model around `program` with empty metadata.
     pub fn new(program: Program) -> Model {
-        Model { program, metadata: Metadata::default(), feature_descriptions: BTreeMap::new(), image_inputs: BTreeMap::new(), compressed: Vec::new(), classifier: None }
+        Model { program, metadata: Metadata::default(), feature_descriptions: BTreeMap::new(), images: BTreeMap::new(), compressed: Vec::new(), classifier: None }
     }
 }
 

@@ -322,11 +322,11 @@ fn feature(model: &Model, name: &str, t: &TensorType, state: bool) -> Result<spe
         None if state => return Err(format!("state `{name}` needs a static shape")),
         None => Vec::new(),
     };
-    let image = if state { None } else { model.image_inputs.get(name) };
+    let image = if state { None } else { model.images.get(name) };
     if let Some(&space) = image {
-        let [1, c, h, w] = shape[..] else { return Err(format!("image input `{name}` must be [1, C, H, W], not {t}")) };
+        let [1, c, h, w] = shape[..] else { return Err(format!("image `{name}` must be [1, C, H, W], not {t}")) };
         if c != space.channels() as i64 || t.dtype != DType::F32 {
-            return Err(format!("image input `{name}` ({}) must be an fp32 tensor with {} channel(s), not {t}", space.name(), space.channels()));
+            return Err(format!("image `{name}` ({}) must be an fp32 tensor with {} channel(s), not {t}", space.name(), space.channels()));
         }
         let color_space = match space {
             ColorSpace::Gray => spec::image_feature_type::ColorSpace::Grayscale,
@@ -610,9 +610,10 @@ impl Reader {
             .filter(|f| !f.short_description.is_empty())
             .map(|f| (f.name.clone(), f.short_description.clone()))
             .collect();
-        let image_inputs = d
+        let images = d
             .input
             .iter()
+            .chain(&d.output)
             .filter_map(|f| match f.r#type.as_ref()?.r#type.as_ref()? {
                 spec::feature_type::Type::ImageType(i) => Some((f.name.clone(), i.color_space)),
                 _ => None,
@@ -622,11 +623,11 @@ impl Reader {
                     Ok(spec::image_feature_type::ColorSpace::Grayscale) => ColorSpace::Gray,
                     Ok(spec::image_feature_type::ColorSpace::Rgb) => ColorSpace::Rgb,
                     Ok(spec::image_feature_type::ColorSpace::Bgr) => ColorSpace::Bgr,
-                    _ => return Err(unsupported(format!("image input `{}` has color space {space} (GRAYSCALE, RGB and BGR are supported)", shown(&name)))),
+                    _ => return Err(unsupported(format!("image feature `{}` has color space {space} (GRAYSCALE, RGB and BGR are supported)", shown(&name)))),
                 };
                 Ok((name, space))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Model { program, metadata, feature_descriptions, image_inputs, compressed: Vec::new(), classifier })
+        Ok(Model { program, metadata, feature_descriptions, images, compressed: Vec::new(), classifier })
     }
 }

@@ -2,6 +2,7 @@
 //! expected outputs (`.npz`), and measures drift per output ([`metrics`]). The CLI's
 //! `validate` runs the package in `interp` and reports through this module.
 
+pub mod image;
 pub mod metrics;
 
 pub use metrics::Criterion;

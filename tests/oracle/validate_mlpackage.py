@@ -238,16 +238,20 @@ def check_signature(spec, f, main):
     require([i.name for i in d.input] == tensor_inputs, f"description.input {[i.name for i in d.input]} != main inputs {tensor_inputs}")
     require(sorted(s.name for s in d.state) == sorted(state_inputs), f"description.state {[s.name for s in d.state]} != main state inputs {state_inputs}")
 
+    def image_feature(fd, var, what):
+        # Core ML hands the program (or takes from it) an fp32 [1, C, H, W] tensor of the
+        # image's pixels.
+        img = fd.type.imageType
+        channels = {10: 1, 20: 3, 30: 3}.get(img.colorSpace)
+        require(channels is not None, f"{what} {fd.name}: image color space {img.colorSpace}")
+        require(var.dtype == types.fp32 and list(var.shape) == [1, channels, img.height, img.width],
+                f"{what} {fd.name}: {img.width}x{img.height} image (color space {img.colorSpace}) but MIL "
+                f"{types.builtin_to_string(var.dtype)} {list(var.shape)}")
+
     for fd in d.input:
         var = main.inputs[fd.name]
         if fd.type.WhichOneof("Type") == "imageType":
-            # Core ML hands the program an fp32 [1, C, H, W] tensor of the image's pixels.
-            img = fd.type.imageType
-            channels = {10: 1, 20: 3, 30: 3}.get(img.colorSpace)
-            require(channels is not None, f"input {fd.name}: image color space {img.colorSpace}")
-            require(var.dtype == types.fp32 and list(var.shape) == [1, channels, img.height, img.width],
-                    f"input {fd.name}: {img.width}x{img.height} image (color space {img.colorSpace}) but MIL "
-                    f"{types.builtin_to_string(var.dtype)} {list(var.shape)}")
+            image_feature(fd, var, "input")
             continue
         t = fd.type.multiArrayType
         require(ARRAY_DTYPE.get(t.dataType) == var.dtype, f"input {fd.name}: description dtype {t.dataType} != MIL {types.builtin_to_string(var.dtype)}")
@@ -270,6 +274,9 @@ def check_signature(spec, f, main):
         if kind in ("stringType", "int64Type", "dictionaryType"):
             require(fd.name in classified and var.op is not None and var.op.op_type == "classify",
                     f"output {fd.name}: {kind} but not a classify output named by predictedFeatureName/ProbabilitiesName")
+            continue
+        if kind == "imageType":
+            image_feature(fd, var, "output")
             continue
         t = fd.type.multiArrayType
         require(ARRAY_DTYPE.get(t.dataType) == var.dtype, f"output {fd.name}: description dtype {t.dataType} != MIL {types.builtin_to_string(var.dtype)}")
