@@ -102,6 +102,39 @@ impl Tensor {
         Self::f16_of(&Self::from_f32(shape, values))
     }
 
+    /// An integer tensor of `dtype` (whole-byte or sub-byte, packed LSB first) from values
+    /// that fit it; `None` for other dtypes or a value out of range. Used by `constexpr` for
+    /// decompressed masks and indices.
+    pub fn from_ints(dtype: DType, shape: &[usize], values: &[i64]) -> Option<Tensor> {
+        let (lo, hi): (i64, i64) = match dtype {
+            DType::I4 => (-8, 7),
+            DType::U1 | DType::U2 | DType::U3 | DType::U4 | DType::U6 => (0, (1 << dtype.bits()?) - 1),
+            DType::I8 => (-128, 127),
+            DType::U8 | DType::Bool => (0, 255),
+            DType::I32 => (i64::from(i32::MIN), i64::from(i32::MAX)),
+            _ => return None,
+        };
+        if values.iter().any(|v| !(lo..=hi).contains(v)) {
+            return None;
+        }
+        let bits = dtype.bits()?;
+        let bytes = match bits {
+            8 => values.iter().map(|&v| v as u8).collect(),
+            32 => values.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect(),
+            _ => {
+                let mut out = vec![0u8; dtype.storage_bytes(values.len())?];
+                for (k, &v) in values.iter().enumerate() {
+                    for j in 0..bits {
+                        let bit = k * bits + j;
+                        out[bit / 8] |= (((v >> j) & 1) as u8) << (bit % 8);
+                    }
+                }
+                out
+            }
+        };
+        Tensor::from_bytes(dtype, shape, bytes).ok()
+    }
+
     /// An int32 tensor.
     pub fn from_i32(shape: &[usize], values: &[i32]) -> Tensor {
         Self::from_le(DType::I32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -344,12 +377,27 @@ impl Tensor {
         })
     }
 
-    /// Values as i64 for integer and bool tensors of whole bytes; `None` otherwise.
-    /// Used by type inference to read `axes`, `perm`, `shape` and friends.
+    /// Values as i64 for integer and bool tensors, sub-byte ones (int4, uint1…uint6, packed
+    /// LSB first) included; `None` otherwise. Used by type inference to read `axes`, `perm`,
+    /// `shape` and friends, and by `constexpr` to unpack compressed weights.
     pub fn to_i64_vec(&self) -> Option<Vec<i64>> {
         let b = self.bytes();
         let b: &[u8] = &b;
         Some(match self.dtype {
+            DType::U1 | DType::U2 | DType::U3 | DType::U4 | DType::U6 | DType::I4 => {
+                let bits = self.dtype.bits()?;
+                let n = self.len();
+                if n.checked_mul(bits).is_none_or(|need| b.len().saturating_mul(8) < need) {
+                    return None;
+                }
+                (0..n)
+                    .map(|k| {
+                        let v = (0..bits).fold(0i64, |acc, j| acc | (i64::from(b[(k * bits + j) / 8] >> ((k * bits + j) % 8) & 1) << j));
+                        // int4 is two's complement: sign-extend bit 3.
+                        if self.dtype == DType::I4 && v >= 8 { v - 16 } else { v }
+                    })
+                    .collect()
+            }
             DType::Bool | DType::U8 => b.iter().map(|&v| i64::from(v)).collect(),
             DType::I8 => b.iter().map(|&v| i64::from(v as i8)).collect(),
             DType::I16 => b.chunks_exact(2).map(|c| i64::from(i16::from_le_bytes([c[0], c[1]]))).collect(),
