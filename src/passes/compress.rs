@@ -1,11 +1,15 @@
-//! `convert --compress SPEC`: large weights stored in Core ML's iOS16 compressed forms, which
-//! Core ML decompresses when it loads the model. `int8` is per-output-channel symmetric linear
+//! `convert --compress SPEC`: large weights stored in Core ML's compressed forms, which Core ML
+//! decompresses when it loads the model. `int8` is per-output-channel symmetric linear
 //! quantization (`constexpr_affine_dequantize`, as coremltools' `linear_quantize_weights`
-//! default); `palettize:N` is an N-bit look-up table per tensor found by k-means
-//! (`constexpr_lut_to_dense`, as `palettize_weights` in `kmeans` mode). Runs after the passes
-//! and the precision decisions, on the `main` function `pipeline::finish` is about to return;
-//! `package::read` (through `mil::constexpr::fold`) reads the result back as dense weights, so
-//! `validate` and `inspect` see what Core ML will compute with.
+//! default); `palettize:N` is an N-bit look-up table per tensor found by k-means (iOS16
+//! `constexpr_lut_to_dense`, as `palettize_weights` in `kmeans` mode). From iOS18:
+//! `int4[:block=B]` is symmetric int4 with one scale per block of B input channels of each
+//! output channel (`constexpr_blockwise_shift_scale`), and `palettize:N[:group=G]` writes the
+//! iOS18 `constexpr_lut_to_dense` (uint-N indices, a table per group of G output channels, 3
+//! bits allowed). Runs after the passes and the precision decisions, on the `main` function
+//! `pipeline::finish` is about to return; `package::read` (through `mil::constexpr::fold`)
+//! reads the result back as dense weights, so `validate` and `inspect` see what Core ML will
+//! compute with.
 //!
 //! `auto` picks a table size per weight under an accuracy gate ([`auto`]).
 //!
@@ -30,13 +34,23 @@ const INT8_MAX_CODE: f32 = 127.0;
 /// Rounds of Lloyd's iteration in the 1-D k-means; it stops earlier when no centroid moves.
 const KMEANS_ROUNDS: usize = 100;
 
+/// Index widths the iOS18 `constexpr_lut_to_dense` adds (uint3 indices).
+pub const IOS18_LUT_BITS: &[u32] = &[1, 2, 3, 4, 6, 8];
+/// Input channels per int4 scale by default: coremltools' `per_block` default block size.
+pub const DEFAULT_INT4_BLOCK: usize = 32;
+/// Largest magnitude of symmetric int4 codes: ±7, as coremltools' `linear_symmetric` int4.
+const INT4_MAX_CODE: f32 = 7.0;
+
 /// A compression asked for with `--compress`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spec {
     /// Per-output-channel symmetric int8.
     Int8,
-    /// A per-tensor look-up table of 2^bits values.
-    Palettize(u32),
+    /// iOS18 symmetric int4, one scale per `block` input channels of each output channel.
+    Int4 { block: usize },
+    /// A look-up table of 2^bits values per tensor (`group` 0), or per `group` output channels
+    /// (iOS18).
+    Palettize { bits: u32, group: usize },
     /// Tables of [`AUTO_BITS`] bits chosen per weight by [`auto`] under a [`Gate`].
     Auto,
 }
@@ -44,26 +58,38 @@ pub enum Spec {
 impl Spec {
     /// Parses `--compress SPEC` for a package of `opset`; the error names what is accepted.
     pub fn parse(s: &str, opset: Opset) -> Result<Spec, String> {
+        let number = |v: &str, what: &str| v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| format!("`{s}`: {what} takes a positive number"));
+        let ios18 = |what: &str| if opset < Opset::Ios18 { Err(format!("`{s}`: {what} is an iOS18 form; it needs --target iOS18 or later")) } else { Ok(()) };
         let spec = match s.split(':').collect::<Vec<_>>()[..] {
             ["int8"] => Spec::Int8,
-            ["palettize", n] => {
+            ["int4"] => {
+                ios18("int4")?;
+                Spec::Int4 { block: DEFAULT_INT4_BLOCK }
+            }
+            ["int4", b] if b.starts_with("block=") => {
+                ios18("int4")?;
+                Spec::Int4 { block: number(&b["block=".len()..], "block=")? }
+            }
+            ["palettize", n] | ["palettize", n, _] => {
                 let bits: u32 = n.parse().map_err(|_| format!("`{s}`: palettize:N takes a number of bits"))?;
+                if !IOS18_LUT_BITS.contains(&bits) {
+                    return Err(format!("`{s}`: palettize takes 1, 2, 3, 4, 6 or 8 bits"));
+                }
+                let group = match s.split(':').nth(2) {
+                    None => 0,
+                    Some(g) if g.starts_with("group=") => number(&g["group=".len()..], "group=")?,
+                    Some(other) => return Err(format!("`{s}`: `{other}` is not group=G")),
+                };
                 if bits == 3 {
-                    return Err(format!("`{s}`: 3-bit tables need the iOS18 lut form, which is not written yet; use 1, 2, 4, 6 or 8"));
+                    ios18("a 3-bit table")?;
                 }
-                if !IOS16_LUT_BITS.contains(&bits) {
-                    return Err(format!("`{s}`: palettize takes 1, 2, 4, 6 or 8 bits"));
+                if group > 0 {
+                    ios18("a table per group of channels")?;
                 }
-                Spec::Palettize(bits)
-            }
-            ["palettize", _, g] if g.starts_with("group=") => {
-                return Err(format!("`{s}`: grouped-channel tables are an iOS18 form, not written yet; use palettize:N (one table per tensor)"))
-            }
-            ["int4", ..] => {
-                return Err(format!("`{s}`: int4 is iOS18's blockwise form{}, not written yet; use int8 or palettize:4", if opset < Opset::Ios18 { " (and needs --target iOS18)" } else { "" }))
+                Spec::Palettize { bits, group }
             }
             ["auto"] => Spec::Auto,
-            _ => return Err(format!("`{crate_s}`: unknown compression; use int8 or palettize:N (N = 1, 2, 4, 6, 8)", crate_s = crate::files::shown(s))),
+            _ => return Err(format!("`{}`: unknown compression; use int8, int4[:block=B], palettize:N[:group=G] (N = 1, 2, 3, 4, 6, 8) or auto", crate::files::shown(s))),
         };
         if opset < Opset::Ios16 {
             return Err(format!("`{s}`: compressed weights need --target iOS16 or later"));
@@ -71,11 +97,13 @@ impl Spec {
         Ok(spec)
     }
 
-    /// How the spec is named in reports (`int8`, `palettize:4`).
+    /// How the spec is named in reports (`int8`, `int4:block=32`, `palettize:4`, `palettize:4:group=16`).
     pub fn name(self) -> String {
         match self {
             Spec::Int8 => "int8".into(),
-            Spec::Palettize(b) => format!("palettize:{b}"),
+            Spec::Int4 { block } => format!("int4:block={block}"),
+            Spec::Palettize { bits, group: 0 } => format!("palettize:{bits}"),
+            Spec::Palettize { bits, group } => format!("palettize:{bits}:group={group}"),
             Spec::Auto => "auto".into(),
         }
     }
@@ -113,10 +141,17 @@ fn compress_all(f: &Function, picked: &mut Vec<usize>, specs: &[Spec]) -> Result
             let (i, spec) = jobs[first + k];
             let t = ops[i].const_val().expect("picked consts");
             let r = match spec {
-                Spec::Int8 => int8(t).map(|r| r.map(|(a, n)| Form { op_type: "constexpr_affine_dequantize", attributes: a, stored_bytes: n, how: spec.name() })),
-                Spec::Palettize(bits) => palettize(t, bits).map(|r| r.map(|(a, n)| Form { op_type: "constexpr_lut_to_dense", attributes: a, stored_bytes: n, how: spec.name() })),
+                Spec::Int8 => int8(t),
+                Spec::Int4 { block } => int4(t, block),
+                Spec::Palettize { bits, group } => palettize(t, bits, group, f.opset >= Opset::Ios18),
                 Spec::Auto => Err("auto is not one compression".into()),
             };
+            let r = r.map(|form| form.map(|mut form| {
+                if form.how.is_empty() {
+                    form.how = spec.name();
+                }
+                form
+            }));
             *slot = Some(r.map_err(|e| format!("weight `{}`: {e}", ops[i].name)));
         }
     });
@@ -134,13 +169,29 @@ fn compress_all(f: &Function, picked: &mut Vec<usize>, specs: &[Spec]) -> Result
     Ok(forms)
 }
 
-/// One weight in one compressed form.
+/// One weight in one compressed form: iOS16 forms carry their values as attributes, iOS18
+/// forms as inputs (made `const` ops by [`hoist_inputs`] before the package is written).
 #[derive(Clone)]
 struct Form {
     op_type: &'static str,
     attributes: BTreeAttrs,
+    inputs: Vec<(&'static str, Tensor)>,
     stored_bytes: usize,
     how: String,
+}
+
+impl Form {
+    /// An iOS16 form: values as attributes.
+    fn attributes(op_type: &'static str, attributes: BTreeAttrs) -> Form {
+        let stored_bytes = attributes.iter().filter(|(k, _)| !matches!(k.as_str(), "shape" | "axis")).map(|(_, t)| t.byte_len()).sum();
+        Form { op_type, attributes, inputs: Vec::new(), stored_bytes, how: String::new() }
+    }
+
+    /// An iOS18 form: values as inputs.
+    fn inputs(op_type: &'static str, inputs: Vec<(&'static str, Tensor)>) -> Form {
+        let stored_bytes = inputs.iter().map(|(_, t)| t.byte_len()).sum();
+        Form { op_type, attributes: BTreeAttrs::new(), inputs, stored_bytes, how: String::new() }
+    }
 }
 
 /// Makes const op `i` of `f` the compressed `form`; returns its report line.
@@ -149,7 +200,43 @@ fn apply(f: &mut Function, i: usize, form: &Form) -> Compressed {
     let dense_bytes = op.const_val().map_or(0, Tensor::byte_len);
     op.op_type = form.op_type.into();
     op.attributes = form.attributes.clone();
+    op.inputs = form.inputs.iter().map(|(p, t)| (p.to_string(), vec![crate::mil::Argument::Value(t.clone())])).collect();
     Compressed { name: op.outputs[0].name.clone(), how: form.how.clone(), stored_bytes: form.stored_bytes, dense_bytes }
+}
+
+/// Gives each literal input of a compressed weight (iOS18 forms) a `const` op of its own right
+/// before it, named after the weight and parameter, as coremltools writes them: the constexpr
+/// ops take their inputs from constants.
+fn hoist_inputs(f: &mut Function) {
+    let mut taken: std::collections::HashSet<String> = f.block.defined_names().into_iter().map(String::from).collect();
+    taken.extend(f.inputs.iter().map(|i| i.name.clone()));
+    let mut ops = Vec::with_capacity(f.block.operations.len());
+    for mut op in std::mem::take(&mut f.block.operations) {
+        if op.op_type.starts_with("constexpr_") {
+            let base = op.outputs.first().map_or_else(|| op.name.clone(), |o| o.name.clone());
+            for (param, args) in &mut op.inputs {
+                for a in args.iter_mut() {
+                    let crate::mil::Argument::Value(t) = a else { continue };
+                    let mut name = format!("{base}_{param}");
+                    while !taken.insert(name.clone()) {
+                        name.push('_');
+                    }
+                    ops.push(Operation {
+                        op_type: "const".into(),
+                        name: name.clone(),
+                        inputs: Vec::new(),
+                        outputs: vec![crate::mil::NamedType { name: name.clone(), ty: crate::mil::ValueType::Tensor(t.tensor_type()) }],
+                        attributes: BTreeAttrs::from([("val".to_string(), t.clone())]),
+                        blocks: Vec::new(),
+                        source: None,
+                    });
+                    *a = crate::mil::Argument::Name(name);
+                }
+            }
+        }
+        ops.push(op);
+    }
+    f.block.operations = ops;
 }
 
 /// Replaces every eligible constant of `f`'s top block by its compressed form (weights in
@@ -157,7 +244,9 @@ fn apply(f: &mut Function, i: usize, form: &Form) -> Compressed {
 pub fn run(f: &mut Function, spec: Spec) -> Result<Vec<Compressed>, String> {
     let mut picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
     let forms = compress_all(f, &mut picked, &[spec])?;
-    Ok(picked.iter().zip(&forms).map(|(&i, w)| apply(f, i, &w[0])).collect())
+    let done = picked.iter().zip(&forms).map(|(&i, w)| apply(f, i, &w[0])).collect();
+    hoist_inputs(f);
+    Ok(done)
 }
 
 /// Table sizes `--compress auto` chooses from, most accurate first.
@@ -200,7 +289,7 @@ pub fn auto(f: &mut Function, inputs: &[(String, Array)], gate: Gate) -> Result<
     let reference = crate::interp::run(f, inputs).map_err(|e| e.to_string())?;
     let passes = |m: (f64, f64)| m.0 >= gate.min_psnr_db && m.1 >= gate.min_cosine;
     let mut picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
-    let specs: Vec<Spec> = AUTO_BITS.iter().map(|&b| Spec::Palettize(b)).collect();
+    let specs: Vec<Spec> = AUTO_BITS.iter().map(|&bits| Spec::Palettize { bits, group: 0 }).collect();
     let forms = compress_all(f, &mut picked, &specs)?;
     let with = |choice: &[Option<usize>]| {
         let mut g = f.clone();
@@ -253,6 +342,7 @@ pub fn auto(f: &mut Function, inputs: &[(String, Array)], gate: Gate) -> Result<
         }
     }
     let report = picked.iter().zip(&choice).enumerate().filter_map(|(w, (&i, c))| c.map(|level| apply(f, i, &forms[w][level]))).collect();
+    hoist_inputs(f);
     let mut limits = Vec::new();
     if gate.min_psnr_db > f64::NEG_INFINITY {
         limits.push(format!("PSNR >= {} dB", gate.min_psnr_db));
@@ -276,7 +366,7 @@ fn floats(dtype: DType, shape: &[usize], v: &[f32]) -> Result<Tensor, String> {
 
 /// Symmetric int8 along axis 0: per output channel, scale = max |w| / 127 (in the weight's
 /// dtype, so the dequantized weight has it), codes round(w / scale).
-fn int8(t: &Tensor) -> Result<Option<(BTreeAttrs, usize)>, String> {
+fn int8(t: &Tensor) -> Result<Option<Form>, String> {
     let v = t.to_f32_vec().ok_or("not a float tensor")?;
     let channels = t.shape()[0];
     let inner = v.len() / channels.max(1);
@@ -304,46 +394,136 @@ fn int8(t: &Tensor) -> Result<Option<(BTreeAttrs, usize)>, String> {
     let q = Tensor::from_bytes(DType::I8, t.shape(), codes).map_err(|e| e.to_string())?;
     let zp = Tensor::from_bytes(DType::I8, &[channels], vec![0; channels]).map_err(|e| e.to_string())?;
     let scale = floats(t.dtype(), &[channels], &scales)?;
-    let stored = q.byte_len() + zp.byte_len() + scale.byte_len();
     let attrs = BTreeAttrs::from([
         ("quantized_data".into(), q),
         ("zero_point".into(), zp),
         ("scale".into(), scale),
         ("axis".into(), Tensor::i32_scalar(0)),
     ]);
-    Ok(Some((attrs, stored)))
+    Ok(Some(Form::attributes("constexpr_affine_dequantize", attrs)))
 }
 
-/// A 2^bits-entry table by 1-D k-means and each value's nearest entry, packed LSB first.
-fn palettize(t: &Tensor, bits: u32) -> Result<Option<(BTreeAttrs, usize)>, String> {
+/// The scale, in the weight's dtype, that maps `peak` to `max_code`; `None` when the peak is
+/// not finite; an error when fp16 cannot hold it.
+fn symmetric_scale(peak: f32, max_code: f32, dtype: DType) -> Result<Option<f32>, String> {
+    if !peak.is_finite() {
+        return Ok(None);
+    }
+    let mut s = peak / max_code;
+    if dtype == DType::F16 {
+        s = f16::from_f32(s).to_f32();
+        if s == 0.0 && peak > 0.0 {
+            return Err(format!("a block peak {peak:e} gives a scale below fp16's range"));
+        }
+    }
+    Ok(Some(if s == 0.0 { 1.0 } else { s }))
+}
+
+/// iOS18 symmetric int4 (`constexpr_blockwise_shift_scale`): per output channel (axis 0) and
+/// block of `block` input channels (axis 1; the whole axis when `block` does not divide it),
+/// scale = max |w| / 7 in the weight's dtype, codes round(w / scale) in int4.
+fn int4(t: &Tensor, block: usize) -> Result<Option<Form>, String> {
+    let v = t.to_f32_vec().ok_or("not a float tensor")?;
+    let shape = t.shape();
+    let (out, inp) = (shape[0], shape[1]);
+    let rest: usize = shape[2..].iter().product();
+    let block = if block > 0 && inp % block == 0 { block } else { inp };
+    let blocks = inp / block.max(1);
+    let mut scales = Vec::with_capacity(out * blocks);
+    for o in 0..out {
+        for b in 0..blocks {
+            let start = (o * inp + b * block) * rest;
+            let peak = v[start..start + block * rest].iter().fold(0f32, |m, x| m.max(x.abs()));
+            match symmetric_scale(peak, INT4_MAX_CODE, t.dtype())? {
+                Some(s) => scales.push(s),
+                None => return Ok(None),
+            }
+        }
+    }
+    let codes: Vec<i64> = v
+        .iter()
+        .enumerate()
+        .map(|(k, &x)| {
+            let (o, i) = (k / (inp * rest), (k / rest) % inp);
+            (x / scales[o * blocks + i / block]).round().clamp(-INT4_MAX_CODE, INT4_MAX_CODE) as i64
+        })
+        .collect();
+    let data = Tensor::from_ints(DType::I4, shape, &codes).ok_or("int4 codes out of range")?;
+    let mut scale_shape = vec![1; shape.len()];
+    scale_shape[0] = out;
+    scale_shape[1] = blocks;
+    let scale = floats(t.dtype(), &scale_shape, &scales)?;
+    Ok(Some(Form::inputs("constexpr_blockwise_shift_scale", vec![("data", data), ("scale", scale)])))
+}
+
+/// A 2^bits-entry table by 1-D k-means and each value's nearest entry: one table per tensor,
+/// or (`group` > 0) per `group` output channels. iOS16 form (`ios18` false): the table, the
+/// indices packed LSB first in uint8 and the shape as attributes. iOS18 form: uint-`bits`
+/// indices of the weight's shape and a `[groups, 1…, 2^bits, 1]` table as inputs.
+fn palettize(t: &Tensor, bits: u32, group: usize, ios18: bool) -> Result<Option<Form>, String> {
     let v = t.to_f32_vec().ok_or("not a float tensor")?;
     if v.iter().any(|x| !x.is_finite()) {
         return Ok(None);
     }
     let k = 1usize << bits;
-    let mut lut = kmeans_1d(&v, k);
-    if t.dtype() == DType::F16 {
-        // The table is stored in fp16: assign against the rounded entries.
-        for c in &mut lut {
-            *c = f16::from_f32(*c).to_f32();
+    let channels = t.shape()[0];
+    // Groups must split the channels evenly (the iOS18 table blocks divide the axis): the
+    // largest divisor of the channel count up to the asked size, reported when smaller.
+    let asked = group;
+    let group = if group == 0 || group >= channels { channels } else { (1..=group).rev().find(|g| channels % g == 0).unwrap_or(1) };
+    let per_group = v.len() / channels * group;
+    let mut luts = Vec::with_capacity(channels / group * k);
+    let mut idx = vec![0i64; v.len()];
+    for (values, idx) in v.chunks(per_group).zip(idx.chunks_mut(per_group)) {
+        let mut lut = kmeans_1d(values, k);
+        if t.dtype() == DType::F16 {
+            // The table is stored in fp16: assign against the rounded entries.
+            for c in &mut lut {
+                *c = f16::from_f32(*c).to_f32();
+            }
+            lut.sort_by(f32::total_cmp);
         }
-        lut.sort_by(f32::total_cmp);
+        let bounds: Vec<f32> = lut.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+        for (i, &x) in idx.iter_mut().zip(values) {
+            *i = bounds.partition_point(|&b| b < x) as i64;
+        }
+        luts.extend(lut);
     }
-    let bounds: Vec<f32> = lut.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+    if ios18 {
+        let dtype = match bits {
+            1 => DType::U1,
+            2 => DType::U2,
+            3 => DType::U3,
+            4 => DType::U4,
+            6 => DType::U6,
+            _ => DType::U8,
+        };
+        let indices = Tensor::from_ints(dtype, t.shape(), &idx).ok_or("indices out of range")?;
+        let mut lut_shape = vec![1; t.shape().len() + 2];
+        lut_shape[0] = channels / group;
+        lut_shape[t.shape().len()] = k;
+        let lut = floats(t.dtype(), &lut_shape, &luts)?;
+        let mut form = Form::inputs("constexpr_lut_to_dense", vec![("indices", indices), ("lut", lut)]);
+        if asked > 0 && asked < channels && group != asked {
+            form.how = format!("palettize:{bits}:group={group}");
+        }
+        return Ok(Some(form));
+    }
+    if group != channels {
+        return Err("a table per group of channels is an iOS18 form".into());
+    }
     let mut packed = vec![0u8; (v.len() * bits as usize).div_ceil(8)];
-    for (i, &x) in v.iter().enumerate() {
-        let idx = bounds.partition_point(|&b| b < x);
+    for (i, &x) in idx.iter().enumerate() {
         for b in 0..bits as usize {
             let bit = i * bits as usize + b;
-            packed[bit / 8] |= (((idx >> b) & 1) as u8) << (bit % 8);
+            packed[bit / 8] |= (((x >> b) & 1) as u8) << (bit % 8);
         }
     }
-    let lut = floats(t.dtype(), &[k], &lut)?;
+    let lut = floats(t.dtype(), &[k], &luts)?;
     let indices = Tensor::from_bytes(DType::U8, &[packed.len()], packed).map_err(|e| e.to_string())?;
     let shape: Vec<u8> = t.shape().iter().flat_map(|&d| (d as u32).to_le_bytes()).collect();
     let shape = Tensor::from_bytes(DType::U32, &[t.shape().len()], shape).map_err(|e| e.to_string())?;
-    let stored = lut.byte_len() + indices.byte_len();
-    Ok(Some((BTreeAttrs::from([("lut".into(), lut), ("indices".into(), indices), ("shape".into(), shape)]), stored)))
+    Ok(Some(Form::attributes("constexpr_lut_to_dense", BTreeAttrs::from([("lut".into(), lut), ("indices".into(), indices), ("shape".into(), shape)]))))
 }
 
 /// `k` centroids of `values` (finite), ascending: Lloyd's iteration in one dimension, started
@@ -424,11 +604,16 @@ mod tests {
     #[test]
     fn specs_parse_and_bad_ones_say_what_is_accepted() {
         assert_eq!(Spec::parse("int8", Opset::Ios16), Ok(Spec::Int8));
-        assert_eq!(Spec::parse("palettize:4", Opset::Ios17), Ok(Spec::Palettize(4)));
+        assert_eq!(Spec::parse("palettize:4", Opset::Ios17), Ok(Spec::Palettize { bits: 4, group: 0 }));
+        assert_eq!(Spec::parse("palettize:3:group=16", Opset::Ios18), Ok(Spec::Palettize { bits: 3, group: 16 }));
+        assert_eq!(Spec::parse("int4", Opset::Ios18), Ok(Spec::Int4 { block: DEFAULT_INT4_BLOCK }));
+        assert_eq!(Spec::parse("int4:block=64", Opset::Ios18).map(Spec::name), Ok("int4:block=64".to_string()));
         assert_eq!(Spec::parse("auto", Opset::Ios16), Ok(Spec::Auto));
         for (bad, says) in [
-            ("palettize:5", "1, 2, 4, 6 or 8"),
+            ("palettize:5", "1, 2, 3, 4, 6 or 8"),
             ("palettize:x", "number of bits"),
+            ("palettize:3", "needs --target iOS18"),
+            ("palettize:4:group=8", "needs --target iOS18"),
             ("int4", "needs --target iOS18"),
             ("int16", "unknown compression"),
         ] {
