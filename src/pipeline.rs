@@ -141,6 +141,9 @@ pub struct Compression {
     pub gate: passes::compress::Gate,
     /// For `Spec::Auto`: the inputs the gate is measured on.
     pub calibration: Calibration,
+    /// For `Spec::Auto` on a Whisper folder: transcripts gate the choice instead (`--max-wer`
+    /// on `--audio`).
+    pub wer: Option<crate::speech::compress::WerGate>,
 }
 
 /// Where `--precision auto` gets its inputs: an example (`--example`), or drawn with a seed as
@@ -333,7 +336,7 @@ fn finish(path: &Path, kind: Kind, built: Vec<Built>, side_files: Vec<PathBuf>, 
         }
         // A Whisper folder's MelSpectrogram holds signal processing (DFT basis, mel filters),
         // not learned weights: compressing it would change every input the model sees.
-        let (compressed, compression_gate) = match options.compress.as_ref().filter(|_| !(matches!(kind, Kind::HfFolder(_)) && name == hf::whisper::MEL_PACKAGE)) {
+        let (compressed, compression_gate) = match options.compress.as_ref().filter(|c| !(matches!(kind, Kind::HfFolder(_)) && (name == hf::whisper::MEL_PACKAGE || c.wer.is_some()))) {
             Some(c) => {
                 let fail = |m: String| input_error(path, format!("--compress {}: {m}", c.spec.name()));
                 if c.spec == passes::compress::Spec::Auto {
@@ -349,6 +352,9 @@ fn finish(path: &Path, kind: Kind, built: Vec<Built>, side_files: Vec<PathBuf>, 
         model.program.functions.insert("main".into(), main);
         apply_interface(&mut model, &options.interface).map_err(|m| input_error(path, m))?;
         packages.push(Loaded { name, model, passes: changes, precision_notes, warnings, compressed, compression_gate, folded_images });
+    }
+    if let Some((c, gate)) = options.compress.as_ref().and_then(|c| Some((c, c.wer.as_ref()?))) {
+        whisper_auto(path, &mut packages, &c.calibration, gate).map_err(|m| input_error(path, format!("--compress auto --max-wer: {m}")))?;
     }
     Ok(Loading { kind, packages, side_files })
 }
@@ -533,6 +539,29 @@ const AUTO_MAX_ERROR_OF_PEAK: f64 = 1e-2;
 /// function with everything found so far, so neighbouring fp32 ops pass fp32 values to each
 /// other. Returns one line per op kept.
 /// The inputs `calibration` names for `main`.
+/// `--compress auto --max-wer` on the packages of the Whisper folder `dir`: the AudioEncoder's
+/// and TextDecoder's tables chosen together by transcripts (`speech::compress`).
+fn whisper_auto(dir: &Path, packages: &mut [Loaded], calibration: &Calibration, gate: &crate::speech::compress::WerGate) -> Result<(), String> {
+    let index = |n: &str| packages.iter().position(|p| p.name == n).ok_or_else(|| format!("--max-wer applies to a Whisper folder; no {n} package was built"));
+    let (m, e, d) = (index(hf::whisper::MEL_PACKAGE)?, index(hf::whisper::ENCODER_PACKAGE)?, index(hf::whisper::DECODER_PACKAGE)?);
+    let mut take = |i: usize| packages[i].model.program.functions.remove("main").ok_or("a package has no main function".to_string());
+    let (mel, mut encoder, mut decoder) = (take(m)?, take(e)?, take(d)?);
+    let result = (|| {
+        let (ei, di) = (calibration_inputs(&encoder, calibration)?, calibration_inputs(&decoder, calibration)?);
+        crate::speech::compress::auto(&mel, &mut encoder, &mut decoder, [&ei, &di], dir, gate)
+    })();
+    for (i, f) in [(m, mel), (e, encoder), (d, decoder)] {
+        packages[i].model.program.functions.insert("main".into(), f);
+    }
+    let chosen = result?;
+    packages[e].compressed = chosen.encoder;
+    packages[d].compressed = chosen.decoder;
+    for i in [e, d] {
+        packages[i].compression_gate = Some(chosen.summary.clone());
+    }
+    Ok(())
+}
+
 fn calibration_inputs(main: &crate::mil::Function, calibration: &Calibration) -> Result<Vec<(String, crate::interp::Array)>, String> {
     match calibration {
         Calibration::Example(given) => crate::validate::inputs_from(main, given.clone()),

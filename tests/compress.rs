@@ -282,3 +282,51 @@ fn bad_specs_are_one_line_and_exit_2() {
         assert!(!out.exists(), "{spec}: wrote a package");
     }
 }
+
+/// Issue 16 on the real Whisper tiny.en (iOS18): `palettize:4` (a table per 16 output channels)
+/// is at most 30 % of the fp16 bytes and type-checks in coremltools, and `validate --against`
+/// reports its WER against the fp16 conversion; `auto --max-wer 0 --audio` reports the bits
+/// chosen per weight and its packages transcribe the audio exactly as the fp16 packages do;
+/// `--max-wer` without `--audio` is one line and exit 2.
+#[test]
+#[ignore = "needs the Whisper folder and coremltools from `make setup`; `make test` runs it"]
+fn whisper_tiny_palettized_and_auto_by_wer() {
+    let whisper = std::env::var_os("T2C_WHISPER_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/torch2coreml/whisper/whisper-tiny.en"));
+    let audio = std::env::var_os("T2C_WHISPER_AUDIO").map(PathBuf::from).unwrap_or_else(|| whisper.parent().unwrap().join("audio"));
+    let wav = audio.join("flite_harvard01.wav");
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name);
+    let convert = |to: &Path, extra: &[&str]| {
+        let c = bin().arg("convert").arg(&whisper).arg("-o").arg(to).args(["--target", "iOS18", "--format", "json"]).args(extra).output().unwrap();
+        assert!(c.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&c.stderr));
+        serde_json::from_slice::<serde_json::Value>(&c.stdout).unwrap()
+    };
+    let bytes = |d: &Path| -> u64 { ["MelSpectrogram", "AudioEncoder", "TextDecoder"].iter().map(|p| report_bytes(&d.join(format!("{p}.mlpackage")))).sum() };
+    convert(&out("fp16"), &[]);
+    convert(&out("pal4"), &["--compress", "palettize:4:group=16"]);
+    let (dense, pal4) = (bytes(&out("fp16")), bytes(&out("pal4")));
+    assert!(pal4 * 100 <= dense * 30, "palettize:4 {pal4} bytes, fp16 {dense}");
+    let packages: Vec<PathBuf> = ["AudioEncoder", "TextDecoder"].iter().map(|p| out("pal4").join(format!("{p}.mlpackage"))).collect();
+    let o = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).args(&packages).output().unwrap();
+    assert!(o.status.success(), "coremltools: {}", String::from_utf8_lossy(&o.stdout));
+    let validate = |pkg: &Path| {
+        let v = bin().arg("validate").arg(pkg).arg("--against").arg(out("fp16")).arg("--audio").arg(&wav).args(["--format", "json"]).output().unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&v.stderr)));
+        (v.status.code(), r)
+    };
+    let (_, r) = validate(&out("pal4"));
+    assert!(r["wer_converted_vs_reference"].as_f64().is_some(), "{r}");
+    eprintln!("palettize:4:group=16: {} of fp16's {} bytes, WER {} against fp16", pal4, dense, r["wer_converted_vs_reference"]);
+    // The WER gate: bits per weight in the report, transcripts unchanged.
+    let report = convert(&out("auto"), &["--compress", "auto", "--max-wer", "0", "--audio", wav.to_str().unwrap()]);
+    let decoder = report["packages"].as_array().unwrap().iter().find(|p| p["name"] == "TextDecoder").unwrap();
+    assert!(decoder["compression_gate"].as_str().unwrap().contains("WER 0.0%"), "{decoder}");
+    let (code, r) = validate(&out("auto"));
+    assert_eq!((code, r["wer_converted_vs_reference"].as_f64()), (Some(0), Some(0.0)), "{r}");
+    eprintln!("auto --max-wer 0: {} of fp16's {} bytes: {}", bytes(&out("auto")), dense, decoder["compression_gate"]);
+    // --max-wer needs --audio.
+    let bad = out("bad");
+    let o = bin().arg("convert").arg(&whisper).arg("-o").arg(&bad).args(["--target", "iOS18", "--compress", "auto", "--max-wer", "0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(2) && err.lines().count() == 1 && err.contains("--max-wer needs") && !bad.exists(), "{err}");
+}

@@ -62,10 +62,12 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Store large weights compressed (iOS16+): `int8` (per-channel symmetric linear),
-    /// `palettize:N` (an N-bit k-means table per tensor, N = 1, 2, 4, 6, 8), or `auto` (8, 6, 4
-    /// or 2 bits per weight, as few as the gate allows on calibration inputs: `--example`, else
-    /// random with `--seed`). Weights of rank ≥ 2 with at least 2048 elements are compressed;
-    /// biases, norms and small tensors are not.
+    /// `palettize:N` (an N-bit k-means table per tensor, N = 1, 2, 4, 6, 8; 3 and
+    /// `palettize:N:group=G`, a table per G output channels, need iOS18), `int4[:block=B]`
+    /// (iOS18: symmetric int4, a scale per B input channels, default 32), or `auto` (8, 6, 4 or
+    /// 2 bits per weight, as few as the gate allows on calibration inputs: `--example`, else
+    /// random with `--seed`; for Whisper folders `--max-wer` on `--audio`). Weights of rank ≥ 2
+    /// with at least 2048 elements are compressed; biases, norms and small tensors are not.
     #[arg(long, value_name = "SPEC")]
     pub compress: Option<String>,
     /// `--compress auto` gate: least PSNR (dB, against each output's peak) of every output
@@ -75,6 +77,13 @@ pub struct Args {
     /// `--compress auto` gate: least cosine of every output (for embeddings).
     #[arg(long, value_name = "C", requires = "compress")]
     pub min_cosine: Option<f64>,
+    /// `--compress auto` gate for Whisper folders: largest word error rate (0 to 1) of the
+    /// compressed packages' transcripts of `--audio` against the uncompressed packages'.
+    #[arg(long, value_name = "W")]
+    pub max_wer: Option<f64>,
+    /// WAV files the `--max-wer` gate transcribes.
+    #[arg(long, value_name = "A.wav", num_args = 1..)]
+    pub audio: Vec<PathBuf>,
     /// Model author (package metadata, shown by Xcode).
     #[arg(long)]
     pub author: Option<String>,
@@ -267,7 +276,12 @@ const MAX_INPUT_ELEMENTS: usize = i32::MAX as usize;
 
 /// `--compress` with its gate and calibration inputs; gate flags without `auto` are refused.
 fn compression(args: &Args, opset: Opset) -> anyhow::Result<Option<pipeline::Compression>> {
-    let Some(c) = &args.compress else { return Ok(None) };
+    let Some(c) = &args.compress else {
+        if args.max_wer.is_some() || !args.audio.is_empty() {
+            bail!("--max-wer and --audio are the gate of --compress auto on a Whisper folder; give --compress auto");
+        }
+        return Ok(None);
+    };
     let spec = passes::compress::Spec::parse(c, opset).map_err(|e| anyhow::anyhow!("--compress {e}"))?;
     if spec != passes::compress::Spec::Auto && (args.max_drift.is_some() || args.min_cosine.is_some()) {
         bail!("--max-drift and --min-cosine are the gate of --compress auto; `{c}` has no gate");
@@ -285,7 +299,24 @@ fn compression(args: &Args, opset: Opset) -> anyhow::Result<Option<pipeline::Com
             gate.min_psnr_db = f64::NEG_INFINITY;
         }
     }
-    Ok(Some(pipeline::Compression { spec, gate, calibration: calibration(args)? }))
+    let wer = match (args.max_wer, args.audio.is_empty()) {
+        (None, true) => None,
+        (Some(_), true) => bail!("--max-wer needs the audio its transcripts are measured on: give --audio A.wav [B.wav …]"),
+        (None, false) => bail!("--audio is the test set of --max-wer W; give both (with --compress auto on a Whisper folder)"),
+        (Some(w), false) => {
+            if spec != passes::compress::Spec::Auto || args.max_drift.is_some() || args.min_cosine.is_some() {
+                bail!("--max-wer is the gate of --compress auto on a Whisper folder, instead of --max-drift/--min-cosine");
+            }
+            if !(0.0..=1.0).contains(&w) {
+                bail!("--max-wer {w}: a word error rate between 0 and 1");
+            }
+            if !matches!(pipeline::kind(&args.model), Ok(pipeline::Kind::HfFolder(_))) {
+                bail!("{}: --max-wer applies to a Whisper folder (a Hugging Face folder with config.json)", args.model.display());
+            }
+            Some(torch2coreml::speech::compress::WerGate { max_wer: w, audio: args.audio.clone() })
+        }
+    };
+    Ok(Some(pipeline::Compression { spec, gate, calibration: calibration(args)?, wer }))
 }
 
 /// The calibration inputs of `--precision auto` and `--compress auto`: `--example`, else

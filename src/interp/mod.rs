@@ -252,6 +252,22 @@ pub fn run(function: &Function, inputs: &[(String, Array)]) -> Result<Vec<(Strin
     run_known(function, inputs, &mut [], Compute::AsDeclared, None, &Known::default())
 }
 
+/// [`run_stateful`] from states that start at zeros (Core ML's initial `MLState`), the
+/// states' final values dropped: one call of a stateful function, as `--compress auto` and
+/// `--precision auto` measure programs on calibration inputs. [`run`] for stateless functions.
+pub fn run_from_zero_states(function: &Function, inputs: &[(String, Array)]) -> Result<Vec<(String, Array)>, Error> {
+    let mut states = Vec::new();
+    for i in &function.inputs {
+        if let crate::mil::ValueType::State(t) = &i.ty {
+            let bad = |got: String| Error::BadInput { name: i.name.clone(), expected: "a state of fixed shape".into(), got };
+            let shape = t.fixed_shape().ok_or_else(|| bad(t.to_string()))?;
+            let n = t.num_elements().ok_or_else(|| bad(format!("{t}, too many elements")))?;
+            states.push((i.name.clone(), Array::float(t.dtype, shape, vec![0.0; n])));
+        }
+    }
+    run_stateful(function, inputs, &mut states)
+}
+
 /// [`run`] with a precision choice and an observer called with every op output as it is made
 /// (name, value). Used by tests.
 pub fn run_with(

@@ -249,6 +249,11 @@ pub fn run(f: &mut Function, spec: Spec) -> Result<Vec<Compressed>, String> {
     Ok(done)
 }
 
+/// Output channels per table of `--compress auto` from iOS18 (coremltools' per-grouped-channel
+/// default group size): 16 tables of 2^bits fp16 entries per 16 rows add under 1 % to a
+/// 384-wide 4-bit weight.
+pub const AUTO_GROUP: usize = 16;
+
 /// Table sizes `--compress auto` chooses from, most accurate first.
 pub const AUTO_BITS: &[u32] = &[8, 6, 4, 2];
 
@@ -274,50 +279,89 @@ impl Default for Gate {
 fn measure(f: &Function, inputs: &[(String, Array)], reference: &[(String, Array)]) -> Result<(f64, f64), String> {
     let mut g = f.clone();
     crate::mil::constexpr::fold(&mut g)?;
-    let out = crate::interp::run(&g, inputs).map_err(|e| e.to_string())?;
+    let out = crate::interp::run_from_zero_states(&g, inputs).map_err(|e| e.to_string())?;
     let criterion = crate::validate::metrics::Criterion::Scaled { min_psnr_db: 0.0, max_error_of_peak: 1.0 };
     let reports = crate::validate::compare(&out, reference, criterion).map_err(|e| e.to_string())?;
     Ok(reports.iter().fold((f64::INFINITY, f64::INFINITY), |(p, c), r| (p.min(r.drift.psnr_db), c.min(r.drift.cosine))))
 }
 
-/// `--compress auto`: one table per weight of [`AUTO_BITS`] bits, as few as `gate` allows on
-/// `inputs`. Each weight's sensitivity is its drift alone at 4 bits; from all at 8 bits, the
-/// least sensitive weights step down first, one level at a time, each step kept only when the
-/// whole program still passes the gate. A weight that fails the gate even at 8 bits stays
-/// dense. Returns what was compressed and a line with the final worst PSNR and cosine.
-pub fn auto(f: &mut Function, inputs: &[(String, Array)], gate: Gate) -> Result<(Vec<Compressed>, String), String> {
-    let reference = crate::interp::run(f, inputs).map_err(|e| e.to_string())?;
-    let passes = |m: (f64, f64)| m.0 >= gate.min_psnr_db && m.1 >= gate.min_cosine;
-    let mut picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
-    let specs: Vec<Spec> = AUTO_BITS.iter().map(|&bits| Spec::Palettize { bits, group: 0 }).collect();
-    let forms = compress_all(f, &mut picked, &specs)?;
-    let with = |choice: &[Option<usize>]| {
-        let mut g = f.clone();
-        for (w, c) in choice.iter().enumerate() {
-            if let Some(level) = c {
-                apply(&mut g, picked[w], &forms[w][*level]);
-            }
+/// Each eligible weight of a function at every [`AUTO_BITS`] table size, with its sensitivity:
+/// the worst output PSNR (dB) of the program with only that weight at 4 bits, on calibration
+/// inputs. What `--compress auto` chooses from, here and in `speech::compress`.
+pub struct Ladder {
+    /// Op indices of the weights in the function's top block.
+    picked: Vec<usize>,
+    /// `forms[w][level]`: weight `w` at `AUTO_BITS[level]` bits.
+    forms: Vec<Vec<Form>>,
+    /// Worst output PSNR with weight `w` alone at 4 bits (higher: less sensitive).
+    pub sensitivity: Vec<f64>,
+}
+
+impl Ladder {
+    /// Measures the ladder of `f` on `inputs` against `reference` (`f`'s outputs on them).
+    pub fn measure(f: &Function, inputs: &[(String, Array)], reference: &[(String, Array)]) -> Result<Ladder, String> {
+        let mut picked: Vec<usize> = (0..f.block.operations.len()).filter(|&i| eligible(&f.block.operations[i])).collect();
+        // From iOS18 a table per group of output channels costs little and keeps more.
+        let group = if f.opset >= Opset::Ios18 { AUTO_GROUP } else { 0 };
+        let specs: Vec<Spec> = AUTO_BITS.iter().map(|&bits| Spec::Palettize { bits, group }).collect();
+        let forms = compress_all(f, &mut picked, &specs)?;
+        let mut ladder = Ladder { picked, forms, sensitivity: Vec::new() };
+        let probe = AUTO_BITS.iter().position(|&b| b == 4).unwrap_or(0);
+        for w in 0..ladder.picked.len() {
+            let mut alone = vec![None; ladder.picked.len()];
+            alone[w] = Some(probe);
+            ladder.sensitivity.push(measure(&ladder.with(f, &alone), inputs, reference)?.0);
         }
-        g
-    };
-    let probe = AUTO_BITS.iter().position(|&b| b == 4).unwrap_or(0);
-    let mut sensitivity = Vec::with_capacity(picked.len());
-    for w in 0..picked.len() {
-        let mut alone = vec![None; picked.len()];
-        alone[w] = Some(probe);
-        sensitivity.push(measure(&with(&alone), inputs, &reference)?.0);
+        Ok(ladder)
     }
-    let mut order: Vec<usize> = (0..picked.len()).collect();
+
+    /// Number of weights.
+    pub fn len(&self) -> usize {
+        self.picked.len()
+    }
+
+    /// True when no weight is eligible.
+    pub fn is_empty(&self) -> bool {
+        self.picked.is_empty()
+    }
+
+    /// A copy of `f` with weight `w` at level `choice[w]` (an index into [`AUTO_BITS`]; `None`
+    /// leaves it dense), in the form the package stores.
+    pub fn with(&self, f: &Function, choice: &[Option<usize>]) -> Function {
+        let mut g = f.clone();
+        self.apply(&mut g, choice);
+        g
+    }
+
+    /// Puts each weight of `f` at its level in `choice`; returns the report lines.
+    pub fn apply(&self, f: &mut Function, choice: &[Option<usize>]) -> Vec<Compressed> {
+        let done = self.picked.iter().zip(choice).enumerate().filter_map(|(w, (&i, c))| c.map(|level| apply(f, i, &self.forms[w][level]))).collect();
+        hoist_inputs(f);
+        done
+    }
+}
+
+/// `--compress auto`: one table per weight of [`AUTO_BITS`] bits, as few as `gate` allows on
+/// `inputs`. Each weight's sensitivity is its drift alone at 4 bits ([`Ladder`]); from all at 8
+/// bits, the least sensitive weights step down first, one level at a time, each step kept only
+/// when the whole program still passes the gate. A weight that fails the gate even at 8 bits
+/// stays dense. Returns what was compressed and a line with the final worst PSNR and cosine.
+pub fn auto(f: &mut Function, inputs: &[(String, Array)], gate: Gate) -> Result<(Vec<Compressed>, String), String> {
+    let reference = crate::interp::run_from_zero_states(f, inputs).map_err(|e| e.to_string())?;
+    let passes = |m: (f64, f64)| m.0 >= gate.min_psnr_db && m.1 >= gate.min_cosine;
+    let ladder = Ladder::measure(f, inputs, &reference)?;
+    let sensitivity = &ladder.sensitivity;
+    let mut order: Vec<usize> = (0..ladder.len()).collect();
     order.sort_by(|&a, &b| sensitivity[b].total_cmp(&sensitivity[a]));
-    let mut choice: Vec<Option<usize>> = vec![Some(0); picked.len()];
-    let mut metric = measure(&with(&choice), inputs, &reference)?;
+    let mut choice: Vec<Option<usize>> = vec![Some(0); ladder.len()];
+    let mut metric = measure(&ladder.with(f, &choice), inputs, &reference)?;
     if !passes(metric) {
         // Even 8 bits everywhere fails: add weights at 8 bits, least sensitive first, while it passes.
-        choice = vec![None; picked.len()];
-        metric = measure(&with(&choice), inputs, &reference)?;
+        choice = vec![None; ladder.len()];
+        metric = measure(&ladder.with(f, &choice), inputs, &reference)?;
         for &w in &order {
             choice[w] = Some(0);
-            let m = measure(&with(&choice), inputs, &reference)?;
+            let m = measure(&ladder.with(f, &choice), inputs, &reference)?;
             if passes(m) {
                 metric = m;
             } else {
@@ -325,14 +369,14 @@ pub fn auto(f: &mut Function, inputs: &[(String, Array)], gate: Gate) -> Result<
             }
         }
     }
-    let mut stuck = vec![false; picked.len()];
+    let mut stuck = vec![false; ladder.len()];
     for level in 1..AUTO_BITS.len() {
         for &w in &order {
             if stuck[w] || choice[w] != Some(level - 1) {
                 continue;
             }
             choice[w] = Some(level);
-            let m = measure(&with(&choice), inputs, &reference)?;
+            let m = measure(&ladder.with(f, &choice), inputs, &reference)?;
             if passes(m) {
                 metric = m;
             } else {
@@ -341,8 +385,7 @@ pub fn auto(f: &mut Function, inputs: &[(String, Array)], gate: Gate) -> Result<
             }
         }
     }
-    let report = picked.iter().zip(&choice).enumerate().filter_map(|(w, (&i, c))| c.map(|level| apply(f, i, &forms[w][level]))).collect();
-    hoist_inputs(f);
+    let report = ladder.apply(f, &choice);
     let mut limits = Vec::new();
     if gate.min_psnr_db > f64::NEG_INFINITY {
         limits.push(format!("PSNR >= {} dB", gate.min_psnr_db));

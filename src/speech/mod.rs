@@ -8,6 +8,7 @@
 //!
 //! Called by `cli::validate_speech` and by tests. Uses `interp`, `package` and `mil` only.
 
+pub mod compress;
 pub mod greedy;
 pub mod mel;
 pub mod packages;

@@ -93,14 +93,24 @@ fn run<const N: usize>(
 impl Packages {
     /// Loads the three packages from `dir` (written by `convert WHISPER_DIR`).
     pub fn open(dir: &Path) -> Result<Packages, Error> {
-        let load = |name: &str| -> Result<(PathBuf, Prepared), Error> {
+        let load = |name: &str| -> Result<(PathBuf, crate::mil::Function), Error> {
             let path = dir.join(name);
             let mut model = package::read(&path).map_err(|source| Error::Package { path: path.clone(), error: Box::new(source) })?;
             let main = model.program.functions.remove(MAIN_FUNCTION).ok_or_else(|| Error::file(&path, "the package has no main function"))?;
+            Ok((path, main))
+        };
+        Packages::new(load(MEL_PACKAGE)?, load(ENCODER_PACKAGE)?, load(DECODER_PACKAGE)?)
+    }
+
+    /// The three packages' `main` functions (weights dense: compressed forms folded), each with
+    /// the path errors name; used by [`Packages::open`] and by `convert --compress auto
+    /// --max-wer`, which transcribes with packages before they are written.
+    pub fn new(mel: (PathBuf, crate::mil::Function), encoder: (PathBuf, crate::mil::Function), decoder: (PathBuf, crate::mil::Function)) -> Result<Packages, Error> {
+        let prepare = |(path, main): (PathBuf, crate::mil::Function)| -> Result<(PathBuf, Prepared), Error> {
             let prepared = Prepared::new(main).map_err(|source| Error::Run { path: path.clone(), error: Box::new(source) })?;
             Ok((path, prepared))
         };
-        let decoder = load(DECODER_PACKAGE)?;
+        let decoder = prepare(decoder)?;
         let key_cache = decoder.1.function().inputs.iter().find(|i| i.name == "key_cache");
         let cache_shape = key_cache
             .and_then(|i| i.ty.tensor().fixed_shape())
@@ -119,8 +129,8 @@ impl Packages {
             _ => DecoderCache::Inputs { key: vec![0.0; n], value: vec![0.0; n] },
         };
         Ok(Packages {
-            mel: load(MEL_PACKAGE)?,
-            encoder: load(ENCODER_PACKAGE)?,
+            mel: prepare(mel)?,
+            encoder: prepare(encoder)?,
             decoder,
             cache_shape,
             positions,
