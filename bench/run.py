@@ -1,7 +1,8 @@
 """`make bench`: runs the benchmarks in one process tree and writes bench/RESULTS.md (also
 printed): part 1 `torch2coreml convert` vs coremltools on Whisper encoders
 (bench/convert_bench.py), part 2 the MIL interpreter vs libtorch CPU (bench/interp_bench.py),
-part 3 Whisper transcription by converted packages vs PyTorch (bench/speech_bench.py),
+part 3 Whisper transcription by converted packages vs PyTorch (bench/speech_bench.py), part 4
+palettizing whisper-small at 4 bits, ours vs coremltools (bench/compress_bench.py),
 with the machine, versions and load average they ran under.
 
 Run: `.venv/bin/python bench/run.py BENCH_DIR [RESULTS.md]` after bench/make_whisper.py and
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 
+import compress_bench
 import convert_bench
 import interp_bench
 import speech_bench
@@ -68,6 +70,8 @@ def main(argv):
     interp_rows = interp_bench.measure_all(bench_dir, log)
     log("part 3: Whisper transcription, interpreter vs PyTorch")
     speech_result = speech_bench.measure_all(bench_dir, log)
+    log("part 4: palettizing, ours vs coremltools")
+    compress_result = compress_bench.measure_all(bench_dir, log)
     total = time.time() - start
 
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
@@ -116,6 +120,16 @@ fp16 or fp32; the mel front end fp32). PyTorch: transformers' feature extractor 
 median of {speech_bench.RUNS} after a warm-up. "transcribe" is log-mel + encoder + every decoder step.
 
 {speech_bench.table(speech_result)}
+
+## 4. Palettizing: `convert --compress palettize:4` vs `coremltools.optimize.coreml.palettize_weights`
+
+The whisper-small encoder (random weights) at 4 bits, one k-means table per tensor, weights of
+at least 2048 elements (both tools' default). Ours converts from the `.pt` and palettizes
+(deterministic 1-D k-means on all cores); coremltools loads our uncompressed package of the
+same encoder, palettizes it (`OpPalettizerConfig(nbits=4, mode="kmeans")`) and saves. PSNR:
+each result run in our interpreter against the uncompressed package, worst output.
+
+{compress_bench.table(compress_result)}
 """
     with open(results, "w") as f:
         f.write(text)
