@@ -89,6 +89,12 @@ fn coremltools_decompresses_our_ios18_packages_to_the_weights_we_read() {
             assert_eq!((ours.dtype(), ours.shape()), (t.dtype(), t.shape()), "{spec}: {value}");
             assert!(ours.bytes() == t.bytes(), "{spec}: {value} differs from coremltools' decompression");
         }
+        // lint-ane reads how the weights are stored: per-block scales are a GPU form (ANE014);
+        // groups of 16 channels are not too small (ANE013).
+        let lint = bin().arg("lint-ane").arg(&pkg).args(["--format", "json"]).output().unwrap();
+        let findings = String::from_utf8_lossy(&lint.stdout);
+        assert_eq!(findings.contains("ANE014"), spec.starts_with("int4"), "{spec}: {findings}");
+        assert!(!findings.contains("ANE013"), "{spec}: {findings}");
     }
 }
 

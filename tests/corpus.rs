@@ -89,7 +89,7 @@ fn convert_and_validate(dir: &Path, name: &str, pkg: &Path, outcome: &mut Outcom
     let loading = pipeline::load(&pt, &options).map_err(|e| format!("convert: {e}"))?;
     pipeline::write(&loading, &pt, pkg, Replace::Anything).map_err(|e| format!("write: {e}"))?;
     let model = pipeline::read_package(pkg).map_err(|e| format!("read back: {e}"))?;
-    outcome.lint = lint::check(&model.program, name, &[]).iter().map(|f| f.code).collect();
+    outcome.lint = lint::check(&model, name, &[]).iter().map(|f| f.code).collect();
     let main = model.program.main().ok_or("no main function")?;
     let inputs = validate::inputs_from(main, given).map_err(|e| e.to_string())?;
     let outputs = interp::run(main, &inputs).map_err(|e| format!("run: {e}"))?;

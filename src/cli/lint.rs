@@ -102,7 +102,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let mut findings = Vec::new();
     for p in &loading.packages {
         let label = if several { format!("{}/{}", path.display(), p.name) } else { path.display().to_string() };
-        findings.extend(lint::check(&p.model.program, &label, &allowed));
+        findings.extend(lint::check(&p.model, &label, &allowed));
     }
     let text = match args.format {
         LintFormat::Text => render::text::render(&findings),

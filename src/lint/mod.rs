@@ -17,7 +17,7 @@ pub mod rules;
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::mil::{Argument, Function, Operation, Program, Source, Tensor, TensorType};
+use crate::mil::{Argument, Function, Operation, Source, Tensor, TensorType};
 
 /// How bad a finding is. Ordered: `Note < Warning < Error`; `--deny LEVEL` fails on findings at
 /// or above `LEVEL`.
@@ -136,6 +136,8 @@ pub const RULES: &[Rule] = &[
     rules::ane010_large_gather::RULE,
     rules::ane011_reshape_transpose_chain::RULE,
     rules::ane012_training_op::RULE,
+    rules::ane013_small_palette_groups::RULE,
+    rules::ane014_blockwise_quantized::RULE,
 ];
 
 /// The rule with this code (case-insensitive) or name, for `--explain` and `--allow`.
@@ -144,12 +146,15 @@ pub fn find_rule(code_or_name: &str) -> Option<&'static Rule> {
 }
 
 /// Runs every rule not in `allowed` (rules looked up with [`find_rule`]) on every function of
-/// `program` and returns the findings, by function, then rule, then op order. `file` is the model
+/// `model`'s program (its compressed weights known to `main`'s graph) and returns the findings, by function, then rule, then op order. `file` is the model
 /// path shown in locations. Called by `cli/lint.rs` and the tests.
-pub fn check(program: &Program, file: &str, allowed: &[&Rule]) -> Vec<Finding> {
+pub fn check(model: &crate::mil::Model, file: &str, allowed: &[&Rule]) -> Vec<Finding> {
     let mut findings = Vec::new();
-    for (fname, function) in &program.functions {
-        let graph = Graph::new(function);
+    for (fname, function) in &model.program.functions {
+        let mut graph = Graph::new(function);
+        if fname == crate::mil::MAIN_FUNCTION {
+            graph.compressed = &model.compressed;
+        }
         let sources: HashMap<&str, &Source> =
             graph.ops.iter().filter_map(|op| Some((op.name.as_str(), op.source.as_deref()?))).collect();
         for rule in RULES.iter().filter(|r| !allowed.iter().any(|a| a.code == r.code)) {
@@ -186,6 +191,9 @@ pub struct Graph<'a> {
     producers: HashMap<&'a str, &'a Operation>,
     uses: HashMap<&'a str, usize>,
     consumers: HashMap<&'a str, Vec<&'a Operation>>,
+    /// How the package stored its compressed weights (read back dense; empty for a model
+    /// loaded from a `.pt` or a folder).
+    pub compressed: &'a [crate::mil::constexpr::Compressed],
 }
 
 impl<'a> Graph<'a> {
@@ -216,7 +224,7 @@ impl<'a> Graph<'a> {
         for o in &function.block.outputs {
             *uses.entry(o.as_str()).or_default() += 1;
         }
-        Graph { function, ops, types, producers, uses, consumers }
+        Graph { function, ops, types, producers, uses, consumers, compressed: &[] }
     }
 
     /// The type of value `name`.

@@ -33,6 +33,12 @@ pub struct Compressed {
     pub stored_bytes: usize,
     /// Bytes of the dense value.
     pub dense_bytes: usize,
+    /// For a table per group of output channels (iOS18 `constexpr_lut_to_dense` with blocks
+    /// along axis 0): the channels sharing one table. Read by lint rule ANE013.
+    pub rows_per_table: Option<usize>,
+    /// For scales per block of input channels (iOS18 `constexpr_blockwise_shift_scale` with
+    /// more than one block along axis 1): the blocks per output channel. Read by ANE014.
+    pub blocks_per_row: Option<usize>,
 }
 
 /// Replaces every `constexpr_*` op in `f`'s top block by `const`s of its values (one per
@@ -41,8 +47,10 @@ pub struct Compressed {
 /// its inputs.
 pub fn fold(f: &mut Function) -> Result<Vec<Compressed>, String> {
     let mut consts: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
-    // Bytes stored behind each constexpr output (its own inputs plus those of constexpr inputs).
+    // Bytes stored behind each constexpr output (its own inputs plus those of constexpr inputs),
+    // and its granularity (`Compressed::rows_per_table`, `blocks_per_row`).
     let mut stored_behind: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut detail_behind: std::collections::HashMap<String, (Option<usize>, Option<usize>)> = std::collections::HashMap::new();
     let mut found = Vec::new();
     let mut folded_ops = Vec::with_capacity(f.block.operations.len());
     for op in std::mem::take(&mut f.block.operations) {
@@ -79,6 +87,21 @@ pub fn fold(f: &mut Function) -> Result<Vec<Compressed>, String> {
                     _ => op.attributes.get(*p).map_or(0, Tensor::byte_len),
                 })
                 .sum()
+        };
+        // Granularity: from this op's table or scales, else from a constexpr input's.
+        let inherited = op.inputs.iter().flat_map(|(_, a)| a).find_map(|a| match a {
+            Argument::Name(n) => detail_behind.get(n).copied(),
+            Argument::Value(_) => None,
+        });
+        let own = |t: Result<&Tensor, String>, axis: usize| t.ok().and_then(|t| t.shape().get(axis).copied()).filter(|&n| n > 1);
+        let detail = match op.op_type.as_str() {
+            "constexpr_lut_to_dense" | "constexpr_lut_to_sparse" if !has("shape") => {
+                let rows = if op.op_type == "constexpr_lut_to_dense" { arg("indices") } else { arg("indices_mask") }.ok().and_then(|t| t.shape().first().copied());
+                let tables = own(arg("lut"), 0);
+                (rows.zip(tables).map(|(r, t)| r / t), None)
+            }
+            "constexpr_blockwise_shift_scale" | "constexpr_sparse_blockwise_shift_scale" => (None, own(arg("scale"), 1)),
+            _ => inherited.unwrap_or_default(),
         };
         let axis_of = |p: &str| -> Result<Option<i64>, String> { opt(p)?.map(|t| t.as_i64().ok_or(format!("`{p}` is not an integer"))).transpose() };
         let (values, kind, stored): (Vec<Tensor>, &'static str, usize) = match op.op_type.as_str() {
@@ -139,8 +162,9 @@ pub fn fold(f: &mut Function) -> Result<Vec<Compressed>, String> {
             }
         }
         for (v, out) in values.into_iter().zip(&op.outputs) {
-            found.push(Compressed { name: out.name.clone(), kind, stored_bytes: stored, dense_bytes: v.byte_len() });
+            found.push(Compressed { name: out.name.clone(), kind, stored_bytes: stored, dense_bytes: v.byte_len(), rows_per_table: detail.0, blocks_per_row: detail.1 });
             stored_behind.insert(out.name.clone(), stored);
+            detail_behind.insert(out.name.clone(), detail);
             consts.insert(out.name.clone(), v.clone());
             folded_ops.push(Operation {
                 op_type: "const".into(),

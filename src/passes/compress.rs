@@ -511,9 +511,15 @@ fn palettize(t: &Tensor, bits: u32, group: usize, ios18: bool) -> Result<Option<
     let k = 1usize << bits;
     let channels = t.shape()[0];
     // Groups must split the channels evenly (the iOS18 table blocks divide the axis): the
-    // largest divisor of the channel count up to the asked size, reported when smaller.
+    // largest divisor of the channel count up to the asked size; when that is below both the
+    // size asked and lint rule ANE013's minimum (tables for so few channels cost speed), one
+    // table per tensor. Reported when it differs from the size asked.
     let asked = group;
-    let group = if group == 0 || group >= channels { channels } else { (1..=group).rev().find(|g| channels % g == 0).unwrap_or(1) };
+    let group = match (1..=group.min(channels)).rev().find(|g| channels % g == 0) {
+        _ if group == 0 || group >= channels => channels,
+        Some(g) if g >= group.min(crate::lint::rules::ane013_small_palette_groups::MIN_ROWS_PER_TABLE) => g,
+        _ => channels,
+    };
     let per_group = v.len() / channels * group;
     let mut luts = Vec::with_capacity(channels / group * k);
     let mut idx = vec![0i64; v.len()];
@@ -548,7 +554,7 @@ fn palettize(t: &Tensor, bits: u32, group: usize, ios18: bool) -> Result<Option<
         let lut = floats(t.dtype(), &lut_shape, &luts)?;
         let mut form = Form::inputs("constexpr_lut_to_dense", vec![("indices", indices), ("lut", lut)]);
         if asked > 0 && asked < channels && group != asked {
-            form.how = format!("palettize:{bits}:group={group}");
+            form.how = if group == channels { format!("palettize:{bits}") } else { format!("palettize:{bits}:group={group}") };
         }
         return Ok(Some(form));
     }

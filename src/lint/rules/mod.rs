@@ -14,6 +14,8 @@ pub mod ane009_oversized_tensor;
 pub mod ane010_large_gather;
 pub mod ane011_reshape_transpose_chain;
 pub mod ane012_training_op;
+pub mod ane013_small_palette_groups;
+pub mod ane014_blockwise_quantized;
 
 /// Helpers for the rules' tests: run one rule on a function, and append ops our op table does not
 /// declare (a third-party package may hold any op).
