@@ -160,3 +160,59 @@ fn check_coremltools_compression(name: &str, set: &str) {
         assert!(v.status.success() || (lossy && v.status.code() == Some(1)), "{name}: {}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
     }
 }
+
+/// Issue 15 (reading flexible shapes): coremltools' packages with a `RangeDim` and with
+/// `EnumeratedShapes` read with their shape sets (`inspect`), run in our interpreter at several
+/// allowed shapes to torch's outputs, refuse a shape Core ML would refuse (one line, exit 2),
+/// `validate` without `--inputs` checks every enumerated shape, or a range's minimum, middle
+/// and maximum, against the traced model in torch, and `lint-ane` flags the range (ANE008)
+/// but not the enumerated shapes.
+#[test]
+#[ignore = "needs torch and coremltools from `make setup`; `make test` runs it"]
+fn coremltools_flexible_shape_packages_run_at_each_allowed_shape() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = r#"
+import sys, numpy as np, torch, coremltools as ct
+d = sys.argv[1]
+torch.manual_seed(0)
+m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+t = torch.jit.trace(m, torch.rand(1, 10, 16))
+t.save(f"{d}/mlp.pt")
+kw = dict(convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16, skip_model_load=True)
+ct.convert(t, inputs=[ct.TensorType(name="x", shape=(1, ct.RangeDim(lower_bound=2, upper_bound=64, default=10), 16))], **kw).save(f"{d}/range.mlpackage")
+ct.convert(t, inputs=[ct.TensorType(name="x", shape=ct.EnumeratedShapes(shapes=[(1, 4, 16), (1, 8, 16), (1, 12, 16)], default=(1, 8, 16)))], **kw).save(f"{d}/enum.mlpackage")
+for n in (2, 4, 5, 12, 37, 64, 65):
+    x = torch.rand(1, n, 16)
+    np.savez(f"{d}/x{n}.npz", x=x.numpy())
+    np.savez(f"{d}/y{n}.npz", output=m(x).detach().numpy())
+"#;
+    let o = Command::new(root.join(".venv/bin/python")).arg("-c").arg(script).arg(d).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bin = || Command::new(env!("CARGO_BIN_EXE_torch2coreml"));
+    let json = |o: &std::process::Output| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_else(|_| panic!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
+    let info = json(&bin().arg("inspect").arg(d.join("range.mlpackage")).args(["--format", "json"]).output().unwrap());
+    assert_eq!(info["inputs"][0]["flexible"]["range"], serde_json::json!([[1, 1], [2, 64], [16, 16]]), "{info}");
+    let info = json(&bin().arg("inspect").arg(d.join("enum.mlpackage")).args(["--format", "json"]).output().unwrap());
+    assert_eq!(info["inputs"][0]["flexible"]["enumerated"].as_array().map(Vec::len), Some(3), "{info}");
+    for (pkg, good, bad) in [("range", &[2, 37, 64][..], 65), ("enum", &[4, 12][..], 5)] {
+        let pkg = d.join(format!("{pkg}.mlpackage"));
+        for n in good {
+            let v = bin().arg("validate").arg(&pkg).arg("--inputs").arg(d.join(format!("x{n}.npz"))).arg("--expected").arg(d.join(format!("y{n}.npz"))).output().unwrap();
+            assert!(v.status.success(), "{} at {n}: {}{}", pkg.display(), String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+        }
+        let v = bin().arg("validate").arg(&pkg).arg("--inputs").arg(d.join(format!("x{bad}.npz"))).arg("--expected").arg(d.join(format!("y{bad}.npz"))).output().unwrap();
+        let err = String::from_utf8_lossy(&v.stderr);
+        assert!(v.status.code() == Some(2) && err.trim().lines().count() == 1 && err.contains("does not accept"), "{} at {bad}: {err}", pkg.display());
+        let v = bin().arg("validate").arg(&pkg).arg("--reference").arg(d.join("mlp.pt")).args(["--format", "json"]).output().unwrap();
+        let report = json(&v);
+        let shapes: Vec<String> = report["shapes"].as_array().unwrap().iter().map(|s| s["inputs"]["x"].to_string()).collect();
+        let want: &[&str] = if pkg.ends_with("range.mlpackage") { &["[1,2,16]", "[1,33,16]", "[1,64,16]"] } else { &["[1,8,16]", "[1,4,16]", "[1,12,16]"] };
+        assert_eq!(shapes, want, "{report}");
+        assert!(v.status.success() && report["pass"] == true, "{report}");
+        // Enumerated shapes keep a model on the ANE; a range may not (ANE008).
+        let lint = bin().arg("lint-ane").arg(&pkg).args(["--format", "json"]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&lint.stdout).contains("ANE008"), pkg.ends_with("range.mlpackage"), "{}", String::from_utf8_lossy(&lint.stdout));
+    }
+}

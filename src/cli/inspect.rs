@@ -102,6 +102,11 @@ fn features_json(list: &[(String, TensorType)], model: &Model) -> serde_json::Va
             if let Some(space) = model.images.get(n) {
                 f["image"] = json!({"color_space": space.name()});
             }
+            match model.flexible.get(n) {
+                Some(torch2coreml::mil::ShapeSet::Range(r)) => f["flexible"] = json!({"range": r.iter().map(|&(lo, hi)| json!([lo, hi])).collect::<Vec<_>>()}),
+                Some(torch2coreml::mil::ShapeSet::Enumerated(e)) => f["flexible"] = json!({"enumerated": e}),
+                None => {}
+            }
             if let Some(d) = model.feature_descriptions.get(n) {
                 f["description"] = json!(d);
             }
@@ -123,6 +128,11 @@ fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
             s += &format!("    {n}: {} [{}]", t.dtype, shape(t));
             if let Some(space) = model.images.get(n) {
                 s += &format!(" image {}", space.name());
+            }
+            match model.flexible.get(n) {
+                Some(set @ torch2coreml::mil::ShapeSet::Range(_)) => s += &format!(" range {}", set.describe()),
+                Some(set @ torch2coreml::mil::ShapeSet::Enumerated(_)) => s += &format!(" shapes {}", set.describe()),
+                None => {}
             }
             if let Some(d) = model.feature_descriptions.get(n) {
                 s += &format!(" ({d})");

@@ -194,6 +194,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
             }
             validate::inputs_from(main, given).with_context(|| format!("{}", p.display()))?
         }
+        None if !model.flexible.is_empty() && !args.per_op => return run_shapes(args, &model, main),
         None => {
             let mut drawn = validate::random_inputs(main, args.seed).with_context(|| format!("{}", args.package.display()))?;
             for (name, a) in &mut drawn {
@@ -211,28 +212,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
             drawn
         }
     };
+    accepted(args, &model, &inputs)?;
     if args.per_op {
         return run_per_op(args, main, &inputs);
     }
     let outputs = interp::run(main, &inputs).with_context(|| format!("running {}", args.package.display()))?;
-    let reference = match (&args.reference, &args.expected, &args.against) {
-        // The same arrays the package got (image pixels preprocessed as the package does);
-        // `reference::run` gives them torch's dtypes (fp32, int64).
-        #[cfg(feature = "torch")]
-        (Some(dir), _, _) if dir.is_dir() => torch2coreml::reference::run_folder(dir, &preprocessed(args, &model, &inputs)?)?,
-        #[cfg(feature = "torch")]
-        (Some(pt), _, _) => torch2coreml::reference::run(pt, &preprocessed(args, &model, &inputs)?)?,
-        (_, Some(p), _) => npz::read(p)?
-            .into_iter()
-            .map(|(n, t)| interp::Array::from_tensor(&t).map(|a| (n.clone(), a)).map_err(|e| anyhow::anyhow!("{}: array `{n}`: {e}", p.display())))
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        (_, None, Some(other)) => {
-            let m = pipeline::read_package(other)?;
-            let f = m.program.main().context("the other package has no main function")?;
-            interp::run(f, &inputs).with_context(|| format!("running {}", other.display()))?
-        }
-        _ => unreachable!("checked above: one reference is given, and --reference only with the torch feature"),
-    };
+    let reference = reference_outputs(args, &model, &inputs)?;
     let criterion = criterion(args, main);
     let reports = validate::compare(&outputs, &reference, criterion).with_context(|| format!("{}", args.package.display()))?;
     let pass = reports.iter().all(|r| r.drift.pass);
@@ -277,6 +262,80 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 s += &format!("  top-{} package:   {}\n  top-{} reference: {}\n", ours.len(), show(ours), theirs.len(), show(theirs));
             }
             s += if pass { "all outputs within tolerance\n" } else { "some outputs out of tolerance\n" };
+            s
+        }
+    };
+    output::print(&text)?;
+    Ok(if pass { ExitStatus::Success } else { ExitStatus::Failure })
+}
+
+/// The reference's outputs for `inputs`: the source model in torch (image pixels preprocessed
+/// as the package does; `reference::run` gives the arrays torch's dtypes), the `--expected`
+/// arrays, or the `--against` package run in our interpreter.
+fn reference_outputs(args: &Args, model: &torch2coreml::mil::Model, inputs: &[(String, interp::Array)]) -> anyhow::Result<Vec<(String, interp::Array)>> {
+    let _ = model;
+    Ok(match (&args.reference, &args.expected, &args.against) {
+        #[cfg(feature = "torch")]
+        (Some(dir), _, _) if dir.is_dir() => torch2coreml::reference::run_folder(dir, &preprocessed(args, model, inputs)?)?,
+        #[cfg(feature = "torch")]
+        (Some(pt), _, _) => torch2coreml::reference::run(pt, &preprocessed(args, model, inputs)?)?,
+        (_, Some(p), _) => npz::read(p)?
+            .into_iter()
+            .map(|(n, t)| interp::Array::from_tensor(&t).map(|a| (n.clone(), a)).map_err(|e| anyhow::anyhow!("{}: array `{n}`: {e}", p.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        (_, None, Some(other)) => {
+            let m = pipeline::read_package(other)?;
+            let f = m.program.main().context("the other package has no main function")?;
+            interp::run(f, inputs).with_context(|| format!("running {}", other.display()))?
+        }
+        _ => unreachable!("checked before: one reference is given, and --reference only with the torch feature"),
+    })
+}
+
+/// Refuses inputs of a shape a flexible input does not accept, as Core ML does.
+fn accepted(args: &Args, model: &torch2coreml::mil::Model, inputs: &[(String, interp::Array)]) -> anyhow::Result<()> {
+    for (name, a) in inputs {
+        if let Some(set) = model.flexible.get(name).filter(|set| !set.accepts(&a.shape)) {
+            bail!("{}: input `{name}` has shape {:?}, which the package does not accept ({}); Core ML would refuse it", args.package.display(), a.shape, set.describe());
+        }
+    }
+    Ok(())
+}
+
+/// `validate` of a flexible package without `--inputs`: random inputs drawn at every
+/// enumerated shape, or at the minimum, a middle and the maximum of each range (the k-th
+/// sample of every flexible input together), each run and compared with the reference.
+fn run_shapes(args: &Args, model: &torch2coreml::mil::Model, main: &Function) -> anyhow::Result<ExitStatus> {
+    let declared = |name: &str| main.inputs.iter().find(|i| i.name == name).map(|i| i.ty.tensor().shape.iter().map(|d| match d { torch2coreml::mil::Dim::Fixed(n) => *n, _ => 1 }).collect::<Vec<_>>()).unwrap_or_default();
+    let samples: Vec<(String, Vec<Vec<usize>>)> = model.flexible.iter().map(|(n, set)| (n.clone(), set.samples(&declared(n)))).collect();
+    let count = samples.iter().map(|(_, s)| s.len()).max().unwrap_or(1);
+    let criterion = criterion(args, main);
+    let mut runs = Vec::with_capacity(count);
+    for k in 0..count {
+        let shapes: Vec<(String, Vec<usize>)> = samples.iter().map(|(n, s)| (n.clone(), s[k.min(s.len() - 1)].clone())).collect();
+        let inputs = validate::random_inputs_at(main, args.seed, &shapes).with_context(|| format!("{}", args.package.display()))?;
+        let outputs = interp::run(main, &inputs).with_context(|| format!("running {} at {shapes:?}", args.package.display()))?;
+        let reference = reference_outputs(args, model, &inputs)?;
+        let reports = validate::compare(&outputs, &reference, criterion).with_context(|| format!("{}", args.package.display()))?;
+        runs.push((shapes, reports));
+    }
+    let pass = runs.iter().all(|(_, r)| r.iter().all(|r| r.drift.pass));
+    let text = match args.format {
+        Format::Json => output::json(&json!({
+            "shapes": runs.iter().map(|(shapes, reports)| json!({"inputs": shapes.iter().map(|(n, s)| (n.clone(), json!(s))).collect::<serde_json::Map<_, _>>(), "outputs": reports, "pass": reports.iter().all(|r| r.drift.pass)})).collect::<Vec<_>>(),
+            "pass": pass,
+            "criterion": criterion,
+        })),
+        Format::Text => {
+            let mut s = format!("{}  ({criterion}), flexible inputs at {count} shape(s)\n", args.package.display());
+            for (shapes, reports) in &runs {
+                s += &format!("  at {}\n", shapes.iter().map(|(n, d)| format!("{n} {d:?}")).collect::<Vec<_>>().join(", "));
+                for r in reports {
+                    let verdict = if r.drift.pass { "ok" } else { "FAIL" };
+                    s += &format!("    {:<24} {:<16} max_abs {:>10.3e} cosine {:>9.6} psnr {:>6.1} dB  {verdict}\n", r.name, format!("{:?}", r.shape), r.drift.max_abs, r.drift.cosine, r.drift.psnr_db);
+                }
+            }
+            s += if pass { "all outputs within tolerance at every shape\n" } else { "some outputs out of tolerance\n" };
             s
         }
     };

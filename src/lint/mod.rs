@@ -154,6 +154,7 @@ pub fn check(model: &crate::mil::Model, file: &str, allowed: &[&Rule]) -> Vec<Fi
         let mut graph = Graph::new(function);
         if fname == crate::mil::MAIN_FUNCTION {
             graph.compressed = &model.compressed;
+            graph.flexible = &model.flexible;
         }
         let sources: HashMap<&str, &Source> =
             graph.ops.iter().filter_map(|op| Some((op.name.as_str(), op.source.as_deref()?))).collect();
@@ -194,7 +195,12 @@ pub struct Graph<'a> {
     /// How the package stored its compressed weights (read back dense; empty for a model
     /// loaded from a `.pt` or a folder).
     pub compressed: &'a [crate::mil::constexpr::Compressed],
+    /// Inputs that accept several shapes, with the shapes (a package's `ShapeFlexibility`).
+    pub flexible: &'a std::collections::BTreeMap<String, crate::mil::ShapeSet>,
 }
+
+/// A model without flexible inputs.
+static NO_FLEXIBLE: std::collections::BTreeMap<String, crate::mil::ShapeSet> = std::collections::BTreeMap::new();
 
 impl<'a> Graph<'a> {
     /// Indexes `function`.
@@ -224,7 +230,7 @@ impl<'a> Graph<'a> {
         for o in &function.block.outputs {
             *uses.entry(o.as_str()).or_default() += 1;
         }
-        Graph { function, ops, types, producers, uses, consumers, compressed: &[] }
+        Graph { function, ops, types, producers, uses, consumers, compressed: &[], flexible: &NO_FLEXIBLE }
     }
 
     /// The type of value `name`.

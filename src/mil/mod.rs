@@ -312,6 +312,9 @@ pub struct Model {
     pub images: BTreeMap<String, ColorSpace>,
     /// Weights the package stored compressed, decompressed when it was read (`constexpr`).
     pub compressed: Vec<constexpr::Compressed>,
+    /// Inputs that accept more than one shape (a package written by coremltools with
+    /// `RangeDim` or `EnumeratedShapes`), by name; `main` declares such dimensions unknown.
+    pub flexible: BTreeMap<String, ShapeSet>,
     /// Set for a classifier package (coremltools' `ClassifierConfig`): the program returns the
     /// probabilities; the package adds Core ML's `classify` op after them (`package` writes and
     /// strips it), which returns the top label and a label → probability dictionary.
@@ -359,6 +362,61 @@ impl Labels {
     }
 }
 
+/// The shapes a flexible input accepts (FeatureTypes.proto `ArrayFeatureType.ShapeFlexibility`):
+/// Core ML refuses any other, and so do `validate` and the interpreter's callers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ShapeSet {
+    /// Each dimension within `lower..=upper` (`None`: unbounded).
+    Range(Vec<(usize, Option<usize>)>),
+    /// Exactly these shapes.
+    Enumerated(Vec<Vec<usize>>),
+}
+
+impl ShapeSet {
+    /// Whether `shape` is one the input accepts.
+    pub fn accepts(&self, shape: &[usize]) -> bool {
+        match self {
+            ShapeSet::Range(r) => r.len() == shape.len() && r.iter().zip(shape).all(|(&(lo, hi), &d)| d >= lo && hi.is_none_or(|h| d <= h)),
+            ShapeSet::Enumerated(e) => e.iter().any(|s| s == shape),
+        }
+    }
+
+    /// As `inspect` and errors show it: `[1, 2..64, 16]` or `1x4x16 | 1x8x16`.
+    pub fn describe(&self) -> String {
+        match self {
+            ShapeSet::Range(r) => {
+                let dims: Vec<String> = r
+                    .iter()
+                    .map(|&(lo, hi)| match hi {
+                        Some(h) if h == lo => lo.to_string(),
+                        Some(h) => format!("{lo}..{h}"),
+                        None => format!("{lo}.."),
+                    })
+                    .collect();
+                format!("[{}]", dims.join(", "))
+            }
+            ShapeSet::Enumerated(e) => e.iter().map(|s| s.iter().map(usize::to_string).collect::<Vec<_>>().join("x")).collect::<Vec<_>>().join(" | "),
+        }
+    }
+
+    /// The shapes `validate` checks: every enumerated shape, or a range's minimum, middle and
+    /// maximum (an unbounded dimension's maximum taken as `default`'s size, the shape the
+    /// package declares, at least the minimum).
+    pub fn samples(&self, default: &[usize]) -> Vec<Vec<usize>> {
+        match self {
+            ShapeSet::Enumerated(e) => e.clone(),
+            ShapeSet::Range(r) => {
+                let max: Vec<usize> = r.iter().enumerate().map(|(i, &(lo, hi))| hi.unwrap_or_else(|| default.get(i).copied().unwrap_or(lo).max(lo))).collect();
+                let min: Vec<usize> = r.iter().map(|&(lo, _)| lo).collect();
+                let mid: Vec<usize> = min.iter().zip(&max).map(|(a, b)| a + (b - a) / 2).collect();
+                let mut out = vec![min, mid, max];
+                out.dedup();
+                out
+            }
+        }
+    }
+}
+
 /// The channel layout of an image input (`ImageFeatureType.ColorSpace`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ColorSpace {
@@ -389,7 +447,15 @@ impl ColorSpace {
 impl Model {
     /// A model around `program` with empty metadata.
     pub fn new(program: Program) -> Model {
-        Model { program, metadata: Metadata::default(), feature_descriptions: BTreeMap::new(), images: BTreeMap::new(), compressed: Vec::new(), classifier: None }
+        Model {
+            program,
+            metadata: Metadata::default(),
+            feature_descriptions: BTreeMap::new(),
+            images: BTreeMap::new(),
+            compressed: Vec::new(),
+            flexible: BTreeMap::new(),
+            classifier: None,
+        }
     }
 }
 

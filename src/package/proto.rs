@@ -310,6 +310,48 @@ impl Emitter {
     }
 }
 
+/// Most enumerated shapes read for one input (coremltools packages list a handful).
+const MAX_ENUMERATED_SHAPES: usize = 1024;
+
+/// The shapes a flexible input accepts, checked: a bounded number of enumerated shapes of
+/// addressable size, or ranges whose lower bound is at most the upper.
+fn shape_set(flex: &spec::array_feature_type::ShapeFlexibility) -> Result<crate::mil::ShapeSet, String> {
+    use spec::array_feature_type::ShapeFlexibility;
+    let dim = |d: i64| usize::try_from(d).map_err(|_| format!("negative dimension {d}"));
+    match flex {
+        ShapeFlexibility::EnumeratedShapes(e) => {
+            if e.shapes.is_empty() || e.shapes.len() > MAX_ENUMERATED_SHAPES {
+                return Err(format!("{} enumerated shapes (1 to {MAX_ENUMERATED_SHAPES} are read)", e.shapes.len()));
+            }
+            let shapes = e.shapes.iter().map(|s| s.shape.iter().map(|&d| dim(d)).collect::<Result<Vec<_>, _>>()).collect::<Result<Vec<_>, _>>()?;
+            for s in &shapes {
+                if let Some(problem) = TensorType::new(DType::F32, s).size_problem() {
+                    return Err(format!("enumerated shape {s:?}: {problem}"));
+                }
+            }
+            Ok(crate::mil::ShapeSet::Enumerated(shapes))
+        }
+        ShapeFlexibility::ShapeRange(r) => {
+            let ranges = r
+                .size_ranges
+                .iter()
+                .map(|s| {
+                    let lo = usize::try_from(s.lower_bound).map_err(|_| format!("lower bound {} too large", s.lower_bound))?;
+                    let hi = if s.upper_bound < 0 { None } else { Some(dim(s.upper_bound)?) };
+                    if hi.is_some_and(|h| h < lo) {
+                        return Err(format!("range {lo}..{} is empty", s.upper_bound));
+                    }
+                    Ok((lo, hi))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            if ranges.is_empty() {
+                return Err("a shape range with no dimensions".into());
+            }
+            Ok(crate::mil::ShapeSet::Range(ranges))
+        }
+    }
+}
+
 fn named_to_proto(n: &NamedType) -> pb::NamedValueType {
     pb::NamedValueType { name: n.name.clone(), r#type: Some(value_type_to_proto(&n.ty)) }
 }
@@ -628,6 +670,15 @@ impl Reader {
                 Ok((name, space))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Model { program, metadata, feature_descriptions, images, compressed: Vec::new(), classifier })
+        let flexible = d
+            .input
+            .iter()
+            .filter_map(|f| match f.r#type.as_ref()?.r#type.as_ref()? {
+                spec::feature_type::Type::MultiArrayType(a) => Some((f.name.clone(), a.shape_flexibility.as_ref()?)),
+                _ => None,
+            })
+            .map(|(name, flex)| shape_set(flex).map(|s| (name.clone(), s)).map_err(|m| unsupported(format!("input `{}`: {m}", shown(&name)))))
+            .collect::<Result<_, _>>()?;
+        Ok(Model { program, metadata, feature_descriptions, images, compressed: Vec::new(), flexible, classifier })
     }
 }

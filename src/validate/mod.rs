@@ -79,8 +79,23 @@ pub fn inputs_from(function: &Function, given: Vec<(String, Tensor)>) -> Result<
 /// Random inputs drawn from the signature with `seed`: floats uniform in [-1, 1), integers
 /// (token ids) in [0, RANDOM_TOKEN_ID_LIMIT), except inputs named like a mask, which are all 1.
 pub fn random_inputs(function: &Function, seed: u64) -> Result<Vec<(String, Array)>, Error> {
-    // Declared input sizes are checked against the interpreter's budget before any is drawn.
-    interp::memory_needed(function)?;
+    random_inputs_at(function, seed, &[])
+}
+
+/// [`random_inputs`] with the shapes of some inputs given (a flexible package's inputs, whose
+/// declared dimensions are unknown), checked against the interpreter's memory budget.
+pub fn random_inputs_at(function: &Function, seed: u64, shapes: &[(String, Vec<usize>)]) -> Result<Vec<(String, Array)>, Error> {
+    // Declared sizes (of the given shapes, for a flexible function's inputs) are checked
+    // against the interpreter's budget before any is drawn.
+    let block = crate::mil::Block { inputs: Vec::new(), operations: Vec::new(), outputs: Vec::new() };
+    let mut concrete = Function { inputs: function.inputs.clone(), opset: function.opset, block };
+    for i in &mut concrete.inputs {
+        if let (ValueType::Tensor(t), Some((_, s))) = (&mut i.ty, shapes.iter().find(|(n, _)| *n == i.name)) {
+            *t = crate::mil::TensorType::new(t.dtype, s);
+        }
+    }
+    interp::memory_needed(if shapes.is_empty() { function } else { &concrete })?;
+    let function = &concrete;
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         state ^= state << 13;

@@ -1,5 +1,5 @@
-//! ANE008 `dynamic-shape`: a model input with an unknown dimension, or an op whose output shape
-//! depends on the data. Listed in `lint::RULES`.
+//! ANE008 `dynamic-shape`: a model input with an unknown dimension (not one of a few enumerated
+//! shapes), or an op whose output shape depends on the data. Listed in `lint::RULES`.
 
 use crate::lint::{Graph, Hit, Rule, Severity};
 use crate::mil::{Argument, Dim};
@@ -15,8 +15,9 @@ pub const RULE: Rule = Rule {
 };
 
 const EXPLANATION: &str = r#"## What it finds
-Model inputs with an unknown dimension (flexible or unbounded shapes), and ops whose inputs all
-have known shapes but whose output does not (the shape depends on the data).
+Model inputs with an unknown dimension (range or unbounded shapes; inputs limited to a few
+enumerated shapes are fine), and ops whose inputs all have known shapes but whose output does
+not (the shape depends on the data).
 
 ## Why it matters
 The ANE compiler plans memory for fixed shapes. Core ML runs unbounded or data-dependent shapes
@@ -39,7 +40,9 @@ fn unknown(ty: &crate::mil::TensorType) -> bool {
 fn check(g: &Graph) -> Vec<Hit> {
     let mut hits = Vec::new();
     let fix = || "give the input a fixed shape (or ct.EnumeratedShapes); pad to a fixed length and pass a mask".to_string();
-    for i in g.function.inputs.iter().filter(|i| unknown(i.ty.tensor())) {
+    // Enumerated shapes ("buckets") are fixed shapes the ANE compiler can plan for each.
+    let bucketed = |name: &str| matches!(g.flexible.get(name), Some(crate::mil::ShapeSet::Enumerated(_)));
+    for i in g.function.inputs.iter().filter(|i| unknown(i.ty.tensor()) && !bucketed(&i.name)) {
         hits.push(Hit {
             op_name: i.name.clone(),
             op_type: "input".into(),
