@@ -27,6 +27,21 @@ fn hf() -> PathBuf {
     dir
 }
 
+/// Our read-back of `pkg` (its compressed weights folded) holds exactly the dense weights
+/// coremltools decompressed into `npz`, one per compressed weight, bit for bit.
+fn assert_read_back_as(pkg: &Path, npz: &Path, what: &str) {
+    let want = torch2coreml::validate::npz::read(npz).unwrap();
+    let model = package::read(pkg).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(!want.is_empty() && model.compressed.len() == want.len(), "{what}: {} vs {}", model.compressed.len(), want.len());
+    let main = model.program.main().unwrap();
+    for (value, t) in &want {
+        let op = main.block.operations.iter().find(|o| o.outputs.iter().any(|x| &x.name == value)).unwrap_or_else(|| panic!("{what}: {value}"));
+        let ours = op.const_val().unwrap_or_else(|| panic!("{what}: {value} not folded"));
+        assert_eq!((ours.dtype(), ours.shape()), (t.dtype(), t.shape()), "{what}: {value}");
+        assert!(ours.bytes() == t.bytes(), "{what}: {value} differs from coremltools' decompression");
+    }
+}
+
 /// coremltools loads `pkg`'s program (type-checking every op) and writes each `constexpr_*`
 /// output's decompressed value into `npz`.
 fn coremltools_decompress(pkg: &Path, npz: &Path) {
@@ -52,16 +67,7 @@ fn coremltools_decompresses_our_packages_to_the_weights_we_read() {
         zoo_dir::convert("bert", &pkg, &["--compress", spec]);
         let npz = dir.path().join(format!("{}.npz", spec.replace(':', "")));
         coremltools_decompress(&pkg, &npz);
-        let want = torch2coreml::validate::npz::read(&npz).unwrap();
-        let model = package::read(&pkg).unwrap();
-        assert!(!want.is_empty() && model.compressed.len() == want.len(), "{spec}: {} vs {}", model.compressed.len(), want.len());
-        let main = model.program.main().unwrap();
-        for (value, t) in &want {
-            let op = main.block.operations.iter().find(|o| o.outputs.iter().any(|x| &x.name == value)).unwrap();
-            let ours = op.const_val().unwrap_or_else(|| panic!("{spec}: {value} not folded"));
-            assert_eq!((ours.dtype(), ours.shape()), (t.dtype(), t.shape()), "{spec}: {value}");
-            assert!(ours.bytes() == t.bytes(), "{spec}: {value} differs from coremltools' decompression");
-        }
+        assert_read_back_as(&pkg, &npz, spec);
     }
 }
 
@@ -79,16 +85,7 @@ fn coremltools_decompresses_our_ios18_packages_to_the_weights_we_read() {
         assert!(o.status.success(), "{spec}: coremltools: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         let npz = pkg.with_extension("npz");
         coremltools_decompress(&pkg, &npz);
-        let want = torch2coreml::validate::npz::read(&npz).unwrap();
-        let model = package::read(&pkg).unwrap();
-        assert!(!want.is_empty() && model.compressed.len() == want.len(), "{spec}: {} vs {}", model.compressed.len(), want.len());
-        let main = model.program.main().unwrap();
-        for (value, t) in &want {
-            let op = main.block.operations.iter().find(|o| o.outputs.iter().any(|x| &x.name == value)).unwrap();
-            let ours = op.const_val().unwrap_or_else(|| panic!("{spec}: {value} not folded"));
-            assert_eq!((ours.dtype(), ours.shape()), (t.dtype(), t.shape()), "{spec}: {value}");
-            assert!(ours.bytes() == t.bytes(), "{spec}: {value} differs from coremltools' decompression");
-        }
+        assert_read_back_as(&pkg, &npz, spec);
         // lint-ane reads how the weights are stored: per-block scales are a GPU form (ANE014);
         // groups of 16 channels are not too small (ANE013).
         let lint = bin().arg("lint-ane").arg(&pkg).args(["--format", "json"]).output().unwrap();
@@ -148,15 +145,7 @@ fn coremltools_compressed_real_models_read_bit_for_bit_and_agree() {
         assert!(names.len() >= 8, "{model}: {names:?}");
         for name in &names {
             let pkg = dir.join(format!("{name}.mlpackage"));
-            let read = package::read(&pkg).unwrap_or_else(|e| panic!("{model} {name}: {e}"));
-            let want = torch2coreml::validate::npz::read(&dir.join(format!("{name}.dense.npz"))).unwrap();
-            assert_eq!(read.compressed.len(), want.len(), "{model} {name}");
-            let main = read.program.main().unwrap();
-            for (value, t) in &want {
-                let op = main.block.operations.iter().find(|o| o.outputs.iter().any(|x| &x.name == value)).unwrap();
-                let ours = op.const_val().unwrap_or_else(|| panic!("{model} {name}: {value} not folded"));
-                assert!(ours.dtype() == t.dtype() && ours.shape() == t.shape() && ours.bytes() == t.bytes(), "{model} {name}: {value} differs from coremltools' decompression");
-            }
+            assert_read_back_as(&pkg, &dir.join(format!("{name}.dense.npz")), &format!("{model} {name}"));
             let v = bin().arg("validate").arg(&pkg).arg("--against").arg(dir.join("source.mlpackage")).args(["--seed", "1", "--format", "json"]).output().unwrap();
             let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap_or_else(|_| panic!("{model} {name}: {}", String::from_utf8_lossy(&v.stderr)));
             eprintln!("{model} {name}: {}", report["outputs"].as_array().unwrap().iter().map(|o| format!("{} PSNR {:.1} cosine {:.5}", o["name"], o["psnr_db"], o["cosine"])).collect::<Vec<_>>().join(", "));
