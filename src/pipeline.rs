@@ -467,7 +467,7 @@ fn fold_into_conv(r: &crate::passes::rewrite::Rewriter, op: &crate::mil::Operati
     let shape = w.shape().to_vec();
     let groups = named("groups").and_then(Tensor::as_i64).unwrap_or(1).max(1) as usize;
     let (out, per_group_in) = (*shape.first()?, *shape.get(1)?);
-    if !pad_free || shape.len() != 4 || per_group_in * groups != channels || out % groups != 0 || !w.dtype().is_float() {
+    if !pad_free || shape.len() != 4 || out == 0 || per_group_in * groups != channels || out % groups != 0 || !w.dtype().is_float() {
         return None;
     }
     let weights = w.to_f32_vec()?;
