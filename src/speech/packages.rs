@@ -99,7 +99,9 @@ impl Packages {
             let main = model.program.functions.remove(MAIN_FUNCTION).ok_or_else(|| Error::file(&path, "the package has no main function"))?;
             Ok((path, main))
         };
-        Packages::new(load(MEL_PACKAGE)?, load(ENCODER_PACKAGE)?, load(DECODER_PACKAGE)?)
+        // The decoder first: its cache inputs decide the rest, and a broken folder names it.
+        let decoder = load(DECODER_PACKAGE)?;
+        Packages::new(load(MEL_PACKAGE)?, load(ENCODER_PACKAGE)?, decoder)
     }
 
     /// The three packages' `main` functions (weights dense: compressed forms folded), each with
