@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::hf;
-use crate::mil::{DType, Model, Opset, Program};
+use crate::mil::{DType, Model, Opset, Program, TensorType, MAIN_FUNCTION as MAIN};
 use crate::package;
 use crate::passes::{self, Changes};
 use crate::staging::{self, Replace, Staged};
@@ -113,6 +113,22 @@ pub struct Options {
     pub interface: Interface,
     /// `convert --compress`: large weights stored compressed, after everything else.
     pub compress: Option<Compression>,
+    /// `convert --shapes` / `--seq-len A,B,…`: the shapes the one package accepts, one per
+    /// bucket ([`load`] builds each and merges them). Empty: the one shape of `inputs` or
+    /// `seq_len`.
+    pub buckets: Vec<Bucket>,
+}
+
+/// One shape a bucketed package accepts: the model built at these input shapes (a `.pt`'s
+/// `--input`s, a Hugging Face text family's `[1, L]` inputs) or at this sequence length.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bucket {
+    /// The function's name in a multifunction package (`input_ids_1x64`, `seq_64`).
+    pub name: String,
+    /// Shapes of named inputs.
+    pub shapes: Vec<(String, Vec<usize>)>,
+    /// Hugging Face text families: the sequence length.
+    pub seq_len: Option<usize>,
 }
 
 impl Default for Options {
@@ -128,6 +144,7 @@ impl Default for Options {
             calibration: None,
             interface: Interface::default(),
             compress: None,
+            buckets: Vec::new(),
         }
     }
 }
@@ -223,6 +240,9 @@ pub struct Loading {
 /// it is (no passes). Called by every subcommand.
 pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
     let kind = kind(path)?;
+    if !options.buckets.is_empty() {
+        return load_buckets(path, kind, options);
+    }
     if !matches!(kind, Kind::TorchScript) && !options.inputs.is_empty() {
         return Err(input_error(path, "input shapes (--input, --example) apply to TorchScript files only; .pt2 programs, packages and Hugging Face folders carry their own"));
     }
@@ -257,6 +277,158 @@ pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
         return Err(input_error(path, format!("--output-names applies to one package; this model makes {}", built.len())));
     }
     finish(path, kind, built, side_files, options)
+}
+
+/// [`load`] with `options.buckets`: the model built and passed through at each bucket's shapes,
+/// then merged into one package that accepts exactly those shapes (see [`merge_buckets`]).
+fn load_buckets(path: &Path, kind: Kind, options: &Options) -> Result<Loading, Error> {
+    let at = |m: String| input_error(path, m);
+    if options.buckets.len() < 2 {
+        return Err(at("give at least two shapes to bucket (one shape is --input or --seq-len)".into()));
+    }
+    let mut parts = Vec::new();
+    for bucket in &options.buckets {
+        let mut one = Options { buckets: Vec::new(), ..options.clone() };
+        match kind {
+            Kind::TorchScript => {
+                for (name, shape) in &bucket.shapes {
+                    let spec = one.inputs.iter_mut().find(|i| i.name.as_deref() == Some(name.as_str())).ok_or_else(|| {
+                        at(format!("--shapes `{name}`: no --input of that name (give --input {name}:DIMS:DTYPE for its dtype)"))
+                    })?;
+                    spec.ty.shape = shape.iter().map(|&d| crate::mil::Dim::Fixed(d)).collect();
+                }
+            }
+            Kind::HfFolder(_) => {
+                let lengths: BTreeSet<usize> = bucket.shapes.iter().map(|(_, s)| s.last().copied().unwrap_or(0)).chain(bucket.seq_len).collect();
+                let [len] = lengths.iter().copied().collect::<Vec<_>>()[..] else {
+                    return Err(at(format!("bucket {}: a Hugging Face text model takes one sequence length per bucket, as [1, L] inputs", bucket.name)));
+                };
+                one.seq_len = Some(len);
+            }
+            Kind::Export => {
+                return Err(at("--shapes: this .pt2 program was exported with fixed shapes; export with torch.export.Dim dimensions, or bucket the traced .pt".into()));
+            }
+            Kind::Package => return Err(at("--shapes and --seq-len apply to conversion, not to a package".into())),
+        }
+        let mut loading = load(path, &one)?;
+        if loading.packages.len() != 1 {
+            return Err(at(format!("buckets apply to models that make one package; this one makes {}", loading.packages.len())));
+        }
+        let loaded = loading.packages.remove(0);
+        let main = loaded.model.program.main().ok_or_else(|| at("the built program has no main function".into()))?;
+        for (name, shape) in &bucket.shapes {
+            let ty = main.inputs.iter().find(|i| &i.name == name).map(|i| i.ty.tensor());
+            match ty.and_then(TensorType::fixed_shape) {
+                Some(s) if s == *shape => {}
+                Some(s) => return Err(at(format!("bucket {}: input `{name}` is built as {s:?}, not the {shape:?} asked", bucket.name))),
+                None => {
+                    let names: Vec<&str> = main.inputs.iter().map(|i| i.name.as_str()).collect();
+                    return Err(at(format!("--shapes `{name}`: the model has no such input ({})", names.join(", "))));
+                }
+            }
+        }
+        parts.push((bucket.name.clone(), loaded));
+        if options.buckets.len() == parts.len() {
+            let merged = merge_buckets(parts, options.opset).map_err(at)?;
+            return Ok(Loading { kind, packages: vec![merged], side_files: loading.side_files });
+        }
+    }
+    unreachable!("the loop returns after the last bucket")
+}
+
+/// One package from the same model built at each bucket's shapes (`parts`, in bucket order):
+/// - when the programs differ only in the sizes of values (nothing computed from a shape was
+///   baked in), one `main` whose differing dimensions are unknown, each flexible input
+///   enumerating its bucket shapes (Core ML `EnumeratedShapes`; any target);
+/// - otherwise a multifunction package (iOS18+): one function per bucket, the first the
+///   default. Their weights are equal tensors, which `package::write` stores once.
+fn merge_buckets(mut parts: Vec<(String, Loaded)>, opset: Opset) -> Result<Loaded, String> {
+    let take = |l: &mut Loaded| l.model.program.functions.remove(MAIN).ok_or("a bucket has no main function".to_string());
+    let functions: Vec<(String, crate::mil::Function)> = parts.iter_mut().map(|(n, l)| Ok((n.clone(), take(l)?))).collect::<Result<_, String>>()?;
+    let (_, mut first) = parts.remove(0);
+    for (_, p) in &parts {
+        for (into, from) in [(&mut first.precision_notes, &p.precision_notes), (&mut first.warnings, &p.warnings)] {
+            let new: Vec<String> = from.iter().filter(|n| !into.contains(n)).cloned().collect();
+            into.extend(new);
+        }
+    }
+    match symbolic_merge(&functions) {
+        Ok((main, flexible)) => {
+            first.model.program.functions.insert(MAIN.into(), main);
+            first.model.flexible = flexible;
+        }
+        Err(why) if opset < Opset::Ios18 => {
+            return Err(format!(
+                "the program bakes its shape in ({why}), so each shape needs its own function: a multifunction package needs --target iOS18 or later"
+            ));
+        }
+        Err(_) => {
+            let default = functions[0].0.clone();
+            first.model.program.functions = functions.into_iter().collect();
+            first.model.default_function = Some(default);
+        }
+    }
+    Ok(first)
+}
+
+/// The one function valid at every bucket, when the bucket functions `fs` are the same program
+/// but for the sizes of values: every op, argument, constant and dtype equal, only dimensions
+/// differing. Such dimensions become unknown; each input with a differing shape gets its
+/// bucket shapes as an enumerated set. Otherwise, what differs first.
+fn symbolic_merge(fs: &[(String, crate::mil::Function)]) -> Result<(crate::mil::Function, std::collections::BTreeMap<String, crate::mil::ShapeSet>), String> {
+    use crate::mil::{Dim, ShapeSet, ValueType};
+    let (_, base) = &fs[0];
+    let mut merged = base.clone();
+    let mut flexible = std::collections::BTreeMap::new();
+    let widen = |into: &mut TensorType, other: &TensorType, what: &str| -> Result<bool, String> {
+        if into.dtype != other.dtype || into.rank() != other.rank() {
+            return Err(format!("{what} is {into} in one bucket and {other} in another"));
+        }
+        let mut changed = false;
+        for (a, b) in into.shape.iter_mut().zip(&other.shape) {
+            if a != b {
+                *a = Dim::Unknown;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    };
+    for (name, f) in &fs[1..] {
+        if f.inputs.len() != base.inputs.len() || f.block.operations.len() != base.block.operations.len() || f.block.outputs != base.block.outputs {
+            return Err(format!("bucket {name} builds a different program"));
+        }
+        for (m, i) in merged.inputs.iter_mut().zip(&f.inputs) {
+            let (ValueType::Tensor(mt), ValueType::Tensor(it)) = (&mut m.ty, &i.ty) else {
+                return Err("a state input".into());
+            };
+            if m.name != i.name {
+                return Err(format!("bucket {name} has input `{}` where another has `{}`", i.name, m.name));
+            }
+            widen(mt, it, &format!("input `{}`", m.name))?;
+        }
+        for (m, o) in merged.block.operations.iter_mut().zip(&f.block.operations) {
+            if m.op_type != o.op_type || m.name != o.name || m.inputs != o.inputs || m.attributes != o.attributes || m.blocks != o.blocks || m.outputs.len() != o.outputs.len() {
+                return Err(format!("{} `{}` differs between buckets", m.op_type, m.name));
+            }
+            for (mo, oo) in m.outputs.iter_mut().zip(&o.outputs) {
+                let (ValueType::Tensor(mt), ValueType::Tensor(ot)) = (&mut mo.ty, &oo.ty) else {
+                    return Err(format!("`{}` is a state", mo.name));
+                };
+                widen(mt, ot, &format!("`{}`", mo.name))?;
+            }
+        }
+    }
+    for (k, input) in merged.inputs.iter().enumerate() {
+        if input.ty.tensor().fixed_shape().is_none() {
+            let shapes = fs.iter().filter_map(|(_, f)| f.inputs[k].ty.tensor().fixed_shape()).collect();
+            flexible.insert(input.name.clone(), ShapeSet::Enumerated(shapes));
+        }
+    }
+    if flexible.is_empty() {
+        return Err("the buckets build the same shapes".into());
+    }
+    crate::mil::builder::check_function(&merged).map_err(|e| format!("with unknown dimensions it does not type-check: {e}"))?;
+    Ok((merged, flexible))
 }
 
 /// One package a front end built, before the passes.

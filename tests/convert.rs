@@ -561,6 +561,63 @@ torch.jit.trace(Enhance().eval(), torch.rand(1, 3, 32, 32)).save(sys.argv[1])
     assert_refused(&convert(&model, &bad, &["--input", "x:1x3x32x32", "--image-output", "nope"]), &bad, &["--image-output nope", "no such output"]);
 }
 
+#[test]
+#[ignore = "needs torch and coremltools from `make setup`; `make test` runs it"]
+fn shapes_of_a_shape_free_program_become_enumerated_shapes_valid_at_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = r#"
+import sys, torch
+class Denoise(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 3, 3, padding=1)
+    def forward(self, x):
+        return x - torch.tanh(self.b(torch.relu(self.a(x))))
+torch.manual_seed(0)
+torch.jit.trace(Denoise().eval(), torch.rand(1, 3, 32, 32)).save(sys.argv[1])
+"#;
+    let model = d.join("denoise.pt");
+    let py = Command::new(root().join(".venv/bin/python")).arg("-c").arg(script).arg(&model).output().unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    // Nothing in this program depends on the shape: one function, enumerated shapes, iOS16.
+    let pkg = d.join("denoise.mlpackage");
+    let c = convert(&model, &pkg, &["--input", "x:1x3x32x32", "--shapes", "x:1x3x32x32,2x3x48x64,1x3x17x9", "--format", "json"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert_eq!(json(&c)["packages"][0]["shapes"]["x"], "1x3x32x32 | 2x3x48x64 | 1x3x17x9");
+    let info = json(&run(&["inspect".as_ref(), pkg.as_os_str(), "--format".as_ref(), "json".as_ref()]));
+    assert_eq!(info["inputs"][0]["flexible"]["enumerated"], serde_json::json!([[1, 3, 32, 32], [2, 3, 48, 64], [1, 3, 17, 9]]), "{info}");
+    assert_eq!(info["inputs"][0]["shape"], serde_json::json!([null, 3, null, null]), "{info}");
+    let check = "import sys, coremltools as ct\n\
+                 a = ct.models.MLModel(sys.argv[1], skip_model_load=True).get_spec().description.input[0].type.multiArrayType\n\
+                 print(list(a.shape), [list(s.shape) for s in a.enumeratedShapes.shapes])\n";
+    let o = Command::new(root().join(".venv/bin/python")).arg("-c").arg(check).arg(&pkg).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[1, 3, 32, 32] [[1, 3, 32, 32], [2, 3, 48, 64], [1, 3, 17, 9]]", "{}", String::from_utf8_lossy(&o.stderr));
+    let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&pkg).output().unwrap();
+    assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
+    // Validated against torch at every enumerated shape; a shape not listed is refused.
+    let v = run(&["validate".as_ref(), pkg.as_os_str(), "--reference".as_ref(), model.as_os_str(), "--format".as_ref(), "json".as_ref()]);
+    let report = json(&v);
+    let at: Vec<String> = report["shapes"].as_array().unwrap().iter().map(|s| s["inputs"]["x"].to_string()).collect();
+    assert!(v.status.success() && at == ["[1,3,32,32]", "[2,3,48,64]", "[1,3,17,9]"], "{report}");
+    let l = json(&run(&["lint-ane".as_ref(), pkg.as_os_str(), "--format".as_ref(), "json".as_ref()]));
+    assert!(!l["findings"].to_string().contains("ANE008"), "enumerated shapes keep the ANE: {l}");
+
+    // Bad bucket specs: one line, exit 2, nothing written.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = bad_dir.path().join("bad.mlpackage");
+    for (args, needle) in [
+        (&["--input", "x:1x3x32x32", "--shapes", "x:1x3x32x32"][..], "at least two shapes"),
+        (&["--input", "x:1x3x32x32", "--shapes", "y:1x3x32x32,1x3x8x8"][..], "--shapes `y`: no --input of that name"),
+        (&["--input", "x:1x3x32x32", "--shapes", "x:1x3x32x32,1x3x0x8"][..], "dimensions must be positive"),
+        (&["--input", "x:1x3x32x32", "--shapes", "x:1x3x32x32,1x3x32x32"][..], "given twice"),
+        (&["--input", "x:1x3x32x32", "--shapes", "x"][..], "expected NAME:DIMS"),
+        (&["--input", "x:1x3x32x32", "--shapes", "x:1x3x32x32,1x4x8x8"][..], "denoise.pt"),
+    ] {
+        assert_refused(&convert(&model, &bad, args), &bad, &[needle]);
+    }
+}
+
 /// A `w`×`h` RGB PNG of colored stripes, written with miniz_oxide's deflate (no image crate in
 /// the tests' hands, so the file is made independently of the decoder under test).
 fn stripes_png(w: u32, h: u32) -> Vec<u8> {

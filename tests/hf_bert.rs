@@ -151,6 +151,80 @@ fn seq_len_sets_the_input_length_and_task_heads_are_tolerated() {
     assert!(stderr(&too_long).contains("--seq-len 513"), "{}", stderr(&too_long));
 }
 
+/// Largest size of the bucketed MiniLM package over the single-shape one (issue 15: weights
+/// stored once, so only the per-bucket programs and position rows add).
+const MAX_BUCKETS_OVERHEAD: f64 = 1.05;
+
+/// Total bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| if e.file_type().unwrap().is_dir() { dir_bytes(&e.path()) } else { e.metadata().unwrap().len() }).sum()
+}
+
+#[test]
+#[ignore = "needs $T2C_HF and coremltools from `make setup`; `make test` runs it"]
+fn seq_len_buckets_make_one_multifunction_package_matching_transformers_at_each_length() {
+    let hf = hf();
+    let out = tempfile::tempdir().unwrap();
+    let (pkg, single) = (out.path().join("Buckets.mlpackage"), out.path().join("Single.mlpackage"));
+    let c = convert(&hf.join("minilm"), &pkg, &["--seq-len", "64,128,256", "--target", "iOS18", "--format", "json"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    let summary: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    let functions = &summary["packages"][0]["functions"];
+    assert_eq!(functions["default"], "seq_64", "{summary}");
+    assert_eq!(functions["names"], serde_json::json!(["seq_128", "seq_256", "seq_64"]), "{summary}");
+    let s = convert(&hf.join("minilm"), &single, &["--target", "iOS18"]);
+    assert!(s.status.success(), "{}", stderr(&s));
+    let (bucketed, one) = (dir_bytes(&pkg), dir_bytes(&single));
+    assert!(bucketed as f64 <= MAX_BUCKETS_OVERHEAD * one as f64, "3 buckets take {bucketed} bytes, one shape {one}");
+
+    // Each bucket against what transformers computed at that length: a multifunction package
+    // given inputs runs the function taking their shape.
+    for (example, function) in [("len64", "seq_64"), ("0", "seq_128"), ("len256", "seq_256")] {
+        let v = bin()
+            .arg("validate")
+            .arg(&pkg)
+            .arg("--inputs")
+            .arg(hf.join(format!("minilm.{example}.inputs.npz")))
+            .arg("--expected")
+            .arg(hf.join(format!("minilm.{example}.outputs.npz")))
+            .args(["--format", "json"])
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap_or_default();
+        let ran: Vec<&String> = report["functions"].as_object().map(|o| o.keys().collect()).unwrap_or_default();
+        assert_eq!(ran, [function], "{example}: {report} {}", stderr(&v));
+        let outputs = report["functions"][function]["outputs"].as_array().cloned().unwrap_or_default();
+        assert_eq!(outputs.len(), 2, "{report}");
+        assert!(v.status.success() && outputs.iter().all(|o| o["cosine"].as_f64().unwrap_or(0.0) >= MIN_COSINE), "{example}: {report}");
+    }
+    // Without inputs every function runs; --function picks one; a wrong name is refused.
+    let all = bin().arg("validate").arg(&pkg).arg("--against").arg(&single).args(["--function", "seq_128", "--format", "json"]).output().unwrap();
+    assert!(all.status.success(), "{} {}", String::from_utf8_lossy(&all.stdout), stderr(&all));
+    let wrong = bin().arg("validate").arg(&pkg).arg("--against").arg(&single).args(["--function", "seq_100"]).output().unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(stderr(&wrong).contains("seq_128, seq_256, seq_64"), "{}", stderr(&wrong));
+
+    let i = bin().arg("inspect").arg(&pkg).args(["--format", "json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
+    let shapes: Vec<String> = report["functions"].as_array().unwrap().iter().map(|f| f["inputs"][0]["shape"].to_string()).collect();
+    assert_eq!(shapes, ["[1,64]", "[1,128]", "[1,256]"], "{report}");
+    let l = bin().arg("lint-ane").arg(&pkg).args(["--format", "json"]).output().unwrap();
+    let findings: serde_json::Value = serde_json::from_slice(&l.stdout).unwrap();
+    let linted: std::collections::BTreeSet<&str> = findings["findings"].as_array().unwrap().iter().filter_map(|f| f["location"]["function"].as_str()).collect();
+    assert_eq!(linted.len(), 3, "lint-ane covers every function: {findings}");
+
+    // coremltools type-checks every function against its own description.
+    let o = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg("--json").arg(&pkg).output().unwrap();
+    let oracle: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let r = &oracle[pkg.to_str().unwrap()];
+    assert!(r["ok"] == true && r["functions"] == serde_json::json!(["seq_128", "seq_256", "seq_64"]), "{oracle} {}", stderr(&o));
+
+    // Below iOS18 the baked-in shapes cannot become functions: one line saying what to do.
+    let old = convert(&hf.join("minilm"), &out.path().join("Old.mlpackage"), &["--seq-len", "64,128"]);
+    assert_eq!(old.status.code(), Some(2));
+    assert!(stderr(&old).contains("--target iOS18") && !out.path().join("Old.mlpackage").exists(), "{}", stderr(&old));
+}
+
 // ---- bad folders (pure Rust: no venv needed) ----------------------------------------------
 
 /// Hidden size, heads, intermediate size, vocabulary and positions of the hand-made folder.

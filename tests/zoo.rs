@@ -66,3 +66,29 @@ fn every_zoo_model_converts_type_checks_and_matches_torch() {
     failures.extend(text.lines().filter(|l| !l.starts_with("OK:")).map(str::to_string));
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Batches and image sizes of the bucketed ResNet-18 (issue 15: a dynamic batch for vision).
+const RESNET_BUCKETS: &str = "x:1x3x64x64,2x3x64x64,4x3x96x96";
+
+#[cfg(feature = "torch")]
+#[test]
+#[ignore = "needs the zoo and coremltools from `make setup`; `make test` runs it"]
+fn traced_resnet_bucketed_by_batch_and_size_validates_against_torch_in_every_function() {
+    let zoo = zoo();
+    let out = tempfile::tempdir().unwrap();
+    let pkg = out.path().join("resnet18.mlpackage");
+    let model = zoo.join("resnet18.pt");
+    let c = bin().arg("convert").arg(&model).arg("-o").arg(&pkg).args(["--input", "x:1x3x64x64", "--shapes", RESNET_BUCKETS, "--target", "iOS18", "--format", "json"]).output().unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    // The trace baked the pooled size into a reshape: one function per bucket.
+    assert_eq!(summary["packages"][0]["functions"]["names"], serde_json::json!(["x_1x3x64x64", "x_2x3x64x64", "x_4x3x96x96"]), "{summary}");
+    let v = bin().arg("validate").arg(&pkg).arg("--reference").arg(&model).args(["--format", "json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap_or_default();
+    assert!(v.status.success() && report["pass"] == true, "{report} {}", String::from_utf8_lossy(&v.stderr));
+    let batches: Vec<u64> = report["functions"].as_object().unwrap().values().map(|f| f["outputs"][0]["shape"][0].as_u64().unwrap()).collect();
+    assert_eq!(batches, [1, 2, 4], "{report}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(root.join(".venv/bin/python")).arg(root.join("tests/oracle/validate_mlpackage.py")).arg(&pkg).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}

@@ -47,9 +47,19 @@ pub struct Args {
     /// Minimum deployment target: iOS15–iOS18 or macOS12–macOS15.
     #[arg(long, default_value = "iOS16")]
     pub target: String,
-    /// Sequence length of text inputs for Hugging Face text models (BERT family: 128).
-    #[arg(long, value_name = "N")]
-    pub seq_len: Option<usize>,
+    /// Sequence length of text inputs for Hugging Face text models (BERT family: 128). Several
+    /// (`64,128,256`) make one package accepting each, as `--shapes` does.
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    pub seq_len: Vec<usize>,
+    /// Buckets: the package accepts exactly these shapes of input NAME, as
+    /// `NAME:DIMS[,DIMS...]` (e.g. `input_ids:1x64,1x128,1x256`); repeat for other inputs with
+    /// as many shapes (the k-th shapes go together). A program valid at every shape gets Core
+    /// ML enumerated shapes (any target); one whose trace baked the shape in becomes a
+    /// multifunction package (--target iOS18+), a function per bucket (`input_ids_1x64`, …;
+    /// the first is the default) sharing one copy of the weights. For a .pt, each NAME also
+    /// needs its --input (for the dtype).
+    #[arg(long, value_name = "NAME:DIMS,...")]
+    pub shapes: Vec<String>,
     /// Skip the ANE rewrite passes (keep the traced layout: `linear`, batched attention).
     #[arg(long)]
     pub no_ane: bool,
@@ -167,6 +177,63 @@ pub(super) fn parse_input(s: &str) -> anyhow::Result<pipeline::InputSpec> {
     };
     let name = (!name.is_empty()).then(|| name.to_string());
     Ok(pipeline::InputSpec { name, ty: TensorType::new(dtype, &shape), keep_dtype })
+}
+
+/// Most buckets `--shapes`/`--seq-len` take: each is a full build of the model, and Core ML
+/// apps pick among a handful.
+const MAX_BUCKETS: usize = 16;
+
+/// The buckets of `--shapes` (the k-th shape of every input together) or of a `--seq-len`
+/// list; none for one shape.
+fn buckets(shapes: &[String], seq_lens: &[usize]) -> anyhow::Result<Vec<pipeline::Bucket>> {
+    if !shapes.is_empty() && seq_lens.len() > 1 {
+        bail!("give buckets either by --shapes or by a --seq-len list, not both");
+    }
+    if seq_lens.len() > 1 {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(l) = seq_lens.iter().find(|&&l| !seen.insert(l) || l == 0) {
+            bail!("--seq-len: {l} is zero or given twice");
+        }
+        if seq_lens.len() > MAX_BUCKETS {
+            bail!("--seq-len: {} lengths; at most {MAX_BUCKETS}", seq_lens.len());
+        }
+        return Ok(seq_lens.iter().map(|&l| pipeline::Bucket { name: format!("seq_{l}"), shapes: Vec::new(), seq_len: Some(l) }).collect());
+    }
+    let mut per_input: Vec<(String, Vec<Vec<usize>>)> = Vec::new();
+    for spec in shapes {
+        let Some((name, list)) = spec.split_once(':').filter(|(n, l)| !n.is_empty() && !l.is_empty()) else {
+            bail!("--shapes `{spec}`: expected NAME:DIMS[,DIMS...], e.g. input_ids:1x64,1x128");
+        };
+        if per_input.iter().any(|(n, _)| n == name) {
+            bail!("--shapes `{name}` given twice");
+        }
+        let shapes = list.split(',').map(|dims| parse_input(&format!("{name}:{dims}")).map(|i| i.ty.fixed_shape().unwrap_or_default())).collect::<anyhow::Result<Vec<_>>>().with_context(|| format!("--shapes `{spec}`"))?;
+        if shapes.len() > MAX_BUCKETS {
+            bail!("--shapes `{name}`: {} shapes; at most {MAX_BUCKETS}", shapes.len());
+        }
+        per_input.push((name.to_string(), shapes));
+    }
+    let Some(count) = per_input.first().map(|(_, s)| s.len()) else { return Ok(Vec::new()) };
+    if let Some((n, s)) = per_input.iter().find(|(_, s)| s.len() != count) {
+        bail!("--shapes `{n}` gives {} shapes where `{}` gives {count}; every input needs one shape per bucket", s.len(), per_input[0].0);
+    }
+    let mut buckets: Vec<pipeline::Bucket> = Vec::new();
+    for k in 0..count {
+        let shapes: Vec<(String, Vec<usize>)> = per_input.iter().map(|(n, s)| (n.clone(), s[k].clone())).collect();
+        let name: String = shapes
+            .iter()
+            .map(|(n, s)| format!("{n}_{}", s.iter().map(usize::to_string).collect::<Vec<_>>().join("x")))
+            .collect::<Vec<_>>()
+            .join("_")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+            .collect();
+        if buckets.iter().any(|b| b.shapes == shapes) {
+            bail!("--shapes: bucket {name} is given twice");
+        }
+        buckets.push(pipeline::Bucket { name, shapes, seq_len: None });
+    }
+    Ok(buckets)
 }
 
 /// Largest labels file read (ImageNet-21k's names take about 400 KB).
@@ -330,7 +397,8 @@ fn calibration(args: &Args) -> anyhow::Result<pipeline::Calibration> {
 
 /// Non-const ops of `model`'s main function (compressed weights are constants too).
 fn compute_ops(model: &Model) -> usize {
-    model.program.main().map_or(0, |f| f.block.walk_ops().iter().filter(|o| o.op_type != "const" && !o.op_type.starts_with("constexpr_")).count())
+    let default = model.default_function.as_deref().unwrap_or(torch2coreml::mil::MAIN_FUNCTION);
+    model.program.functions.get(default).map_or(0, |f| f.block.walk_ops().iter().filter(|o| o.op_type != "const" && !o.op_type.starts_with("constexpr_")).count())
 }
 
 /// The input specs of `--input` / `--example` (empty when neither is given).
@@ -373,11 +441,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         precision,
         ane: !args.no_ane,
         inputs: input_specs(&args.inputs, args.example.as_deref().filter(|_| !args.model.is_dir()))?,
-        seq_len: args.seq_len,
+        seq_len: args.seq_len.first().copied().filter(|_| args.seq_len.len() == 1),
         fp32_ops,
         calibration,
         interface,
         compress: compression(args, opset)?,
+        buckets: buckets(&args.shapes, &args.seq_len)?,
     };
     let progress = Progress::new();
     progress.stage("loading and optimizing");
@@ -412,6 +481,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 "compressed": p.compressed,
                 "compression_gate": p.compression_gate,
                 "images_folded_into_conv": p.folded_images,
+                "functions": p.model.default_function.as_ref().map(|d| json!({"default": d, "names": p.model.program.functions.keys().collect::<Vec<_>>()})),
+                "shapes": p.model.flexible.iter().map(|(n, set)| (n.clone(), json!(set.describe()))).collect::<serde_json::Map<_, _>>(),
                 "warnings": p.warnings,
             })).collect::<Vec<_>>(),
             "seconds": seconds,
@@ -422,6 +493,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                 s += &format!("  {}: {} ({} ops, {} of weights)\n", p.name, w.path.display(), compute_ops(&p.model), output::human_bytes(w.weight_bytes));
                 for note in p.precision_notes.iter().chain(&w.precision_notes) {
                     s += &format!("    fp16: {note}\n");
+                }
+                if let Some(d) = &p.model.default_function {
+                    let names: Vec<&str> = p.model.program.functions.keys().map(String::as_str).collect();
+                    s += &format!("    {} functions, one per shape ({}), default {d}; weights stored once\n", names.len(), names.join(", "));
+                }
+                for (n, set) in &p.model.flexible {
+                    s += &format!("    input {n} accepts shapes {}\n", set.describe());
                 }
                 for name in &p.folded_images {
                     s += &format!("    image {name}: scale and bias folded into the first convolution\n");

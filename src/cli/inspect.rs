@@ -25,6 +25,9 @@ pub struct Args {
     /// Also print the MIL program (text format only).
     #[arg(long)]
     pub mil: bool,
+    /// For a multifunction package: show only this function (default: every function).
+    #[arg(long, value_name = "NAME")]
+    pub function: Option<String>,
 }
 
 /// What `inspect` reports; one struct feeds both the text and the JSON renderer.
@@ -187,8 +190,13 @@ fn render_text(path: &std::path::Path, r: &Report, model: &Model) -> String {
 
 /// Runs `inspect`. Errors (missing, truncated, not a package) come back with the path in them.
 pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
-    let model = pipeline::read_package(&args.package)?;
+    let package = pipeline::read_package(&args.package)?;
+    let names = package.functions_to_check(args.function.as_deref()).map_err(|m| anyhow::anyhow!("{}: --function: {m}", args.package.display()))?;
+    // The first function listed (the default one) is reported in full; the others by signature.
+    let model = package.select(&names[0]).context("a listed function")?;
     let r = report(&model)?;
+    let others = names[1..].iter().map(|n| Ok((n.clone(), report(&package.select(n).context("a listed function")?)?))).collect::<anyhow::Result<Vec<_>>>()?;
+    let multifunction = package.default_function.as_ref().map(|d| (d, &names));
     let text = match args.format {
         Format::Json => {
             let md = &model.metadata;
@@ -210,6 +218,16 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
                     "probabilities_feature": format!("{}_probs", c.predicted),
                 })),
                 "compressed": model.compressed.iter().map(|c| json!({"name": c.name, "kind": c.kind, "stored_bytes": c.stored_bytes, "dense_bytes": c.dense_bytes})).collect::<Vec<_>>(),
+                "functions": multifunction.map(|(default, _)| {
+                    std::iter::once((&names[0], &r)).chain(others.iter().map(|(n, r)| (n, r))).map(|(n, r)| json!({
+                        "name": n,
+                        "default": n == default,
+                        "inputs": features_json(&r.inputs, &model),
+                        "outputs": features_json(&r.outputs, &model),
+                        "states": features_json(&r.states, &model),
+                        "ops": r.ops,
+                    })).collect::<Vec<_>>()
+                }),
                 "metadata": {
                     "short_description": md.short_description,
                     "author": md.author,
@@ -221,6 +239,18 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         }
         Format::Text => {
             let mut t = render_text(&args.package, &r, &model);
+            if let Some((default, names)) = multifunction {
+                let shape = |t: &TensorType| t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+                let sig = |r: &Report| {
+                    let list = |l: &[(String, TensorType)]| l.iter().map(|(n, t)| format!("{n} {} [{}]", t.dtype, shape(t))).collect::<Vec<_>>().join(", ");
+                    format!("({}) -> ({}), {} ops", list(&r.inputs), list(&r.outputs), r.ops.values().sum::<usize>())
+                };
+                t += &format!("  functions ({}; above: {}; default: {default}):\n", names.len(), names[0]);
+                t += &format!("    {}: {}\n", names[0], sig(&r));
+                for (n, r) in &others {
+                    t += &format!("    {n}: {}\n", sig(r));
+                }
+            }
             if args.mil {
                 if let Some(f) = model.program.main() {
                     t += &format!("\n{f}");

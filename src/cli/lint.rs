@@ -39,6 +39,9 @@ pub struct Args {
     /// Print the explanation of one rule (code or name) and exit.
     #[arg(long, value_name = "CODE")]
     pub explain: Option<String>,
+    /// For a multifunction package: check only this function (default: every function).
+    #[arg(long, value_name = "NAME")]
+    pub function: Option<String>,
 }
 
 /// `--format` of `lint-ane`.
@@ -102,7 +105,17 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     let mut findings = Vec::new();
     for p in &loading.packages {
         let label = if several { format!("{}/{}", path.display(), p.name) } else { path.display().to_string() };
-        findings.extend(lint::check(&p.model, &label, &allowed));
+        match &args.function {
+            Some(name) => {
+                let names = p.model.functions_to_check(Some(name)).map_err(|m| anyhow::anyhow!("{}: --function: {m}", path.display()))?;
+                let one = p.model.select(&names[0]).context("a listed function")?;
+                let mut found = lint::check(&one, &label, &allowed);
+                // Findings name the function as the package does.
+                found.iter_mut().for_each(|f| f.location.function.clone_from(name));
+                findings.extend(found);
+            }
+            None => findings.extend(lint::check(&p.model, &label, &allowed)),
+        }
     }
     let text = match args.format {
         LintFormat::Text => render::text::render(&findings),

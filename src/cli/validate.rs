@@ -73,6 +73,9 @@ pub struct Args {
     /// Whisper folders: largest corpus WER of converted vs reference transcripts that passes.
     #[arg(long, default_value_t = 0.0)]
     pub max_wer: f64,
+    /// For a multifunction package: check only this function (default: every function).
+    #[arg(long, value_name = "NAME")]
+    pub function: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -83,7 +86,7 @@ const PER_OP_SHOWN: usize = 10;
 
 /// `--per-op`: the ops where fp16 drift starts, in program order.
 /// With `--reference MODEL`, the baseline takes its constants from MODEL converted at fp32.
-fn run_per_op(args: &Args, main: &torch2coreml::mil::Function, inputs: &[(String, interp::Array)]) -> anyhow::Result<ExitStatus> {
+fn run_per_op(args: &Args, main: &torch2coreml::mil::Function, inputs: &[(String, interp::Array)]) -> anyhow::Result<Report> {
     let (atol0, rtol0) = validate::default_tolerances(main);
     let (atol, rtol) = (args.atol.unwrap_or(atol0), args.rtol.unwrap_or(rtol0));
     let mut main = main.clone();
@@ -96,40 +99,42 @@ fn run_per_op(args: &Args, main: &torch2coreml::mil::Function, inputs: &[(String
         None => None,
     };
     let drifts = validate::per_op(&main, inputs, atol, rtol).with_context(|| format!("running {}", args.package.display()))?;
-    let text = match args.format {
-        Format::Json => {
-            let consts = fp32_constants.as_ref().map(|(m, matched, total)| json!({ "from": m, "matched": matched, "fp16_constants": total }));
-            output::json(&json!({ "ops": drifts, "pass": drifts.is_empty(), "atol": atol, "rtol": rtol, "fp32_constants": consts }))
+    let consts = fp32_constants.as_ref().map(|(m, matched, total)| json!({ "from": m, "matched": matched, "fp16_constants": total }));
+    let json = json!({ "ops": drifts, "pass": drifts.is_empty(), "atol": atol, "rtol": rtol, "fp32_constants": consts });
+    let text = {
+        let mut s = format!("{}  per-op drift at package precision (atol {atol}, rtol {rtol})\n", args.package.display());
+        match &fp32_constants {
+            Some((m, matched, total)) => s += &format!("  fp32 constants from {m}: {matched} of {total} fp16 constants\n"),
+            None => s += "  constants as stored (give --reference MODEL to start from its fp32 values)\n",
         }
-        Format::Text => {
-            let mut s = format!("{}  per-op drift at package precision (atol {atol}, rtol {rtol})\n", args.package.display());
-            match &fp32_constants {
-                Some((m, matched, total)) => s += &format!("  fp32 constants from {m}: {matched} of {total} fp16 constants\n"),
-                None => s += "  constants as stored (give --reference MODEL to start from its fp32 values)\n",
-            }
-            if drifts.is_empty() {
-                s += "no op drifts past tolerance, overflows or turns NaN\n";
-            }
-            for d in drifts.iter().take(PER_OP_SHOWN) {
-                let why = if d.op_type == "const" {
-                    format!("fp32 value reaches {:.3e}: {} values overflow fp16", d.fp32_peak, d.non_finite)
-                } else if d.non_finite > 0 {
-                    format!("{} values inf/NaN", d.non_finite)
-                } else if d.fp32_peak > validate::FP16_MAX {
-                    format!("fp32 peak {:.3e} overflows fp16", d.fp32_peak)
-                } else {
-                    format!("max abs {:.3e}, max rel {:.3e}", d.max_abs, d.max_rel)
-                };
-                s += &format!("  {:<16} {:<40} {why}\n", d.op_type, d.op);
-            }
-            if drifts.len() > PER_OP_SHOWN {
-                s += &format!("  … and {} more (see --format json)\n", drifts.len() - PER_OP_SHOWN);
-            }
-            s
+        if drifts.is_empty() {
+            s += "no op drifts past tolerance, overflows or turns NaN\n";
         }
+        for d in drifts.iter().take(PER_OP_SHOWN) {
+            let why = if d.op_type == "const" {
+                format!("fp32 value reaches {:.3e}: {} values overflow fp16", d.fp32_peak, d.non_finite)
+            } else if d.non_finite > 0 {
+                format!("{} values inf/NaN", d.non_finite)
+            } else if d.fp32_peak > validate::FP16_MAX {
+                format!("fp32 peak {:.3e} overflows fp16", d.fp32_peak)
+            } else {
+                format!("max abs {:.3e}, max rel {:.3e}", d.max_abs, d.max_rel)
+            };
+            s += &format!("  {:<16} {:<40} {why}\n", d.op_type, d.op);
+        }
+        if drifts.len() > PER_OP_SHOWN {
+            s += &format!("  … and {} more (see --format json)\n", drifts.len() - PER_OP_SHOWN);
+        }
+        s
     };
-    output::print(&text)?;
-    Ok(if drifts.is_empty() { ExitStatus::Success } else { ExitStatus::Failure })
+    Ok(Report { pass: drifts.is_empty(), json, text })
+}
+
+/// What checking one function gives: whether it passed, and the report in both formats.
+struct Report {
+    pass: bool,
+    json: serde_json::Value,
+    text: String,
 }
 
 /// `model` (the package's source: TorchScript, a Hugging Face folder or a package) converted at
@@ -182,6 +187,46 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         bail!("--expected needs the inputs its outputs were made from: give --inputs INPUTS.npz (or --image-input NAME=FILE)");
     }
     let model = pipeline::read_package(&args.package)?;
+    let mut names = model.functions_to_check(args.function.as_deref()).map_err(|m| anyhow::anyhow!("{}: --function: {m}", args.package.display()))?;
+    if let (Some(p), None, Some(_)) = (&args.inputs, &args.function, &model.default_function) {
+        // Given inputs fit the buckets of their shapes only.
+        let given: Vec<(String, Vec<usize>)> = npz::read(p)?.into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+        let fits = |name: &String| {
+            model.program.functions[name].inputs.iter().all(|i| given.iter().find(|(n, _)| *n == i.name).is_none_or(|(_, s)| i.ty.tensor().fixed_shape().as_ref() == Some(s)))
+        };
+        names.retain(fits);
+        if names.is_empty() {
+            bail!("{}: no function of the package takes the shapes of {} (give --function NAME to choose one)", args.package.display(), p.display());
+        }
+    }
+    let report = if model.default_function.is_none() && args.function.is_none() {
+        check(args, &model)?
+    } else {
+        // Each function on its own (a multifunction package: one per bucket), as its own model.
+        let mut reports = Vec::new();
+        for name in &names {
+            let one = model.select(name).context("a listed function")?;
+            reports.push((name.clone(), check(args, &one).with_context(|| format!("function `{name}`"))?));
+        }
+        Report {
+            pass: reports.iter().all(|(_, r)| r.pass),
+            json: json!({
+                "functions": reports.iter().map(|(n, r)| (n.clone(), r.json.clone())).collect::<serde_json::Map<_, _>>(),
+                "pass": reports.iter().all(|(_, r)| r.pass),
+            }),
+            text: reports.iter().map(|(n, r)| format!("function {n}: {}", r.text)).collect(),
+        }
+    };
+    output::print(&match args.format {
+        Format::Json => output::json(&report.json),
+        Format::Text => report.text,
+    })?;
+    Ok(if report.pass { ExitStatus::Success } else { ExitStatus::Failure })
+}
+
+/// Validates the single-function `model` (a package, or one function of one) as `run` was
+/// asked to.
+fn check(args: &Args, model: &torch2coreml::mil::Model) -> anyhow::Result<Report> {
     let main = model.program.main().context("the package has no main function")?;
     let images = image_inputs(args, &model, main)?;
     let inputs = match &args.inputs {
@@ -228,45 +273,42 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
         let pick = |a: Option<&(String, interp::Array)>| a.map(|(_, a)| top_labels(a, &c.labels, args.top_k)).unwrap_or_default();
         (pick(ours.map(|i| &outputs[i])), pick(theirs))
     });
-    let text = match args.format {
-        Format::Json => {
-            let mut j = json!({ "outputs": reports, "pass": pass, "criterion": criterion });
-            if !images.is_empty() {
-                j["images"] = images.iter().map(|(n, _, (file, how))| json!({"input": n, "file": file, "original": [how.original.0, how.original.1], "resized": how.resized})).collect();
-            }
-            if let Some((ours, theirs)) = &top {
-                let list = |v: &[(String, f32)]| v.iter().map(|(l, p)| json!({"label": l, "probability": p})).collect::<Vec<_>>();
-                j["top_k"] = json!({"package": list(ours), "reference": list(theirs)});
-            }
-            output::json(&j)
+    let json = {
+        let mut j = json!({ "outputs": reports, "pass": pass, "criterion": criterion });
+        if !images.is_empty() {
+            j["images"] = images.iter().map(|(n, _, (file, how))| json!({"input": n, "file": file, "original": [how.original.0, how.original.1], "resized": how.resized})).collect();
         }
-        Format::Text => {
-            let mut s = format!("{}  ({criterion})\n", args.package.display());
-            for (n, a, (file, how)) in &images {
-                let (w, h) = (a.shape[3], a.shape[2]);
-                let size = if how.resized { format!("{}×{}, stretched to {w}×{h}", how.original.0, how.original.1) } else { format!("{w}×{h}") };
-                s += &format!("  image {n}: {} ({size})\n", file.display());
-            }
-            s += &format!("  {:<24} {:<16} {:>10} {:>10} {:>10} {:>9} {:>8}  result\n", "output", "shape", "max_abs", "max_rel", "mean_abs", "cosine", "psnr_db");
-            for r in &reports {
-                let d = &r.drift;
-                let shape = format!("{:?}", r.shape);
-                let verdict = if d.pass { "ok" } else if d.non_finite > 0 { "FAIL (non-finite)" } else { "FAIL" };
-                s += &format!(
-                    "  {:<24} {:<16} {:>10.3e} {:>10.3e} {:>10.3e} {:>9.6} {:>8.1}  {verdict}\n",
-                    r.name, shape, d.max_abs, d.max_rel, d.mean_abs, d.cosine, d.psnr_db
-                );
-            }
-            if let Some((ours, theirs)) = &top {
-                let show = |v: &[(String, f32)]| v.iter().map(|(l, p)| format!("{l} {p:.4}")).collect::<Vec<_>>().join(", ");
-                s += &format!("  top-{} package:   {}\n  top-{} reference: {}\n", ours.len(), show(ours), theirs.len(), show(theirs));
-            }
-            s += if pass { "all outputs within tolerance\n" } else { "some outputs out of tolerance\n" };
-            s
+        if let Some((ours, theirs)) = &top {
+            let list = |v: &[(String, f32)]| v.iter().map(|(l, p)| json!({"label": l, "probability": p})).collect::<Vec<_>>();
+            j["top_k"] = json!({"package": list(ours), "reference": list(theirs)});
         }
+        j
     };
-    output::print(&text)?;
-    Ok(if pass { ExitStatus::Success } else { ExitStatus::Failure })
+    let text = {
+        let mut s = format!("{}  ({criterion})\n", args.package.display());
+        for (n, a, (file, how)) in &images {
+            let (w, h) = (a.shape[3], a.shape[2]);
+            let size = if how.resized { format!("{}×{}, stretched to {w}×{h}", how.original.0, how.original.1) } else { format!("{w}×{h}") };
+            s += &format!("  image {n}: {} ({size})\n", file.display());
+        }
+        s += &format!("  {:<24} {:<16} {:>10} {:>10} {:>10} {:>9} {:>8}  result\n", "output", "shape", "max_abs", "max_rel", "mean_abs", "cosine", "psnr_db");
+        for r in &reports {
+            let d = &r.drift;
+            let shape = format!("{:?}", r.shape);
+            let verdict = if d.pass { "ok" } else if d.non_finite > 0 { "FAIL (non-finite)" } else { "FAIL" };
+            s += &format!(
+                "  {:<24} {:<16} {:>10.3e} {:>10.3e} {:>10.3e} {:>9.6} {:>8.1}  {verdict}\n",
+                r.name, shape, d.max_abs, d.max_rel, d.mean_abs, d.cosine, d.psnr_db
+            );
+        }
+        if let Some((ours, theirs)) = &top {
+            let show = |v: &[(String, f32)]| v.iter().map(|(l, p)| format!("{l} {p:.4}")).collect::<Vec<_>>().join(", ");
+            s += &format!("  top-{} package:   {}\n  top-{} reference: {}\n", ours.len(), show(ours), theirs.len(), show(theirs));
+        }
+        s += if pass { "all outputs within tolerance\n" } else { "some outputs out of tolerance\n" };
+        s
+    };
+    Ok(Report { pass, json, text })
 }
 
 /// The reference's outputs for `inputs`: the source model in torch (image pixels preprocessed
@@ -285,7 +327,9 @@ fn reference_outputs(args: &Args, model: &torch2coreml::mil::Model, inputs: &[(S
             .collect::<anyhow::Result<Vec<_>>>()?,
         (_, None, Some(other)) => {
             let m = pipeline::read_package(other)?;
-            let f = m.program.main().context("the other package has no main function")?;
+            // A multifunction package runs the function that takes these shapes.
+            let shapes_fit = |f: &&Function| f.inputs.iter().all(|i| inputs.iter().find(|(n, _)| *n == i.name).is_none_or(|(_, a)| i.ty.tensor().fixed_shape().is_none_or(|s| s == a.shape)));
+            let f = m.program.main().or_else(|| m.program.functions.values().find(shapes_fit)).context("no function of the other package takes these inputs' shapes")?;
             interp::run(f, inputs).with_context(|| format!("running {}", other.display()))?
         }
         _ => unreachable!("checked before: one reference is given, and --reference only with the torch feature"),
@@ -305,7 +349,7 @@ fn accepted(args: &Args, model: &torch2coreml::mil::Model, inputs: &[(String, in
 /// `validate` of a flexible package without `--inputs`: random inputs drawn at every
 /// enumerated shape, or at the minimum, a middle and the maximum of each range (the k-th
 /// sample of every flexible input together), each run and compared with the reference.
-fn run_shapes(args: &Args, model: &torch2coreml::mil::Model, main: &Function) -> anyhow::Result<ExitStatus> {
+fn run_shapes(args: &Args, model: &torch2coreml::mil::Model, main: &Function) -> anyhow::Result<Report> {
     let declared = |name: &str| main.inputs.iter().find(|i| i.name == name).map(|i| i.ty.tensor().shape.iter().map(|d| match d { torch2coreml::mil::Dim::Fixed(n) => *n, _ => 1 }).collect::<Vec<_>>()).unwrap_or_default();
     let samples: Vec<(String, Vec<Vec<usize>>)> = model.flexible.iter().map(|(n, set)| (n.clone(), set.samples(&declared(n)))).collect();
     let count = samples.iter().map(|(_, s)| s.len()).max().unwrap_or(1);
@@ -320,27 +364,24 @@ fn run_shapes(args: &Args, model: &torch2coreml::mil::Model, main: &Function) ->
         runs.push((shapes, reports));
     }
     let pass = runs.iter().all(|(_, r)| r.iter().all(|r| r.drift.pass));
-    let text = match args.format {
-        Format::Json => output::json(&json!({
-            "shapes": runs.iter().map(|(shapes, reports)| json!({"inputs": shapes.iter().map(|(n, s)| (n.clone(), json!(s))).collect::<serde_json::Map<_, _>>(), "outputs": reports, "pass": reports.iter().all(|r| r.drift.pass)})).collect::<Vec<_>>(),
-            "pass": pass,
-            "criterion": criterion,
-        })),
-        Format::Text => {
-            let mut s = format!("{}  ({criterion}), flexible inputs at {count} shape(s)\n", args.package.display());
-            for (shapes, reports) in &runs {
-                s += &format!("  at {}\n", shapes.iter().map(|(n, d)| format!("{n} {d:?}")).collect::<Vec<_>>().join(", "));
-                for r in reports {
-                    let verdict = if r.drift.pass { "ok" } else { "FAIL" };
-                    s += &format!("    {:<24} {:<16} max_abs {:>10.3e} cosine {:>9.6} psnr {:>6.1} dB  {verdict}\n", r.name, format!("{:?}", r.shape), r.drift.max_abs, r.drift.cosine, r.drift.psnr_db);
-                }
+    let json = json!({
+        "shapes": runs.iter().map(|(shapes, reports)| json!({"inputs": shapes.iter().map(|(n, s)| (n.clone(), json!(s))).collect::<serde_json::Map<_, _>>(), "outputs": reports, "pass": reports.iter().all(|r| r.drift.pass)})).collect::<Vec<_>>(),
+        "pass": pass,
+        "criterion": criterion,
+    });
+    let text = {
+        let mut s = format!("{}  ({criterion}), flexible inputs at {count} shape(s)\n", args.package.display());
+        for (shapes, reports) in &runs {
+            s += &format!("  at {}\n", shapes.iter().map(|(n, d)| format!("{n} {d:?}")).collect::<Vec<_>>().join(", "));
+            for r in reports {
+                let verdict = if r.drift.pass { "ok" } else { "FAIL" };
+                s += &format!("    {:<24} {:<16} max_abs {:>10.3e} cosine {:>9.6} psnr {:>6.1} dB  {verdict}\n", r.name, format!("{:?}", r.shape), r.drift.max_abs, r.drift.cosine, r.drift.psnr_db);
             }
-            s += if pass { "all outputs within tolerance at every shape\n" } else { "some outputs out of tolerance\n" };
-            s
         }
+        s += if pass { "all outputs within tolerance at every shape\n" } else { "some outputs out of tolerance\n" };
+        s
     };
-    output::print(&text)?;
-    Ok(if pass { ExitStatus::Success } else { ExitStatus::Failure })
+    Ok(Report { pass, json, text })
 }
 
 /// `--image-input NAME=FILE`: each file read as image input NAME of `model` needs it.

@@ -606,12 +606,13 @@ fn build(folder: &Folder, options: &Options) -> Result<Output, HfError> {
     model.metadata.short_description =
         format!("{} encoder converted from {}", encoder.config.flavor.package_name(), folder.dir.display());
     for (name, what) in [
-        (INPUT_IDS, format!("token ids, int32 (1, {seq})")),
-        (ATTENTION_MASK, format!("1 for real tokens, 0 for padding, int32 (1, {seq})")),
-        (LAST_HIDDEN_STATE, format!("hidden state per token in the ANE layout (1, C, 1, {seq}): channels on axis 1, tokens last; transformers' (1, S, C) is its transpose")),
-        (SENTENCE_EMBEDDING, "pooled sentence embedding (1, C), as sentence-transformers computes it".to_string()),
+        // S, not the length: a bucketed package shares these over its functions.
+        (INPUT_IDS, "token ids, int32 (1, S)"),
+        (ATTENTION_MASK, "1 for real tokens, 0 for padding, int32 (1, S)"),
+        (LAST_HIDDEN_STATE, "hidden state per token in the ANE layout (1, C, 1, S): channels on axis 1, tokens last; transformers' (1, S, C) is its transpose"),
+        (SENTENCE_EMBEDDING, "pooled sentence embedding (1, C), as sentence-transformers computes it"),
     ] {
-        model.feature_descriptions.insert(name.to_string(), what);
+        model.feature_descriptions.insert(name.to_string(), what.to_string());
     }
     let side_files = super::side_files(&folder.dir, SIDE_FILES)?;
     Ok(Output { packages: vec![Built { name: encoder.config.flavor.package_name().to_string(), model }], side_files })

@@ -146,16 +146,14 @@ pub fn find_rule(code_or_name: &str) -> Option<&'static Rule> {
 }
 
 /// Runs every rule not in `allowed` (rules looked up with [`find_rule`]) on every function of
-/// `model`'s program (its compressed weights known to `main`'s graph) and returns the findings, by function, then rule, then op order. `file` is the model
+/// `model`'s program (each knowing the package's compressed weights and flexible inputs) and returns the findings, by function, then rule, then op order. `file` is the model
 /// path shown in locations. Called by `cli/lint.rs` and the tests.
 pub fn check(model: &crate::mil::Model, file: &str, allowed: &[&Rule]) -> Vec<Finding> {
     let mut findings = Vec::new();
     for (fname, function) in &model.program.functions {
         let mut graph = Graph::new(function);
-        if fname == crate::mil::MAIN_FUNCTION {
-            graph.compressed = &model.compressed;
-            graph.flexible = &model.flexible;
-        }
+        graph.compressed = &model.compressed;
+        graph.flexible = &model.flexible;
         let sources: HashMap<&str, &Source> =
             graph.ops.iter().filter_map(|op| Some((op.name.as_str(), op.source.as_deref()?))).collect();
         for rule in RULES.iter().filter(|r| !allowed.iter().any(|a| a.code == r.code)) {

@@ -319,6 +319,10 @@ pub struct Model {
     /// probabilities; the package adds Core ML's `classify` op after them (`package` writes and
     /// strips it), which returns the top label and a label → probability dictionary.
     pub classifier: Option<Classifier>,
+    /// Set for a multifunction package (iOS18+, `ModelDescription.functions`): the function
+    /// Core ML runs when the app names none (`defaultFunctionName`). Every function of the
+    /// program is then described on its own; `None`: a single-function model running `main`.
+    pub default_function: Option<String>,
 }
 
 /// A classifier's labels and outputs (Model.proto `predictedFeatureName`,
@@ -455,7 +459,34 @@ impl Model {
             compressed: Vec::new(),
             flexible: BTreeMap::new(),
             classifier: None,
+            default_function: None,
         }
+    }
+
+    /// The functions `validate`, `inspect` and `lint-ane` cover: `only` (their `--function`),
+    /// which must exist, or else every function, the default one first. Errors name the
+    /// functions there are.
+    pub fn functions_to_check(&self, only: Option<&str>) -> Result<Vec<String>, String> {
+        let names: Vec<String> = self.program.functions.keys().cloned().collect();
+        match only {
+            Some(n) if names.iter().any(|x| x == n) => Ok(vec![n.to_string()]),
+            Some(n) => Err(format!("no function `{n}` (the package has: {})", names.join(", "))),
+            None => {
+                let first = self.default_function.clone().filter(|d| names.contains(d)).or_else(|| self.program.main().map(|_| MAIN_FUNCTION.to_string()));
+                Ok(first.iter().cloned().chain(names.into_iter().filter(|n| Some(n) != first.as_ref())).collect())
+            }
+        }
+    }
+
+    /// This model with only function `name`, as a single-function model whose `main` it is
+    /// (what the interpreter, `validate` and `inspect` run). Weights are shared, not copied.
+    /// `None` when there is no such function.
+    pub fn select(&self, name: &str) -> Option<Model> {
+        let mut model = self.clone();
+        let f = model.program.functions.remove(name)?;
+        model.program = Program::with_main(f);
+        model.default_function = None;
+        Some(model)
     }
 }
 

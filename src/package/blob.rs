@@ -93,25 +93,62 @@ pub struct BlobWriter {
     blobs: Vec<(u64, Tensor)>,
     /// End of the last payload so far.
     pos: u64,
+    /// Indices into `blobs` by [`Fingerprint`]: a tensor equal to one already placed is
+    /// stored once (the functions of a multifunction package, tied embeddings).
+    placed: std::collections::HashMap<Fingerprint, Vec<usize>>,
+}
+
+/// Bytes sampled from each end of a payload to tell tensors apart before comparing them whole.
+const FINGERPRINT_BYTES: usize = 256;
+
+/// What [`BlobWriter::append`] compares first: dtype, shape and the payload's first and last
+/// [`FINGERPRINT_BYTES`] (cheap even for a lazily cast fp16 weight). Equal fingerprints are
+/// then compared in full.
+#[derive(PartialEq, Eq, Hash)]
+struct Fingerprint {
+    dtype: DType,
+    shape: Vec<usize>,
+    ends: Vec<u8>,
+}
+
+impl Fingerprint {
+    fn of(t: &Tensor) -> Fingerprint {
+        let len = t.byte_len();
+        let n = FINGERPRINT_BYTES.min(len);
+        // Sub-byte and fp16-cast payloads are encoded per element; both ends are whole bytes of
+        // the encoding, and a range of `n` bytes from `len - n` stays inside it.
+        let mut ends = vec![0u8; 2 * n];
+        let (head, tail) = ends.split_at_mut(n);
+        t.encode_range(0, head);
+        t.encode_range(len - n, tail);
+        Fingerprint { dtype: t.dtype(), shape: t.shape().to_vec(), ends }
+    }
 }
 
 impl BlobWriter {
     /// A writer for `path`, which `finish` creates.
     pub fn create(path: &Path) -> BlobWriter {
-        BlobWriter { path: path.to_path_buf(), blobs: Vec::new(), pos: RECORD_BYTES }
+        BlobWriter { path: path.to_path_buf(), blobs: Vec::new(), pos: RECORD_BYTES, placed: Default::default() }
     }
 
     /// Places one tensor (64-aligned metadata record, then payload); returns the metadata
-    /// offset, which is what `BlobFileValue.offset` must hold. Nothing is written yet.
-    pub fn append(&mut self, t: &Tensor) -> Result<u64, Error> {
+    /// offset, which is what `BlobFileValue.offset` must hold, and whether the tensor is new: a
+    /// tensor equal (dtype, shape, bytes) to one placed before gets that one's offset and is not
+    /// stored again. Nothing is written yet.
+    pub fn append(&mut self, t: &Tensor) -> Result<(u64, bool), Error> {
         let invalid = |reason: String| Error::Invalid { path: self.path.clone(), reason };
         blob_code(t.dtype()).ok_or_else(|| invalid(format!("{} tensors cannot be stored in weight.bin", t.dtype())))?;
+        let same = self.placed.entry(Fingerprint::of(t)).or_default();
+        if let Some(&i) = same.iter().find(|&&i| self.blobs[i].1 == *t) {
+            return Ok((self.blobs[i].0, false));
+        }
         let md = align(self.pos);
         self.pos = (md + RECORD_BYTES)
             .checked_add(t.byte_len() as u64)
             .ok_or_else(|| invalid("weight.bin would exceed 2^64 bytes".into()))?;
+        same.push(self.blobs.len());
         self.blobs.push((md, t.clone()));
-        Ok(md)
+        Ok((md, true))
     }
 
     /// Writes the file: header, records, then payloads in parallel ranges; returns its size,
@@ -255,8 +292,8 @@ mod tests {
         let mut w = BlobWriter::create(&p);
         let a = Tensor::from_f32_as_f16(&[4, 3, 3, 3], &[0.5; 108]);
         let b = Tensor::from_f32_as_f16(&[3, 4], &[0.25; 12]);
-        assert_eq!(w.append(&a).unwrap(), 64);
-        assert_eq!(w.append(&b).unwrap(), 384);
+        assert_eq!(w.append(&a).unwrap(), (64, true));
+        assert_eq!(w.append(&b).unwrap(), (384, true));
         assert_eq!(w.finish().unwrap(), (472, vec![]));
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[0..8], &[2, 0, 0, 0, 2, 0, 0, 0]);
@@ -282,6 +319,34 @@ mod tests {
         }
         // An fp32 blob holds 1e9 as it is; only the third, cast to fp16, overflows.
         assert_eq!(w.finish().unwrap().1, vec![2]);
+    }
+
+    #[test]
+    fn equal_tensors_are_stored_once_and_near_misses_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("weight.bin");
+        let mut w = BlobWriter::create(&p);
+        // 400 values: the fingerprint sees both ends, so only the middle tells `c` from `a`.
+        let values: Vec<f32> = (0..400).map(|i| i as f32).collect();
+        let mut middle = values.clone();
+        middle[200] = -1.0;
+        let a = Tensor::f16_of(&Tensor::from_f32(&[400], &values));
+        let same = Tensor::from_f32_as_f16(&[400], &values);
+        let c = Tensor::from_f32_as_f16(&[400], &middle);
+        let reshaped = Tensor::from_f32_as_f16(&[20, 20], &values);
+        let (first, new) = w.append(&a).unwrap();
+        assert!(new);
+        assert_eq!(w.append(&same).unwrap(), (first, false), "a lazy cast and its materialized twin are one blob");
+        for t in [&c, &reshaped] {
+            let (at, new) = w.append(t).unwrap();
+            assert!(new && at != first);
+        }
+        let (size, _) = w.finish().unwrap();
+        // Header, then three (record, 800-byte payload padded to 832); the file ends at the last
+        // payload byte, without the last 32 bytes of padding.
+        assert_eq!(size, 64 + 3 * (64 + 832) - 32, "three payloads stored");
+        let map = map_file(&p).unwrap();
+        assert_eq!(read_blob(&p, &map, first, DType::F16, &[400]).unwrap(), same);
     }
 
     #[test]

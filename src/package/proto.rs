@@ -249,8 +249,10 @@ impl Emitter {
                 Some(w) => w,
                 none => none.insert(BlobWriter::create(&self.weights_dir.join(WEIGHT_FILE))),
             };
-            let offset = writer.append(t)?;
-            self.blob_ops.push(self.op.clone());
+            let (offset, new) = writer.append(t)?;
+            if new {
+                self.blob_ops.push(self.op.clone());
+            }
             pb::value::Value::BlobFileValue(pb::value::BlobFileValue {
                 file_name: format!("{BLOB_PATH_PREFIX}{WEIGHTS_DIR}/{WEIGHT_FILE}"),
                 offset,
@@ -405,30 +407,50 @@ pub fn io_dtype_allowed(d: DType, opset: Opset) -> bool {
     }
 }
 
-/// The whole `Model` protobuf for `model`, streaming blobs through `emit`.
-pub fn model_to_proto(model: &Model, emit: &mut Emitter) -> Result<spec::Model, String> {
-    let main = model.program.main().ok_or("the program has no `main` function")?;
-    let mut description = spec::ModelDescription::default();
-    for i in &main.inputs {
+/// The interface of one function of `model` as Core ML describes it: inputs, outputs (a
+/// classifier's label and dictionary first), states, and the classifier's feature names.
+struct Described {
+    input: Vec<spec::FeatureDescription>,
+    output: Vec<spec::FeatureDescription>,
+    state: Vec<spec::FeatureDescription>,
+    predicted: [String; 2],
+}
+
+/// Describes function `f` of `model` (`fname`, for messages). A flexible input (its shapes in
+/// `model.flexible`) is declared at its first shape with the others listed, as coremltools
+/// writes `EnumeratedShapes`; any other input needs a static shape.
+fn describe(model: &Model, fname: &str, f: &Function) -> Result<Described, String> {
+    let mut d = Described { input: Vec::new(), output: Vec::new(), state: Vec::new(), predicted: Default::default() };
+    let at = if model.program.functions.len() > 1 { format!(" of function `{fname}`") } else { String::new() };
+    for i in &f.inputs {
         match &i.ty {
             ValueType::Tensor(t) => {
-                if t.fixed_shape().is_none() {
-                    return Err(format!("input `{}` has a flexible shape {t}; only static input shapes can be written", i.name));
+                if !io_dtype_allowed(t.dtype, f.opset) {
+                    return Err(format!("input `{}`{at} is {}, not allowed as model I/O at {}", i.name, t.dtype, f.opset.target_name()));
                 }
-                if !io_dtype_allowed(t.dtype, main.opset) {
-                    return Err(format!("input `{}` is {}, not allowed as model I/O at {}", i.name, t.dtype, main.opset.target_name()));
-                }
-                description.input.push(feature(model, &i.name, t, false)?);
+                d.input.push(match (t.fixed_shape(), model.flexible.get(&i.name)) {
+                    (None, Some(set @ crate::mil::ShapeSet::Enumerated(shapes))) if shapes.iter().all(|s| set.accepts(s) && t.rank() == s.len()) => {
+                        let first = TensorType::new(t.dtype, &shapes[0]);
+                        let mut feature = feature(model, &i.name, &first, false)?;
+                        if let Some(spec::feature_type::Type::MultiArrayType(a)) = feature.r#type.as_mut().and_then(|t| t.r#type.as_mut()) {
+                            let shapes = shapes.iter().map(|s| spec::array_feature_type::Shape { shape: s.iter().map(|&n| n as i64).collect() }).collect();
+                            a.shape_flexibility = Some(spec::array_feature_type::ShapeFlexibility::EnumeratedShapes(spec::array_feature_type::EnumeratedShapes { shapes }));
+                        }
+                        feature
+                    }
+                    (None, _) => return Err(format!("input `{}`{at} has a flexible shape {t} but no shapes listed; only static or enumerated input shapes can be written", i.name)),
+                    (Some(_), _) => feature(model, &i.name, t, false)?,
+                });
             }
-            ValueType::State(t) => description.state.push(feature(model, &i.name, t, true)?),
+            ValueType::State(t) => d.state.push(feature(model, &i.name, t, true)?),
         }
     }
     let types: HashMap<&str, &TensorType> =
-        main.block.walk_ops().into_iter().flat_map(|op| op.outputs.iter()).map(|o| (o.name.as_str(), o.ty.tensor())).collect();
-    for o in &main.block.outputs {
-        let t = types.get(o.as_str()).ok_or_else(|| format!("output `{o}` is not produced by any op"))?;
-        if !io_dtype_allowed(t.dtype, main.opset) {
-            return Err(format!("output `{o}` is {}, not allowed as model I/O at {}", t.dtype, main.opset.target_name()));
+        f.block.walk_ops().into_iter().flat_map(|op| op.outputs.iter()).map(|o| (o.name.as_str(), o.ty.tensor())).collect();
+    for o in &f.block.outputs {
+        let t = types.get(o.as_str()).ok_or_else(|| format!("output `{o}`{at} is not produced by any op"))?;
+        if !io_dtype_allowed(t.dtype, f.opset) {
+            return Err(format!("output `{o}`{at} is {}, not allowed as model I/O at {}", t.dtype, f.opset.target_name()));
         }
         match &model.classifier {
             Some(c) if c.probabilities == *o => {
@@ -436,16 +458,56 @@ pub fn model_to_proto(model: &Model, emit: &mut Emitter) -> Result<spec::Model, 
                     return Err(format!("classifier probabilities `{o}` are {}, not fp32", t.dtype));
                 }
                 let [label, probs] = super::classify::features(c, &model.feature_descriptions);
-                description.predicted_feature_name = label.name.clone();
-                description.predicted_probabilities_name = probs.name.clone();
-                description.output.splice(0..0, [label, probs]);
+                d.predicted = [label.name.clone(), probs.name.clone()];
+                d.output.splice(0..0, [label, probs]);
             }
-            _ => description.output.push(feature(model, o, t, false)?),
+            _ => d.output.push(feature(model, o, t, false)?),
         }
     }
     if let Some(c) = &model.classifier {
-        if !main.block.outputs.contains(&c.probabilities) {
-            return Err(format!("classifier probabilities `{}` are not an output of the program", c.probabilities));
+        if !f.block.outputs.contains(&c.probabilities) {
+            return Err(format!("classifier probabilities `{}` are not an output{at} of the program", c.probabilities));
+        }
+    }
+    Ok(d)
+}
+
+/// The whole `Model` protobuf for `model`, streaming blobs through `emit`. A single-function
+/// model describes `main` in the `ModelDescription`; a multifunction one (iOS18+) describes each
+/// function in `functions` and names the default one.
+pub fn model_to_proto(model: &Model, emit: &mut Emitter) -> Result<spec::Model, String> {
+    let opset = model.program.functions.values().map(|f| f.opset).max().ok_or("the program has no function")?;
+    let mut description = spec::ModelDescription::default();
+    match &model.default_function {
+        None => {
+            let main = model.program.main().ok_or("the program has no `main` function")?;
+            if model.program.functions.len() > 1 {
+                return Err("a program of several functions needs a default function".into());
+            }
+            let d = describe(model, MAIN, main)?;
+            [description.predicted_feature_name, description.predicted_probabilities_name] = d.predicted;
+            (description.input, description.output, description.state) = (d.input, d.output, d.state);
+        }
+        Some(default) => {
+            if opset < Opset::Ios18 {
+                return Err(format!("a multifunction package needs iOS18 or later, not {}", opset.target_name()));
+            }
+            if !model.program.functions.contains_key(default) {
+                return Err(format!("default function `{default}` is not a function of the program"));
+            }
+            for (name, f) in &model.program.functions {
+                let d = describe(model, name, f)?;
+                let [predicted_feature_name, predicted_probabilities_name] = d.predicted;
+                description.functions.push(spec::FunctionDescription {
+                    name: name.clone(),
+                    input: d.input,
+                    output: d.output,
+                    state: d.state,
+                    predicted_feature_name,
+                    predicted_probabilities_name,
+                });
+            }
+            description.default_function_name = default.clone();
         }
     }
     let md = &model.metadata;
@@ -461,7 +523,7 @@ pub fn model_to_proto(model: &Model, emit: &mut Emitter) -> Result<spec::Model, 
     let mut functions = BTreeMap::new();
     for (name, f) in &model.program.functions {
         let mut pf = emit.function(f).map_err(|e| e.to_string())?;
-        if let (Some(c), true) = (&model.classifier, name == MAIN) {
+        if let Some(c) = &model.classifier {
             for block in pf.block_specializations.values_mut() {
                 block.operations.push(super::classify::op(c));
                 let predicted = [c.predicted.clone(), format!("{}{}", c.predicted, super::classify::PROBS_SUFFIX)];
@@ -472,7 +534,7 @@ pub fn model_to_proto(model: &Model, emit: &mut Emitter) -> Result<spec::Model, 
         functions.insert(name.clone(), pf);
     }
     Ok(spec::Model {
-        specification_version: main.opset.spec_version(),
+        specification_version: opset.spec_version(),
         description: Some(description),
         is_updatable: false,
         r#type: Some(spec::model::Type::MlProgram(pb::Program {
@@ -620,7 +682,7 @@ impl Reader {
                 .get(&f.opset)
                 .ok_or_else(|| self.malformed(format!("function `{}` has no block for its opset {}", shown(fname), f.opset)))?;
             let inputs = f.inputs.iter().map(|i| self.named(i)).collect::<Result<_, _>>()?;
-            let block = if fname == MAIN && block.operations.last().is_some_and(|o| o.r#type == "classify") {
+            let block = if block.operations.last().is_some_and(|o| o.r#type == "classify") {
                 let mut block = block.clone();
                 classifier = super::classify::strip(&mut block).map_err(|m| self.malformed(m))?;
                 self.block(&block, opset)?
@@ -630,10 +692,26 @@ impl Reader {
             functions.insert(fname.clone(), Function { inputs, opset, block });
         }
         let program = Program { functions };
-        if program.main().is_none() {
-            return Err(self.malformed("the program has no `main` function"));
+        let mut d = m.description.clone().unwrap_or_default();
+        let default_function = (!d.functions.is_empty()).then(|| d.default_function_name.clone());
+        match &default_function {
+            Some(name) if !program.functions.contains_key(name) => {
+                return Err(self.malformed(format!("the default function `{}` is not a function of the program", shown(name))));
+            }
+            Some(_) => {
+                if let Some(f) = d.functions.iter().find(|f| !program.functions.contains_key(&f.name)) {
+                    return Err(self.malformed(format!("function `{}` is described but not in the program", shown(&f.name))));
+                }
+                // Features are read from every function's description, as one interface.
+                for f in std::mem::take(&mut d.functions) {
+                    d.input.extend(f.input);
+                    d.output.extend(f.output);
+                    d.state.extend(f.state);
+                }
+            }
+            None if program.main().is_none() => return Err(self.malformed("the program has no `main` function")),
+            None => {}
         }
-        let d = m.description.clone().unwrap_or_default();
         let metadata = d
             .metadata
             .map(|md| Metadata {
@@ -679,6 +757,6 @@ impl Reader {
             })
             .map(|(name, flex)| shape_set(flex).map(|s| (name.clone(), s)).map_err(|m| unsupported(format!("input `{}`: {m}", shown(&name)))))
             .collect::<Result<_, _>>()?;
-        Ok(Model { program, metadata, feature_descriptions, images, compressed: Vec::new(), flexible, classifier })
+        Ok(Model { program, metadata, feature_descriptions, images, compressed: Vec::new(), flexible, classifier, default_function })
     }
 }

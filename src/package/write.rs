@@ -79,8 +79,8 @@ fn write_into(model: &Model, dir: &Path, path: &Path) -> Result<WriteSummary, Er
     let data = dir.join("Data").join(COREML_DIR);
     let weights = data.join(WEIGHTS_DIR);
     fs::create_dir_all(&weights).map_err(Error::io(&weights))?;
-    let main = model.program.main().ok_or_else(|| invalid("the program has no `main` function".into()))?;
-    let mut emit = Emitter::new(main.opset, &weights);
+    let opset = model.program.functions.values().map(|f| f.opset).max().ok_or_else(|| invalid("the program has no function".into()))?;
+    let mut emit = Emitter::new(opset, &weights);
     let proto = model_to_proto(model, &mut emit).map_err(invalid)?;
     let (weight_bytes, infinite) = emit.finish()?;
     if !infinite.is_empty() {

@@ -7,9 +7,10 @@ Called by the Rust tests (tests/package.rs, tests/inspect.rs; `make test` runs t
 
 usage: validate_mlpackage.py [--json] PKG [PKG ...]
   default  one line per package, `OK: PKG` or `FAIL: PKG: <reason>`
-  --json   {PKG: {"ok": bool, "error": str|null, "ops": {op type: count}}} instead; `ops` is
-           counted from the raw protobuf (main's block, nested blocks recursed, `const` included)
-           and is filled in whenever model.mlmodel parses, even if a later check fails
+  --json   {PKG: {"ok": bool, "error": str|null, "ops": {op type: count}, "functions": [name]}}
+           instead; `ops` is counted from the raw protobuf (the default function's block, nested
+           blocks recursed, `const` included) and is filled in whenever model.mlmodel parses,
+           even if a later check fails
   exit 0 iff every package passes, 1 if any fails, 2 on a usage error.
 Diagnostics from coremltools go to stderr; stdout carries only the report.
 
@@ -18,13 +19,15 @@ Checks, in order (the first failure is the package's one-line reason):
   2. ct.utils.load_spec + ct.models.MLModel(skip_model_load=True); both rewrite Manifest.json,
      so its bytes are restored afterwards
   3. model.mlmodel has no unknown protobuf fields (a wrong field number is otherwise dropped)
-  4. mlProgram, Program.version 1, function "main", opset == _OPSET[specificationVersion] and is
-     the only block_specializations key
+  4. mlProgram, Program.version 1, function "main" (a multifunction package, iOS18+: every
+     function described in ModelDescription.functions and defaultFunctionName one of them),
+     opset == _OPSET[specificationVersion] and is the only block_specializations key
   5. every value name is a valid identifier, not a reserved word, defined once (SSA)
   6. every blobFileValue: `@model_path/` prefix, offset is a blob_metadata record of a v2
      weight.bin, record dtype code matches the declared dtype
   7. milproto load (re-creates and type-checks every op, reads every blob) + prog.validate()
-  8. ModelDescription <-> main's signature: names, order, dtypes, shapes, flexibility, states
+  8. ModelDescription <-> main's signature (each function's, against its FunctionDescription):
+     names, order, dtypes, shapes, flexibility, states
   9. I/O dtypes allowed at the specificationVersion (fp16 from 7, int8 from 10)
 """
 import contextlib
@@ -97,9 +100,16 @@ def walk_ops(block):
             yield from walk_ops(inner)
 
 
+def function_names(spec):
+    """The functions to check: "main", or every function of a multifunction package."""
+    d = spec.description
+    return [fd.name for fd in d.functions] if len(d.functions) else ["main"]
+
+
 def op_histogram(spec):
-    """Op type -> count over main's block, `const` included (what --json reports)."""
-    f = spec.mlProgram.functions["main"]
+    """Op type -> count over the default function's block (main's), `const` included (what
+    --json reports)."""
+    f = spec.mlProgram.functions[spec.description.defaultFunctionName or "main"]
     return dict(sorted(Counter(op.type for op in walk_ops(f.block_specializations[f.opset])).items()))
 
 
@@ -146,16 +156,23 @@ def check_no_unknown_fields(model_path):
     require(raw.ByteSize() == before, f"model.mlmodel has {before - raw.ByteSize()} bytes of unknown protobuf fields")
 
 
-def check_program(spec):
-    """Check 4. Returns main's Function proto."""
+def check_program(spec, name="main"):
+    """Check 4. Returns function `name`'s Function proto."""
     kind = spec.WhichOneof("Type")
     require(kind == "mlProgram", f"model type is {kind}, not mlProgram")
     sv = spec.specificationVersion
     require(sv >= MIN_MLPROGRAM_SPEC and sv in _OPSET, f"specificationVersion {sv} is not an ML Program version")
     program = spec.mlProgram
     require(program.version == PROGRAM_VERSION, f"Program.version {program.version} != {PROGRAM_VERSION}")
-    require("main" in program.functions, f"no function 'main' (have {sorted(program.functions)})")
-    f = program.functions["main"]
+    d = spec.description
+    if len(d.functions):
+        require(sv >= STATE_SPEC, f"a multifunction model needs specificationVersion >= {STATE_SPEC}, have {sv}")
+        described = [fd.name for fd in d.functions]
+        require(sorted(described) == sorted(program.functions), f"described functions {described} != program functions {sorted(program.functions)}")
+        require(d.defaultFunctionName in described, f"defaultFunctionName {d.defaultFunctionName!r} is not a function")
+        require(not len(d.input) and not len(d.output), "a multifunction model describes its I/O per function only")
+    require(name in program.functions, f"no function {name!r} (have {sorted(program.functions)})")
+    f = program.functions[name]
     require(f.opset == _OPSET[sv], f"opset {f.opset!r} != {_OPSET[sv]!r} for specificationVersion {sv}")
     keys = sorted(f.block_specializations)
     require(keys == [f.opset], f"block_specializations keys {keys} != [{f.opset!r}]")
@@ -230,9 +247,11 @@ def check_blobs(f, model_dir):
                     check(binding.value)
 
 
-def check_signature(spec, f, main):
-    """Checks 8 and 9: `f` is main's Function proto, `main` its pymil Function."""
+def check_signature(spec, f, main, name="main"):
+    """Checks 8 and 9: `f` is function `name`'s Function proto, `main` its pymil Function."""
     sv, d = spec.specificationVersion, spec.description
+    if len(d.functions):
+        d = next(fd for fd in d.functions if fd.name == name)
     tensor_inputs = [i.name for i in f.inputs if i.type.WhichOneof("type") != "stateType"]
     state_inputs = [i.name for i in f.inputs if i.type.WhichOneof("type") == "stateType"]
     require([i.name for i in d.input] == tensor_inputs, f"description.input {[i.name for i in d.input]} != main inputs {tensor_inputs}")
@@ -306,13 +325,17 @@ def validate(pkg, result):
     model_path = check_manifest(pkg)
     spec, weights_dir = load_with_coremltools(pkg)
     check_no_unknown_fields(model_path)
-    f = check_program(spec)
+    names = function_names(spec)
+    functions = {name: check_program(spec, name) for name in names}
     result["ops"] = op_histogram(spec)
-    check_names(f)
-    check_blobs(f, os.path.dirname(model_path))
+    result["functions"] = names
+    for f in functions.values():
+        check_names(f)
+        check_blobs(f, os.path.dirname(model_path))
     program = milproto_load(spec, specification_version=spec.specificationVersion, file_weights_dir=weights_dir)
     program.validate()
-    check_signature(spec, f, program.functions["main"])
+    for name, f in functions.items():
+        check_signature(spec, f, program.functions[name], name)
 
 
 def main(argv):
