@@ -243,8 +243,8 @@ pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
     if !options.buckets.is_empty() {
         return load_buckets(path, kind, options);
     }
-    if !matches!(kind, Kind::TorchScript) && !options.inputs.is_empty() {
-        return Err(input_error(path, "input shapes (--input, --example) apply to TorchScript files only; .pt2 programs, packages and Hugging Face folders carry their own"));
+    if !matches!(kind, Kind::TorchScript | Kind::Export) && !options.inputs.is_empty() {
+        return Err(input_error(path, "input shapes (--input, --example) apply to TorchScript files and dynamic .pt2 programs only; packages and Hugging Face folders carry their own"));
     }
     let stem = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (built, side_files) = match kind {
@@ -263,8 +263,13 @@ pub fn load(path: &Path, options: &Options) -> Result<Loading, Error> {
             (vec![traced(path, stem, graph::lower(&archive, &options.inputs, &opts)?)], Vec::new())
         }
         Kind::Export => {
+            let dynamic = torchscript::export::dynamic_dims(path)?;
+            if !dynamic.symbols.is_empty() && options.inputs.is_empty() {
+                return load_range(path, &dynamic, options);
+            }
+            let sizes = export_sizes(path, &dynamic, &options.inputs)?;
             let opts = graph::Options { opset: options.opset, precision: options.precision, fp32_outputs: false };
-            (vec![traced(path, stem, torchscript::export::lower(path, &opts)?)], Vec::new())
+            (vec![traced(path, stem, torchscript::export::lower(path, &opts, &sizes)?)], Vec::new())
         }
         Kind::HfFolder(family) => {
             let folder = hf::open(path)?;
@@ -306,7 +311,11 @@ fn load_buckets(path: &Path, kind: Kind, options: &Options) -> Result<Loading, E
                 one.seq_len = Some(len);
             }
             Kind::Export => {
-                return Err(at("--shapes: this .pt2 program was exported with fixed shapes; export with torch.export.Dim dimensions, or bucket the traced .pt".into()));
+                let dynamic = torchscript::export::dynamic_dims(path)?;
+                if dynamic.symbols.is_empty() {
+                    return Err(at("--shapes: this .pt2 program was exported with fixed shapes; export with torch.export.Dim dimensions, or bucket the traced .pt".into()));
+                }
+                one.inputs = export_specs(&dynamic, |name, _| bucket.shapes.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()));
             }
             Kind::Package => return Err(at("--shapes and --seq-len apply to conversion, not to a package".into())),
         }
@@ -334,6 +343,101 @@ fn load_buckets(path: &Path, kind: Kind, options: &Options) -> Result<Loading, E
         }
     }
     unreachable!("the loop returns after the last bucket")
+}
+
+/// The shapes the dynamic `.pt2` inputs of `dynamic` take: `shape(name, sizes)` gives them
+/// (`None`: the input keeps its exported sizes, where any symbol then lacks a size).
+fn export_specs(dynamic: &torchscript::export::Dynamic, shape: impl Fn(&str, &[torchscript::export::Size]) -> Option<Vec<usize>>) -> Vec<InputSpec> {
+    dynamic
+        .inputs
+        .iter()
+        .filter_map(|(name, dtype, sizes)| Some(InputSpec::new(Some(name.clone()), TensorType::new(*dtype, &shape(name, sizes)?))))
+        .collect()
+}
+
+/// The size of each dynamic dimension of a `.pt2` program, from input shapes the user gave
+/// (`--input`, a bucket): each named input must be one of the program's, with its static sizes
+/// and every symbol within its range, the same wherever it appears.
+fn export_sizes(path: &Path, dynamic: &torchscript::export::Dynamic, inputs: &[InputSpec]) -> Result<std::collections::BTreeMap<String, usize>, Error> {
+    use torchscript::export::Size;
+    let at = |m: String| input_error(path, m);
+    if dynamic.symbols.is_empty() && !inputs.is_empty() {
+        return Err(at("this .pt2 program was exported with fixed shapes, which it carries; give no --input".into()));
+    }
+    let mut sizes = std::collections::BTreeMap::new();
+    for spec in inputs {
+        let name = spec.name.as_deref().unwrap_or_default();
+        let names: Vec<&str> = dynamic.inputs.iter().map(|(n, ..)| n.as_str()).collect();
+        let (_, _, dims) = dynamic.inputs.iter().find(|(n, ..)| n == name).ok_or_else(|| at(format!("--input `{name}`: the program has no such input ({})", names.join(", "))))?;
+        let shape = spec.ty.fixed_shape().unwrap_or_default();
+        if shape.len() != dims.len() {
+            return Err(at(format!("--input `{name}`: {} dimensions given, the program's input has {}", shape.len(), dims.len())));
+        }
+        for (k, (&n, d)) in shape.iter().zip(dims).enumerate() {
+            match d {
+                Size::Fixed(f) if *f != n => return Err(at(format!("--input `{name}`: dimension {k} is fixed at {f} in the program, not {n}"))),
+                Size::Fixed(_) => {}
+                Size::Symbol(sym) => {
+                    let (lo, hi) = dynamic.symbols.get(sym).copied().unwrap_or((1, None));
+                    if n < lo || hi.is_some_and(|h| n > h) {
+                        let range = hi.map_or(format!("{lo}.."), |h| format!("{lo}..{h}"));
+                        return Err(at(format!("--input `{name}`: dimension {k} ({sym}) must be within {range}, the range it was exported with, not {n}")));
+                    }
+                    if let Some(old) = sizes.insert(sym.clone(), n).filter(|&o| o != n) {
+                        return Err(at(format!("--input `{name}`: dimension {k} is {sym}, already given as {old}, not {n}")));
+                    }
+                }
+            }
+        }
+    }
+    for (name, _, dims) in &dynamic.inputs {
+        if let Some((k, Size::Symbol(sym))) = dims.iter().enumerate().find(|(_, d)| matches!(d, Size::Symbol(s) if !sizes.contains_key(s))) {
+            return Err(at(format!("input `{name}`: dynamic dimension {k} ({sym}) needs a size: give --input {name}:DIMS")));
+        }
+    }
+    Ok(sizes)
+}
+
+/// Sizes a dynamic dimension without an upper bound is sampled at when checking that the
+/// program is valid over its range: its minimum times these.
+const UNBOUNDED_SAMPLES: [usize; 3] = [1, 2, 4];
+
+/// A `.pt2` program with dynamic dimensions and no sizes given: lowered at each symbol's
+/// minimum, middle and maximum; when those programs are the same but for sizes (nothing baked
+/// from a size), one function whose dynamic dimensions are Core ML ranges bounded by the
+/// program's range constraints. Otherwise an error saying what baked the size, pointing to
+/// `--shapes`.
+fn load_range(path: &Path, dynamic: &torchscript::export::Dynamic, options: &Options) -> Result<Loading, Error> {
+    use torchscript::export::Size;
+    let mut parts = Vec::new();
+    for k in 0..UNBOUNDED_SAMPLES.len() {
+        let at_k = |&(lo, hi): &(usize, Option<usize>)| match hi {
+            Some(h) => [lo, lo + (h - lo) / 2, h][k],
+            None => lo * UNBOUNDED_SAMPLES[k],
+        };
+        let shape = |_: &str, dims: &[Size]| Some(dims.iter().map(|d| match d { Size::Fixed(n) => *n, Size::Symbol(s) => dynamic.symbols.get(s).map_or(1, at_k) }).collect());
+        let one = Options { inputs: export_specs(dynamic, shape), ..options.clone() };
+        let mut loading = load(path, &one)?;
+        let loaded = loading.packages.remove(0);
+        parts.push(loaded);
+    }
+    let functions: Vec<(String, crate::mil::Function)> = parts.iter_mut().enumerate().map(|(k, l)| Ok((format!("sample {k}"), l.model.program.functions.remove(MAIN).ok_or_else(|| input_error(path, "no main function"))?))).collect::<Result<_, Error>>()?;
+    let dims: Vec<String> = dynamic.inputs.iter().flat_map(|(n, _, d)| d.iter().enumerate().filter_map(move |(k, s)| match s { Size::Symbol(sym) => Some(format!("{n}[{k}] ({sym})")), _ => None })).collect();
+    let (main, _) = symbolic_merge(&functions).map_err(|why| {
+        input_error(path, format!("the dynamic dimensions {} cannot be a Core ML range: the program bakes their size in ({why}); give the sizes to accept with --shapes NAME:DIMS,DIMS,… (buckets), or one with --input", dims.join(", ")))
+    })?;
+    let mut first = parts.remove(0);
+    first.model.program.functions.insert(MAIN.into(), main);
+    first.model.flexible = dynamic
+        .inputs
+        .iter()
+        .filter(|(_, _, d)| d.iter().any(|s| matches!(s, Size::Symbol(_))))
+        .map(|(name, _, d)| {
+            let range = d.iter().map(|s| match s { Size::Fixed(n) => (*n, Some(*n)), Size::Symbol(sym) => dynamic.symbols.get(sym).copied().unwrap_or((1, None)) }).collect();
+            (name.clone(), crate::mil::ShapeSet::Range(range))
+        })
+        .collect();
+    Ok(Loading { kind: Kind::Export, packages: vec![first], side_files: Vec::new() })
 }
 
 /// One package from the same model built at each bucket's shapes (`parts`, in bucket order):
@@ -374,7 +478,9 @@ fn merge_buckets(mut parts: Vec<(String, Loaded)>, opset: Opset) -> Result<Loade
 /// The one function valid at every bucket, when the bucket functions `fs` are the same program
 /// but for the sizes of values: every op, argument, constant and dtype equal, only dimensions
 /// differing. Such dimensions become unknown; each input with a differing shape gets its
-/// bucket shapes as an enumerated set. Otherwise, what differs first.
+/// bucket shapes as an enumerated set. Otherwise, what differs first. One difference is
+/// undone: a `reshape` target shape that differs in one entry only (the batch of a flatten,
+/// a sequence length in a view) takes `-1` there, which reshape infers from the element count.
 fn symbolic_merge(fs: &[(String, crate::mil::Function)]) -> Result<(crate::mil::Function, std::collections::BTreeMap<String, crate::mil::ShapeSet>), String> {
     use crate::mil::{Dim, ShapeSet, ValueType};
     let (_, base) = &fs[0];
@@ -393,6 +499,18 @@ fn symbolic_merge(fs: &[(String, crate::mil::Function)]) -> Result<(crate::mil::
         }
         Ok(changed)
     };
+    // Consts read only as a reshape's target shape (the one place a differing const is undone).
+    let mut reshape_shapes: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
+    for op in base.block.walk_ops() {
+        for (param, args) in &op.inputs {
+            for a in args {
+                if let crate::mil::Argument::Name(n) = a {
+                    let only = reshape_shapes.entry(n.as_str()).or_insert(true);
+                    *only &= op.op_type == "reshape" && param == "shape";
+                }
+            }
+        }
+    }
     for (name, f) in &fs[1..] {
         if f.inputs.len() != base.inputs.len() || f.block.operations.len() != base.block.operations.len() || f.block.outputs != base.block.outputs {
             return Err(format!("bucket {name} builds a different program"));
@@ -407,8 +525,15 @@ fn symbolic_merge(fs: &[(String, crate::mil::Function)]) -> Result<(crate::mil::
             widen(mt, it, &format!("input `{}`", m.name))?;
         }
         for (m, o) in merged.block.operations.iter_mut().zip(&f.block.operations) {
-            if m.op_type != o.op_type || m.name != o.name || m.inputs != o.inputs || m.attributes != o.attributes || m.blocks != o.blocks || m.outputs.len() != o.outputs.len() {
-                return Err(format!("{} `{}` differs between buckets", m.op_type, m.name));
+            let mut inferred = false;
+            if m.op_type == "const" && o.op_type == "const" && m.name == o.name && reshape_shapes.get(m.outputs[0].name.as_str()) == Some(&true) && m.attributes != o.attributes {
+                if let Some(v) = inferred_entry(&m.attributes, &o.attributes) {
+                    m.attributes.insert("val".into(), v);
+                    inferred = true;
+                }
+            }
+            if m.op_type != o.op_type || m.name != o.name || m.inputs != o.inputs || (m.attributes != o.attributes && !inferred) || m.blocks != o.blocks || m.outputs.len() != o.outputs.len() {
+                return Err(format!("{} `{}` differs between the shapes", m.op_type, m.name));
             }
             for (mo, oo) in m.outputs.iter_mut().zip(&o.outputs) {
                 let (ValueType::Tensor(mt), ValueType::Tensor(ot)) = (&mut mo.ty, &oo.ty) else {
@@ -429,6 +554,25 @@ fn symbolic_merge(fs: &[(String, crate::mil::Function)]) -> Result<(crate::mil::
     }
     crate::mil::builder::check_function(&merged).map_err(|e| format!("with unknown dimensions it does not type-check: {e}"))?;
     Ok((merged, flexible))
+}
+
+/// A reshape target shape (`val` of `merged`, the merge so far, and of `other`) with `-1` in
+/// the one entry where they differ, when they differ in exactly one entry and hold no `-1`
+/// elsewhere; `None` otherwise.
+fn inferred_entry(merged: &std::collections::BTreeMap<String, crate::mil::Tensor>, other: &std::collections::BTreeMap<String, crate::mil::Tensor>) -> Option<crate::mil::Tensor> {
+    let (m, o) = (merged.get("val")?, other.get("val")?);
+    let (a, b) = (m.to_i64_vec()?, o.to_i64_vec()?);
+    if m.dtype() != o.dtype() || m.shape() != o.shape() || m.shape().len() != 1 || a.len() != b.len() {
+        return None;
+    }
+    let differing: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    let [at] = differing[..] else { return None };
+    if a.iter().enumerate().any(|(i, &v)| v == -1 && i != at) {
+        return None;
+    }
+    let mut v = a;
+    v[at] = -1;
+    crate::mil::Tensor::from_ints(m.dtype(), m.shape(), &v)
 }
 
 /// One package a front end built, before the passes.

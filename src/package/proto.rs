@@ -418,7 +418,8 @@ struct Described {
 
 /// Describes function `f` of `model` (`fname`, for messages). A flexible input (its shapes in
 /// `model.flexible`) is declared at its first shape with the others listed, as coremltools
-/// writes `EnumeratedShapes`; any other input needs a static shape.
+/// writes `EnumeratedShapes`, or at its lower bounds with a `ShapeRange`; any other input
+/// needs a static shape.
 fn describe(model: &Model, fname: &str, f: &Function) -> Result<Described, String> {
     let mut d = Described { input: Vec::new(), output: Vec::new(), state: Vec::new(), predicted: Default::default() };
     let at = if model.program.functions.len() > 1 { format!(" of function `{fname}`") } else { String::new() };
@@ -438,7 +439,17 @@ fn describe(model: &Model, fname: &str, f: &Function) -> Result<Described, Strin
                         }
                         feature
                     }
-                    (None, _) => return Err(format!("input `{}`{at} has a flexible shape {t} but no shapes listed; only static or enumerated input shapes can be written", i.name)),
+                    (None, Some(crate::mil::ShapeSet::Range(r))) if r.len() == t.rank() => {
+                        // Declared at the lower bounds, as coremltools writes a `RangeDim`'s default.
+                        let lower: Vec<usize> = r.iter().map(|&(lo, _)| lo).collect();
+                        let mut feature = feature(model, &i.name, &TensorType::new(t.dtype, &lower), false)?;
+                        if let Some(spec::feature_type::Type::MultiArrayType(a)) = feature.r#type.as_mut().and_then(|t| t.r#type.as_mut()) {
+                            let size_ranges = r.iter().map(|&(lo, hi)| spec::SizeRange { lower_bound: lo as u64, upper_bound: hi.map_or(-1, |h| h as i64) }).collect();
+                            a.shape_flexibility = Some(spec::array_feature_type::ShapeFlexibility::ShapeRange(spec::array_feature_type::ShapeRange { size_ranges }));
+                        }
+                        feature
+                    }
+                    (None, _) => return Err(format!("input `{}`{at} has a flexible shape {t} but no shapes listed; only static, ranged or enumerated input shapes can be written", i.name)),
                     (Some(_), _) => feature(model, &i.name, t, false)?,
                 });
             }

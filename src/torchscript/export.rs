@@ -13,8 +13,10 @@
 //!   constant name to a stored file of `MODEL/data/weights/` or `MODEL/data/constants/` and
 //!   its tensor metadata.
 //!
-//! Static shapes only for now: a program exported with dynamic dimensions is refused, naming
-//! the input.
+//! Dynamic dimensions (`torch.export.Dim`) are read as symbols with the program's range
+//! constraints ([`dynamic_dims`]); [`lower`] specializes the program to given sizes of them:
+//! `sym_size` reads the size, and the symbolic integer arithmetic of `_operator` nodes is
+//! folded. `pipeline` lowers at several sizes and merges the results into a range or buckets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -55,6 +57,38 @@ pub fn is_export(zip: &Zip) -> bool {
 struct Program {
     graph_module: GraphModule,
     schema_version: SchemaVersion,
+    /// Bounds of each dynamic dimension's symbol (`torch.export.Dim(min=…, max=…)`).
+    #[serde(default)]
+    range_constraints: BTreeMap<String, RangeConstraint>,
+}
+
+/// `RangeConstraint` of the schema: a symbol's bounds; a max beyond any tensor (torch's
+/// `int_oo`, written as a huge number) means unbounded.
+#[derive(Deserialize)]
+struct RangeConstraint {
+    #[serde(default)]
+    min_val: Option<Json>,
+    #[serde(default)]
+    max_val: Option<Json>,
+}
+
+/// Largest size a dynamic dimension's upper bound is taken as; torch writes `int_oo` (no
+/// bound) as a number far beyond it.
+const MAX_DYNAMIC_SIZE: u64 = 1 << 31;
+
+/// One dimension of a user input: a size, or a symbol the program was exported with.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Size {
+    Fixed(usize),
+    Symbol(String),
+}
+
+/// The dynamic dimensions of a program (`torch.export.Dim`): each user input's sizes, and
+/// each symbol's bounds (lowest, highest or `None` for unbounded). Empty when all are static.
+#[derive(Clone, Debug, Default)]
+pub struct Dynamic {
+    pub inputs: Vec<(String, DType, Vec<Size>)>,
+    pub symbols: BTreeMap<String, (usize, Option<usize>)>,
 }
 
 #[derive(Deserialize)]
@@ -146,8 +180,8 @@ fn scalar_type(code: i64) -> Option<(DType, i64)> {
     })
 }
 
-/// Reads the `.pt2` archive at `path` and lowers its program into a MIL `main` function.
-pub fn lower(path: &Path, opts: &Options) -> Result<Lowered, Error> {
+/// The archive at `path`, its top folder and its program (schema version checked).
+fn open(path: &Path) -> Result<(Zip, String, Program), Error> {
     let zip = Zip::open(path)?;
     let bad = |reason: String| Error::Export { path: path.to_path_buf(), reason };
     let root = zip
@@ -161,6 +195,54 @@ pub fn lower(path: &Path, opts: &Options) -> Result<Lowered, Error> {
     if version.major != SCHEMA_MAJOR {
         return Err(bad(format!("program schema version {}.{} is not supported (this reader knows {SCHEMA_MAJOR}.x, as torch 2.13 writes)", version.major, version.minor)));
     }
+    Ok((zip, root, program))
+}
+
+/// The user inputs' sizes and the symbols of the program at `path` (see [`Dynamic`]). Called by
+/// `pipeline::load` to decide the sizes [`lower`] specializes to.
+pub fn dynamic_dims(path: &Path) -> Result<Dynamic, Error> {
+    let (_, root, program) = open(path)?;
+    let at = |message: String| Error::Lower { path: path.to_path_buf(), location: format!("{root}models/model.json"), message };
+    let gm = &program.graph_module;
+    let mut out = Dynamic::default();
+    for spec in &gm.signature.input_specs {
+        let Some(("user_input", body)) = one_key(spec) else { continue };
+        let Some(name) = tensor_name(&body["arg"]) else { continue };
+        let meta = gm.graph.tensor_values.get(name).ok_or_else(|| at(format!("input `{}` has no tensor metadata", shown(name))))?;
+        let (dtype, _) = scalar_type(meta.dtype).ok_or_else(|| at(format!("input `{}`: dtype code {} is not supported", shown(name), meta.dtype)))?;
+        let sizes = meta.sizes.iter().map(|d| size(d).map_err(|m| at(format!("input `{}`: {m}", shown(name))))).collect::<Result<Vec<_>, _>>()?;
+        for s in &sizes {
+            if let Size::Symbol(sym) = s {
+                let bound = |v: &Option<Json>| v.as_ref().and_then(Json::as_u64).filter(|&n| n <= MAX_DYNAMIC_SIZE).map(|n| n as usize);
+                let c = program.range_constraints.get(sym);
+                let (lo, hi) = (c.and_then(|c| bound(&c.min_val)).unwrap_or(1).max(1), c.and_then(|c| bound(&c.max_val)));
+                if hi.is_some_and(|h| h < lo) {
+                    return Err(at(format!("dimension `{}` has the empty range {lo}..{}", shown(sym), hi.unwrap_or(0))));
+                }
+                out.symbols.insert(sym.clone(), (lo, hi));
+            }
+        }
+        out.inputs.push((name.to_string(), dtype, sizes));
+    }
+    Ok(out)
+}
+
+/// One input size of the schema: `{"as_int": n}`, or `{"as_expr": {"expr_str":
+/// "Symbol('s77', positive=True, integer=True)", …}}` for a dynamic dimension (sympy's
+/// `srepr`). A size computed from symbols (`2*s0`) is refused.
+fn size(d: &Json) -> Result<Size, String> {
+    if let Some(n) = d.get("as_int").and_then(Json::as_i64) {
+        return usize::try_from(n).map(Size::Fixed).map_err(|_| format!("negative size {n}"));
+    }
+    let expr = d.get("as_expr").and_then(|e| e.get("expr_str")).and_then(Json::as_str).ok_or("a size that is neither a number nor a symbol")?;
+    let name = expr.strip_prefix("Symbol('").and_then(|r| r.split_once('\'')).map(|(n, _)| n).filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    name.map(|n| Size::Symbol(n.to_string())).ok_or_else(|| format!("size `{}` is an expression of dynamic dimensions; only a plain torch.export.Dim is supported", shown(expr)))
+}
+
+/// Reads the `.pt2` archive at `path` and lowers its program into a MIL `main` function, each
+/// dynamic dimension's symbol taking its size from `sizes` (see [`dynamic_dims`]).
+pub fn lower(path: &Path, opts: &Options, sizes: &BTreeMap<String, usize>) -> Result<Lowered, Error> {
+    let (zip, root, program) = open(path)?;
     let at = |message: String| Error::Lower { path: path.to_path_buf(), location: format!("{root}models/model.json"), message };
     let gm = &program.graph_module;
     check_supported(path, &gm.graph)?;
@@ -177,7 +259,7 @@ pub fn lower(path: &Path, opts: &Options) -> Result<Lowered, Error> {
             "user_input" => {
                 let name = tensor_name(&body["arg"]).ok_or_else(|| at(format!("user input {} is not a tensor (only tensor inputs are supported)", shown(&body["arg"].to_string()))))?;
                 let meta = gm.graph.tensor_values.get(name).ok_or_else(|| at(format!("input `{}` has no tensor metadata", shown(name))))?;
-                let ty = static_type(meta).map_err(|m| at(format!("input `{}`: {m}", shown(name))))?;
+                let ty = input_type(meta, sizes).map_err(|m| at(format!("input `{}`: {m}", shown(name))))?;
                 let v = graph::input(&mut l, name, &ty, false, opts).map_err(|m| at(format!("input `{}`: {m}", shown(name))))?;
                 env.insert(name.to_string(), Value::Tensor(v));
             }
@@ -249,11 +331,23 @@ fn tensor_name(arg: &Json) -> Option<&str> {
 }
 
 /// `torch.ops.aten.linear.default` → `aten::linear` (the overload does not choose the lowering:
-/// its named arguments do).
+/// its named arguments do). Symbolic size nodes map to the lowerings that fold their integers:
+/// `aten.sym_size.int` reads a size as `aten::size` does, and the `_operator` arithmetic FX
+/// records on symbolic ints is TorchScript's integer `aten::add`, `aten::mul`, ….
 fn aten_kind(target: &str) -> Option<String> {
+    if let Some(op) = target.strip_prefix("_operator.") {
+        let aten = match op {
+            "add" => "add",
+            "sub" => "sub",
+            "mul" => "mul",
+            "floordiv" => "floor_divide",
+            _ => return None,
+        };
+        return Some(format!("aten::{aten}"));
+    }
     let rest = target.strip_prefix("torch.ops.aten.")?;
     let op = rest.split('.').next()?;
-    Some(format!("aten::{op}"))
+    Some(format!("aten::{}", if op == "sym_size" { "size" } else { op }))
 }
 
 /// The node's name (its first output's), the hint for the ops it lowers to.
@@ -330,12 +424,26 @@ fn argument(arg: &Json, env: &HashMap<String, Value>) -> Result<Value, String> {
         "as_device" => Value::Device,
         // Layouts and memory formats change nothing a MIL program sees.
         "as_layout" | "as_memory_format" => Value::None,
-        "as_sym_int" | "as_sym_ints" | "as_sym_bool" | "as_sym_float" => match one_key(v) {
-            Some(("as_int", i)) => Value::Int(int(i)?),
-            _ => return Err("symbolic (dynamic) sizes are not supported yet: export with static shapes".into()),
-        },
+        // A symbolic integer is a number or a name bound to the size [`lower`] specialized it to.
+        "as_sym_int" | "as_sym_bool" | "as_sym_float" => sym(v, env)?,
+        "as_sym_ints" => Value::List(list(v)?.iter().map(|x| sym(x, env)).collect::<Result<_, _>>()?),
         other => return Err(format!("arguments of kind `{}` are not supported", shown(other))),
     })
+}
+
+/// A symbolic scalar argument: `{"as_int": n}` (or `as_float`, `as_bool`) or `{"as_name": …}`,
+/// a symbolic value computed before.
+fn sym(v: &Json, env: &HashMap<String, Value>) -> Result<Value, String> {
+    match one_key(v) {
+        Some(("as_int", i)) => i.as_i64().map(Value::Int).ok_or_else(|| "a symbolic int that is not an integer".into()),
+        Some(("as_float", f)) => f.as_f64().map(Value::Float).ok_or_else(|| "a symbolic float that is not a number".into()),
+        Some(("as_bool", b)) => b.as_bool().map(Value::Bool).ok_or_else(|| "a symbolic bool that is not a bool".into()),
+        Some(("as_name", n)) => {
+            let n = n.as_str().ok_or("a symbolic value without a name")?;
+            env.get(n).cloned().ok_or_else(|| format!("symbolic value `{}` is used before it is computed", shown(n)))
+        }
+        _ => Err(format!("symbolic value `{}` is not a number or a name", shown(&v.to_string()))),
+    }
 }
 
 /// Binds a node's outputs (`as_tensor`, or `as_tensors` for several) to what its lowering returned.
@@ -345,6 +453,7 @@ fn bind(outputs: &[Json], result: Value, env: &mut HashMap<String, Value>) -> Re
         match one_key(o) {
             Some(("as_tensor", t)) => names.push(t.get("name").and_then(Json::as_str)),
             Some(("as_tensors", ts)) => names.extend(ts.as_array().into_iter().flatten().map(|t| t.get("name").and_then(Json::as_str))),
+            Some(("as_sym_int" | "as_sym_bool" | "as_sym_float", v)) => names.push(v.get("as_name").and_then(Json::as_str)),
             Some(("as_none", _)) | None => names.push(None),
             Some((other, _)) => return Err(format!("outputs of kind `{}` are not supported", shown(other))),
         }
@@ -364,12 +473,19 @@ fn bind(outputs: &[Json], result: Value, env: &mut HashMap<String, Value>) -> Re
     Ok(())
 }
 
-/// A static MIL type from tensor metadata, or why it is not static.
-fn static_type(meta: &TensorMeta) -> Result<TensorType, String> {
+/// An input's MIL type from its tensor metadata, dynamic dimensions taking their `sizes`.
+fn input_type(meta: &TensorMeta, sizes: &BTreeMap<String, usize>) -> Result<TensorType, String> {
     let (dtype, _) = scalar_type(meta.dtype).ok_or_else(|| format!("dtype code {} is not supported", meta.dtype))?;
-    let dims = fixed_ints(&meta.sizes).ok_or("has a dynamic dimension (torch.export.Dim): export with static shapes; flexible shapes are not supported yet")?;
-    let dims = dims.into_iter().map(usize::try_from).collect::<Result<Vec<_>, _>>().map_err(|_| "a negative dimension".to_string())?;
-    Ok(TensorType::new(dtype, &dims))
+    let dims = meta
+        .sizes
+        .iter()
+        .map(|d| match size(d)? {
+            Size::Fixed(n) => Ok(n),
+            Size::Symbol(s) => sizes.get(&s).copied().ok_or_else(|| format!("dynamic dimension `{}` has no size given", shown(&s))),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let ty = TensorType::new(dtype, &dims);
+    ty.size_problem().map_or(Ok(ty), Err)
 }
 
 /// `[{"as_int": 3}, …]` as ints; `None` when any is symbolic.

@@ -1,0 +1,135 @@
+//! `torch.export` programs with dynamic dimensions (issue 15), end to end against torch: a
+//! ResNet-18 exported with a dynamic batch becomes one package whose batch is a Core ML range,
+//! validated at the range's minimum, middle and maximum; a BERT exported with a dynamic
+//! sequence length, whose program bakes the length into constants, is refused as a range with
+//! a pointer to `--shapes`, and bucketed by `--shapes` it validates at each length. The
+//! programs and torch's outputs are made here by a Python script (`.venv`, `make test`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_torch2coreml")).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {} {}", String::from_utf8_lossy(&o.stdout), stderr(o)))
+}
+
+/// The BERT-family folders `make setup` builds (`fixtures/hf/make_bert.py`).
+fn hf() -> PathBuf {
+    std::env::var_os("T2C_HF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/torch2coreml/hf"))
+}
+
+/// Exports both programs into `argv[1]` with torch's outputs at the sizes our range check and
+/// `validate` sample: a range's minimum, middle (min + (max − min) / 2) and maximum.
+const SCRIPT: &str = r#"
+import os, sys, numpy as np, torch, torchvision, transformers
+out, hf = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+net = torchvision.models.resnet18(num_classes=10).eval()
+batch = torch.export.Dim("batch", min=1, max=8)
+torch.export.save(torch.export.export(net, (torch.randn(2, 3, 64, 64),), dynamic_shapes={"x": {0: batch}}), f"{out}/resnet.pt2")
+for n in (1, 4, 8):
+    x = torch.randn(n, 3, 64, 64)
+    np.savez(f"{out}/resnet.{n}.inputs.npz", x=x.numpy())
+    np.savez(f"{out}/resnet.{n}.outputs.npz", output=net(x).detach().numpy())
+
+class Bert(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.m = transformers.BertModel.from_pretrained(f"{hf}/bert").eval()
+    def forward(self, input_ids, attention_mask):
+        return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+bert = Bert().eval()
+seq = torch.export.Dim("seq", min=8, max=128)
+ids, mask = torch.randint(3, 1000, (1, 32)), torch.ones(1, 32, dtype=torch.int64)
+torch.export.save(torch.export.export(bert, (ids, mask), dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}}), f"{out}/bert.pt2")
+for n in (8, 68, 128):
+    ids, mask = torch.randint(3, 1000, (1, n)), torch.ones(1, n, dtype=torch.int64)
+    mask[0, n // 2:] = 0
+    with torch.no_grad():
+        y = bert(ids, mask)
+    np.savez(f"{out}/bert.{n}.inputs.npz", input_ids=ids.numpy().astype(np.int32), attention_mask=mask.numpy().astype(np.int32))
+    np.savez(f"{out}/bert.{n}.outputs.npz", output=y.numpy())
+"#;
+
+/// `validate PKG --inputs NAME.N.inputs.npz --expected NAME.N.outputs.npz --format json`.
+fn validate(pkg: &Path, dir: &Path, name: &str, n: usize) -> serde_json::Value {
+    let inputs = dir.join(format!("{name}.{n}.inputs.npz"));
+    let expected = dir.join(format!("{name}.{n}.outputs.npz"));
+    let v = run(&["validate".as_ref(), pkg.as_os_str(), "--inputs".as_ref(), inputs.as_os_str(), "--expected".as_ref(), expected.as_os_str(), "--format".as_ref(), "json".as_ref()]);
+    let report = json(&v);
+    assert!(v.status.success() && report["pass"] == true, "{name} at {n}: {report}");
+    report
+}
+
+#[test]
+#[ignore = "needs torch, torchvision, transformers and coremltools from `make setup`; `make test` runs it"]
+fn dynamic_dims_become_ranges_or_buckets_valid_against_torch_at_min_middle_and_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let py = Command::new(root().join(".venv/bin/python")).arg("-c").arg(SCRIPT).arg(d).arg(hf()).env("HF_HUB_OFFLINE", "1").output().unwrap();
+    assert!(py.status.success(), "{}", stderr(&py));
+
+    // A dynamic batch: nothing in the program depends on it, so it is a Core ML range.
+    let resnet = d.join("resnet.mlpackage");
+    let c = run(&["convert".as_ref(), d.join("resnet.pt2").as_os_str(), "-o".as_ref(), resnet.as_os_str(), "--format".as_ref(), "json".as_ref()]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert_eq!(json(&c)["packages"][0]["shapes"]["x"], "[1..8, 3, 64, 64]");
+    let info = json(&run(&["inspect".as_ref(), resnet.as_os_str(), "--format".as_ref(), "json".as_ref()]));
+    assert_eq!(info["inputs"][0]["flexible"]["range"], serde_json::json!([[1, 8], [3, 3], [64, 64], [64, 64]]), "{info}");
+    for n in [1, 4, 8] {
+        let report = validate(&resnet, d, "resnet", n);
+        assert!(report["outputs"][0]["cosine"].as_f64().unwrap() >= 0.9999, "{report}");
+    }
+    // Outside the range: refused as Core ML would.
+    let v = run(&["validate".as_ref(), resnet.as_os_str(), "--inputs".as_ref(), d.join("bert.8.inputs.npz").as_os_str(), "--expected".as_ref(), d.join("bert.8.outputs.npz").as_os_str()]);
+    assert_eq!(v.status.code(), Some(2), "{}", stderr(&v));
+    let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&resnet).output().unwrap();
+    assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
+    let lint = json(&run(&["lint-ane".as_ref(), resnet.as_os_str(), "--format".as_ref(), "json".as_ref()]));
+    assert!(lint["findings"].to_string().contains("ANE008"), "a range may leave the ANE: {lint}");
+    // One size of the range, given as an input shape; and one outside it.
+    let one = d.join("resnet4.mlpackage");
+    let c = run(&["convert".as_ref(), d.join("resnet.pt2").as_os_str(), "-o".as_ref(), one.as_os_str(), "--input".as_ref(), "x:4x3x64x64".as_ref()]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    validate(&one, d, "resnet", 4);
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = bad_dir.path().join("bad.mlpackage");
+    let c = run(&["convert".as_ref(), d.join("resnet.pt2").as_os_str(), "-o".as_ref(), bad.as_os_str(), "--input".as_ref(), "x:9x3x64x64".as_ref()]);
+    assert_eq!(c.status.code(), Some(2));
+    assert!(stderr(&c).contains("must be within 1..8") && stderr(&c).lines().count() == 1 && !bad.exists(), "{}", stderr(&c));
+
+    // A dynamic sequence length that BERT's program bakes into its position embeddings: not a
+    // range (the error says why and what to do), but buckets at the same sizes.
+    let bert = d.join("bert.pt2");
+    let c = run(&["convert".as_ref(), bert.as_os_str(), "-o".as_ref(), bad.as_os_str()]);
+    assert_eq!(c.status.code(), Some(2));
+    assert!(stderr(&c).contains("cannot be a Core ML range") && stderr(&c).contains("--shapes") && !bad.exists(), "{}", stderr(&c));
+    let buckets = d.join("bert.mlpackage");
+    let shapes = ["--shapes", "input_ids:1x8,1x68,1x128", "--shapes", "attention_mask:1x8,1x68,1x128", "--target", "iOS18"];
+    let mut args: Vec<&std::ffi::OsStr> = vec!["convert".as_ref(), bert.as_os_str(), "-o".as_ref(), buckets.as_os_str()];
+    args.extend(shapes.iter().map(|s| std::ffi::OsStr::new(s)));
+    let c = run(&args);
+    assert!(c.status.success(), "{}", stderr(&c));
+    for n in [8, 68, 128] {
+        let report = validate(&buckets, d, "bert", n);
+        let functions = report["functions"].as_object().unwrap();
+        assert_eq!(functions.len(), 1, "the bucket of this length runs: {report}");
+        let f = functions.values().next().unwrap();
+        assert!(f["outputs"][0]["cosine"].as_f64().unwrap() >= 0.999, "{report}");
+    }
+    let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&buckets).output().unwrap();
+    assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
+}
