@@ -2,7 +2,9 @@
 printed): part 1 `torch2coreml convert` vs coremltools on Whisper encoders
 (bench/convert_bench.py), part 2 the MIL interpreter vs libtorch CPU (bench/interp_bench.py),
 part 3 Whisper transcription by converted packages vs PyTorch (bench/speech_bench.py), part 4
-palettizing whisper-small at 4 bits, ours vs coremltools (bench/compress_bench.py),
+palettizing whisper-small at 4 bits, ours vs coremltools (bench/compress_bench.py), part 5 the
+zoo's `.pt2` programs vs its `.pt` traces, ours and `ct.convert(exported_program)`
+(bench/export_bench.py),
 with the machine, versions and load average they ran under.
 
 Run: `.venv/bin/python bench/run.py BENCH_DIR [RESULTS.md]` after bench/make_whisper.py and
@@ -20,6 +22,7 @@ import time
 
 import compress_bench
 import convert_bench
+import export_bench
 import interp_bench
 import speech_bench
 
@@ -72,6 +75,8 @@ def main(argv):
     speech_result = speech_bench.measure_all(bench_dir, log)
     log("part 4: palettizing, ours vs coremltools")
     compress_result = compress_bench.measure_all(bench_dir, log)
+    log("part 5: torch.export programs vs traces, ours and coremltools")
+    export_rows = export_bench.measure_all(bench_dir, log)
     total = time.time() - start
 
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
@@ -130,6 +135,15 @@ same encoder, palettizes it (`OpPalettizerConfig(nbits=4, mode="kmeans")`) and s
 each result run in our interpreter against the uncompressed package, worst output.
 
 {compress_bench.table(compress_result)}
+
+## 5. `torch.export` programs (`.pt2`) vs traces (`.pt`), ours and `ct.convert(exported_program)`
+
+The test zoo (fixtures/zoo/make.py: torchvision classifiers and Hugging Face models with small
+random configs), each traced and exported. Ours: `torch2coreml convert`, each run its own
+process, median of {export_bench.OURS_RUNS}. coremltools 9.0: `torch.export.load` +
+`run_decompositions({{}})` + `ct.convert` + save in one process (imports not counted), once.
+
+{export_bench.table(export_rows)}
 """
     with open(results, "w") as f:
         f.write(text)

@@ -618,6 +618,45 @@ torch.jit.trace(Denoise().eval(), torch.rand(1, 3, 32, 32)).save(sys.argv[1])
     }
 }
 
+#[test]
+#[ignore = "needs torch from `make setup`; `make test` runs it"]
+fn in_place_writes_through_a_slice_are_refused_and_whole_slices_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // `y[:, 1:3, i] = b` writes `y` through a view the trace does not relate to `y`: refused
+    // when `y` is read again (never the value from before the write). `y[:, :, i] = b`
+    // slices nothing away and converts.
+    let script = r#"
+import sys, torch
+class Part(torch.nn.Module):
+    def forward(self, a, b, i):
+        y = a * 1
+        y[:, 1:3, i] = b
+        return y
+class Whole(torch.nn.Module):
+    def forward(self, a, b, i):
+        y = a * 1
+        y[:, :, i] = b
+        return y
+i = torch.tensor([4, 1])
+torch.jit.trace(Part(), (torch.randn(2, 4, 6), torch.randn(2, 2, 2), i)).save(sys.argv[1] + "/part.pt")
+torch.jit.trace(Whole(), (torch.randn(2, 4, 6), torch.randn(2, 4, 2), i)).save(sys.argv[1] + "/whole.pt")
+import numpy as np
+np.savez(sys.argv[1] + "/whole.npz", a=np.random.randn(2, 4, 6).astype(np.float32), b=np.random.randn(2, 4, 2).astype(np.float32), i=np.array([5, 0], dtype=np.int32))
+"#;
+    let py = Command::new(root().join(".venv/bin/python")).arg("-c").arg(script).arg(d).output().unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = bad_dir.path().join("part.mlpackage");
+    let inputs = ["--input", "a:2x4x6", "--input", "b:2x2x2", "--input", "i:2:int64"];
+    assert_refused(&convert(&d.join("part.pt"), &bad, &inputs), &bad, &["`y` is read after `torch.index_put_` wrote into", "a view (slice) of it"]);
+    let whole = d.join("whole.mlpackage");
+    let c = convert(&d.join("whole.pt"), &whole, &["--input", "a:2x4x6", "--input", "b:2x4x2", "--input", "i:2:int64"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let v = run(&["validate".as_ref(), whole.as_os_str(), "--reference".as_ref(), d.join("whole.pt").as_os_str(), "--inputs".as_ref(), d.join("whole.npz").as_os_str()]);
+    assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+}
+
 /// A `w`×`h` RGB PNG of colored stripes, written with miniz_oxide's deflate (no image crate in
 /// the tests' hands, so the file is made independently of the decoder under test).
 fn stripes_png(w: u32, h: u32) -> Vec<u8> {

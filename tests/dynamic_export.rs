@@ -1,9 +1,11 @@
-//! `torch.export` programs with dynamic dimensions (issue 15), end to end against torch: a
-//! ResNet-18 exported with a dynamic batch becomes one package whose batch is a Core ML range,
-//! validated at the range's minimum, middle and maximum; a BERT exported with a dynamic
-//! sequence length, whose program bakes the length into constants, is refused as a range with
-//! a pointer to `--shapes`, and bucketed by `--shapes` it validates at each length. The
-//! programs and torch's outputs are made here by a Python script (`.venv`, `make test`).
+//! `torch.export` programs with dynamic dimensions and mutated buffers (issue 15), end to end
+//! against torch: a ResNet-18 exported with a dynamic batch becomes one package whose batch is a
+//! Core ML range, validated at the range's minimum, middle and maximum; a BERT exported with a
+//! dynamic sequence length, whose program bakes the length into constants, is refused as a
+//! range with a pointer to `--shapes`, and bucketed by `--shapes` it validates at each length;
+//! a registered KV cache written with `index_copy_` becomes an iOS18 state, stepped in our
+//! interpreter as torch steps the module. The programs and torch's outputs are made here by
+//! Python scripts (`.venv`, `make test`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -132,4 +134,72 @@ fn dynamic_dims_become_ranges_or_buckets_valid_against_torch_at_min_middle_and_m
     }
     let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&buckets).output().unwrap();
     assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
+}
+
+/// A module with a registered cache written in place at a position each step, exported in the
+/// default IR (an `index_copy_` node) and after `run_decompositions()` (a `buffer_mutation`
+/// output), with torch's outputs over STEPS steps from the zero buffer.
+const CACHE_SCRIPT: &str = r#"
+import sys, numpy as np, torch
+out = sys.argv[1]
+class Cache(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("k_cache", torch.zeros(1, 4, 8))
+        self.proj = torch.nn.Linear(4, 4)
+    def forward(self, x, pos):
+        self.k_cache.index_copy_(2, pos, self.proj(x).transpose(1, 2))
+        return torch.softmax(self.k_cache.sum(dim=1), dim=-1), self.k_cache * 2
+torch.manual_seed(0)
+m = Cache().eval()
+ep = torch.export.export(m, (torch.randn(1, 1, 4), torch.tensor([0])))
+torch.export.save(ep, f"{out}/cache.pt2")
+torch.export.save(ep.run_decompositions(), f"{out}/cache_functional.pt2")
+for step in range(3):
+    x, pos = torch.randn(1, 1, 4), torch.tensor([step * 2])
+    with torch.no_grad():
+        a, b = m(x, pos)
+    np.savez(f"{out}/cache.{step}.inputs.npz", x=x.numpy(), pos=pos.numpy().astype(np.int32))
+    np.savez(f"{out}/cache.{step}.outputs.npz", output_0=a.numpy(), output_1=b.numpy())
+"#;
+
+/// Steps of the cache module compared.
+const STEPS: usize = 3;
+
+#[test]
+#[ignore = "needs torch and coremltools from `make setup`; `make test` runs it"]
+fn buffers_updated_in_place_become_states_that_step_like_torch() {
+    use torch2coreml::interp::{self, Array};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let py = Command::new(root().join(".venv/bin/python")).arg("-c").arg(CACHE_SCRIPT).arg(d).output().unwrap();
+    assert!(py.status.success(), "{}", stderr(&py));
+    let arrays = |p: PathBuf| -> Vec<(String, Array)> { torch2coreml::validate::npz::read(&p).unwrap().into_iter().map(|(n, t)| (n, Array::from_tensor(&t).unwrap())).collect() };
+    for program in ["cache", "cache_functional"] {
+        let pkg = d.join(format!("{program}.mlpackage"));
+        let c = run(&["convert".as_ref(), d.join(format!("{program}.pt2")).as_os_str(), "-o".as_ref(), pkg.as_os_str(), "--target".as_ref(), "iOS18".as_ref(), "--format".as_ref(), "json".as_ref()]);
+        assert!(c.status.success(), "{program}: {}", stderr(&c));
+        let info = json(&run(&["inspect".as_ref(), pkg.as_os_str(), "--format".as_ref(), "json".as_ref()]));
+        assert_eq!(info["states"], serde_json::json!([{"name": "k_cache", "shape": [1, 4, 8], "dtype": "fp16"}]), "{info}");
+        let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&pkg).output().unwrap();
+        assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
+        // Stepped from a zero state (Core ML's `makeState()`), as torch stepped its buffer.
+        let model = torch2coreml::package::read(&pkg).unwrap();
+        let main = model.program.main().unwrap().clone();
+        let prepared = interp::Prepared::new(main.clone()).unwrap();
+        let mut states = vec![("k_cache".to_string(), Array::from_tensor(&torch2coreml::mil::Tensor::from_f32_as_f16(&[1, 4, 8], &[0.0; 32])).unwrap())];
+        for step in 0..STEPS {
+            let got = prepared.run_stateful(&arrays(d.join(format!("cache.{step}.inputs.npz"))), &mut states).unwrap();
+            let want = arrays(d.join(format!("cache.{step}.outputs.npz")));
+            for r in torch2coreml::validate::compare(&got, &want, torch2coreml::validate::default_criterion(&main)).unwrap() {
+                assert!(r.drift.pass && r.drift.cosine > 0.999, "{program} step {step}: {r:?}");
+            }
+        }
+    }
+    // Below iOS18 there are no states: one line saying so, nothing written.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = bad_dir.path().join("bad.mlpackage");
+    let c = run(&["convert".as_ref(), d.join("cache.pt2").as_os_str(), "-o".as_ref(), bad.as_os_str()]);
+    assert_eq!(c.status.code(), Some(2));
+    assert!(stderr(&c).contains("buffer `k_cache`") && stderr(&c).contains("--target iOS18") && !bad.exists(), "{}", stderr(&c));
 }

@@ -261,7 +261,7 @@ fn check(args: &Args, model: &torch2coreml::mil::Model) -> anyhow::Result<Report
     if args.per_op {
         return run_per_op(args, main, &inputs);
     }
-    let outputs = interp::run(main, &inputs).with_context(|| format!("running {}", args.package.display()))?;
+    let outputs = interp::run_from_zero_states(main, &inputs).with_context(|| format!("running {}", args.package.display()))?;
     let reference = reference_outputs(args, &model, &inputs)?;
     let criterion = criterion(args, main);
     let reports = validate::compare(&outputs, &reference, criterion).with_context(|| format!("{}", args.package.display()))?;
@@ -330,7 +330,7 @@ fn reference_outputs(args: &Args, model: &torch2coreml::mil::Model, inputs: &[(S
             // A multifunction package runs the function that takes these shapes.
             let shapes_fit = |f: &&Function| f.inputs.iter().all(|i| inputs.iter().find(|(n, _)| *n == i.name).is_none_or(|(_, a)| i.ty.tensor().fixed_shape().is_none_or(|s| s == a.shape)));
             let f = m.program.main().or_else(|| m.program.functions.values().find(shapes_fit)).context("no function of the other package takes these inputs' shapes")?;
-            interp::run(f, inputs).with_context(|| format!("running {}", other.display()))?
+            interp::run_from_zero_states(f, inputs).with_context(|| format!("running {}", other.display()))?
         }
         _ => unreachable!("checked before: one reference is given, and --reference only with the torch feature"),
     })
@@ -358,7 +358,7 @@ fn run_shapes(args: &Args, model: &torch2coreml::mil::Model, main: &Function) ->
     for k in 0..count {
         let shapes: Vec<(String, Vec<usize>)> = samples.iter().map(|(n, s)| (n.clone(), s[k.min(s.len() - 1)].clone())).collect();
         let inputs = validate::random_inputs_at(main, args.seed, &shapes).with_context(|| format!("{}", args.package.display()))?;
-        let outputs = interp::run(main, &inputs).with_context(|| format!("running {} at {shapes:?}", args.package.display()))?;
+        let outputs = interp::run_from_zero_states(main, &inputs).with_context(|| format!("running {} at {shapes:?}", args.package.display()))?;
         let reference = reference_outputs(args, model, &inputs)?;
         let reports = validate::compare(&outputs, &reference, criterion).with_context(|| format!("{}", args.package.display()))?;
         runs.push((shapes, reports));

@@ -18,7 +18,7 @@
 //! `sym_size` reads the size, and the symbolic integer arithmetic of `_operator` nodes is
 //! folded. `pipeline` lowers at several sizes and merges the results into a range or buckets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -253,6 +253,27 @@ pub fn lower(path: &Path, opts: &Options, sizes: &BTreeMap<String, usize>) -> Re
     let mut l = Lower { b: Builder::new(opts.opset), dtype: opts.precision, hint: String::new(), precision_notes: Vec::new(), fresh: Default::default() };
     l.b.fold_constants(true);
     let mut env: HashMap<String, Value> = HashMap::new();
+    // Buffers the program updates in place (a KV cache written with `index_copy_` or `copy_`),
+    // by buffer name: they become Core ML states. After `run_decompositions()` the update is a
+    // `buffer_mutation` output; in the default export IR it is an in-place node on the buffer.
+    let written: BTreeSet<&str> = gm.graph.nodes.iter().filter(|n| in_place(&n.target)).filter_map(|n| tensor_name(&n.inputs.first()?.arg)).collect();
+    let mutated: BTreeSet<&str> = gm
+        .signature
+        .output_specs
+        .iter()
+        .filter_map(|spec| match one_key(spec) {
+            Some(("buffer_mutation", body)) => body["buffer_name"].as_str(),
+            _ => None,
+        })
+        .chain(gm.signature.input_specs.iter().filter_map(|spec| match one_key(spec) {
+            Some(("buffer", body)) if body["arg"]["name"].as_str().is_some_and(|a| written.contains(a)) => body["buffer_name"].as_str(),
+            _ => None,
+        }))
+        .collect();
+    // The graph argument of each state's buffer: its last value is what the program wrote.
+    let mut state_args: Vec<(String, String)> = Vec::new();
+    let mut states: HashMap<String, crate::mil::builder::Var> = HashMap::new();
+    let mut warnings = Vec::new();
     for spec in &gm.signature.input_specs {
         let (kind, body) = one_key(spec).ok_or_else(|| at("an input spec that is not an object of one kind".into()))?;
         match kind {
@@ -272,6 +293,12 @@ pub fn lower(path: &Path, opts: &Options, sizes: &BTreeMap<String, usize>) -> Re
                 let entry = params.get(target).map(|e| ("weights", e)).or_else(|| consts.get(target).map(|e| ("constants", e)));
                 let (dir, entry) = entry.ok_or_else(|| at(format!("{kind} `{}` is not among the stored weights or constants", shown(target))))?;
                 let t = weights.tensor(dir, target, entry)?;
+                if kind == "buffer" && mutated.contains(target) {
+                    let v = state(&mut l, target, &t, &mut states, &mut warnings).map_err(|m| at(format!("buffer `{}`: {m}", shown(target))))?;
+                    env.insert(arg.to_string(), Value::Tensor(v));
+                    state_args.push((target.to_string(), arg.to_string()));
+                    continue;
+                }
                 let t = if t.dtype() == DType::I64 { graph::to_i32(&t).map_err(|m| at(format!("{kind} `{}`: {m}", shown(target))))? } else { t };
                 l.hint = arg.to_string();
                 let v = l.weight(arg, &t).map_err(|m| at(format!("{kind} `{}`: {m}", shown(target))))?;
@@ -300,13 +327,28 @@ pub fn lower(path: &Path, opts: &Options, sizes: &BTreeMap<String, usize>) -> Re
         let args = Lower::normalize(lowering, args, kwargs).map_err(&fail)?;
         l.hint = node_name(node).unwrap_or("op").to_string();
         let result = (lowering.lower)(&mut l, &args).map_err(&fail)?;
+        // An in-place op updates its `self`: later nodes naming it read the new value.
+        if let (true, Some(name), Value::Tensor(_)) = (in_place(&node.target), node.inputs.first().and_then(|a| tensor_name(&a.arg)), &result) {
+            env.insert(name.to_string(), result.clone());
+        }
         bind(&node.outputs, result, &mut env).map_err(&fail)?;
     }
     let mut outputs = Vec::new();
     for spec in &gm.signature.output_specs {
         let (kind, body) = one_key(spec).ok_or_else(|| at("an output spec that is not an object of one kind".into()))?;
+        if kind == "buffer_mutation" {
+            // `arg` is a TensorArgument (`{"name": …}`), not an Argument union.
+            let buffer = body["buffer_name"].as_str().unwrap_or_default();
+            let (Some(state), Some(Value::Tensor(v))) = (states.get(buffer), body["arg"]["name"].as_str().or_else(|| tensor_name(&body["arg"])).and_then(|n| env.get(n))) else {
+                return Err(at(format!("the update of buffer `{}` is not a tensor the graph computes", shown(buffer))));
+            };
+            let (state, v) = (state.clone(), v.clone());
+            write_state(&mut l, buffer, &state, &v).map_err(|m| at(format!("buffer `{}`: {m}", shown(buffer))))?;
+            state_args.retain(|(t, _)| t != buffer);
+            continue;
+        }
         if kind != "user_output" {
-            return Err(at(format!("outputs of kind `{}` (a mutated buffer or a gradient) are not supported yet", shown(kind))));
+            return Err(at(format!("outputs of kind `{}` (a gradient or a mutated input) are not supported", shown(kind))));
         }
         let name = tensor_name(&body["arg"]).ok_or_else(|| at("a user output that is not a tensor".into()))?;
         match env.get(name) {
@@ -314,7 +356,53 @@ pub fn lower(path: &Path, opts: &Options, sizes: &BTreeMap<String, usize>) -> Re
             _ => return Err(at(format!("output `{}` is not a tensor the graph computes", shown(name)))),
         }
     }
-    graph::finish(l, outputs, opts).map_err(at)
+    // Buffers updated by in-place nodes: their last value goes back into the state.
+    for (target, arg) in &state_args {
+        let (Some(state), Some(Value::Tensor(v))) = (states.get(target), env.get(arg)) else { continue };
+        let (state, v) = (state.clone(), v.clone());
+        write_state(&mut l, target, &state, &v).map_err(|m| at(format!("buffer `{}`: {m}", shown(target))))?;
+    }
+    let mut lowered = graph::finish(l, outputs, opts).map_err(at)?;
+    lowered.warnings = warnings;
+    Ok(lowered)
+}
+
+/// Whether the node target is an in-place aten op (`torch.ops.aten.index_copy_.default`).
+fn in_place(target: &str) -> bool {
+    target.strip_prefix("torch.ops.aten.").and_then(|r| r.split('.').next()).is_some_and(|op| op.ends_with('_') && !op.starts_with('_'))
+}
+
+/// The dtype of Core ML states: coremltools accepts only fp16 ones (coreml-format.md §7).
+const STATE_DTYPE: DType = DType::F16;
+
+/// Makes the mutated buffer `target` (stored initial value `t`) an fp16
+/// state input (iOS18+) and returns its value as the program reads it (`read_state`, cast to
+/// the compute dtype). Core ML starts a state from zeros (`MLModel.makeState()`): a buffer
+/// stored with other values gets a warning.
+fn state(l: &mut Lower, target: &str, t: &Tensor, states: &mut HashMap<String, crate::mil::builder::Var>, warnings: &mut Vec<String>) -> Result<crate::mil::builder::Var, String> {
+    if l.b.opset() < crate::mil::Opset::Ios18 {
+        return Err("updated in place (a cache); Core ML keeps such buffers as states, which need --target iOS18 or later".into());
+    }
+    if !t.dtype().is_float() {
+        return Err(format!("a {} buffer updated in place; Core ML states are fp16", t.dtype()));
+    }
+    let name: String = target.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let state = l.b.state_input(&name, TensorType::new(STATE_DTYPE, t.shape()));
+    let read = l.b.op(&crate::mil::ops::state::READ_STATE, &format!("{name}_read")).arg("input", &state).build1().map_err(|e| e.to_string())?;
+    let v = if l.dtype == STATE_DTYPE { read } else { l.b.op(&crate::mil::ops::elementwise::CAST, &format!("{name}_compute")).arg("x", &read).konst("dtype", Tensor::string(l.dtype.name())).build1().map_err(|e| e.to_string())? };
+    if t.to_f32_vec().is_some_and(|v| v.iter().any(|&x| x != 0.0)) {
+        warnings.push(format!("buffer `{}` becomes state `{name}`, which Core ML starts from zeros (MLModel.makeState()), not from the values stored in the program", shown(target)));
+    }
+    states.insert(target.to_string(), state);
+    Ok(v)
+}
+
+/// Stores `v` (cast to fp16 if needed) into the state of buffer `target` (`write_state`).
+fn write_state(l: &mut Lower, target: &str, state: &crate::mil::builder::Var, v: &crate::mil::builder::Var) -> Result<(), String> {
+    let hint: String = target.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let v = if l.ty(v)?.dtype == STATE_DTYPE { v.clone() } else { l.b.op(&crate::mil::ops::elementwise::CAST, &format!("{hint}_state")).arg("x", v).konst("dtype", Tensor::string(STATE_DTYPE.name())).build1().map_err(|e| e.to_string())? };
+    l.b.op(&crate::mil::ops::state::WRITE_STATE, &format!("{hint}_write")).arg("input", state).arg("data", &v).build().map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// The single `(key, value)` of a schema union object (`{"as_tensor": {...}}`).

@@ -249,6 +249,10 @@ enum Val {
     V(Value),
     Module(Arc<Module>, String),
     Constants,
+    /// A tensor an in-place op wrote through a view of it (`y[:, 1:3] = b` traces as a slice of
+    /// `y`, then an in-place op on the slice): its value is not tracked, so reading it is an
+    /// error (this message) rather than the value from before the write.
+    Stale(String),
 }
 
 struct Inliner<'a> {
@@ -351,6 +355,7 @@ impl Inliner<'_> {
                 Ok(Val::V(self.py(&format!("constant_{i}"), &o)?))
             }
             Val::V(v) => Err(self.err(format!("attribute `{}` of a value ({})", shown(name), v.describe()))),
+            Val::Stale(why) => Err(self.err(why)),
         }
     }
 
@@ -371,13 +376,17 @@ impl Inliner<'_> {
             Val::V(v) => Ok(v),
             Val::Module(m, _) => Err(self.err(format!("module `{}` used as a value", shown(&m.class.to_string())))),
             Val::Constants => Err(self.err("CONSTANTS used as a value")),
+            Val::Stale(why) => Err(self.err(why)),
         }
     }
 
     fn eval(&mut self, e: &Expr, env: &HashMap<String, Val>, depth: usize) -> Result<Val, Error> {
         Ok(match e {
             Expr::Name(n) if n == "CONSTANTS" => Val::Constants,
-            Expr::Name(n) => env.get(n).cloned().ok_or_else(|| self.err(format!("`{}` is not defined", shown(n))))?,
+            Expr::Name(n) => match env.get(n).cloned() {
+                Some(Val::Stale(why)) => return Err(self.err(why)),
+                v => v.ok_or_else(|| self.err(format!("`{}` is not defined", shown(n))))?,
+            },
             Expr::Int(i) => Val::V(Value::Int(*i)),
             Expr::Float(x) => Val::V(Value::Float(*x)),
             Expr::Str(s) => Val::V(Value::Str(s.clone())),
@@ -484,6 +493,8 @@ impl Inliner<'_> {
             return Err(self.err(format!("{}.{} takes {} arguments, got {}", class(), shown(name), f.params.len().saturating_sub(1), args.len())));
         };
         let mut env = HashMap::new();
+        // Names bound to a view of another name (`_1 = torch.slice(y, …)`), for in-place writes.
+        let mut views: HashMap<String, String> = HashMap::new();
         env.insert(this.name.clone(), Val::Module(Arc::clone(m), path.to_string()));
         for (p, a) in params.iter().zip(args) {
             env.insert(p.name.clone(), a);
@@ -503,8 +514,12 @@ impl Inliner<'_> {
                     };
                     self.lower.hint = hint;
                     let val = self.eval(v, &env, depth)?;
-                    rebind_in_place(v, &val, &mut env);
+                    rebind_in_place(v, &val, &mut env, &views);
                     if let [Expr::Name(t)] = targets.as_slice() {
+                        match view_of(v).filter(|base| base != t) {
+                            Some(base) => views.insert(t.clone(), base),
+                            None => views.remove(t),
+                        };
                         env.insert(t.clone(), val);
                     } else {
                         let Val::V(Value::Tuple(items) | Value::List(items)) = val else {
@@ -525,7 +540,7 @@ impl Inliner<'_> {
                 }
                 StmtKind::Expr(v) => {
                     let val = self.eval(v, &env, depth)?;
-                    rebind_in_place(v, &val, &mut env);
+                    rebind_in_place(v, &val, &mut env, &views);
                 }
                 StmtKind::Pass | StmtKind::Assign { value: None, .. } => {}
                 StmtKind::Unsupported(keyword) => {
@@ -540,13 +555,51 @@ impl Inliner<'_> {
     }
 }
 
-/// After an in-place call `torch.op_(x, …)`, later reads of `x` see the result (trace semantics).
-fn rebind_in_place(e: &Expr, result: &Val, env: &mut HashMap<String, Val>) {
+/// The torch calls whose result is a view sharing its first argument's storage, so an in-place
+/// op on the result writes that argument too.
+const VIEW_CALLS: &[&str] = &["torch.slice", "torch.select", "torch.narrow", "torch.view", "torch.reshape", "torch.expand", "torch.transpose", "torch.permute", "torch.squeeze", "torch.unsqueeze", "torch.diagonal", "torch.as_strided", "torch.t", "torch.flatten", "torch.unflatten"];
+
+/// The name a call's result is a view of (its first argument), for [`VIEW_CALLS`].
+fn view_of(e: &Expr) -> Option<String> {
+    let Expr::Call { func, args, .. } = e else { return None };
+    let Some(Expr::Name(base)) = args.first() else { return None };
+    func.dotted().filter(|n| VIEW_CALLS.contains(&n.as_str())).map(|_| base.clone())
+}
+
+/// After an in-place call `torch.op_(x, …)`, later reads of `x` see the result (trace semantics),
+/// and so do reads of every name holding the same MIL value as `x` (a whole-tensor slice such as
+/// `y[:, :]` lowers to `y` itself, so `y[:, :, i] = b` writes `y`). When `x` is a proper view of
+/// another name (`views`), that name's new value is not computed: it becomes [`Val::Stale`], an
+/// error if read later.
+fn rebind_in_place(e: &Expr, result: &Val, env: &mut HashMap<String, Val>, views: &HashMap<String, String>) {
     let Expr::Call { func, args, .. } = e else { return };
-    let in_place = func.dotted().is_some_and(|n| n.starts_with("torch.") && n.ends_with('_') && !n.ends_with("__"));
+    let name = func.dotted().unwrap_or_default();
+    let in_place = name.starts_with("torch.") && name.ends_with('_') && !name.ends_with("__");
     if let (true, Some(Expr::Name(x))) = (in_place, args.first()) {
+        if let Some(Val::V(old @ Value::Tensor(_))) = env.get(x).cloned() {
+            for v in env.values_mut() {
+                if matches!(v, Val::V(same) if *same == old) {
+                    *v = result.clone();
+                }
+            }
+        }
+        // At most one step per recorded view: names reassigned in a cycle end the walk.
+        let mut base = views.get(x).cloned();
+        for _ in 0..views.len() {
+            let Some(b) = base else { break };
+            if !matches!(env.get(&b), Some(v) if same_val(v, result)) {
+                let why = format!("`{}` is read after `{}` wrote into `{}`, a view (slice) of it; a trace's in-place writes through views are not supported: write the whole tensor (torch.index_put, index_copy, where)", shown(&b), shown(&name), shown(x));
+                env.insert(b.clone(), Val::Stale(why));
+            }
+            base = views.get(&b).cloned();
+        }
         env.insert(x.clone(), result.clone());
     }
+}
+
+/// Whether two values are the same lowering value.
+fn same_val(a: &Val, b: &Val) -> bool {
+    matches!((a, b), (Val::V(x), Val::V(y)) if x == y)
 }
 
 /// int64 weights (index buffers, position ids) as int32, MIL's index type.

@@ -444,6 +444,8 @@ pub const LOWERINGS: &[Lowering] = &[
     },
     Lowering { kind: "aten::index_select", args: &[("self", R), ("dim", R), ("index", R)], lower: shape::index_select },
     Lowering { kind: "aten::scatter", args: &[("self", R), ("dim", R), ("index", R), ("src", R), ("reduce", NONE)], lower: shape::scatter },
+    Lowering { kind: "aten::index_copy", args: &[("self", R), ("dim", R), ("index", R), ("source", R)], lower: shape::index_copy },
+    Lowering { kind: "aten::copy", args: &[("self", R), ("src", R), ("non_blocking", Default::Bool(false))], lower: shape::copy },
     Lowering { kind: "aten::scatter_add", args: &[("self", R), ("dim", R), ("index", R), ("src", R)], lower: shape::scatter_add },
     // resampling
     Lowering { kind: "aten::upsample_nearest2d", args: &[("input", R), ("output_size", R), ("a", NONE), ("b", NONE)], lower: resample::upsample_nearest2d },

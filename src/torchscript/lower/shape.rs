@@ -1168,6 +1168,13 @@ pub fn index_put(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
         };
         return built(l.op(&ew::ADD).arg("x", &x).arg("y", &added).build1());
     }
+    // Slices before one index tensor (`x[:, :, pos] = v`, what `index_copy` decomposes to).
+    if let Some((Value::Tensor(idx), before)) = items.split_last().filter(|(_, before)| before.iter().all(|v| *v == Value::None)) {
+        if before.len() < s.len() && l.ty(idx)?.dtype != DType::Bool && l.shape(idx)?.len() <= 1 {
+            let mode = if accumulate { "add" } else { "update" };
+            return put_along(l, x, before.len(), &Value::Tensor(idx.clone()), values, mode).map_err(|m| format!("index_put: {m}"));
+        }
+    }
     let k = items.len();
     let (shape, flat, rows) = flat_rows(l, &s, items)?;
     // Updates: the values broadcast to (index shape, the axes after the indexed ones), one row each.
@@ -1388,6 +1395,66 @@ pub fn scatter(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
         other => return Err(format!("scatter: reduce {} is not supported (add, multiply)", other.describe())),
     };
     scatter_with(l, a, mode)
+}
+
+/// `aten::index_copy(self, dim, index, source)`: `self` with the slices `index[j]` along `dim`
+/// replaced by the slices `j` of `source` (a KV cache written at a position) →
+/// `scatter_along_axis` in `update` mode, the 1-D index laid along `dim` and expanded to
+/// `source`'s shape.
+pub fn index_copy(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let r = l.shape(&x)?.len();
+    let axis = dim(int(&a[1])?, r)?;
+    let source = l.tensor(&a[3])?;
+    put_along(l, x, axis, &a[2], source, "update").map_err(|m| format!("index_copy: {m}"))
+}
+
+/// `x` with its slices `index[j]` along `axis` set to (`mode` `update`) or increased by (`add`)
+/// the slices `j` of `source`, broadcast to `x`'s shape with `len(index)` along `axis`.
+fn put_along(l: &mut Lower, x: Var, axis: usize, index: &Value, source: Var, mode: &str) -> Result<Value, String> {
+    let s = l.shape(&x)?;
+    let r = s.len();
+    let idx = int32(l, index)?;
+    let k = match l.shape(&idx)?[..] {
+        [] => 1,
+        [k] => k,
+        _ => return Err("the index must be 1-D".into()),
+    };
+    let mut want = s.clone();
+    want[axis] = k;
+    let source = match expand(l, &[Value::Tensor(source), Value::List(want.iter().map(|&d| Value::Int(d as i64)).collect()), Value::Bool(false)]) {
+        Ok(Value::Tensor(t)) if l.shape(&t)? == want => t,
+        _ => return Err(format!("the values do not broadcast to {} ({k} slice(s) along dim {axis})", dims_shown(&want))),
+    };
+    let ss = want;
+    let mut along = vec![1i32; r];
+    along[axis] = i32::try_from(k).map_err(|_| "index_copy: too many indices".to_string())?;
+    let hint = format!("{}_index", l.hint);
+    let laid = l.b.op(&shape::RESHAPE, &hint).arg("x", &idx).konst("shape", Tensor::i32_vec(&along)).build1().map_err(|e| e.to_string())?;
+    let size = Value::List(ss.iter().map(|&d| Value::Int(d as i64)).collect());
+    let indices = expand(l, &[Value::Tensor(laid), size, Value::Bool(false)])?;
+    scatter_with(l, &[Value::Tensor(x), Value::Int(axis as i64), indices, Value::Tensor(source)], mode)
+}
+
+/// `aten::copy(self, src)` (the functional `copy_`): `src` broadcast to `self`'s shape, in
+/// `self`'s dtype.
+pub fn copy(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    let x = l.tensor(&a[0])?;
+    let (s, dtype) = (l.shape(&x)?, l.ty(&x)?.dtype);
+    let src = match &a[1] {
+        Value::Tensor(t) => t.clone(),
+        v => {
+            let Value::Tensor(t) = konst_filled(l, &[], float(v)?, dtype)? else { unreachable!("konst_filled returns a tensor") };
+            t
+        }
+    };
+    let src = if l.ty(&src)?.dtype == dtype {
+        src
+    } else {
+        let hint = format!("{}_cast", l.hint);
+        l.b.op(&ew::CAST, &hint).arg("x", &src).konst("dtype", Tensor::string(dtype.name())).build1().map_err(|e| e.to_string())?
+    };
+    expand(l, &[Value::Tensor(src), Value::List(s.iter().map(|&d| Value::Int(d as i64)).collect()), Value::Bool(false)])
 }
 
 /// `aten::scatter_add(self, dim, index, src)` → `scatter_along_axis` in `add` mode.
