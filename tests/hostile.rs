@@ -1052,7 +1052,8 @@ fn huge_model_type() {
 // ---- torch.export archives (.pt2) ----------------------------------------------------------
 
 /// `.pt2` archives with a bad zip, an unknown schema version, a missing or mis-shaped weight, a
-/// weight path leaving its folder, a pickled weight or a dynamic dimension: one line naming the
+/// weight path leaving its folder, a pickled weight, an input size computed from dynamic
+/// dimensions or a dynamic dimension with an empty range: one line naming the
 /// file and what is wrong, exit 2, nothing written. The well-formed one converts.
 #[test]
 fn issue_hostile_pt2_archives() {
@@ -1076,7 +1077,11 @@ fn issue_hostile_pt2_archives() {
         ("path leaves", make::pt2(|_, w| w["config"]["fc.weight"]["path_name"] = json!("../../etc/passwd"), make::pt2_weight()), &["bad.pt2", "leaves its folder"]),
         ("pickled", make::pt2(|_, w| w["config"]["fc.weight"]["use_pickle"] = json!(true), make::pt2_weight()), &["bad.pt2", "pickled"]),
         ("huge dims", make::pt2(|_, w| w["config"]["fc.weight"]["tensor_meta"]["sizes"] = json!([{"as_int": 1i64 << 40}, {"as_int": 1i64 << 40}]), make::pt2_weight()), &["bad.pt2", "fc.weight"]),
-        ("dynamic input", make::pt2(|m, _| m["graph_module"]["graph"]["tensor_values"]["x"]["sizes"][0] = json!({"as_expr": {"expr_str": "s0"}}), make::pt2_weight()), &["bad.pt2", "`x`", "dynamic dimension"]),
+        ("computed dynamic size", make::pt2(|m, _| m["graph_module"]["graph"]["tensor_values"]["x"]["sizes"][0] = json!({"as_expr": {"expr_str": "2*s0"}}), make::pt2_weight()), &["bad.pt2", "`x`", "`2*s0` is an expression of dynamic dimensions"]),
+        ("empty dynamic range", make::pt2(|m, _| {
+            m["graph_module"]["graph"]["tensor_values"]["x"]["sizes"][0] = json!({"as_expr": {"expr_str": "s0"}});
+            m["range_constraints"] = json!({"s0": {"min_val": 9, "max_val": 3}});
+        }, make::pt2_weight()), &["bad.pt2", "`s0` has the empty range 9..3"]),
         ("unknown op", make::pt2(|m, _| m["graph_module"]["graph"]["nodes"][0]["target"] = json!("torch.ops.aten.kron.default"), make::pt2_weight()), &["bad.pt2", "aten::kron ×1", "model.py:7"]),
     ];
     for (what, bytes, mentions) in cases {

@@ -215,6 +215,9 @@ pub fn dynamic_dims(path: &Path) -> Result<Dynamic, Error> {
             if let Size::Symbol(sym) = s {
                 let bound = |v: &Option<Json>| v.as_ref().and_then(Json::as_u64).filter(|&n| n <= MAX_DYNAMIC_SIZE).map(|n| n as usize);
                 let c = program.range_constraints.get(sym);
+                if c.and_then(|c| c.min_val.as_ref()).is_some_and(|m| m.as_u64().is_some_and(|n| n > MAX_DYNAMIC_SIZE)) {
+                    return Err(at(format!("dimension `{}` is at least {}, more than any tensor", shown(sym), MAX_DYNAMIC_SIZE)));
+                }
                 let (lo, hi) = (c.and_then(|c| bound(&c.min_val)).unwrap_or(1).max(1), c.and_then(|c| bound(&c.max_val)));
                 if hi.is_some_and(|h| h < lo) {
                     return Err(at(format!("dimension `{}` has the empty range {lo}..{}", shown(sym), hi.unwrap_or(0))));
@@ -229,13 +232,15 @@ pub fn dynamic_dims(path: &Path) -> Result<Dynamic, Error> {
 
 /// One input size of the schema: `{"as_int": n}`, or `{"as_expr": {"expr_str":
 /// "Symbol('s77', positive=True, integer=True)", …}}` for a dynamic dimension (sympy's
-/// `srepr`). A size computed from symbols (`2*s0`) is refused.
+/// `srepr`; a plain `s77` is read too). A size computed from symbols (`2*s0`) is refused.
 fn size(d: &Json) -> Result<Size, String> {
     if let Some(n) = d.get("as_int").and_then(Json::as_i64) {
         return usize::try_from(n).map(Size::Fixed).map_err(|_| format!("negative size {n}"));
     }
     let expr = d.get("as_expr").and_then(|e| e.get("expr_str")).and_then(Json::as_str).ok_or("a size that is neither a number nor a symbol")?;
-    let name = expr.strip_prefix("Symbol('").and_then(|r| r.split_once('\'')).map(|(n, _)| n).filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    // sympy's `srepr` (what torch 2.13 writes) or its plain `str` (`s0`).
+    let name = expr.strip_prefix("Symbol('").and_then(|r| r.split_once('\'')).map_or(expr, |(n, _)| n);
+    let name = Some(name).filter(|n| n.starts_with(|c: char| c.is_ascii_alphabetic()) && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
     name.map(|n| Size::Symbol(n.to_string())).ok_or_else(|| format!("size `{}` is an expression of dynamic dimensions; only a plain torch.export.Dim is supported", shown(expr)))
 }
 
