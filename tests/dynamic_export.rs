@@ -4,7 +4,8 @@
 //! dynamic sequence length, whose program bakes the length into constants, is refused as a
 //! range with a pointer to `--shapes`, and bucketed by `--shapes` it validates at each length;
 //! a registered KV cache written with `index_copy_` becomes an iOS18 state, stepped in our
-//! interpreter as torch steps the module. The programs and torch's outputs are made here by
+//! interpreter as torch steps the module. coremltools' own conversion of the dynamic ResNet
+//! (a `RangeDim` package) runs in our interpreter at the same sizes. The programs and torch's outputs are made here by
 //! Python scripts (`.venv`, `make test`).
 
 use std::path::{Path, PathBuf};
@@ -36,12 +37,16 @@ fn hf() -> PathBuf {
 /// Exports both programs into `argv[1]` with torch's outputs at the sizes our range check and
 /// `validate` sample: a range's minimum, middle (min + (max − min) / 2) and maximum.
 const SCRIPT: &str = r#"
-import os, sys, numpy as np, torch, torchvision, transformers
+import os, sys, numpy as np, torch, torchvision, transformers, coremltools as ct
 out, hf = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)
 net = torchvision.models.resnet18(num_classes=10).eval()
 batch = torch.export.Dim("batch", min=1, max=8)
-torch.export.save(torch.export.export(net, (torch.randn(2, 3, 64, 64),), dynamic_shapes={"x": {0: batch}}), f"{out}/resnet.pt2")
+program = torch.export.export(net, (torch.randn(2, 3, 64, 64),), dynamic_shapes={"x": {0: batch}})
+torch.export.save(program, f"{out}/resnet.pt2")
+# coremltools' own conversion of the same program: its batch becomes a RangeDim.
+ct.convert(program.run_decompositions({}), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+           skip_model_load=True).save(f"{out}/ct_resnet.mlpackage")
 for n in (1, 4, 8):
     x = torch.randn(n, 3, 64, 64)
     np.savez(f"{out}/resnet.{n}.inputs.npz", x=x.numpy())
@@ -94,6 +99,13 @@ fn dynamic_dims_become_ranges_or_buckets_valid_against_torch_at_min_middle_and_m
     for n in [1, 4, 8] {
         let report = validate(&resnet, d, "resnet", n);
         assert!(report["outputs"][0]["cosine"].as_f64().unwrap() >= 0.9999, "{report}");
+    }
+    // coremltools' package of the same program runs in our interpreter across its range too.
+    let ct = d.join("ct_resnet.mlpackage");
+    let info = json(&run(&["inspect".as_ref(), ct.as_os_str(), "--format".as_ref(), "json".as_ref()]));
+    assert_eq!(info["inputs"][0]["flexible"]["range"], serde_json::json!([[1, 8], [3, 3], [64, 64], [64, 64]]), "{info}");
+    for n in [1, 4, 8] {
+        validate(&ct, d, "resnet", n);
     }
     // Outside the range: refused as Core ML would.
     let v = run(&["validate".as_ref(), resnet.as_os_str(), "--inputs".as_ref(), d.join("bert.8.inputs.npz").as_os_str(), "--expected".as_ref(), d.join("bert.8.outputs.npz").as_os_str()]);
