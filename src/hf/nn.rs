@@ -29,8 +29,7 @@ pub const MASKED_SCORE: f32 = -1e4;
 /// Batch size of every activation the kit builds (one sequence per prediction).
 pub const BATCH: usize = 1;
 
-/// The dtype Core ML keeps states in: coremltools accepts only fp16 states (coreml-format.md §7).
-pub const STATE_DTYPE: DType = DType::F16;
+pub use crate::mil::ops::state::STATE_DTYPE;
 
 /// First op set with fp16 model inputs and outputs (coremltools casts float I/O to fp32 before it).
 const FP16_IO_SINCE: Opset = Opset::Ios16;

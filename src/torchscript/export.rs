@@ -30,6 +30,7 @@ use super::zip::Zip;
 use super::Error;
 use crate::files::shown;
 use crate::mil::builder::Builder;
+use crate::mil::ops::state::STATE_DTYPE;
 use crate::mil::{DType, Tensor, TensorType};
 
 /// The program schema major version this reader knows (torch 2.13 writes 8.x); other majors
@@ -377,9 +378,6 @@ fn in_place(target: &str) -> bool {
     target.strip_prefix("torch.ops.aten.").and_then(|r| r.split('.').next()).is_some_and(|op| op.ends_with('_') && !op.starts_with('_'))
 }
 
-/// The dtype of Core ML states: coremltools accepts only fp16 ones (coreml-format.md §7).
-const STATE_DTYPE: DType = DType::F16;
-
 /// Makes the mutated buffer `target` (stored initial value `t`) an fp16
 /// state input (iOS18+) and returns its value as the program reads it (`read_state`, cast to
 /// the compute dtype). Core ML starts a state from zeros (`MLModel.makeState()`): a buffer
@@ -391,7 +389,7 @@ fn state(l: &mut Lower, target: &str, t: &Tensor, states: &mut HashMap<String, c
     if !t.dtype().is_float() {
         return Err(format!("a {} buffer updated in place; Core ML states are fp16", t.dtype()));
     }
-    let name: String = target.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let name = state_name(target);
     let state = l.b.state_input(&name, TensorType::new(STATE_DTYPE, t.shape()));
     let read = l.b.op(&crate::mil::ops::state::READ_STATE, &format!("{name}_read")).arg("input", &state).build1().map_err(|e| e.to_string())?;
     let v = if l.dtype == STATE_DTYPE { read } else { l.b.op(&crate::mil::ops::elementwise::CAST, &format!("{name}_compute")).arg("x", &read).konst("dtype", Tensor::string(l.dtype.name())).build1().map_err(|e| e.to_string())? };
@@ -402,9 +400,14 @@ fn state(l: &mut Lower, target: &str, t: &Tensor, states: &mut HashMap<String, c
     Ok(v)
 }
 
+/// The state's name for buffer `target` (`layers.0.k_cache` → `layers_0_k_cache`: a MIL name).
+fn state_name(target: &str) -> String {
+    target.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
 /// Stores `v` (cast to fp16 if needed) into the state of buffer `target` (`write_state`).
 fn write_state(l: &mut Lower, target: &str, state: &crate::mil::builder::Var, v: &crate::mil::builder::Var) -> Result<(), String> {
-    let hint: String = target.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let hint = state_name(target);
     let v = if l.ty(v)?.dtype == STATE_DTYPE { v.clone() } else { l.b.op(&crate::mil::ops::elementwise::CAST, &format!("{hint}_state")).arg("x", v).konst("dtype", Tensor::string(STATE_DTYPE.name())).build1().map_err(|e| e.to_string())? };
     l.b.op(&crate::mil::ops::state::WRITE_STATE, &format!("{hint}_write")).arg("input", state).arg("data", &v).build().map_err(|e| e.to_string())?;
     Ok(())

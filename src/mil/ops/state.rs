@@ -14,6 +14,10 @@ use super::{Array, EvalArgs, EvalError, OpArgs, OpDef, Param, TypeError, ANY_TEN
 use crate::mil::types::TensorType;
 use crate::mil::Opset;
 
+/// The dtype of Core ML states: coremltools accepts only fp16 ones (coreml-format.md §7). Used by
+/// every builder that makes a state (`hf::whisper`, the `.pt2` front end's mutated buffers).
+pub const STATE_DTYPE: crate::mil::DType = crate::mil::DType::F16;
+
 /// `read_state`: a copy of the current value of state `input` (the wrapped tensor type).
 pub const READ_STATE: OpDef = OpDef {
     name: "read_state",
