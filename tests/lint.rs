@@ -104,7 +104,7 @@ fn bad_input_exits_2_with_one_line() {
         (vec!["/nonexistent/Model.mlpackage"], "no such file"),
         (vec![pkg.as_str(), "--allow", "ANE999"], "--allow `ANE999`"),
         (vec![npz.as_str()], "--input NAME:DIMS:DTYPE"),
-        (vec![pkg.as_str(), "--input", "x:1x16"], "apply to TorchScript files only"),
+        (vec![pkg.as_str(), "--input", "x:1x16"], "apply to TorchScript files and dynamic .pt2 programs only"),
     ] {
         let out = lint(&args);
         let err = String::from_utf8_lossy(&out.stderr);
