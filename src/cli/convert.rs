@@ -20,7 +20,9 @@ use torch2coreml::validate::npz;
 /// Arguments of `convert`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A traced TorchScript file (torch.jit.trace + torch.jit.save), or a Hugging Face folder
+    /// A traced TorchScript file (torch.jit.trace + torch.jit.save), a torch.export program
+    /// (torch.export.save, .pt2; dynamic dimensions become ranges or, with --shapes, buckets;
+    /// buffers it updates in place become states at iOS18), or a Hugging Face folder
     /// (config.json + model.safetensors) of a known family.
     pub model: PathBuf,
     /// Where to write: a .mlpackage for a .pt file or a one-package folder; a directory for
@@ -34,6 +36,7 @@ pub struct Args {
     pub force: bool,
     /// A model input as NAME:DIMS:DTYPE, e.g. `x:1x3x224x224:fp32` or `input_ids:1x128:int64`;
     /// one per forward() argument, matched by name, else by position. DTYPE defaults to fp32.
+    /// For a .pt2 with dynamic dimensions: the one size to convert it at.
     #[arg(long = "input", value_name = "NAME:DIMS:DTYPE")]
     pub inputs: Vec<String>,
     /// Take input names, shapes and dtypes from the arrays of an example .npz instead (for a
