@@ -114,5 +114,11 @@ def table(rows):
     return "\n".join(lines)
 
 
+def main(argv):
+    if len(argv) != 2:
+        sys.exit(f"usage: {argv[0]} BENCH_DIR")
+    print(table(measure_all(argv[1])))
+
+
 if __name__ == "__main__":
-    print(table(measure_all(sys.argv[1])))
+    main(sys.argv)

@@ -291,7 +291,12 @@ fn load_buckets(path: &Path, kind: Kind, options: &Options) -> Result<Loading, E
     if options.buckets.len() < 2 {
         return Err(at("give at least two shapes to bucket (one shape is --input or --seq-len)".into()));
     }
-    let mut parts = Vec::new();
+    // A .pt2's dynamic dimensions, read once for every bucket.
+    let dynamic = match kind {
+        Kind::Export => Some(torchscript::export::dynamic_dims(path)?).filter(|d| !d.symbols.is_empty()),
+        _ => None,
+    };
+    let (mut parts, mut side_files) = (Vec::new(), Vec::new());
     for bucket in &options.buckets {
         let mut one = Options { buckets: Vec::new(), ..options.clone() };
         match kind {
@@ -311,11 +316,10 @@ fn load_buckets(path: &Path, kind: Kind, options: &Options) -> Result<Loading, E
                 one.seq_len = Some(len);
             }
             Kind::Export => {
-                let dynamic = torchscript::export::dynamic_dims(path)?;
-                if dynamic.symbols.is_empty() {
+                let Some(dynamic) = &dynamic else {
                     return Err(at("--shapes: this .pt2 program was exported with fixed shapes; export with torch.export.Dim dimensions, or bucket the traced .pt".into()));
-                }
-                one.inputs = export_specs(&dynamic, |name, _| bucket.shapes.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()));
+                };
+                one.inputs = export_specs(dynamic, |name, _| bucket.shapes.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()));
             }
             Kind::Package => return Err(at("--shapes and --seq-len apply to conversion, not to a package".into())),
         }
@@ -337,12 +341,10 @@ fn load_buckets(path: &Path, kind: Kind, options: &Options) -> Result<Loading, E
             }
         }
         parts.push((bucket.name.clone(), loaded));
-        if options.buckets.len() == parts.len() {
-            let merged = merge_buckets(parts, options.opset).map_err(at)?;
-            return Ok(Loading { kind, packages: vec![merged], side_files: loading.side_files });
-        }
+        side_files = loading.side_files;
     }
-    unreachable!("the loop returns after the last bucket")
+    let merged = merge_buckets(parts, options.opset).map_err(at)?;
+    Ok(Loading { kind, packages: vec![merged], side_files })
 }
 
 /// The shapes the dynamic `.pt2` inputs of `dynamic` take: `shape(name, sizes)` gives them
