@@ -401,21 +401,22 @@ fn export_sizes(path: &Path, dynamic: &torchscript::export::Dynamic, inputs: &[I
 }
 
 /// Sizes a dynamic dimension without an upper bound is sampled at when checking that the
-/// program is valid over its range: its minimum times these.
-const UNBOUNDED_SAMPLES: [usize; 3] = [1, 2, 4];
+/// program is valid over its range: its minimum times these, plus one for the odd size.
+const UNBOUNDED_SAMPLES: [(usize, usize); 4] = [(1, 0), (2, 0), (2, 1), (4, 0)];
 
 /// A `.pt2` program with dynamic dimensions and no sizes given: lowered at each symbol's
-/// minimum, middle and maximum; when those programs are the same but for sizes (nothing baked
-/// from a size), one function whose dynamic dimensions are Core ML ranges bounded by the
-/// program's range constraints. Otherwise an error saying what baked the size, pointing to
-/// `--shapes`.
+/// minimum, middle, middle + 1 (the other parity: a size halved shows) and maximum, all
+/// symbols at once, and merged by `mil::merge` into one function whose dynamic dimensions are
+/// Core ML ranges bounded by the program's range constraints: what the program computed from
+/// a size becomes MIL shape ops. When that fails, an error saying what baked the size,
+/// pointing to `--shapes`.
 fn load_range(path: &Path, dynamic: &torchscript::export::Dynamic, options: &Options) -> Result<Loading, Error> {
     use torchscript::export::Size;
     let mut parts = Vec::new();
     for k in 0..UNBOUNDED_SAMPLES.len() {
         let at_k = |&(lo, hi): &(usize, Option<usize>)| match hi {
-            Some(h) => [lo, lo + (h - lo) / 2, h][k],
-            None => lo * UNBOUNDED_SAMPLES[k],
+            Some(h) => [lo, lo + (h - lo) / 2, (lo + (h - lo) / 2 + 1).min(h), h][k],
+            None => lo.saturating_mul(UNBOUNDED_SAMPLES[k].0).saturating_add(UNBOUNDED_SAMPLES[k].1),
         };
         let shape = |_: &str, dims: &[Size]| Some(dims.iter().map(|d| match d { Size::Fixed(n) => *n, Size::Symbol(s) => dynamic.symbols.get(s).map_or(1, at_k) }).collect());
         let one = Options { inputs: export_specs(dynamic, shape), ..options.clone() };
@@ -425,11 +426,12 @@ fn load_range(path: &Path, dynamic: &torchscript::export::Dynamic, options: &Opt
     }
     let functions: Vec<(String, crate::mil::Function)> = parts.iter_mut().enumerate().map(|(k, l)| Ok((format!("sample {k}"), l.model.program.functions.remove(MAIN).ok_or_else(|| input_error(path, "no main function"))?))).collect::<Result<_, Error>>()?;
     let dims: Vec<String> = dynamic.inputs.iter().flat_map(|(n, _, d)| d.iter().enumerate().filter_map(move |(k, s)| match s { Size::Symbol(sym) => Some(format!("{n}[{k}] ({sym})")), _ => None })).collect();
-    let (main, _) = symbolic_merge(&functions).map_err(|why| {
+    let bounded = dynamic.symbols.values().all(|(_, hi)| hi.is_some());
+    let merged = crate::mil::merge::merge(&functions, crate::mil::merge::Coverage::Range { bounded }).map_err(|why| {
         input_error(path, format!("the dynamic dimensions {} cannot be a Core ML range: the program bakes their size in ({why}); give the sizes to accept with --shapes NAME:DIMS,DIMS,… (buckets), or one with --input", dims.join(", ")))
     })?;
     let mut first = parts.remove(0);
-    first.model.program.functions.insert(MAIN.into(), main);
+    first.model.program.functions.insert(MAIN.into(), merged.function);
     first.model.flexible = dynamic
         .inputs
         .iter()
@@ -458,10 +460,10 @@ fn merge_buckets(mut parts: Vec<(String, Loaded)>, opset: Opset) -> Result<Loade
             into.extend(new);
         }
     }
-    match symbolic_merge(&functions) {
-        Ok((main, flexible)) => {
-            first.model.program.functions.insert(MAIN.into(), main);
-            first.model.flexible = flexible;
+    match crate::mil::merge::merge(&functions, crate::mil::merge::Coverage::Samples) {
+        Ok(merged) => {
+            first.model.program.functions.insert(MAIN.into(), merged.function);
+            first.model.flexible = merged.flexible;
         }
         Err(why) if opset < Opset::Ios18 => {
             return Err(format!(
@@ -475,106 +477,6 @@ fn merge_buckets(mut parts: Vec<(String, Loaded)>, opset: Opset) -> Result<Loade
         }
     }
     Ok(first)
-}
-
-/// The one function valid at every bucket, when the bucket functions `fs` are the same program
-/// but for the sizes of values: every op, argument, constant and dtype equal, only dimensions
-/// differing. Such dimensions become unknown; each input with a differing shape gets its
-/// bucket shapes as an enumerated set. Otherwise, what differs first. One difference is
-/// undone: a `reshape` target shape that differs in one entry only (the batch of a flatten,
-/// a sequence length in a view) takes `-1` there, which reshape infers from the element count.
-fn symbolic_merge(fs: &[(String, crate::mil::Function)]) -> Result<(crate::mil::Function, std::collections::BTreeMap<String, crate::mil::ShapeSet>), String> {
-    use crate::mil::{Dim, ShapeSet, ValueType};
-    let (_, base) = &fs[0];
-    let mut merged = base.clone();
-    let mut flexible = std::collections::BTreeMap::new();
-    let widen = |into: &mut TensorType, other: &TensorType, what: &str| -> Result<bool, String> {
-        if into.dtype != other.dtype || into.rank() != other.rank() {
-            return Err(format!("{what} is {into} in one bucket and {other} in another"));
-        }
-        let mut changed = false;
-        for (a, b) in into.shape.iter_mut().zip(&other.shape) {
-            if a != b {
-                *a = Dim::Unknown;
-                changed = true;
-            }
-        }
-        Ok(changed)
-    };
-    // Consts read only as a reshape's target shape (the one place a differing const is undone).
-    let mut reshape_shapes: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
-    for op in base.block.walk_ops() {
-        for (param, args) in &op.inputs {
-            for a in args {
-                if let crate::mil::Argument::Name(n) = a {
-                    let only = reshape_shapes.entry(n.as_str()).or_insert(true);
-                    *only &= op.op_type == "reshape" && param == "shape";
-                }
-            }
-        }
-    }
-    for (name, f) in &fs[1..] {
-        if f.inputs.len() != base.inputs.len() || f.block.operations.len() != base.block.operations.len() || f.block.outputs != base.block.outputs {
-            return Err(format!("bucket {name} builds a different program"));
-        }
-        for (m, i) in merged.inputs.iter_mut().zip(&f.inputs) {
-            let (ValueType::Tensor(mt), ValueType::Tensor(it)) = (&mut m.ty, &i.ty) else {
-                return Err("a state input".into());
-            };
-            if m.name != i.name {
-                return Err(format!("bucket {name} has input `{}` where another has `{}`", i.name, m.name));
-            }
-            widen(mt, it, &format!("input `{}`", m.name))?;
-        }
-        for (m, o) in merged.block.operations.iter_mut().zip(&f.block.operations) {
-            let mut inferred = false;
-            if m.op_type == "const" && o.op_type == "const" && m.name == o.name && reshape_shapes.get(m.outputs[0].name.as_str()) == Some(&true) && m.attributes != o.attributes {
-                if let Some(v) = inferred_entry(&m.attributes, &o.attributes) {
-                    m.attributes.insert("val".into(), v);
-                    inferred = true;
-                }
-            }
-            if m.op_type != o.op_type || m.name != o.name || m.inputs != o.inputs || (m.attributes != o.attributes && !inferred) || m.blocks != o.blocks || m.outputs.len() != o.outputs.len() {
-                return Err(format!("{} `{}` differs between the shapes", m.op_type, m.name));
-            }
-            for (mo, oo) in m.outputs.iter_mut().zip(&o.outputs) {
-                let (ValueType::Tensor(mt), ValueType::Tensor(ot)) = (&mut mo.ty, &oo.ty) else {
-                    return Err(format!("`{}` is a state", mo.name));
-                };
-                widen(mt, ot, &format!("`{}`", mo.name))?;
-            }
-        }
-    }
-    for (k, input) in merged.inputs.iter().enumerate() {
-        if input.ty.tensor().fixed_shape().is_none() {
-            let shapes = fs.iter().filter_map(|(_, f)| f.inputs[k].ty.tensor().fixed_shape()).collect();
-            flexible.insert(input.name.clone(), ShapeSet::Enumerated(shapes));
-        }
-    }
-    if flexible.is_empty() {
-        return Err("the buckets build the same shapes".into());
-    }
-    crate::mil::builder::check_function(&merged).map_err(|e| format!("with unknown dimensions it does not type-check: {e}"))?;
-    Ok((merged, flexible))
-}
-
-/// A reshape target shape (`val` of `merged`, the merge so far, and of `other`) with `-1` in
-/// the one entry where they differ, when they differ in exactly one entry and hold no `-1`
-/// elsewhere; `None` otherwise.
-fn inferred_entry(merged: &std::collections::BTreeMap<String, crate::mil::Tensor>, other: &std::collections::BTreeMap<String, crate::mil::Tensor>) -> Option<crate::mil::Tensor> {
-    let (m, o) = (merged.get("val")?, other.get("val")?);
-    let (a, b) = (m.to_i64_vec()?, o.to_i64_vec()?);
-    if m.dtype() != o.dtype() || m.shape() != o.shape() || m.shape().len() != 1 || a.len() != b.len() {
-        return None;
-    }
-    let differing: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
-    let [at] = differing[..] else { return None };
-    if a.iter().enumerate().any(|(i, &v)| v == -1 && i != at) {
-        return None;
-    }
-    let mut v = a;
-    v[at] = -1;
-    crate::mil::Tensor::from_ints(m.dtype(), m.shape(), &v)
 }
 
 /// One package a front end built, before the passes.

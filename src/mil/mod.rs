@@ -9,6 +9,7 @@
 
 pub mod builder;
 pub mod constexpr;
+pub mod merge;
 pub mod ops;
 pub mod tensor;
 pub mod text;

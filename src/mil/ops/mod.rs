@@ -186,6 +186,7 @@ pub const OPS: &[&OpDef] = &[
     &reduce::REDUCE_ARGMIN,
     &shape::CONST,
     &shape::IDENTITY,
+    &shape::SHAPE,
     &shape::RESHAPE,
     &shape::TRANSPOSE,
     &shape::EXPAND_DIMS,

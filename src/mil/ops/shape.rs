@@ -754,6 +754,21 @@ fn eval_identity(a: &EvalArgs) -> Eval {
     Ok(vec![a.array("x")?.clone()])
 }
 
+/// `shape`: the dims of `x` as an int32 vector (rank 1, `x`'s rank long). With `gather`,
+/// `mul`, `add` and `concat` it computes a size the program needs from an input whose dims
+/// vary (`mil::merge` builds these for flexible inputs).
+pub const SHAPE: OpDef = OpDef { name: "shape", since: Opset::Ios15, params: &[Param::new("x", ANY_TENSOR)], infer: infer_shape, eval: eval_shape };
+
+fn infer_shape(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    Ok(vec![TensorType::new(DType::I32, &[a.tensor("x")?.rank()])])
+}
+
+fn eval_shape(a: &EvalArgs) -> Eval {
+    let x = a.array("x")?;
+    let dims = x.shape.iter().map(|&d| i32::try_from(d).map_err(|_| a.invalid(format!("dim {d} does not fit in int32")))).collect::<Result<Vec<_>, _>>()?;
+    Ok(vec![Array::int(vec![dims.len()], dims)])
+}
+
 /// `stack`: joins equal-shaped `values` along a new axis `axis` (in `[−rank−1, rank]`).
 pub const STACK: OpDef = OpDef {
     name: "stack",
