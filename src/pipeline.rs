@@ -448,9 +448,13 @@ fn load_range(path: &Path, dynamic: &torchscript::export::Dynamic, options: &Opt
 /// - when the programs differ only in the sizes of values (nothing computed from a shape was
 ///   baked in), one `main` whose differing dimensions are unknown, each flexible input
 ///   enumerating its bucket shapes (Core ML `EnumeratedShapes`; any target);
-/// - otherwise a multifunction package (iOS18+): one function per bucket, the first the
-///   default. Their weights are equal tensors, which `package::write` stores once.
+/// - otherwise, from iOS18, a multifunction package: one function per bucket, the first the
+///   default, each with the static sizes of its bucket (the Neural Engine's best case); their
+///   weights are equal tensors, which `package::write` stores once;
+/// - below iOS18, one `main` with enumerated shapes whose baked sizes `mil::merge` computes
+///   at run time from the input's shape (a warning says so), or an error when it cannot.
 fn merge_buckets(mut parts: Vec<(String, Loaded)>, opset: Opset) -> Result<Loaded, String> {
+    use crate::mil::merge::{merge, Coverage};
     let take = |l: &mut Loaded| l.model.program.functions.remove(MAIN).ok_or("a bucket has no main function".to_string());
     let functions: Vec<(String, crate::mil::Function)> = parts.iter_mut().map(|(n, l)| Ok((n.clone(), take(l)?))).collect::<Result<_, String>>()?;
     let (_, mut first) = parts.remove(0);
@@ -460,22 +464,26 @@ fn merge_buckets(mut parts: Vec<(String, Loaded)>, opset: Opset) -> Result<Loade
             into.extend(new);
         }
     }
-    match crate::mil::merge::merge(&functions, crate::mil::merge::Coverage::Samples) {
-        Ok(merged) => {
-            first.model.program.functions.insert(MAIN.into(), merged.function);
-            first.model.flexible = merged.flexible;
-        }
-        Err(why) if opset < Opset::Ios18 => {
-            return Err(format!(
-                "the program bakes its shape in ({why}), so each shape needs its own function: a multifunction package needs --target iOS18 or later"
-            ));
-        }
-        Err(_) => {
+    let merged = match merge(&functions, Coverage::Samples { computed: false }) {
+        Ok(merged) => merged,
+        Err(_) if opset >= Opset::Ios18 => {
             let default = functions[0].0.clone();
             first.model.program.functions = functions.into_iter().collect();
             first.model.default_function = Some(default);
+            return Ok(first);
         }
-    }
+        Err(why) => {
+            let merged = merge(&functions, Coverage::Samples { computed: true }).map_err(|e| {
+                format!("the program bakes its shape in ({why}; computing it from the input's shape fails: {e}), so each shape needs its own function: a multifunction package needs --target iOS18 or later")
+            })?;
+            first.warnings.push(format!(
+                "the program bakes its shape in ({why}): below iOS18 there are no multifunction packages, so its sizes are computed from the input's shape at run time (--target iOS18 gives each bucket a function of static sizes)"
+            ));
+            merged
+        }
+    };
+    first.model.program.functions.insert(MAIN.into(), merged.function);
+    first.model.flexible = merged.flexible;
     Ok(first)
 }
 

@@ -62,13 +62,29 @@ bert = Bert().eval()
 seq = torch.export.Dim("seq", min=8, max=128)
 ids, mask = torch.randint(3, 1000, (1, 32)), torch.ones(1, 32, dtype=torch.int64)
 torch.export.save(torch.export.export(bert, (ids, mask), dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}}), f"{out}/bert.pt2")
-for n in (8, 68, 128):
+for n in (8, 37, 68, 128):
     ids, mask = torch.randint(3, 1000, (1, n)), torch.ones(1, n, dtype=torch.int64)
     mask[0, n // 2:] = 0
     with torch.no_grad():
         y = bert(ids, mask)
     np.savez(f"{out}/bert.{n}.inputs.npz", input_ids=ids.numpy().astype(np.int32), attention_mask=mask.numpy().astype(np.int32))
     np.savez(f"{out}/bert.{n}.outputs.npz", output=y.numpy())
+
+# A size used as a value: its mean (a size cast) is computed at run time, its square is no
+# a*s + b of the input's size, so no Core ML range.
+class Mean(torch.nn.Module):
+    def forward(self, x):
+        return x.sum(dim=1) / x.shape[1]
+class Square(torch.nn.Module):
+    def forward(self, x):
+        return x * (x.shape[1] * x.shape[1])
+n = torch.export.Dim("n", min=4, max=64)
+for name, m in (("mean", Mean()), ("square", Square())):
+    torch.export.save(torch.export.export(m, (torch.randn(2, 16),), dynamic_shapes={"x": {1: n}}), f"{out}/{name}.pt2")
+for k in (4, 23, 64):
+    x = torch.randn(2, k)
+    np.savez(f"{out}/mean.{k}.inputs.npz", x=x.numpy())
+    np.savez(f"{out}/mean.{k}.outputs.npz", output=Mean()(x).numpy())
 "#;
 
 /// `validate PKG --inputs NAME.N.inputs.npz --expected NAME.N.outputs.npz --format json`.
@@ -125,12 +141,35 @@ fn dynamic_dims_become_ranges_or_buckets_valid_against_torch_at_min_middle_and_m
     assert_eq!(c.status.code(), Some(2));
     assert!(stderr(&c).contains("must be within 1..8") && stderr(&c).lines().count() == 1 && !bad.exists(), "{}", stderr(&c));
 
-    // A dynamic sequence length that BERT's program bakes into its position embeddings: not a
-    // range (the error says why and what to do), but buckets at the same sizes.
+    // A dynamic sequence length, from which BERT's program computes its position ids, the
+    // token-type rows, the mask and every head reshape: those become MIL shape ops reading the
+    // input's shape, so it is a Core ML range too, right at a size it was not built at (37).
     let bert = d.join("bert.pt2");
-    let c = run(&["convert".as_ref(), bert.as_os_str(), "-o".as_ref(), bad.as_os_str()]);
+    let ranged = d.join("bert_range.mlpackage");
+    let c = run(&["convert".as_ref(), bert.as_os_str(), "-o".as_ref(), ranged.as_os_str(), "--format".as_ref(), "json".as_ref()]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert_eq!(json(&c)["packages"][0]["shapes"]["input_ids"], "[1, 8..128]");
+    for n in [8, 37, 68, 128] {
+        let report = validate(&ranged, d, "bert", n);
+        assert!(report["outputs"][0]["cosine"].as_f64().unwrap() >= 0.999, "{report}");
+    }
+    let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&ranged).output().unwrap();
+    assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
+    let info = json(&run(&["inspect".as_ref(), ranged.as_os_str(), "--format".as_ref(), "json".as_ref()]));
+    assert!(info["ops"].to_string().contains("\"shape\""), "the sizes are read from the input: {info}");
+    // A size used as a float: cast from the computed size.
+    let mean = d.join("mean.mlpackage");
+    let c = run(&["convert".as_ref(), d.join("mean.pt2").as_os_str(), "-o".as_ref(), mean.as_os_str(), "--precision".as_ref(), "fp32".as_ref()]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    for k in [4, 23, 64] {
+        let report = validate(&mean, d, "mean", k);
+        assert!(report["outputs"][0]["max_abs"].as_f64().unwrap() <= 1e-5, "{report}");
+    }
+    // A size squared is no a·s + b of the input's size: refused, saying why and what to do.
+    let c = run(&["convert".as_ref(), d.join("square.pt2").as_os_str(), "-o".as_ref(), bad.as_os_str()]);
     assert_eq!(c.status.code(), Some(2));
-    assert!(stderr(&c).contains("cannot be a Core ML range") && stderr(&c).contains("--shapes") && !bad.exists(), "{}", stderr(&c));
+    assert!(stderr(&c).contains("cannot be a Core ML range") && stderr(&c).contains("--shapes") && stderr(&c).lines().count() == 1 && !bad.exists(), "{}", stderr(&c));
+    // Buckets of the same program at those sizes.
     let buckets = d.join("bert.mlpackage");
     let shapes = ["--shapes", "input_ids:1x8,1x68,1x128", "--shapes", "attention_mask:1x8,1x68,1x128", "--target", "iOS18"];
     let mut args: Vec<&std::ffi::OsStr> = vec!["convert".as_ref(), bert.as_os_str(), "-o".as_ref(), buckets.as_os_str()];

@@ -219,10 +219,36 @@ fn seq_len_buckets_make_one_multifunction_package_matching_transformers_at_each_
     let r = &oracle[pkg.to_str().unwrap()];
     assert!(r["ok"] == true && r["functions"] == serde_json::json!(["seq_128", "seq_256", "seq_64"]), "{oracle} {}", stderr(&o));
 
-    // Below iOS18 the baked-in shapes cannot become functions: one line saying what to do.
-    let old = convert(&hf.join("minilm"), &out.path().join("Old.mlpackage"), &["--seq-len", "64,128"]);
-    assert_eq!(old.status.code(), Some(2));
-    assert!(stderr(&old).contains("--target iOS18") && !out.path().join("Old.mlpackage").exists(), "{}", stderr(&old));
+    // Below iOS18 there are no functions: one `main` with enumerated shapes whose baked sizes
+    // (position rows, reshape targets) are computed from the input's shape, with a warning.
+    // It matches transformers at each length and coremltools type-checks it.
+    let old = out.path().join("Old.mlpackage");
+    let c = convert(&hf.join("minilm"), &old, &["--seq-len", "64,128,256", "--format", "json"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    let summary: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    assert!(summary["packages"][0]["warnings"].to_string().contains("computed from the input's shape"), "{summary}");
+    assert!(dir_bytes(&old) as f64 <= MAX_BUCKETS_OVERHEAD * one as f64, "enumerated: {} bytes, one shape {one}", dir_bytes(&old));
+    let i = bin().arg("inspect").arg(&old).args(["--format", "json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
+    assert_eq!(report["inputs"][0]["flexible"]["enumerated"], serde_json::json!([[1, 64], [1, 128], [1, 256]]), "{report}");
+    for example in ["len64", "0", "len256"] {
+        let v = bin()
+            .arg("validate")
+            .arg(&old)
+            .arg("--inputs")
+            .arg(hf.join(format!("minilm.{example}.inputs.npz")))
+            .arg("--expected")
+            .arg(hf.join(format!("minilm.{example}.outputs.npz")))
+            .args(["--format", "json"])
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap_or_default();
+        let outputs = report["outputs"].as_array().cloned().unwrap_or_default();
+        assert_eq!(outputs.len(), 2, "{report} {}", stderr(&v));
+        assert!(v.status.success() && outputs.iter().all(|o| o["cosine"].as_f64().unwrap_or(0.0) >= MIN_COSINE), "{example}: {report}");
+    }
+    let o = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&old).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
 
 // ---- bad folders (pure Rust: no venv needed) ----------------------------------------------

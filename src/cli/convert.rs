@@ -58,8 +58,9 @@ pub struct Args {
     /// `NAME:DIMS[,DIMS...]` (e.g. `input_ids:1x64,1x128,1x256`); repeat for other inputs with
     /// as many shapes (the k-th shapes go together). A program valid at every shape gets Core
     /// ML enumerated shapes (any target); one whose trace baked the shape in becomes a
-    /// multifunction package (--target iOS18+), a function per bucket (`input_ids_1x64`, …;
-    /// the first is the default) sharing one copy of the weights. For a .pt, each NAME also
+    /// multifunction package at --target iOS18+, a function per bucket (`input_ids_1x64`, …;
+    /// the first is the default) sharing one copy of the weights, and below iOS18 enumerated
+    /// shapes whose baked sizes are computed from the input's shape. For a .pt, each NAME also
     /// needs its --input (for the dtype).
     #[arg(long, value_name = "NAME:DIMS,...")]
     pub shapes: Vec<String>,

@@ -27,7 +27,10 @@ use crate::mil::DType;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Coverage {
     /// Exactly the sample shapes (Core ML enumerated shapes): fits need only hold there.
-    Samples,
+    /// `computed`: whether sizes may be computed at run time (shape ops, sliced constants);
+    /// without, only dims and a reshape's one inferred entry may differ, so every op keeps
+    /// the static sizes of its bucket.
+    Samples { computed: bool },
     /// Every size between the samples' smallest and largest, where `bounded` says the largest
     /// is the range's maximum (a constant sized by a symbol needs one).
     Range { bounded: bool },
@@ -111,12 +114,15 @@ pub fn merge(fs: &[(String, Function)], coverage: Coverage) -> Result<Merged, St
         if op.op_type != "const" || vals.len() != fs.len() {
             return Err(format!("{} `{}` differs between the shapes", op.op_type, op.name));
         }
+        let computed = !matches!(coverage, Coverage::Samples { computed: false });
         let out = &outputs[0];
         let why = |m: &str| format!("const `{}` differs between the shapes: {m}", op.name);
         if vals.iter().all(|v| v.shape() == vals[0].shape()) {
-            e.computed_ints(op, out, &vals, &readers, coverage).map_err(|m| why(&m))?;
-        } else {
+            e.computed_ints(op, out, &vals, &readers, coverage, computed).map_err(|m| why(&m))?;
+        } else if computed {
             e.sized_const(out, &vals, &readers, coverage).map_err(|m| why(&m))?;
+        } else {
+            return Err(why("its shape follows the input's"));
         }
     }
     // Shape ops are placed where first needed: they read only function inputs.
@@ -208,7 +214,7 @@ fn fit(values: &[i64], symbols: &[Symbol], coverage: Coverage) -> Result<Entry, 
     }
     match (&fits[..], coverage) {
         ([], _) => Err(format!("{} is no a·s + b of an input dimension s", crate::torchscript::lower::ints_shown(values))),
-        ([f], _) | ([f, ..], Coverage::Samples) => Ok(Entry::Sized(*f)),
+        ([f], _) | ([f, ..], Coverage::Samples { .. }) => Ok(Entry::Sized(*f)),
         ([f, g, ..], Coverage::Range { .. }) => Err(format!(
             "{} fits both `{}` dim {} and `{}` dim {}; export with sizes that vary apart",
             crate::torchscript::lower::ints_shown(values),
@@ -348,10 +354,18 @@ impl Emitter<'_> {
     }
 
     /// Replaces the int const `op` whose value (one shape at every sample) differs: a reshape
-    /// target differing in one entry takes `-1` there; otherwise each entry is fitted and the
-    /// vector computed. Its readers must accept a computed value.
-    fn computed_ints(&mut self, op: &Operation, out: &NamedType, vals: &[&Tensor], readers: &HashMap<String, Vec<(String, String)>>, coverage: Coverage) -> Result<(), String> {
-        let columns: Vec<Vec<i64>> = vals.iter().map(|v| v.to_i64_vec().ok_or_else(|| format!("its {} values are not sizes", v.dtype()))).collect::<Result<_, _>>()?;
+    /// target differing in one entry takes `-1` there; otherwise, when `computed`, each entry
+    /// is fitted and the vector computed. Its readers must accept a computed value.
+    fn computed_ints(&mut self, op: &Operation, out: &NamedType, vals: &[&Tensor], readers: &HashMap<String, Vec<(String, String)>>, coverage: Coverage, computed: bool) -> Result<(), String> {
+        let columns: Vec<Vec<i64>> = vals
+            .iter()
+            .map(|v| {
+                sizes_in(v).ok_or_else(|| {
+                    let shown: Vec<String> = v.to_f32_vec().unwrap_or_default().iter().take(crate::torchscript::lower::MAX_ITEMS_SHOWN).map(|x| x.to_string()).collect();
+                    format!("its {} values [{}] are not sizes (whole numbers the dtype holds exactly)", v.dtype(), shown.join(", "))
+                })
+            })
+            .collect::<Result<_, _>>()?;
         let read_by = readers.get(&out.name).map(Vec::as_slice).unwrap_or_default();
         let shape = vals[0].shape().to_vec();
         let n = columns[0].len();
@@ -366,19 +380,31 @@ impl Emitter<'_> {
                 return Ok(());
             }
         }
-        if vals[0].dtype() != DType::I32 || shape.len() > 1 {
+        if !computed {
+            return Err("its values follow the input's shape".into());
+        }
+        let float = vals[0].dtype().is_float();
+        if !(vals[0].dtype() == DType::I32 || float) || shape.len() > 1 {
             return Err(format!("a {} tensor of shape {:?} computed from sizes is not lowered to shape ops", vals[0].dtype(), shape));
         }
         self.computable(&out.name, read_by)?;
         let entries: Vec<Entry> = (0..n).map(|k| fit(&columns.iter().map(|c| c[k]).collect::<Vec<_>>(), self.symbols, coverage)).collect::<Result<_, _>>()?;
-        if shape.is_empty() {
-            let Entry::Sized(f) = entries[0] else { unreachable!("a scalar that differs is sized") };
-            let v = self.affine(f, &out.name)?;
-            let axes = self.konst(&format!("{}_axes", out.name), Tensor::i32_vec(&[0]));
-            self.push(shape_ops::SQUEEZE.name, out.name.clone(), vec![("x", vec![v]), ("axes", vec![axes])], TensorType::scalar(DType::I32));
-            return Ok(());
+        // A float (a size used as a value: `x.sum(1) / x.shape[1]`) is the int size cast.
+        let int_name = if float { self.fresh(&format!("{}_int", out.name)) } else { out.name.clone() };
+        match entries[..] {
+            [Entry::Sized(f)] if shape.is_empty() => {
+                let v = self.affine(f, &out.name)?;
+                let axes = self.konst(&format!("{}_axes", out.name), Tensor::i32_vec(&[0]));
+                self.push(shape_ops::SQUEEZE.name, int_name.clone(), vec![("x", vec![v]), ("axes", vec![axes])], TensorType::scalar(DType::I32));
+            }
+            _ => {
+                self.vector(&entries, int_name.clone())?;
+            }
         }
-        self.vector(&entries, out.name.clone())?;
+        if float {
+            let dtype = self.konst(&format!("{}_dtype", out.name), Tensor::string(vals[0].dtype().name()));
+            self.push("cast", out.name.clone(), vec![("x", vec![int_name]), ("dtype", vec![dtype])], out.ty.tensor().clone());
+        }
         Ok(())
     }
 
@@ -426,6 +452,20 @@ impl Emitter<'_> {
     }
 }
 
+/// Largest integer an fp16 holds exactly (2^11): a float constant above it is no size.
+const F16_EXACT_INTS: f32 = 2048.0;
+
+/// The values of `t` when they are sizes: an int tensor's, or a float tensor's when every one
+/// is a whole number its dtype holds exactly.
+fn sizes_in(t: &Tensor) -> Option<Vec<i64>> {
+    if let Some(v) = t.to_i64_vec() {
+        return Some(v);
+    }
+    let limit = if t.dtype() == DType::F16 { F16_EXACT_INTS } else { (1u32 << 24) as f32 };
+    let v = t.to_f32_vec()?;
+    v.iter().all(|x| x.fract() == 0.0 && x.abs() <= limit).then(|| v.iter().map(|&x| x as i64).collect())
+}
+
 /// Whether `small` equals the leading corner of `big` (same rank and dtype, each dim at most
 /// big's), compared byte for byte.
 fn is_corner(small: &Tensor, big: &Tensor) -> bool {
@@ -461,4 +501,37 @@ fn is_corner(small: &Tensor, big: &Tensor) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sym(sizes: &[i64]) -> Symbol {
+        Symbol { input: "x".into(), axis: 1, sizes: sizes.to_vec() }
+    }
+
+    #[test]
+    fn entries_fit_one_symbol_at_every_sample_or_not_at_all() {
+        let seq = [sym(&[8, 68, 69, 128])];
+        let range = Coverage::Range { bounded: true };
+        assert_eq!(fit(&[2, 2, 2, 2], &seq, range), Ok(Entry::Fixed(2)));
+        // 2·s + 1 (a head split's doubled length plus a token).
+        assert_eq!(fit(&[17, 137, 139, 257], &seq, range), Ok(Entry::Sized(Affine { sym: 0, a: 2, b: 1 })));
+        // s // 2: the odd sample breaks it.
+        assert!(fit(&[4, 34, 34, 64], &seq, range).is_err());
+        // Two symbols moving together: ambiguous over a range, either will do at the samples.
+        let both = [sym(&[1, 2, 4]), sym(&[2, 4, 8])];
+        assert!(fit(&[2, 4, 8], &both, range).is_err());
+        assert_eq!(fit(&[2, 4, 8], &both, Coverage::Samples { computed: true }), Ok(Entry::Sized(Affine { sym: 0, a: 2, b: 0 })));
+    }
+
+    #[test]
+    fn a_corner_is_the_leading_block_of_the_larger_tensor() {
+        let big = Tensor::from_i32(&[3, 4], &(0..12).collect::<Vec<_>>());
+        assert!(is_corner(&Tensor::from_i32(&[2, 3], &[0, 1, 2, 4, 5, 6]), &big));
+        assert!(!is_corner(&Tensor::from_i32(&[2, 3], &[0, 1, 2, 3, 4, 5]), &big));
+        assert!(is_corner(&big, &big));
+        assert!(is_corner(&Tensor::from_i32(&[0, 4], &[]), &big));
+    }
 }

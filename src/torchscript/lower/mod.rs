@@ -32,7 +32,7 @@ pub enum Value {
 }
 
 /// Most items of a list a message quotes; the rest are counted.
-const MAX_ITEMS_SHOWN: usize = 8;
+pub const MAX_ITEMS_SHOWN: usize = 8;
 
 /// Largest element count of a constant a lowering materializes from the trace (`arange`,
 /// `new_ones`, `full_like`, `expand`'s zeros, `index`'s row ids, a causal mask): 2^24 elements
