@@ -1,8 +1,10 @@
 //! `torch.export` programs with dynamic dimensions and mutated buffers (issue 15), end to end
 //! against torch: a ResNet-18 exported with a dynamic batch becomes one package whose batch is a
 //! Core ML range, validated at the range's minimum, middle and maximum; a BERT exported with a
-//! dynamic sequence length, whose program bakes the length into constants, is refused as a
-//! range with a pointer to `--shapes`, and bucketed by `--shapes` it validates at each length;
+//! dynamic sequence length, from which its program computes positions, masks and reshapes,
+//! becomes a range too (those sizes as MIL shape ops), validated at 8, 37, 68 and 128 in both
+//! IR forms; a size used as a float is computed, a squared one refused with a pointer to
+//! `--shapes`, and bucketed by `--shapes` the BERT validates at each length;
 //! a registered KV cache written with `index_copy_` becomes an iOS18 state, stepped in our
 //! interpreter as torch steps the module. coremltools' own conversion of the dynamic ResNet
 //! (a `RangeDim` package) runs in our interpreter at the same sizes. The programs and torch's outputs are made here by
@@ -61,7 +63,10 @@ class Bert(torch.nn.Module):
 bert = Bert().eval()
 seq = torch.export.Dim("seq", min=8, max=128)
 ids, mask = torch.randint(3, 1000, (1, 32)), torch.ones(1, 32, dtype=torch.int64)
-torch.export.save(torch.export.export(bert, (ids, mask), dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}}), f"{out}/bert.pt2")
+bert_program = torch.export.export(bert, (ids, mask), dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}})
+torch.export.save(bert_program, f"{out}/bert.pt2")
+# After run_decompositions(): the mask is built with any/bitwise_and and -inf scalars.
+torch.export.save(bert_program.run_decompositions(), f"{out}/bert_decomposed.pt2")
 for n in (8, 37, 68, 128):
     ids, mask = torch.randint(3, 1000, (1, n)), torch.ones(1, n, dtype=torch.int64)
     mask[0, n // 2:] = 0
@@ -157,6 +162,13 @@ fn dynamic_dims_become_ranges_or_buckets_valid_against_torch_at_min_middle_and_m
     assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
     let info = json(&run(&["inspect".as_ref(), ranged.as_os_str(), "--format".as_ref(), "json".as_ref()]));
     assert!(info["ops"].to_string().contains("\"shape\""), "the sizes are read from the input: {info}");
+    let decomposed = d.join("bert_decomposed.mlpackage");
+    let c = run(&["convert".as_ref(), d.join("bert_decomposed.pt2").as_os_str(), "-o".as_ref(), decomposed.as_os_str()]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    for n in [8, 37, 128] {
+        let report = validate(&decomposed, d, "bert", n);
+        assert!(report["outputs"][0]["cosine"].as_f64().unwrap() >= 0.999, "{report}");
+    }
     // A size used as a float: cast from the computed size.
     let mean = d.join("mean.mlpackage");
     let c = run(&["convert".as_ref(), d.join("mean.pt2").as_os_str(), "-o".as_ref(), mean.as_os_str(), "--precision".as_ref(), "fp32".as_ref()]);

@@ -511,7 +511,7 @@ fn argument(arg: &Json, env: &HashMap<String, Value>) -> Result<Value, String> {
         ),
         "as_int" => Value::Int(int(v)?),
         "as_ints" => Value::List(list(v)?.iter().map(|x| int(x).map(Value::Int)).collect::<Result<_, _>>()?),
-        "as_float" => Value::Float(v.as_f64().ok_or("a float argument that is not a number")?),
+        "as_float" => Value::Float(json_float(v).ok_or("a float argument that is not a number")?),
         "as_floats" => Value::List(list(v)?.iter().map(|x| x.as_f64().map(Value::Float).ok_or("not a float")).collect::<Result<_, _>>()?),
         "as_bool" => Value::Bool(v.as_bool().ok_or("a bool argument that is not a bool")?),
         "as_bools" => Value::List(list(v)?.iter().map(|x| x.as_bool().map(Value::Bool).ok_or("not a bool")).collect::<Result<_, _>>()?),
@@ -527,12 +527,23 @@ fn argument(arg: &Json, env: &HashMap<String, Value>) -> Result<Value, String> {
     })
 }
 
+/// A float as torch's serializer writes it: a JSON number, or the strings `"Infinity"`,
+/// `"-Infinity"` and `"NaN"` for what JSON has no number for (`float("-inf")` masks).
+fn json_float(v: &Json) -> Option<f64> {
+    v.as_f64().or_else(|| match v.as_str()? {
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => None,
+    })
+}
+
 /// A symbolic scalar argument: `{"as_int": n}` (or `as_float`, `as_bool`) or `{"as_name": …}`,
 /// a symbolic value computed before.
 fn sym(v: &Json, env: &HashMap<String, Value>) -> Result<Value, String> {
     match one_key(v) {
         Some(("as_int", i)) => i.as_i64().map(Value::Int).ok_or_else(|| "a symbolic int that is not an integer".into()),
-        Some(("as_float", f)) => f.as_f64().map(Value::Float).ok_or_else(|| "a symbolic float that is not a number".into()),
+        Some(("as_float", f)) => json_float(f).map(Value::Float).ok_or_else(|| "a symbolic float that is not a number".into()),
         Some(("as_bool", b)) => b.as_bool().map(Value::Bool).ok_or_else(|| "a symbolic bool that is not a bool".into()),
         Some(("as_name", n)) => {
             let n = n.as_str().ok_or("a symbolic value without a name")?;

@@ -12,7 +12,7 @@ const SCALAR_TYPE_F32: i64 = 6;
 const SCALAR_TYPE_F64: i64 = 7;
 pub(super) const SCALAR_TYPE_I32: i64 = 3;
 const SCALAR_TYPE_I64: i64 = 4;
-const SCALAR_TYPE_BOOL: i64 = 11;
+pub(super) const SCALAR_TYPE_BOOL: i64 = 11;
 
 /// The number behind a scalar-like value: an int/float, or a one-element const tensor
 /// (`NumToTensor` results and 0-d `CONSTANTS`), with whether it is an integer.
@@ -751,6 +751,11 @@ pub fn logical_and(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
 pub fn logical_or(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let (x, y) = (as_bool(l, &a[0])?, as_bool(l, &a[1])?);
     logical(l, &[x, y], &ew::LOGICAL_OR, |x, y| x || y)
+}
+
+/// Boolean `^` (`aten::bitwise_xor` of masks) → `logical_xor`.
+pub fn xor(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    logical(l, a, &ew::LOGICAL_XOR, |x, y| x != y)
 }
 
 /// `aten::logical_xor(self, other)` → `logical_xor`.

@@ -244,9 +244,14 @@ pub const LOWERINGS: &[Lowering] = &[
     Lowering { kind: "aten::logical_or", args: &[("self", R), ("other", R)], lower: elementwise::logical_or },
     Lowering { kind: "aten::logical_xor", args: &[("self", R), ("other", R)], lower: elementwise::logical_xor },
     Lowering { kind: "aten::bitwise_not", args: &[("self", R)], lower: elementwise::bitwise_not },
+    Lowering { kind: "aten::bitwise_and", args: &[("self", R), ("other", R)], lower: elementwise::and },
+    Lowering { kind: "aten::bitwise_or", args: &[("self", R), ("other", R)], lower: elementwise::or },
+    Lowering { kind: "aten::bitwise_xor", args: &[("self", R), ("other", R)], lower: elementwise::xor },
     // reductions and vector norms
     Lowering { kind: "aten::sum", args: &[("self", R), ("dim", NONE), ("keepdim", Default::Bool(false)), ("dtype", NONE)], lower: reduce::sum },
     Lowering { kind: "aten::prod", args: &[("self", R), ("dim", NONE), ("keepdim", Default::Bool(false)), ("dtype", NONE)], lower: reduce::prod },
+    Lowering { kind: "aten::any", args: &[("self", R), ("dim", NONE), ("keepdim", Default::Bool(false))], lower: reduce::any },
+    Lowering { kind: "aten::all", args: &[("self", R), ("dim", NONE), ("keepdim", Default::Bool(false))], lower: reduce::all },
     Lowering { kind: "aten::amax", args: &[("self", R), ("dim", Default::Ints(&[])), ("keepdim", Default::Bool(false))], lower: reduce::amax },
     Lowering { kind: "aten::amin", args: &[("self", R), ("dim", Default::Ints(&[])), ("keepdim", Default::Bool(false))], lower: reduce::amin },
     Lowering { kind: "aten::max", args: &[("self", R), ("other", NONE), ("keepdim", Default::Bool(false))], lower: reduce::max },
@@ -601,11 +606,12 @@ pub fn int(v: &Value) -> Result<i64, String> {
     }
 }
 
-/// A float argument (ints widen).
+/// A float argument (ints and bools widen, as Python's do).
 pub fn float(v: &Value) -> Result<f64, String> {
     match v {
         Value::Float(x) => Ok(*x),
         Value::Int(i) => Ok(*i as f64),
+        Value::Bool(b) => Ok(f64::from(u8::from(*b))),
         other => Err(format!("expected a number, got {}", other.describe())),
     }
 }

@@ -73,6 +73,29 @@ pub fn prod(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     Ok(Value::Tensor(reduce_op(l, &reduce::REDUCE_PROD, &x, &axes, keep(&a[2]))?))
 }
 
+/// `aten::any(self, dim, keepdim)` (`.dim`, `.dims` and whole-tensor overloads): whether an
+/// element is non-zero, as `reduce_max` of the values as a 0/1 int32 mask, cast back to bool.
+pub fn any(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    either(l, a, &reduce::REDUCE_MAX)
+}
+
+/// `aten::all(self, dim, keepdim)`: whether every element is non-zero, as `reduce_min` of the
+/// 0/1 mask.
+pub fn all(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
+    either(l, a, &reduce::REDUCE_MIN)
+}
+
+/// `any`/`all`: `def` (max or min) over the input as a 0/1 int32 mask.
+fn either(l: &mut Lower, a: &[Value], def: &'static OpDef) -> Result<Value, String> {
+    use super::elementwise::{SCALAR_TYPE_BOOL, SCALAR_TYPE_I32};
+    let mask = to(l, &[a[0].clone(), Value::Int(SCALAR_TYPE_BOOL)])?;
+    let ints = to(l, &[mask, Value::Int(SCALAR_TYPE_I32)])?;
+    let x = l.tensor(&ints)?;
+    let axes = axes_of(l, &x, &a[1])?;
+    let reduced = reduce_op(l, def, &x, &axes, keep(&a[2]))?;
+    to(l, &[Value::Tensor(reduced), Value::Int(SCALAR_TYPE_BOOL)])
+}
+
 /// `aten::amax(self, dim, keepdim)` → `reduce_max`.
 pub fn amax(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let x = reducible(l, &a[0], &Value::None)?;
