@@ -435,8 +435,13 @@ impl Emitter<'_> {
         let begin = self.konst(&format!("{}_begin", out.name), Tensor::i32_vec(&vec![0; rank]));
         let end_name = self.fresh(&format!("{}_end", out.name));
         let end = self.vector(&entries, end_name)?;
-        let name = out.name.clone();
-        self.push(shape_ops::SLICE_BY_INDEX.name, name, vec![("x", vec![full]), ("begin", vec![begin]), ("end", vec![end])], out.ty.tensor().clone());
+        // Masks keep the dims that do not vary whole, so that type inference (ours and
+        // coremltools') knows them although `end` is computed.
+        let begin_mask = self.konst(&format!("{}_begin_mask", out.name), Tensor::from_bools(&[rank], &vec![true; rank]));
+        let fixed: Vec<bool> = entries.iter().map(|e| matches!(e, Entry::Fixed(_))).collect();
+        let end_mask = self.konst(&format!("{}_end_mask", out.name), Tensor::from_bools(&[rank], &fixed));
+        let inputs = vec![("x", vec![full]), ("begin", vec![begin]), ("end", vec![end]), ("begin_mask", vec![begin_mask]), ("end_mask", vec![end_mask])];
+        self.push(shape_ops::SLICE_BY_INDEX.name, out.name.clone(), inputs, out.ty.tensor().clone());
         Ok(())
     }
 

@@ -200,6 +200,7 @@ pub const OPS: &[&OpDef] = &[
     &shape::GATHER_IOS16,
     &shape::GATHER_IOS17,
     &shape::GATHER_ALONG_AXIS,
+    &shape::GATHER_ND,
     &shape::TILE,
     &shape::PAD,
     &shape::FILL,

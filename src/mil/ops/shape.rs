@@ -737,6 +737,48 @@ fn eval_gather(a: &EvalArgs) -> Eval {
     Ok(vec![moved(x, shape, &idx)])
 }
 
+/// `gather_nd` (iOS15): the last axis of `indices` (length k) indexes the first k axes of
+/// `x`; the output is `indices.shape[:-1] + x.shape[k:]`. Made by `aten::index` with several
+/// index tensors, whose index values do not depend on the sizes of `x` (flat row numbers would).
+pub const GATHER_ND: OpDef = OpDef { name: "gather_nd", since: Opset::Ios15, params: &[Param::new("x", GATHER_X), Param::new("indices", INT)], infer: infer_gather_nd, eval: eval_gather_nd };
+
+fn infer_gather_nd(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
+    let (x, idx) = (a.tensor("x")?, a.tensor("indices")?);
+    let k = match idx.shape.last() {
+        Some(Dim::Fixed(k)) if (1..=x.rank()).contains(k) => *k,
+        _ => return Err(a.invalid(format!("indices {idx} must end in a static axis of 1 to x's rank {}", x.rank()))),
+    };
+    let mut shape = idx.shape[..idx.rank() - 1].to_vec();
+    shape.extend_from_slice(&x.shape[k..]);
+    Ok(vec![TensorType { dtype: x.dtype, shape }])
+}
+
+fn eval_gather_nd(a: &EvalArgs) -> Eval {
+    let (x, ind) = (a.array("x")?, a.array("indices")?);
+    let indices = ind.to_i64_vec().ok_or_else(|| a.invalid("indices must be integers"))?;
+    let k = *ind.shape.last().ok_or_else(|| a.invalid("indices must have rank 1 or more"))?;
+    if k == 0 || k > x.shape.len() {
+        return Err(a.invalid(format!("{k} indices per element for a rank-{} x", x.shape.len())));
+    }
+    let inner = numeric::numel(&x.shape[k..]);
+    let mut idx = Vec::with_capacity(indices.len() / k * inner);
+    for tuple in indices.chunks(k) {
+        let mut row = 0usize;
+        for (d, &i) in tuple.iter().enumerate() {
+            let n = x.shape[d];
+            let j = if i < 0 { i + n as i64 } else { i };
+            if !(0..n as i64).contains(&j) {
+                return Err(a.invalid(format!("index {i} out of range for axis {d} of size {n}")));
+            }
+            row = row * n + j as usize;
+        }
+        idx.extend(row * inner..(row + 1) * inner);
+    }
+    let mut shape = ind.shape[..ind.shape.len() - 1].to_vec();
+    shape.extend_from_slice(&x.shape[k..]);
+    Ok(vec![moved(x, shape, &idx)])
+}
+
 fn infer_same(a: &OpArgs) -> Result<Vec<TensorType>, TypeError> {
     Ok(vec![a.tensor("x")?.clone()])
 }

@@ -307,10 +307,10 @@ pub fn expand(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
 }
 
 /// Constant integer index tensors over the leading axes of a tensor of shape `s`, broadcast
-/// together (numpy rules) and combined on the host into row numbers of those axes flattened:
-/// the broadcast index shape, the row numbers in its order, and the row count (which fits int32).
-/// Shared by `aten::index` and `aten::index_put`.
-fn flat_rows(l: &Lower, s: &[usize], items: &[Value]) -> Result<(Vec<usize>, Vec<i64>, usize), String> {
+/// together (numpy rules): the broadcast shape, and for each indexed axis its index (made
+/// non-negative, checked in range) at every broadcast position. Shared by `aten::index` and
+/// `aten::index_put`.
+fn broadcast_indices(l: &Lower, s: &[usize], items: &[Value]) -> Result<(Vec<usize>, Vec<Vec<i64>>), String> {
     if items.is_empty() || items.len() > s.len() {
         return Err(format!("{} indices for a rank-{} tensor", items.len(), s.len()));
     }
@@ -340,14 +340,10 @@ fn flat_rows(l: &Lower, s: &[usize], items: &[Value]) -> Result<(Vec<usize>, Vec
         }
     }
     let total = const_elements(&shape)?;
-    let mut flat = vec![0i64; total];
-    let k = items.len();
-    let too_large = || format!("indexed axes {} are too large to number their rows", dims_shown(&s[..k]));
-    let rows = crate::mil::types::checked_elements(&s[..k]).filter(|&r| i32::try_from(r).is_ok()).ok_or_else(too_large)?;
-    for (d, (sh, vals)) in idx.iter().enumerate() {
-        // Below `rows`, which fits in int32, so the row numbers below cannot overflow.
-        let stride = s.get(d + 1..k).map_or(1, |t| t.iter().product::<usize>()) as i64;
-        for (o, f) in flat.iter_mut().enumerate() {
+    let mut per_axis = Vec::with_capacity(idx.len());
+    for (sh, vals) in &idx {
+        let mut at = vec![0i64; total];
+        for (o, f) in at.iter_mut().enumerate() {
             // Map output position `o` to this index tensor's broadcast position.
             let (mut rem, mut pos, mut mul) = (o, 0usize, 1usize);
             for i in (0..rank).rev() {
@@ -360,7 +356,26 @@ fn flat_rows(l: &Lower, s: &[usize], items: &[Value]) -> Result<(Vec<usize>, Vec
                     mul *= sh[j];
                 }
             }
-            *f += vals.get(pos).copied().unwrap_or(0) * stride;
+            *f = vals.get(pos).copied().unwrap_or(0);
+        }
+        per_axis.push(at);
+    }
+    Ok((shape, per_axis))
+}
+
+/// [`broadcast_indices`] combined on the host into row numbers of the indexed axes flattened:
+/// the broadcast index shape, the row numbers in its order, and the row count (which fits int32).
+fn flat_rows(l: &Lower, s: &[usize], items: &[Value]) -> Result<(Vec<usize>, Vec<i64>, usize), String> {
+    let (shape, per_axis) = broadcast_indices(l, s, items)?;
+    let k = items.len();
+    let too_large = || format!("indexed axes {} are too large to number their rows", dims_shown(&s[..k]));
+    let rows = crate::mil::types::checked_elements(&s[..k]).filter(|&r| i32::try_from(r).is_ok()).ok_or_else(too_large)?;
+    let mut flat = vec![0i64; per_axis.first().map_or(0, Vec::len)];
+    for (d, at) in per_axis.iter().enumerate() {
+        // Below `rows`, which fits in int32, so the row numbers below cannot overflow.
+        let stride = s.get(d + 1..k).map_or(1, |t| t.iter().product::<usize>()) as i64;
+        for (f, &i) in flat.iter_mut().zip(at) {
+            *f += i * stride;
         }
     }
     Ok((shape, flat, rows))
@@ -375,26 +390,47 @@ fn rows_view(l: &mut Lower, x: &Var, s: &[usize], k: usize, rows: usize) -> Resu
 }
 
 /// `aten::index(self, indices)` with constant integer index tensors (what tracing leaves for
-/// mask building): the indices broadcast, combine into flat row numbers on the host, and become
-/// one `gather` over the indexed leading axes flattened.
+/// mask building): one index tensor is a `gather` along the first axis; several broadcast
+/// together into index tuples (negative ones counted from the end) for one `gather_nd` over
+/// the indexed leading axes. The tuples hold positions, not flat row numbers, so they do not
+/// depend on the axes' sizes (a dynamic sequence keeps them a corner of the largest).
 pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let x = l.tensor(&a[0])?;
     let s = l.shape(&x)?;
     let (Value::List(items) | Value::Tuple(items)) = &a[1] else { return Err("index needs a list of index tensors".into()) };
-    let (shape, flat, rows) = flat_rows(l, &s, items)?;
+    let (shape, tuples) = index_tuples(l, &s, items)?;
     let hint = l.hint.clone();
-    let flat_x = rows_view(l, &x, &s, items.len(), rows)?;
-    let ids: Vec<i32> = flat.into_iter().map(i32_of).collect::<Result<_, _>>()?;
-    let ids = l.b.konst(&format!("{hint}_rows_ids"), Tensor::from_i32(&shape, &ids));
     // Core ML's gather takes no bool data: gather the mask as int32 and compare back.
-    let is_bool = l.ty(&flat_x)?.dtype == DType::Bool;
-    let src = if is_bool { int32(l, &Value::Tensor(flat_x))? } else { flat_x };
-    let gathered = l.b.op(&shape::GATHER, &format!("{hint}_gathered")).arg("x", &src).arg("indices", &ids).konst("axis", Tensor::i32_scalar(0));
-    let gathered = gathered.build1().map_err(|e| e.to_string())?;
+    let is_bool = l.ty(&x)?.dtype == DType::Bool;
+    let src = if is_bool { int32(l, &Value::Tensor(x))? } else { x };
+    let gathered = if let [_] = items[..] {
+        let ids = l.b.konst(&format!("{hint}_ids"), Tensor::from_i32(&shape, &tuples));
+        l.b.op(&shape::GATHER, &format!("{hint}_gathered")).arg("x", &src).arg("indices", &ids).konst("axis", Tensor::i32_scalar(0)).build1()
+    } else {
+        let mut ids_shape = shape.clone();
+        ids_shape.push(items.len());
+        let ids = l.b.konst(&format!("{hint}_ids"), Tensor::from_i32(&ids_shape, &tuples));
+        l.b.op(&shape::GATHER_ND, &format!("{hint}_gathered")).arg("x", &src).arg("indices", &ids).build1()
+    };
+    let gathered = gathered.map_err(|e| e.to_string())?;
     if !is_bool {
         return Ok(Value::Tensor(gathered));
     }
     built(l.op(&ew::NOT_EQUAL).arg("x", &gathered).konst("y", Tensor::i32_scalar(0)).build1())
+}
+
+/// The index tensors `items` over the leading axes of shape `s`, broadcast together: their
+/// shape, and for each position the tuple of indices (one per item, made non-negative), flat.
+fn index_tuples(l: &Lower, s: &[usize], items: &[Value]) -> Result<(Vec<usize>, Vec<i32>), String> {
+    let (shape, per_axis) = broadcast_indices(l, s, items)?;
+    let total = const_elements(&shape)?.checked_mul(items.len()).ok_or("too many indices")?;
+    let mut tuples = Vec::with_capacity(total);
+    for o in 0..per_axis.first().map_or(0, Vec::len) {
+        for axis in &per_axis {
+            tuples.push(i32_of(axis[o])?);
+        }
+    }
+    Ok((shape, tuples))
 }
 
 /// Sizes of the parts of an axis of `n` cut every `each` (> 0) elements, the last one shorter,
