@@ -412,22 +412,41 @@ const UNBOUNDED_SAMPLES: [(usize, usize); 4] = [(1, 0), (2, 0), (2, 1), (4, 0)];
 /// pointing to `--shapes`.
 fn load_range(path: &Path, dynamic: &torchscript::export::Dynamic, options: &Options) -> Result<Loading, Error> {
     use torchscript::export::Size;
-    let mut parts = Vec::new();
-    for k in 0..UNBOUNDED_SAMPLES.len() {
-        let at_k = |&(lo, hi): &(usize, Option<usize>)| match hi {
-            Some(h) => [lo, lo + (h - lo) / 2, (lo + (h - lo) / 2 + 1).min(h), h][k],
-            None => lo.saturating_mul(UNBOUNDED_SAMPLES[k].0).saturating_add(UNBOUNDED_SAMPLES[k].1),
+    // The program at sample `k`, each symbol's size raised to at least `floor`.
+    let sample = |k: usize, floor: usize| -> Result<Loaded, Error> {
+        let at_k = |&(lo, hi): &(usize, Option<usize>)| {
+            let n = match hi {
+                Some(h) => [lo, lo + (h - lo) / 2, (lo + (h - lo) / 2 + 1).min(h), h][k],
+                None => lo.saturating_mul(UNBOUNDED_SAMPLES[k].0).saturating_add(UNBOUNDED_SAMPLES[k].1),
+            };
+            n.max(floor).min(hi.unwrap_or(usize::MAX))
         };
         let shape = |_: &str, dims: &[Size]| Some(dims.iter().map(|d| match d { Size::Fixed(n) => *n, Size::Symbol(s) => dynamic.symbols.get(s).map_or(1, at_k) }).collect());
         let one = Options { inputs: export_specs(dynamic, shape), ..options.clone() };
-        let mut loading = load(path, &one)?;
-        let loaded = loading.packages.remove(0);
-        parts.push(loaded);
-    }
-    let functions: Vec<(String, crate::mil::Function)> = parts.iter_mut().enumerate().map(|(k, l)| Ok((format!("sample {k}"), l.model.program.functions.remove(MAIN).ok_or_else(|| input_error(path, "no main function"))?))).collect::<Result<_, Error>>()?;
+        Ok(load(path, &one)?.packages.remove(0))
+    };
+    let main_of = |l: &mut Loaded, k: usize| -> Result<(String, crate::mil::Function), Error> {
+        Ok((format!("sample {k}"), l.model.program.functions.remove(MAIN).ok_or_else(|| input_error(path, "no main function"))?))
+    };
+    let mut parts = (0..UNBOUNDED_SAMPLES.len()).map(|k| sample(k, 0)).collect::<Result<Vec<_>, Error>>()?;
+    let mut functions: Vec<(String, crate::mil::Function)> = parts.iter_mut().enumerate().map(|(k, l)| main_of(l, k)).collect::<Result<_, Error>>()?;
     let dims: Vec<String> = dynamic.inputs.iter().flat_map(|(n, _, d)| d.iter().enumerate().filter_map(move |(k, s)| match s { Size::Symbol(sym) => Some(format!("{n}[{k}] ({sym})")), _ => None })).collect();
     let bounded = dynamic.symbols.values().all(|(_, hi)| hi.is_some());
-    let merged = crate::mil::merge::merge(&functions, crate::mil::merge::Coverage::Range { bounded }).map_err(|why| {
+    let coverage = crate::mil::merge::Coverage::Range { bounded };
+    let merged = match crate::mil::merge::merge(&functions, coverage) {
+        Ok(merged) => Ok(merged),
+        // A size of 1 often builds a different program (an `expand` to it is nothing): merge
+        // from 2 up, then check the result against the program built at 1, in the interpreter.
+        Err(why) if dynamic.symbols.values().any(|&(lo, hi)| lo == 1 && hi.is_none_or(|h| h >= 2)) => {
+            let mut at_two = sample(0, 2)?;
+            let (_, at_one) = std::mem::replace(&mut functions[0], main_of(&mut at_two, 0)?);
+            crate::mil::merge::merge(&functions, coverage)
+                .map_err(|_| why.clone())
+                .and_then(|m| agrees(&m.function, &at_one).map(|()| m).map_err(|e| format!("{why}; merged from size 2 up, at size 1 {e}")))
+        }
+        Err(why) => Err(why),
+    }
+    .map_err(|why| {
         input_error(path, format!("the dynamic dimensions {} cannot be a Core ML range: the program bakes their size in ({why}); give the sizes to accept with --shapes NAME:DIMS,DIMS,… (buckets), or one with --input", dims.join(", ")))
     })?;
     let mut first = parts.remove(0);
@@ -442,6 +461,52 @@ fn load_range(path: &Path, dynamic: &torchscript::export::Dynamic, options: &Opt
         })
         .collect();
     Ok(Loading { kind: Kind::Export, packages: vec![first], side_files: Vec::new() })
+}
+
+/// Largest difference between a merged program's outputs and those of the program built at
+/// one size, relative to the largest output value, for [`agrees`]: the two run the same math
+/// in a different op order at the package precision.
+const AGREE_MAX_ERROR_OF_PEAK: f32 = 1e-2;
+
+/// Whether `merged` computes what `at` (the same model built at one size) computes, on inputs
+/// of `at`'s shapes (floats from a fixed pseudo-random sequence, ints and bools zero), in the
+/// interpreter; an error saying which output differs.
+fn agrees(merged: &crate::mil::Function, at: &crate::mil::Function) -> Result<(), String> {
+    use crate::interp::Array;
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut inputs = Vec::new();
+    for i in &at.inputs {
+        let t = i.ty.tensor();
+        let shape = t.fixed_shape().ok_or("an input without a fixed shape")?;
+        let n = t.num_elements().ok_or("an input too large")?;
+        let array = if t.dtype.is_float() {
+            let values = (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+                })
+                .collect();
+            Array::float(t.dtype, shape, values)
+        } else if t.dtype == DType::Bool {
+            Array { dtype: DType::Bool, shape, data: crate::interp::Data::Bool(vec![false; n]) }
+        } else {
+            Array::int(shape, vec![0; n])
+        };
+        inputs.push((i.name.clone(), array));
+    }
+    let want = crate::interp::run_from_zero_states(at, &inputs).map_err(|e| e.to_string())?;
+    let got = crate::interp::run_from_zero_states(merged, &inputs).map_err(|e| e.to_string())?;
+    for ((name, w), (_, g)) in want.iter().zip(&got) {
+        let (w, g) = (w.to_f32_vec().unwrap_or_default(), g.to_f32_vec().unwrap_or_default());
+        let peak = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = w.iter().zip(&g).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        if w.len() != g.len() || !(err <= AGREE_MAX_ERROR_OF_PEAK * peak.max(1.0)) {
+            return Err(format!("output `{name}` differs from the program built there"));
+        }
+    }
+    Ok(())
 }
 
 /// One package from the same model built at each bucket's shapes (`parts`, in bucket order):
