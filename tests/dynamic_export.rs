@@ -4,7 +4,8 @@
 //! dynamic sequence length, from which its program computes positions, masks and reshapes,
 //! becomes a range too (those sizes as MIL shape ops), validated at 8, 37, 68 and 128 in both
 //! IR forms; a size used as a float is computed, a squared one refused with a pointer to
-//! `--shapes`, and bucketed by `--shapes` the BERT validates at each length;
+//! `--shapes`, and bucketed by `--shapes` the BERT validates at each length; the test zoo's text
+//! models with a dynamic sequence and vision models with a dynamic batch become ranges too;
 //! a registered KV cache written with `index_copy_` becomes an iOS18 state, stepped in our
 //! interpreter as torch steps the module. coremltools' own conversion of the dynamic ResNet
 //! (a `RangeDim` package) runs in our interpreter at the same sizes. The programs and torch's outputs are made here by
@@ -265,4 +266,73 @@ fn buffers_updated_in_place_become_states_that_step_like_torch() {
     let c = run(&["convert".as_ref(), d.join("cache.pt2").as_os_str(), "-o".as_ref(), bad.as_os_str()]);
     assert_eq!(c.status.code(), Some(2));
     assert!(stderr(&c).contains("buffer `k_cache`") && stderr(&c).contains("--target iOS18") && !bad.exists(), "{}", stderr(&c));
+}
+
+/// The test zoo's Hugging Face text models and a set of its vision models (`fixtures/zoo/make.py`
+/// builds them), exported with a dynamic sequence length (text: both inputs' axis 1,
+/// `Dim(min=4, max=64)`; RoBERTa's positions stop at 16) or batch (vision: `Dim(min=1, max=6)`),
+/// with torch's outputs at the range's ends and at a size that is none of the sizes our range
+/// check lowers at (11 of 4..64, 5 of 1..6).
+const ZOO_SCRIPT: &str = r#"
+import sys, numpy as np, torch
+out, root = sys.argv[1], sys.argv[2]
+sys.path.insert(0, f"{root}/fixtures/zoo")
+import make
+for name in ("bert", "distilbert", "roberta", "gpt2", "llama", "t5_encoder", "vit_hf", "vit_tv", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"):
+    torch.manual_seed(0)
+    model, inputs = make.MODELS[name]()
+    make.randomize_norms(model)
+    model.eval()
+    if "input_ids" in inputs:
+        hi = 16 if name == "roberta" else 64
+        dims, sizes = {k: {1: torch.export.Dim("seq", min=4, max=hi)} for k in inputs}, (4, 11, hi)
+        def example(n):
+            ids, mask = torch.randint(3, make.VOCAB, (2, n)), torch.ones(2, n, dtype=torch.int64)
+            mask[1, n - 2:] = 0
+            return {"input_ids": ids, "attention_mask": mask}
+    else:
+        (key, x), = inputs.items()
+        dims, sizes = {key: {0: torch.export.Dim("batch", min=1, max=6)}}, (1, 5, 6)
+        def example(n):
+            return {key: torch.randn(n, *x.shape[1:])}
+    with torch.no_grad():
+        program = torch.export.export(model, (), kwargs=example(sizes[1] - 2), dynamic_shapes=dims, strict=False)
+    torch.export.save(program, f"{out}/{name}.pt2")
+    for n in sizes:
+        inputs = example(n)
+        with torch.no_grad():
+            got = make.flatten(model(**inputs))
+        np.savez(f"{out}/{name}.{n}.inputs.npz", **{k: v.numpy() for k, v in inputs.items()})
+        np.savez(f"{out}/{name}.{n}.outputs.npz", **{f"output_{i}": t.numpy() for i, t in enumerate(got)})
+    print(name, *sizes)
+"#;
+
+#[test]
+#[ignore = "needs torch, torchvision, transformers and coremltools from `make setup`; `make test` runs it"]
+fn the_zoo_exported_with_dynamic_dims_converts_to_ranges_that_match_torch_across_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let py = Command::new(root().join(".venv/bin/python")).arg("-c").arg(ZOO_SCRIPT).arg(d).arg(root()).env("HF_HUB_OFFLINE", "1").output().unwrap();
+    assert!(py.status.success(), "{}", stderr(&py));
+    let mut packages = Vec::new();
+    for line in String::from_utf8_lossy(&py.stdout).lines() {
+        let mut words = line.split_whitespace();
+        let name = words.next().unwrap().to_string();
+        let sizes: Vec<usize> = words.map(|w| w.parse().unwrap()).collect();
+        let pkg = d.join(format!("{name}.mlpackage"));
+        let c = run(&["convert".as_ref(), d.join(format!("{name}.pt2")).as_os_str(), "-o".as_ref(), pkg.as_os_str(), "--format".as_ref(), "json".as_ref()]);
+        assert!(c.status.success(), "{name}: {}", stderr(&c));
+        let shapes = json(&c)["packages"][0]["shapes"].to_string();
+        let range = format!("{}..{}", sizes[0], sizes[2]);
+        assert!(shapes.contains(&range), "{name}: {shapes}");
+        for n in sizes {
+            let report = validate(&pkg, d, &name, n);
+            let outputs = report["outputs"].as_array().unwrap();
+            assert!(outputs.iter().all(|o| o["cosine"].as_f64().unwrap() >= 0.999), "{name} at {n}: {report}");
+        }
+        packages.push(pkg);
+    }
+    assert_eq!(packages.len(), 11, "{}", String::from_utf8_lossy(&py.stdout));
+    let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).args(&packages).output().unwrap();
+    assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
 }
