@@ -160,6 +160,22 @@ fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| if e.file_type().unwrap().is_dir() { dir_bytes(&e.path()) } else { e.metadata().unwrap().len() }).sum()
 }
 
+/// `validate PKG` on MiniLM's example `minilm.EXAMPLE.{inputs,outputs}.npz` in `hf`, as JSON.
+fn validate_minilm(pkg: &Path, hf: &Path, example: &str) -> (std::process::Output, serde_json::Value) {
+    let v = bin()
+        .arg("validate")
+        .arg(pkg)
+        .arg("--inputs")
+        .arg(hf.join(format!("minilm.{example}.inputs.npz")))
+        .arg("--expected")
+        .arg(hf.join(format!("minilm.{example}.outputs.npz")))
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&v.stdout).unwrap_or_default();
+    (v, report)
+}
+
 #[test]
 #[ignore = "needs $T2C_HF and coremltools from `make setup`; `make test` runs it"]
 fn seq_len_buckets_make_one_multifunction_package_matching_transformers_at_each_length() {
@@ -180,17 +196,7 @@ fn seq_len_buckets_make_one_multifunction_package_matching_transformers_at_each_
     // Each bucket against what transformers computed at that length: a multifunction package
     // given inputs runs the function taking their shape.
     for (example, function) in [("len64", "seq_64"), ("0", "seq_128"), ("len256", "seq_256")] {
-        let v = bin()
-            .arg("validate")
-            .arg(&pkg)
-            .arg("--inputs")
-            .arg(hf.join(format!("minilm.{example}.inputs.npz")))
-            .arg("--expected")
-            .arg(hf.join(format!("minilm.{example}.outputs.npz")))
-            .args(["--format", "json"])
-            .output()
-            .unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap_or_default();
+        let (v, report) = validate_minilm(&pkg, &hf, example);
         let ran: Vec<&String> = report["functions"].as_object().map(|o| o.keys().collect()).unwrap_or_default();
         assert_eq!(ran, [function], "{example}: {report} {}", stderr(&v));
         let outputs = report["functions"][function]["outputs"].as_array().cloned().unwrap_or_default();
@@ -232,17 +238,7 @@ fn seq_len_buckets_make_one_multifunction_package_matching_transformers_at_each_
     let report: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
     assert_eq!(report["inputs"][0]["flexible"]["enumerated"], serde_json::json!([[1, 64], [1, 128], [1, 256]]), "{report}");
     for example in ["len64", "0", "len256"] {
-        let v = bin()
-            .arg("validate")
-            .arg(&old)
-            .arg("--inputs")
-            .arg(hf.join(format!("minilm.{example}.inputs.npz")))
-            .arg("--expected")
-            .arg(hf.join(format!("minilm.{example}.outputs.npz")))
-            .args(["--format", "json"])
-            .output()
-            .unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap_or_default();
+        let (v, report) = validate_minilm(&old, &hf, example);
         let outputs = report["outputs"].as_array().cloned().unwrap_or_default();
         assert_eq!(outputs.len(), 2, "{report} {}", stderr(&v));
         assert!(v.status.success() && outputs.iter().all(|o| o["cosine"].as_f64().unwrap_or(0.0) >= MIN_COSINE), "{example}: {report}");
