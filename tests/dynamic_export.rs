@@ -122,6 +122,10 @@ fn dynamic_dims_become_ranges_or_buckets_valid_against_torch_at_min_middle_and_m
         let report = validate(&resnet, d, "resnet", n);
         assert!(report["outputs"][0]["cosine"].as_f64().unwrap() >= 0.9999, "{report}");
     }
+    // A .pt2 cannot be the torch reference (libtorch runs TorchScript): one line saying what to give.
+    let v = run(&["validate".as_ref(), resnet.as_os_str(), "--reference".as_ref(), d.join("resnet.pt2").as_os_str()]);
+    assert_eq!(v.status.code(), Some(2));
+    assert!(stderr(&v).contains("--expected") && stderr(&v).lines().count() == 1, "{}", stderr(&v));
     // coremltools' package of the same program runs in our interpreter across its range too.
     let ct = d.join("ct_resnet.mlpackage");
     let info = json(&run(&["inspect".as_ref(), ct.as_os_str(), "--format".as_ref(), "json".as_ref()]));

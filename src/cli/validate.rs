@@ -183,6 +183,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitStatus> {
     if !args.per_op && args.reference.is_none() && args.expected.is_none() && args.against.is_none() {
         bail!("give a reference: --expected OUTPUTS.npz (with --inputs), --against OTHER.mlpackage, or --reference MODEL.pt");
     }
+    if let Some(model) = args.reference.as_ref().filter(|m| matches!(pipeline::kind(m), Ok(pipeline::Kind::Export))) {
+        bail!(
+            "{}: a torch.export program runs only in Python (libtorch runs TorchScript): give torch's outputs \
+             as --expected OUTPUTS.npz with --inputs (in Python: np.savez(path, output_0=program.module()(*inputs))), \
+             or the model's traced .pt as --reference",
+            model.display()
+        );
+    }
     if args.expected.is_some() && args.inputs.is_none() && args.image_input.is_empty() {
         bail!("--expected needs the inputs its outputs were made from: give --inputs INPUTS.npz (or --image-input NAME=FILE)");
     }
