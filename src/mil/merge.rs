@@ -202,12 +202,10 @@ fn fit(values: &[i64], symbols: &[Symbol], coverage: Coverage) -> Result<Entry, 
     let mut fits = Vec::new();
     for (sym, s) in symbols.iter().enumerate() {
         let Some(j) = (1..values.len()).find(|&j| s.sizes[j] != s.sizes[0]) else { continue };
-        let (dv, ds) = (values[j] - values[0], s.sizes[j] - s.sizes[0]);
-        if dv % ds != 0 {
-            continue;
-        }
-        let a = dv / ds;
-        let b = values[0] - a * s.sizes[0];
+        // Checked: a constant may hold any int64.
+        let (Some(dv), Some(ds)) = (values[j].checked_sub(values[0]), s.sizes[j].checked_sub(s.sizes[0])) else { continue };
+        let Some(a) = dv.checked_div(ds).filter(|_| dv.checked_rem(ds) == Some(0)) else { continue };
+        let Some(b) = a.checked_mul(s.sizes[0]).and_then(|x| values[0].checked_sub(x)) else { continue };
         if values.iter().zip(&s.sizes).all(|(&v, &n)| a.checked_mul(n).and_then(|x| x.checked_add(b)) == Some(v)) {
             fits.push(Affine { sym, a, b });
         }
