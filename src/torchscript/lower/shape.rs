@@ -398,6 +398,9 @@ pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
     let x = l.tensor(&a[0])?;
     let s = l.shape(&x)?;
     let (Value::List(items) | Value::Tuple(items)) = &a[1] else { return Err("index needs a list of index tensors".into()) };
+    if let Some(v) = index_as_layout(l, &x, &s, items)? {
+        return Ok(v);
+    }
     let (shape, tuples) = index_tuples(l, &s, items)?;
     let hint = l.hint.clone();
     // Core ML's gather takes no bool data: gather the mask as int32 and compare back.
@@ -417,6 +420,55 @@ pub fn index(l: &mut Lower, a: &[Value]) -> Result<Value, String> {
         return Ok(Value::Tensor(gathered));
     }
     built(l.op(&ew::NOT_EQUAL).arg("x", &gathered).konst("y", Tensor::i32_scalar(0)).build1())
+}
+
+/// `x[i_0, …, i_{k-1}]` when every index tensor is a whole `arange` of its axis laid along an
+/// axis of its own (what transformers' vmapped mask builders index with: `mask[b, kv]` over
+/// `b = arange(B)[:, None, None, None]`, `kv = arange(S)[None, None, None, :]`): no gather, only
+/// the indexed axes put in that order (`transpose`) and spread over the broadcast shape
+/// (`reshape`). `None` when the indices are anything else.
+fn index_as_layout(l: &mut Lower, x: &Var, s: &[usize], items: &[Value]) -> Result<Option<Value>, String> {
+    let k = items.len();
+    if k == 0 || k > s.len() {
+        return Ok(None);
+    }
+    let mut shapes = Vec::with_capacity(k);
+    for it in items {
+        let Value::Tensor(v) = it else { return Ok(None) };
+        let Some(c) = l.b.value(v).filter(|c| c.dtype() != DType::Bool) else { return Ok(None) };
+        let Some(vals) = c.to_i64_vec() else { return Ok(None) };
+        shapes.push((c.shape().to_vec(), vals));
+    }
+    let rank = shapes.iter().map(|(sh, _)| sh.len()).max().unwrap_or(0);
+    let mut target = vec![1usize; rank];
+    // For each indexed axis, the broadcast axis its arange lies along (`None`: a size-1 axis).
+    let mut at: Vec<Option<usize>> = Vec::with_capacity(k);
+    for (d, (sh, vals)) in shapes.iter().enumerate() {
+        let whole = vals.len() == s[d] && vals.iter().enumerate().all(|(i, &v)| v == i as i64);
+        let spread: Vec<usize> = sh.iter().enumerate().filter(|(_, &n)| n != 1).map(|(j, _)| j + rank - sh.len()).collect();
+        match spread[..] {
+            _ if !whole => return Ok(None),
+            [] => at.push(None),
+            [j] if target[j] == 1 => {
+                target[j] = s[d];
+                at.push(Some(j));
+            }
+            _ => return Ok(None),
+        }
+    }
+    // The indexed axes in broadcast order (size-1 ones last: they go anywhere), then the rest.
+    let mut perm: Vec<usize> = (0..k).filter(|&d| at[d].is_some()).collect();
+    perm.sort_by_key(|&d| at[d]);
+    perm.extend((0..k).filter(|&d| at[d].is_none()));
+    perm.extend(k..s.len());
+    let mut v = x.clone();
+    if perm.iter().enumerate().any(|(i, &p)| i != p) {
+        let perm: Vec<i32> = perm.iter().map(|&p| i32_of(p as i64)).collect::<Result<_, _>>()?;
+        let Value::Tensor(t) = permute_by(l, &v, &perm)? else { return Err("transpose produced no tensor".into()) };
+        v = t;
+    }
+    target.extend_from_slice(&s[k..]);
+    Ok(Some(built(l.op(&shape::RESHAPE).arg("x", &v).konst("shape", Tensor::i32_vec(&dims_i32(&target)?)).build1())?))
 }
 
 /// The index tensors `items` over the leading axes of shape `s`, broadcast together: their
