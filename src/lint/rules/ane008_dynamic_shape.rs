@@ -17,7 +17,9 @@ pub const RULE: Rule = Rule {
 const EXPLANATION: &str = r#"## What it finds
 Model inputs with an unknown dimension (range or unbounded shapes; inputs limited to a few
 enumerated shapes are fine), and ops whose inputs all have known shapes but whose output does
-not (the shape depends on the data).
+not (the shape depends on the data). Sizes computed from an input's shape (`shape` and the
+arithmetic on it, which a converted dynamic `.pt2` has) follow that input and are not reported
+again.
 
 ## Why it matters
 The ANE compiler plans memory for fixed shapes. Core ML runs unbounded or data-dependent shapes
@@ -50,13 +52,21 @@ fn check(g: &Graph) -> Vec<Hit> {
             fix: fix(),
         });
     }
+    // Values computed from a `shape` op (sizes `mil::merge` recovers for a flexible input):
+    // an output they size follows the input's shape, which the input's finding covers.
+    let mut from_shape: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for op in &g.ops {
+        let args = || op.inputs.iter().flat_map(|(_, a)| a);
+        let reads_shape = args().any(|a| matches!(a, Argument::Name(n) if from_shape.contains(n.as_str())));
+        if op.op_type == "shape" || reads_shape {
+            from_shape.extend(op.outputs.iter().map(|o| o.name.as_str()));
+        }
         let Some(out) = op.outputs.iter().find(|o| unknown(o.ty.tensor())) else { continue };
-        let inputs_fixed = op.inputs.iter().flat_map(|(_, a)| a).all(|a| match a {
+        let inputs_fixed = args().all(|a| match a {
             Argument::Name(n) => g.ty(n).is_some_and(|t| !unknown(t)),
             Argument::Value(_) => true,
         });
-        if inputs_fixed {
+        if inputs_fixed && !reads_shape {
             hits.push(Hit::on(op, format!("`{}` output `{}` {} has a data-dependent shape", op.op_type, out.name, out.ty), fix()));
         }
     }
@@ -84,6 +94,19 @@ mod tests {
         let h = hits(&RULE, &relu_on(ty));
         assert_eq!(h.len(), 1, "only the input, not every op downstream: {h:?}");
         assert_eq!(h[0].op_name, "x");
+    }
+
+    #[test]
+    fn sizes_read_from_the_input_shape_are_not_reported_again() {
+        use crate::mil::ops::{elementwise::ADD, shape};
+        let mut b = Builder::new(Opset::Ios16);
+        let x = b.input("x", TensorType { dtype: DType::F16, shape: vec![Dim::Fixed(1), Dim::Unknown] });
+        let size = b.op(&shape::SHAPE, "size").arg("x", &x).build1().unwrap();
+        let table = b.konst("table", crate::mil::Tensor::from_f32_as_f16(&[1, 8], &[0.5; 8]));
+        let rows = b.op(&shape::SLICE_BY_INDEX, "rows").arg("x", &table).konst("begin", crate::mil::Tensor::i32_vec(&[0, 0])).arg("end", &size).build1().unwrap();
+        let y = b.op(&ADD, "y").arg("x", &x).arg("y", &rows).build1().unwrap();
+        let h = hits(&RULE, &b.finish(&[y]));
+        assert_eq!(h.iter().map(|h| h.op_name.as_str()).collect::<Vec<_>>(), ["x"], "{h:?}");
     }
 
     #[test]
