@@ -7,8 +7,8 @@
 //! `--shapes`, and bucketed by `--shapes` the BERT validates at each length; the test zoo's text
 //! models with a dynamic sequence and vision models with a dynamic batch become ranges too;
 //! a registered KV cache written with `index_copy_` becomes an iOS18 state, stepped in our
-//! interpreter as torch steps the module. coremltools' own conversion of the dynamic ResNet
-//! (a `RangeDim` package) runs in our interpreter at the same sizes. The programs and torch's outputs are made here by
+//! interpreter as torch steps the module. coremltools' own conversions of the dynamic ResNet
+//! (a `RangeDim` package, and one with `EnumeratedShapes`) run in our interpreter at the same sizes. The programs and torch's outputs are made here by
 //! Python scripts (`.venv`, `make test`).
 
 use std::path::{Path, PathBuf};
@@ -50,6 +50,10 @@ torch.export.save(program, f"{out}/resnet.pt2")
 # coremltools' own conversion of the same program: its batch becomes a RangeDim.
 ct.convert(program.run_decompositions({}), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
            skip_model_load=True).save(f"{out}/ct_resnet.mlpackage")
+# And with the batch as enumerated shapes.
+ct.convert(program.run_decompositions({}), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+           inputs=[ct.TensorType(name="x", shape=ct.EnumeratedShapes(shapes=[(1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)]))],
+           skip_model_load=True).save(f"{out}/ct_resnet_enum.mlpackage")
 for n in (1, 4, 8):
     x = torch.randn(n, 3, 64, 64)
     np.savez(f"{out}/resnet.{n}.inputs.npz", x=x.numpy())
@@ -132,6 +136,12 @@ fn dynamic_dims_become_ranges_or_buckets_valid_against_torch_at_min_middle_and_m
     assert_eq!(info["inputs"][0]["flexible"]["range"], serde_json::json!([[1, 8], [3, 3], [64, 64], [64, 64]]), "{info}");
     for n in [1, 4, 8] {
         validate(&ct, d, "resnet", n);
+    }
+    let ct_enum = d.join("ct_resnet_enum.mlpackage");
+    let info = json(&run(&["inspect".as_ref(), ct_enum.as_os_str(), "--format".as_ref(), "json".as_ref()]));
+    assert_eq!(info["inputs"][0]["flexible"]["enumerated"], serde_json::json!([[1, 3, 64, 64], [4, 3, 64, 64], [8, 3, 64, 64]]), "{info}");
+    for n in [1, 4, 8] {
+        validate(&ct_enum, d, "resnet", n);
     }
     // Outside the range: refused as Core ML would.
     let v = run(&["validate".as_ref(), resnet.as_os_str(), "--inputs".as_ref(), d.join("bert.8.inputs.npz").as_os_str(), "--expected".as_ref(), d.join("bert.8.outputs.npz").as_os_str()]);
