@@ -7,7 +7,7 @@
 //! `--shapes`, and bucketed by `--shapes` the BERT validates at each length; the test zoo's text
 //! models with a dynamic sequence and vision models with a dynamic batch become ranges too;
 //! a registered KV cache written with `index_copy_` becomes an iOS18 state, stepped in our
-//! interpreter as torch steps the module. coremltools' own conversions of the dynamic ResNet
+//! interpreter as torch steps the module, also with a dynamic number of new tokens (a range). coremltools' own conversions of the dynamic ResNet
 //! (a `RangeDim` package, and one with `EnumeratedShapes`) run in our interpreter at the same sizes. The programs and torch's outputs are made here by
 //! Python scripts (`.venv`, `make test`).
 
@@ -230,6 +230,8 @@ class Cache(torch.nn.Module):
         return torch.softmax(self.k_cache.sum(dim=1), dim=-1), self.k_cache * 2
 torch.manual_seed(0)
 m = Cache().eval()
+fresh = Cache().eval()
+fresh.load_state_dict(m.state_dict())
 ep = torch.export.export(m, (torch.randn(1, 1, 4), torch.tensor([0])))
 torch.export.save(ep, f"{out}/cache.pt2")
 torch.export.save(ep.run_decompositions(), f"{out}/cache_functional.pt2")
@@ -239,6 +241,15 @@ for step in range(3):
         a, b = m(x, pos)
     np.savez(f"{out}/cache.{step}.inputs.npz", x=x.numpy(), pos=pos.numpy().astype(np.int32))
     np.savez(f"{out}/cache.{step}.outputs.npz", output_0=a.numpy(), output_1=b.numpy())
+# A dynamic number of new tokens: a prefill of 3, then 1, then 2.
+s = torch.export.Dim("s", min=1, max=4)
+torch.export.save(torch.export.export(fresh, (torch.randn(1, 2, 4), torch.tensor([0, 1])), dynamic_shapes=({1: s}, {0: s})), f"{out}/cache_dynamic.pt2")
+for step, positions in enumerate(([0, 1, 2], [3], [4, 5])):
+    x, pos = torch.randn(1, len(positions), 4), torch.tensor(positions)
+    with torch.no_grad():
+        a, b = fresh(x, pos)
+    np.savez(f"{out}/cache_dynamic.{step}.inputs.npz", x=x.numpy(), pos=pos.numpy().astype(np.int32))
+    np.savez(f"{out}/cache_dynamic.{step}.outputs.npz", output_0=a.numpy(), output_1=b.numpy())
 "#;
 
 /// Steps of the cache module compared.
@@ -253,12 +264,15 @@ fn buffers_updated_in_place_become_states_that_step_like_torch() {
     let py = Command::new(root().join(".venv/bin/python")).arg("-c").arg(CACHE_SCRIPT).arg(d).output().unwrap();
     assert!(py.status.success(), "{}", stderr(&py));
     let arrays = |p: PathBuf| -> Vec<(String, Array)> { torch2coreml::validate::npz::read(&p).unwrap().into_iter().map(|(n, t)| (n, Array::from_tensor(&t).unwrap())).collect() };
-    for program in ["cache", "cache_functional"] {
+    for (program, steps) in [("cache", "cache"), ("cache_functional", "cache"), ("cache_dynamic", "cache_dynamic")] {
         let pkg = d.join(format!("{program}.mlpackage"));
         let c = run(&["convert".as_ref(), d.join(format!("{program}.pt2")).as_os_str(), "-o".as_ref(), pkg.as_os_str(), "--target".as_ref(), "iOS18".as_ref(), "--format".as_ref(), "json".as_ref()]);
         assert!(c.status.success(), "{program}: {}", stderr(&c));
         let info = json(&run(&["inspect".as_ref(), pkg.as_os_str(), "--format".as_ref(), "json".as_ref()]));
         assert_eq!(info["states"], serde_json::json!([{"name": "k_cache", "shape": [1, 4, 8], "dtype": "fp16"}]), "{info}");
+        if program == "cache_dynamic" {
+            assert_eq!(info["inputs"][0]["flexible"]["range"], serde_json::json!([[1, 1], [1, 4], [4, 4]]), "{info}");
+        }
         let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).arg(&pkg).output().unwrap();
         assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
         // Stepped from a zero state (Core ML's `makeState()`), as torch stepped its buffer.
@@ -267,8 +281,8 @@ fn buffers_updated_in_place_become_states_that_step_like_torch() {
         let prepared = interp::Prepared::new(main.clone()).unwrap();
         let mut states = vec![("k_cache".to_string(), Array::from_tensor(&torch2coreml::mil::Tensor::from_f32_as_f16(&[1, 4, 8], &[0.0; 32])).unwrap())];
         for step in 0..STEPS {
-            let got = prepared.run_stateful(&arrays(d.join(format!("cache.{step}.inputs.npz"))), &mut states).unwrap();
-            let want = arrays(d.join(format!("cache.{step}.outputs.npz")));
+            let got = prepared.run_stateful(&arrays(d.join(format!("{steps}.{step}.inputs.npz"))), &mut states).unwrap();
+            let want = arrays(d.join(format!("{steps}.{step}.outputs.npz")));
             for r in torch2coreml::validate::compare(&got, &want, torch2coreml::validate::default_criterion(&main)).unwrap() {
                 assert!(r.drift.pass && r.drift.cosine > 0.999, "{program} step {step}: {r:?}");
             }

@@ -84,10 +84,7 @@ pub fn merge(fs: &[(String, Function)], coverage: Coverage) -> Result<Merged, St
             if m.name != i.name {
                 return Err(format!("bucket {name} has input `{}` where another has `{}`", i.name, m.name));
             }
-            let (ValueType::Tensor(mt), ValueType::Tensor(it)) = (&mut m.ty, &i.ty) else {
-                return Err("a state input".into());
-            };
-            widen(mt, it, &format!("input `{}`", m.name))?;
+            widen_value(&mut m.ty, &i.ty, &format!("input `{}`", m.name))?;
         }
     }
     let readers = readers(base);
@@ -100,10 +97,7 @@ pub fn merge(fs: &[(String, Function)], coverage: Coverage) -> Result<Merged, St
                 return Err(format!("{} `{}` differs between the shapes", op.op_type, op.name));
             }
             for (mo, oo) in outputs.iter_mut().zip(&o.outputs) {
-                let (ValueType::Tensor(mt), ValueType::Tensor(ot)) = (&mut mo.ty, &oo.ty) else {
-                    return Err(format!("`{}` is a state", mo.name));
-                };
-                widen(mt, ot, &format!("`{}`", mo.name))?;
+                widen_value(&mut mo.ty, &oo.ty, &format!("`{}`", mo.name))?;
             }
         }
         let vals: Vec<&Tensor> = std::iter::once(op).chain(others.iter().copied()).filter_map(Operation::const_val).collect();
@@ -137,6 +131,15 @@ pub fn merge(fs: &[(String, Function)], coverage: Coverage) -> Result<Merged, St
     }
     super::builder::check_function(&function).map_err(|e| format!("with unknown dimensions it does not type-check: {e}"))?;
     Ok(Merged { function, flexible })
+}
+
+/// [`widen`] for tensors; a state (an iOS18 KV cache) must be the same in every sample.
+fn widen_value(into: &mut ValueType, other: &ValueType, what: &str) -> Result<(), String> {
+    match (into, other) {
+        (ValueType::Tensor(a), ValueType::Tensor(b)) => widen(a, b, what),
+        (ValueType::State(a), ValueType::State(b)) if a == b => Ok(()),
+        _ => Err(format!("{what} is a state whose type differs between the shapes")),
+    }
 }
 
 /// `into` with every dim that differs from `other` unknown; an error when dtype or rank differ.
