@@ -70,7 +70,7 @@ pub fn merge(fs: &[(String, Function)], coverage: Coverage) -> Result<Merged, St
     let (_, base) = fs.first().ok_or("no functions to merge")?;
     for (name, f) in &fs[1..] {
         if f.inputs.len() != base.inputs.len() || f.block.operations.len() != base.block.operations.len() || f.block.outputs != base.block.outputs {
-            return Err(format!("bucket {name} builds a different program"));
+            return Err(format!("the program built for {name} has other ops than the first"));
         }
     }
     let symbols = symbols(fs)?;
@@ -82,7 +82,7 @@ pub fn merge(fs: &[(String, Function)], coverage: Coverage) -> Result<Merged, St
         for (name, f) in &fs[1..] {
             let i = &f.inputs[k];
             if m.name != i.name {
-                return Err(format!("bucket {name} has input `{}` where another has `{}`", i.name, m.name));
+                return Err(format!("the program built for {name} has input `{}` where the first has `{}`", i.name, m.name));
             }
             widen_value(&mut m.ty, &i.ty, &format!("input `{}`", m.name))?;
         }
