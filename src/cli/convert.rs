@@ -21,9 +21,10 @@ use torch2coreml::validate::npz;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A traced TorchScript file (torch.jit.trace + torch.jit.save), a torch.export program
-    /// (torch.export.save, .pt2; dynamic dimensions become ranges or, with --shapes, buckets;
-    /// buffers it updates in place become states at iOS18), or a Hugging Face folder
-    /// (config.json + model.safetensors) of a known family.
+    /// (torch.export.save, .pt2; dynamic dimensions become ranges, the sizes the program
+    /// computes from them MIL shape ops, or, with --shapes, buckets; buffers it updates in
+    /// place become states at iOS18), or a Hugging Face folder (config.json +
+    /// model.safetensors) of a known family.
     pub model: PathBuf,
     /// Where to write: a .mlpackage for a .pt file or a one-package folder; a directory for
     /// folders that make several packages (Whisper). An existing output is replaced only if
