@@ -296,8 +296,8 @@ fn buffers_updated_in_place_become_states_that_step_like_torch() {
     assert!(stderr(&c).contains("buffer `k_cache`") && stderr(&c).contains("--target iOS18") && !bad.exists(), "{}", stderr(&c));
 }
 
-/// The test zoo's Hugging Face text models and a set of its vision models (`fixtures/zoo/make.py`
-/// builds them), exported with a dynamic sequence length (text: both inputs' axis 1,
+/// The test zoo's Hugging Face text models of each attention kind and a set of its vision models
+/// (`fixtures/zoo/make.py` builds them), exported with a dynamic sequence length (text: both inputs' axis 1,
 /// `Dim(min=4, max=64)`; RoBERTa's positions stop at 16) or batch (vision: `Dim(min=1, max=6)`),
 /// with torch's outputs at the range's ends and at a size that is none of the sizes our range
 /// check lowers at (11 of 4..64, 5 of 1..6).
@@ -306,7 +306,7 @@ import sys, numpy as np, torch
 out, root = sys.argv[1], sys.argv[2]
 sys.path.insert(0, f"{root}/fixtures/zoo")
 import make
-for name in ("bert", "distilbert", "roberta", "gpt2", "llama", "t5_encoder", "vit_hf", "vit_tv", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"):
+for name in ("bert", "roberta", "gpt2", "llama", "t5_encoder", "vit_hf", "vit_tv", "convnext_tiny"):
     torch.manual_seed(0)
     model, inputs = make.MODELS[name]()
     make.randomize_norms(model)
@@ -360,7 +360,7 @@ fn the_zoo_exported_with_dynamic_dims_converts_to_ranges_that_match_torch_across
         }
         packages.push(pkg);
     }
-    assert_eq!(packages.len(), 11, "{}", String::from_utf8_lossy(&py.stdout));
+    assert_eq!(packages.len(), 8, "{}", String::from_utf8_lossy(&py.stdout));
     let oracle = Command::new(root().join(".venv/bin/python")).arg(root().join("tests/oracle/validate_mlpackage.py")).args(&packages).output().unwrap();
     assert!(oracle.status.success(), "{}", String::from_utf8_lossy(&oracle.stdout));
 }
