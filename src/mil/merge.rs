@@ -312,16 +312,15 @@ impl Emitter<'_> {
     /// An int32 `[1]` value holding `f` at run time.
     fn affine(&mut self, f: Affine, hint: &str) -> Result<String, String> {
         let mut v = self.symbol(f.sym);
-        let i32_of = |x: i64| i32::try_from(x).map_err(|_| format!("{x} does not fit in int32"));
         if f.a != 1 {
             let a = self.konst(&format!("{hint}_scale"), Tensor::i32_vec(&[i32_of(f.a)?]));
             let name = self.fresh(&format!("{hint}_scaled"));
-            v = self.push("mul", name, vec![("x", vec![v]), ("y", vec![a])], TensorType::new(DType::I32, &[1]));
+            v = self.push(ops::elementwise::MUL.name, name, vec![("x", vec![v]), ("y", vec![a])], TensorType::new(DType::I32, &[1]));
         }
         if f.b != 0 {
             let b = self.konst(&format!("{hint}_offset"), Tensor::i32_vec(&[i32_of(f.b)?]));
             let name = self.fresh(&format!("{hint}_shifted"));
-            v = self.push("add", name, vec![("x", vec![v]), ("y", vec![b])], TensorType::new(DType::I32, &[1]));
+            v = self.push(ops::elementwise::ADD.name, name, vec![("x", vec![v]), ("y", vec![b])], TensorType::new(DType::I32, &[1]));
         }
         Ok(v)
     }
@@ -333,7 +332,7 @@ impl Emitter<'_> {
         let mut run: Vec<i32> = Vec::new();
         for (k, e) in entries.iter().enumerate() {
             match e {
-                Entry::Fixed(v) => run.push(i32::try_from(*v).map_err(|_| format!("{v} does not fit in int32"))?),
+                Entry::Fixed(v) => run.push(i32_of(*v)?),
                 Entry::Sized(f) => {
                     if !run.is_empty() {
                         pieces.push(self.konst(&format!("{name}_part"), Tensor::i32_vec(&std::mem::take(&mut run))));
@@ -404,7 +403,7 @@ impl Emitter<'_> {
         }
         if float {
             let dtype = self.konst(&format!("{}_dtype", out.name), Tensor::string(vals[0].dtype().name()));
-            self.push("cast", out.name.clone(), vec![("x", vec![int_name]), ("dtype", vec![dtype])], out.ty.tensor().clone());
+            self.push(ops::elementwise::CAST.name, out.name.clone(), vec![("x", vec![int_name]), ("dtype", vec![dtype])], out.ty.tensor().clone());
         }
         Ok(())
     }
@@ -456,6 +455,11 @@ impl Emitter<'_> {
         }
         Ok(())
     }
+}
+
+/// `x` as an int32 entry of a MIL shape vector, or an error when it does not fit.
+fn i32_of(x: i64) -> Result<i32, String> {
+    i32::try_from(x).map_err(|_| format!("{x} does not fit in int32"))
 }
 
 /// Largest integer an fp16 holds exactly (2^11): a float constant above it is no size.
